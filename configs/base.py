@@ -18,10 +18,14 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.data_dir = ''              # TFDS data_dir; '' -> $JAXCXR_DATA_DIR or ~/.cache/jaxcxr/tfds
   d.builder_config = '3class'  # '3class' (paper) or '4class' (+ Lung_Opacity)
   d.image_size = 224           # model input side, pixels
+  # Side (pixels) images are resized to when the TFDS dataset is prepared; the loader resamples
+  # stored -> image_size (train: inside the one augmentation warp). 0 -> image_size.
+  d.stored_size = 0
   d.split_seed = 0
   d.val_fraction = 0.15
   d.test_fraction = 0.15
   d.on_bad_image = 'error'     # 'error' or 'skip' (skips are counted and reported)
+  d.max_image_pixels = 64_000_000  # larger images are refused (decompression-bomb guard)
   # 'oversample': WeightedRandomSampler(1/class count, replacement=True) semantics;
   # 'none': plain shuffled epochs; 'class_weighted_loss': no resampling, loss weighted 1/count.
   d.sampling = 'oversample'
@@ -42,3 +46,61 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.phantom.image_size = 128
   d.phantom.seed = 0
   return d
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Every key the training launcher accepts, with the defaults of the embedded default run."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = get_data_config()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cnn_bn'      # any of jaxcxr.models.NAMES
+  c.model.pretrained = ''      # dir written by `python -m launch.convert` ('' = random init)
+  c.model.dtype = 'float32'    # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  c.model.dropout = -1.0       # -1 keeps the architecture's default (VGG: 0.5)
+  c.model.memory_efficient = False  # DenseNet: rematerialise concat+bottleneck
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32      # global batch over all devices and processes
+  c.train.num_epochs = 10
+  c.train.label_smoothing = 0.0
+  c.train.log_every_steps = 10
+  c.train.param_sharding = 'replicated'  # or 'fsdp'
+  c.train.on_nonfinite = 'error'         # 'error' (stop, naming the step) or 'skip' (drop update)
+  c.train.max_steps = -1       # >0 caps the run (smoke tests); -1 = num_epochs * steps_per_epoch
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'       # 'adamw' or 'sgd'
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.momentum = 0.9       # sgd
+  c.optim.nesterov = False     # sgd
+  c.optim.schedule = 'cosine'  # 'constant', 'cosine', 'step' or 'plateau'
+  c.optim.warmup_epochs = 1.0
+  c.optim.min_lr_ratio = 0.01  # cosine floor, fraction of the peak
+  c.optim.step_epochs = (30, 60)
+  c.optim.step_gamma = 0.1
+  c.optim.plateau_factor = 0.5
+  c.optim.plateau_patience = 2
+  c.optim.grad_clip_norm = 1.0  # 0 = off
+  c.optim.backbone_lr_mult = 1.0  # 0 freezes the backbone; 0.1 = discriminative fine-tuning
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.metric = 'val_macro_f1'  # any key of the per-epoch validation metrics
+  c.early_stopping.mode = 'max'
+  c.early_stopping.patience = 5
+  c.early_stopping.min_delta = 1e-4
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 200  # plus one at every epoch end
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.async_save = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.bootstrap = 1000       # resamples for the 95% confidence intervals
+  c.eval.split = 'test'
+  return c

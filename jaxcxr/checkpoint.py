@@ -1,0 +1,178 @@
+"""Orbax checkpoints: train state, Grain iterator state and host-side loop state.
+
+Layout of a workdir:
+  config.json            the resolved config of the run (written once, checked on resume)
+  checkpoints/<step>/    periodic and epoch-end checkpoints (max_to_keep), async
+                           state/      TrainState (params, batch_stats, opt_state, step, lr_scale)
+                           data_iter/  Grain iterator state (one file per process)
+                           host/       JSON: epoch, early-stopping and plateau state, history
+  best/<step>/           the best checkpoint by the early-stopping metric (state + host only)
+
+Orbax writes each step to a temporary directory and renames it when complete, so a process killed
+mid-save leaves the previous checkpoints intact. A checkpoint that exists but cannot be read
+(truncated or corrupted files) is skipped with a warning and the one before it is used.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_DIR = 'best'
+CONFIG_FILE = 'config.json'
+
+
+def _manager(directory: str, max_to_keep: int | None, async_save: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class Checkpointer:
+  """Periodic + best checkpoints of one run (a thin layer over two Orbax CheckpointManagers)."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+    self.workdir = workdir
+    self.periodic = _manager(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep, async_save)
+    self.best = _manager(os.path.join(workdir, BEST_DIR), 1, async_save)
+
+  def save(self, step: int, state: Any, data_iter: Any, host: dict, *, force: bool = True):
+    """Saves a periodic checkpoint (async unless disabled). Re-saving a step is a no-op."""
+    if step in self.periodic.all_steps():
+      return
+    items = {'state': ocp.args.StandardSave(state), 'host': ocp.args.JsonSave(host)}
+    if data_iter is not None:
+      items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+    self.periodic.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def save_best(self, step: int, state: Any, host: dict):
+    if step in self.best.all_steps():
+      return
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+
+  def wait(self):
+    self.periodic.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self):
+    self.periodic.close()
+    self.best.close()
+
+  def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[int, Any, dict] | None:
+    """Restores the newest readable periodic checkpoint into `data_iter` (in place).
+
+    Returns:
+      (step, state, host) or None when there is no checkpoint. Unreadable checkpoints are skipped
+      with a warning, newest first.
+    """
+    for step in sorted(self.periodic.all_steps(), reverse=True):
+      items = {'state': ocp.args.StandardRestore(abstract_state), 'host': ocp.args.JsonRestore()}
+      if data_iter is not None:
+        items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+      try:
+        restored = self.periodic.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint %s/%s/%d is unreadable (%s: %s); trying the previous one.',
+                        self.workdir, CHECKPOINT_DIR, step, type(e).__name__, e)
+        continue
+      return step, restored['state'], dict(restored['host'])
+    return None
+
+  def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
+    return step, restored['state'], dict(restored['host'])
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict):
+  """Writes config.json, or checks that a resumed run uses the same config."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    new = json.loads(text)
+    diff = _diff(old, new)
+    if diff:
+      raise ValueError(
+          f'{path} was written by a run with a different config; resuming with this one would mix '
+          f'two runs. Differences (old -> new): {"; ".join(diff[:10])}. Use a new --workdir, '
+          'or the original config.')
+    return
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+
+
+def _diff(old: Any, new: Any, prefix: str = '') -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in sorted(set(old) | set(new)):
+      out += _diff(old.get(k, '<absent>'), new.get(k, '<absent>'), f'{prefix}{k}.')
+    return out
+  return [] if old == new else [f'{prefix[:-1]}: {old!r} -> {new!r}']
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir!r} is not a jaxcxr training workdir. Train first with '
+        f'`python -m launch.train --config configs/default.py --workdir {workdir}`.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+@dataclasses.dataclass
+class InferenceBundle:
+  """Everything inference needs from a trained workdir."""
+  config: ml_collections.ConfigDict
+  module: Any
+  variables: dict
+  class_names: tuple[str, ...]
+  image_size: int
+  step: int
+
+
+def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
+  """Loads the model of a training workdir ('best' checkpoint, or 'latest' periodic one).
+
+  Raises:
+    FileNotFoundError: the workdir has no config or no checkpoint, with the command to fix it.
+  """
+  from jaxcxr import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  config = read_config(workdir)
+  module, class_names = train.build_model(config)
+  abstract = train.abstract_variables(module, config)
+  directory = os.path.join(workdir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)
+  steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(
+        f'No {which!r} checkpoint under {directory}: training has not saved one yet. Run or resume '
+        f'`python -m launch.train --config <config> --workdir {workdir}`.')
+  step = max(steps)
+  with ocp.CheckpointManager(os.path.abspath(directory),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(partial_restore=True, item={'params': abstract['params'],
+                                                                 'batch_stats': abstract['batch_stats']})))
+  tree = restored['state']
+  variables = {'params': tree['params']}
+  if tree.get('batch_stats'):
+    variables['batch_stats'] = tree['batch_stats']
+  return InferenceBundle(config, module, variables, class_names, config.data.image_size, step)

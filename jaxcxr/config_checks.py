@@ -1,0 +1,80 @@
+"""Up-front validation of a training config: clear errors before any compile or data work."""
+
+import os
+
+import jax
+import ml_collections
+
+from jaxcxr import models
+from jaxcxr import optim
+
+_CHOICES = {
+    'data.source': ('phantom', 'folder'),
+    'data.builder_config': ('3class', '4class'),
+    'data.sampling': ('oversample', 'none', 'class_weighted_loss'),
+    'data.on_bad_image': ('error', 'skip'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'optim.name': optim.OPTIMIZERS,
+    'optim.schedule': optim.SCHEDULES,
+    'train.param_sharding': ('replicated', 'fsdp'),
+    'train.on_nonfinite': ('error', 'skip'),
+    'early_stopping.mode': ('max', 'min'),
+}
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    num_processes: int | None = None) -> None:
+  """Raises ValueError naming the offending key, its value and the fix."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  errors = []
+  for key, choices in _CHOICES.items():
+    value = _get(config, key)
+    if value not in choices:
+      errors.append(f'config.{key}={value!r}: expected one of {list(choices)}.')
+  if config.model.name not in models.NAMES:
+    errors.append(f'config.model.name={config.model.name!r}: unknown; known models: '
+                  f'{", ".join(models.NAMES)}.')
+  for key in ('train.batch_size', 'eval.batch_size'):
+    b = _get(config, key)
+    if b <= 0 or b % num_devices or b % num_processes:
+      errors.append(
+          f'config.{key}={b} must be a positive multiple of the device count ({num_devices}) and '
+          f'of the process count ({num_processes}); e.g. --config.{key}='
+          f'{max(num_devices, num_processes) * max(1, round(max(b, 1) / num_devices))}.')
+  if config.train.num_epochs < 1:
+    errors.append(f'config.train.num_epochs={config.train.num_epochs}: must be >= 1.')
+  if config.data.image_size < 16:
+    errors.append(f'config.data.image_size={config.data.image_size}: must be >= 16 pixels.')
+  fractions = (config.data.val_fraction, config.data.test_fraction)
+  if min(fractions) <= 0 or sum(fractions) >= 1:
+    errors.append(f'config.data.val_fraction={fractions[0]} and test_fraction={fractions[1]}: '
+                  'each must be > 0 and together < 1.')
+  if config.optim.learning_rate <= 0:
+    errors.append(f'config.optim.learning_rate={config.optim.learning_rate}: must be > 0.')
+  if not 0 <= config.optim.backbone_lr_mult:
+    errors.append(f'config.optim.backbone_lr_mult={config.optim.backbone_lr_mult}: must be >= 0 '
+                  '(0 freezes the backbone).')
+  if not 0 <= config.train.label_smoothing < 1:
+    errors.append(f'config.train.label_smoothing={config.train.label_smoothing}: must be in [0, 1).')
+  if config.early_stopping.patience < 1:
+    errors.append(f'config.early_stopping.patience={config.early_stopping.patience}: must be >= 1.')
+  if config.checkpoint.every_steps < 1:
+    errors.append(f'config.checkpoint.every_steps={config.checkpoint.every_steps}: must be >= 1.')
+  if config.model.pretrained and not os.path.isdir(config.model.pretrained):
+    errors.append(
+        f'config.model.pretrained={config.model.pretrained!r} does not exist. Convert torchvision '
+        f'weights first: python -m launch.convert --arch {config.model.name} '
+        f'--source <.pth/.safetensors/URL> --out {config.model.pretrained}')
+  if config.data.source == 'folder' and not config.data.manual_dir and not config.data.data_dir:
+    errors.append('config.data.source=folder needs --config.data.manual_dir=PATH (a Kaggle-layout '
+                  'folder) or --config.data.data_dir of an already prepared dataset.')
+  if errors:
+    raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))

@@ -1,0 +1,30 @@
+"""Multi-host start-up: `jax.distributed.initialize()` when the environment asks for it."""
+
+import os
+
+import jax
+
+
+def maybe_initialize() -> bool:
+  """Initialises jax.distributed when JAXCXR_DISTRIBUTED=1 or a cluster is detected.
+
+  With JAXCXR_COORDINATOR (host:port), JAXCXR_NUM_PROCESSES and JAXCXR_PROCESS_ID set, those are
+  used explicitly (e.g. several processes on one machine); otherwise JAX auto-detects the cluster
+  (TPU pod slices, SLURM, Open MPI). On CPU the gloo collectives are selected.
+
+  Returns:
+    True when jax.distributed was initialised.
+  """
+  explicit = 'JAXCXR_COORDINATOR' in os.environ
+  if not (explicit or os.environ.get('JAXCXR_DISTRIBUTED') == '1'):
+    return False
+  if os.environ.get('JAX_PLATFORMS', '') == 'cpu' or os.environ.get('JAXCXR_CPU_COLLECTIVES'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit:
+    jax.distributed.initialize(
+        coordinator_address=os.environ['JAXCXR_COORDINATOR'],
+        num_processes=int(os.environ['JAXCXR_NUM_PROCESSES']),
+        process_id=int(os.environ['JAXCXR_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
+  return True

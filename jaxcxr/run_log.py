@@ -1,0 +1,93 @@
+"""Run logging: `metrics.jsonl`, TensorBoard event files (tensorboardX) and a tqdm progress bar.
+
+Only process 0 writes. Every row carries `kind` ('train', 'epoch', 'final', ...) and `step`; on
+resume, rows newer than the restored step are dropped so the log matches the resumed trajectory.
+"""
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _jsonable(v: Any) -> Any:
+  if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, 'dtype'):
+    v = np.asarray(v).tolist()
+  return v
+
+
+class RunLog:
+  """Writes one training run's scalars."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, total_steps: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    self._bar = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(resume_step)
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
+      self._tb = None
+    self._bar = tqdm.tqdm(total=total_steps, initial=resume_step, unit='step', dynamic_ncols=True,
+                          file=sys.stderr, disable=None, mininterval=2.0)
+
+  def _truncate_after(self, step: int):
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      rows = [line for line in f if line.strip()]
+    keep = [r for r in rows if json.loads(r).get('step', 0) <= step]
+    if len(keep) != len(rows):
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
+
+  def write(self, kind: str, step: int, scalars: dict[str, Any]):
+    if not self.enabled:
+      return
+    row = {'kind': kind, 'step': int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._tb is not None:
+      for k, v in row.items():
+        if isinstance(v, (int, float)) and k != 'step':
+          self._tb.add_scalar(f'{kind}/{k}', v, step)
+
+  def progress(self, step: int, **postfix):
+    if self._bar is not None:
+      self._bar.n = step
+      self._bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v)
+                             for k, v in postfix.items()}, refresh=False)
+      self._bar.refresh()
+
+  def message(self, text: str):
+    if self.enabled:
+      (tqdm.tqdm.write if self._bar is not None else print)(text, file=sys.stderr)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_rows(workdir: str, kind: str | None = None) -> list[dict]:
+  """Rows of a workdir's metrics.jsonl, optionally of one kind."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if kind is None or r.get('kind') == kind]
