@@ -150,7 +150,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   kept = kept.replace(step=state.step + 1)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   return kept, {'loss': loss, 'accuracy': accuracy, 'finite': finite,
-                'grad_norm': optax.global_norm(grads)}
+                'grad_norm': optax.tree.norm(grads)}
 
 
 def eval_step(state: TrainState, batch: dict, *, dtype) -> jax.Array:
