@@ -1,0 +1,1 @@
+"""Chest X-ray data: phantoms, TFDS ArrayRecord builder, Grain loaders, shared preprocessing."""
