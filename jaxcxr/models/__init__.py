@@ -12,12 +12,18 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from jaxcxr.models import densenet
+from jaxcxr.models import resnet
 from jaxcxr.models import small_cnn
+from jaxcxr.models import vgg
 
 # name -> (family, module constructor: a functools.partial of the family's class).
 _REGISTRY: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     'cnn_small': ('small_cnn', small_cnn.cnn_small),
     'cnn_bn': ('small_cnn', small_cnn.cnn_bn),
+    **{name: ('vgg', fn) for name, fn in vgg.VARIANTS.items()},
+    **{name: ('resnet', fn) for name, fn in resnet.VARIANTS.items()},
+    **{name: ('densenet', fn) for name, fn in densenet.VARIANTS.items()},
 }
 
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -26,6 +32,9 @@ NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # family and, for convenience, by every model name. Everything else is the backbone.
 _FAMILY_HEADS = {
     'small_cnn': small_cnn.HEAD,
+    'vgg': vgg.HEAD,
+    'resnet': resnet.HEAD,
+    'densenet': densenet.HEAD,
 }
 HEAD_PARAMS: dict[str, str] = {
     **_FAMILY_HEADS, **{name: _FAMILY_HEADS[fam] for name, (fam, _) in _REGISTRY.items()}}
