@@ -142,7 +142,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   updates, new_opt_state = state.tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
   new_params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & _is_finite(grads)
+  # Checking the updates catches NaN/inf gradients and optimizer overflow alike.
+  finite = jnp.isfinite(loss) & _is_finite(updates)
   new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
                             batch_stats=new_stats)
   # Keep the old state on a non-finite step (and still advance the step so keys stay in sync).

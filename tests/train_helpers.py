@@ -1,0 +1,80 @@
+"""Tiny configs and subprocess runners shared by the training tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from configs import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir: str, **overrides):
+  """configs/tiny.py with `data_dir` and dotted-key overrides applied."""
+  c = tiny.get_config()
+  overrides = {'data.data_dir': str(data_dir), **overrides}
+  with c.unlocked():
+    for k, v in overrides.items():
+      node = c
+      *path, last = k.split('.')
+      for p in path:
+        node = node[p]
+      node[last] = v
+  return c, overrides
+
+
+def train_cmd(overrides: dict, workdir) -> list[str]:
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
+  return [sys.executable, '-m', 'launch.train', '--config', str(REPO / 'configs' / 'tiny.py'),
+          '--workdir', str(workdir)] + flags
+
+
+def env(devices: int = 1, **extra) -> dict:
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  e['JAX_PLATFORMS'] = 'cpu'
+  e['PYTHONPATH'] = str(REPO)
+  e.update({k: str(v) for k, v in extra.items()})
+  return e
+
+
+def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
+  """Runs launch.train in a subprocess; returns the CompletedProcess."""
+  return subprocess.run(train_cmd(overrides, workdir), cwd=REPO, env=env(devices, **extra_env),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def losses(workdir) -> np.ndarray:
+  rows = [json.loads(line) for line in open(Path(workdir) / 'metrics.jsonl') if line.strip()]
+  return np.array([r['loss'] for r in rows if r['kind'] == 'train'])
+
+
+def final_params(workdir) -> dict:
+  """Flattened params of the newest periodic checkpoint, as numpy."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = Path(workdir) / 'checkpoints'
+  step = max(ocp.utils.checkpoint_steps(directory))
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True)) as mngr:
+    tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))['state']
+  out = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f'{prefix}{k}/')
+      else:
+        out[f'{prefix}{k}'] = np.asarray(v)
+  walk({'params': tree['params'], 'batch_stats': tree.get('batch_stats', {}),
+        'opt_state': {'x': _flat_list(tree['opt_state'])}}, '')
+  out['step'] = np.asarray(tree['step'])
+  return out
+
+
+def _flat_list(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
