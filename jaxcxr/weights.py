@@ -356,6 +356,35 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
                        f'({type(e).__name__}: {e}).') from None
 
 
+def resolve_source(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = None,
+                   expected_sha256: Optional[str] = None) -> pathlib.Path:
+  """The verified local file for a path, an http(s) URL (see `fetch`) or 'torchvision:<arch>'."""
+  source = str(path_or_url)
+  if source.startswith('torchvision:'):
+    arch = source.split(':', 1)[1]
+    if arch not in TORCHVISION_URLS:
+      raise WeightsError(f'No torchvision URL for {arch!r}; known: {", ".join(TORCHVISION_URLS)}')
+    source = TORCHVISION_URLS[arch]
+  if source.startswith(('http://', 'https://')):
+    return fetch(source, cache_dir, expected_sha256)
+  path = pathlib.Path(source).expanduser()
+  if not path.is_file():
+    raise WeightsError(f'Weight file {path} does not exist.')
+  if expected_sha256:
+    _check_hash(path, _sha256(path), expected_sha256, str(path))
+  return path
+
+
+def read_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+  """Reads a local `.pth`/`.pt` (tensors only) or `.safetensors` file into key -> numpy array."""
+  path = pathlib.Path(path)
+  if path.suffix in ('.pth', '.pt'):
+    return _read_pth(path)
+  if path.suffix == '.safetensors':
+    return _read_safetensors(path)
+  raise WeightsError(f'{path}: unknown weight format {path.suffix!r} (.pth, .pt or .safetensors).')
+
+
 def load_state_dict(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = None,
                     expected_sha256: Optional[str] = None) -> dict[str, np.ndarray]:
   """Reads a state dict (key -> numpy array) from a `.pth`, `.safetensors` or http(s) URL.
@@ -369,25 +398,8 @@ def load_state_dict(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = No
   Raises:
     WeightsError: unreadable, truncated, hash mismatch, pickled code, or download failure.
   """
-  source = str(path_or_url)
-  if source.startswith('torchvision:'):
-    arch = source.split(':', 1)[1]
-    if arch not in TORCHVISION_URLS:
-      raise WeightsError(f'No torchvision URL for {arch!r}; known: {", ".join(TORCHVISION_URLS)}')
-    source = TORCHVISION_URLS[arch]
-  if source.startswith(('http://', 'https://')):
-    path = fetch(source, cache_dir, expected_sha256)
-  else:
-    path = pathlib.Path(source).expanduser()
-    if not path.is_file():
-      raise WeightsError(f'Weight file {path} does not exist.')
-    if expected_sha256:
-      _check_hash(path, _sha256(path), expected_sha256, str(path))
-  if path.suffix in ('.pth', '.pt', '.bin'):
-    return _read_pth(path)
-  if path.suffix == '.safetensors':
-    return _read_safetensors(path)
-  raise WeightsError(f'{path}: unknown weight format {path.suffix!r} (.pth, .pt or .safetensors).')
+  return read_state_dict(resolve_source(path_or_url, cache_dir=cache_dir,
+                                        expected_sha256=expected_sha256))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,3 +511,17 @@ def load_pretrained(init_variables: Mapping[str, Any], pretrained_variables: Map
     raise WeightsError(f'Pretrained variables do not fit the model ({len(problems)} problems): '
                        + '; '.join(problems[:10]) + ('; ...' if len(problems) > 10 else ''))
   return out
+
+
+def convert(arch: str, source: PathLike, out_dir: PathLike, *,
+            cache_dir: Optional[PathLike] = None,
+            expected_sha256: Optional[str] = None) -> dict[str, Any]:
+  """Source (file/URL) -> `from_torchvision` -> `save_converted`; returns the written meta."""
+  models.build(arch, 1)  # unknown arch: ValueError listing the names, before any download
+  path = resolve_source(source, cache_dir=cache_dir, expected_sha256=expected_sha256)
+  variables = from_torchvision(arch, read_state_dict(path))
+  source = str(source)
+  if source.startswith('torchvision:'):
+    source = TORCHVISION_URLS[source.split(':', 1)[1]]
+  out = save_converted(out_dir, arch, variables, {'source': source, 'sha256': _sha256(path)})
+  return {**read_meta(out), 'out': str(out)}

@@ -57,13 +57,22 @@ def build(name: str, num_classes: int, **overrides: Any) -> nn.Module:
   Args:
     name: one of `NAMES`.
     num_classes: size of the classification head.
-    **overrides: module attributes, e.g. `dtype=jnp.bfloat16`, `dropout_rate=0.3`,
-      `memory_efficient=True` (DenseNet).
+    **overrides: module attributes, e.g. `dtype=jnp.bfloat16`, `dropout_rate=0.3` (VGG,
+      DenseNet, small CNNs; ResNet has no dropout), `memory_efficient=True` (DenseNet).
 
   Returns:
     An unbound `flax.linen.Module`.
+
+  Raises:
+    ValueError: unknown `name` (the message lists `NAMES`), `num_classes < 1`, or an override
+      that is not an attribute of the model (the message lists the valid ones).
   """
   _check_name(name)
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-  return _REGISTRY[name][1](num_classes=num_classes, **overrides)
+  constructor = _REGISTRY[name][1]
+  fields = set(constructor.func.__dataclass_fields__) - {'parent', 'name', 'num_classes'}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'{name} has no option(s) {unknown}; its options: {sorted(fields)}')
+  return constructor(num_classes=num_classes, **overrides)

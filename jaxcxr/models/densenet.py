@@ -24,7 +24,7 @@ class DenseLayer(nn.Module):
   """
   growth_rate: int
   bn_size: int
-  drop_rate: float
+  dropout_rate: float
   memory_efficient: bool
   train: bool
   dtype: Any = jnp.float32
@@ -34,7 +34,7 @@ class DenseLayer(nn.Module):
     self.conv1 = layers.conv(self.bn_size * self.growth_rate, 1, self.dtype, 'conv1')
     self.norm2 = layers.batch_norm(self.train, self.dtype, 'norm2')
     self.conv2 = layers.conv(self.growth_rate, 3, self.dtype, 'conv2', padding=1)
-    self.dropout = nn.Dropout(self.drop_rate, deterministic=not self.train)
+    self.dropout = nn.Dropout(self.dropout_rate, deterministic=not self.train)
 
   def bottleneck(self, features: Sequence[jnp.ndarray]) -> jnp.ndarray:
     """list of (N, H, W, C_i) -> (N, H, W, bn_size * growth_rate)."""
@@ -46,7 +46,7 @@ class DenseLayer(nn.Module):
     if self.memory_efficient:
       bottleneck = nn.remat(bottleneck)
     y = self.conv2(nn.relu(self.norm2(bottleneck(self, list(features)))))
-    return self.dropout(y) if self.drop_rate > 0 else y
+    return self.dropout(y) if self.dropout_rate > 0 else y
 
 
 class DenseBlock(nn.Module):
@@ -54,7 +54,7 @@ class DenseBlock(nn.Module):
   num_layers: int
   growth_rate: int
   bn_size: int
-  drop_rate: float
+  dropout_rate: float
   memory_efficient: bool
   dtype: Any = jnp.float32
 
@@ -62,7 +62,7 @@ class DenseBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     features = [x]
     for j in range(self.num_layers):
-      features.append(DenseLayer(self.growth_rate, self.bn_size, self.drop_rate,
+      features.append(DenseLayer(self.growth_rate, self.bn_size, self.dropout_rate,
                                  self.memory_efficient, train, self.dtype,
                                  name=f'denselayer{j + 1}')(features))
     return jnp.concatenate(features, axis=-1)
@@ -88,7 +88,7 @@ class DenseNet(nn.Module):
     block_config: dense layers per block.
     num_init_features: channels of `conv0`.
     bn_size: bottleneck width multiplier (of growth_rate).
-    drop_rate: dropout after each dense layer (torchvision default 0).
+    dropout_rate: dropout after each dense layer (torchvision `drop_rate`, default 0).
     num_classes: size of the head.
     memory_efficient: rematerialise each concat + bottleneck (identical outputs, less memory).
     dtype: compute dtype; params stay float32.
@@ -97,7 +97,7 @@ class DenseNet(nn.Module):
   block_config: Sequence[int] = (6, 12, 24, 16)
   num_init_features: int = 64
   bn_size: int = 4
-  drop_rate: float = 0.0
+  dropout_rate: float = 0.0
   num_classes: int = 1000
   memory_efficient: bool = False
   dtype: Any = jnp.float32
@@ -111,7 +111,7 @@ class DenseNet(nn.Module):
     x = layers.max_pool(x, 3, 2, 1)
     num_features = self.num_init_features
     for i, num_layers in enumerate(self.block_config):
-      x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate,
+      x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.dropout_rate,
                      self.memory_efficient, self.dtype, name=f'denseblock{i + 1}')(x, train)
       num_features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
