@@ -110,7 +110,7 @@ class TrainAugment(grain.transforms.RandomMap):
     m, contrast, brightness = self.draw(rng, image.shape[0])
     out = warp(image, m, self.out_size)
     if contrast != 1.0 or brightness != 0.0:
-      out = cv2.LUT(out, intensity_lut(float(out.mean()), contrast, brightness))
+      out = cv2.LUT(out, intensity_lut(cv2.mean(out)[0], contrast, brightness))
     return {**element, 'image': out[..., None]}
 
 

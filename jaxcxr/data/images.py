@@ -108,8 +108,11 @@ def decode_grey(data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PI
     return np.ascontiguousarray(_to_grey(im))
   except ImageError:
     raise
-  except Image.DecompressionBombError as e:
-    raise ImageError(name, f'it is too large to decode safely ({e})', remedy) from None
+  except Image.DecompressionBombError as e:  # Pillow's own guard fires first above ~179 MP
+    raise ImageError(
+        name, f'it is too large to decode safely ({e}); the limit is {max_pixels / 1e6:.1f} MP '
+        '(config.data.max_image_pixels; a decompression bomb or a wrong file); it was not '
+        'decoded', remedy) from None
   except Image.UnidentifiedImageError:
     head = data[:8]
     kind = 'text' if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else 'binary'
