@@ -1,0 +1,265 @@
+"""Grad-CAM and Grad-CAM++ from one batched forward + backward pass (`jax.grad`).
+
+Every model marks its last convolutional feature map A (B, h, w, K) as 'cam_features'
+(docs/ARCHITECTURE.md): `perturb` adds `variables['perturbations']['cam_features']` to it, so the
+gradient of a score w.r.t. a zero perturbation is the gradient w.r.t. A, and `sow` returns A itself.
+The score is the sum over the batch of each image's target-class logit y^c, so one `jax.grad` call
+gives every image's dy^c/dA. Only the head after A is differentiated (the parameters are not), so a
+Grad-CAM batch costs little more than the forward pass (`time_gradcam_vs_forward`).
+
+- Grad-CAM (Selvaraju et al. 2017): weights a_k = mean_ij dy/dA_ijk; map relu(sum_k a_k A_k).
+- Grad-CAM++ (Chattopadhay et al. 2018, closed form for the score exp(y^c)):
+  alpha_ijk = g^2 / (2 g^2 + sum_ab A_abk g^3) with g = dy/dA_ijk (alpha = 0 where g = 0),
+  a_k = sum_ij alpha_ijk relu(g_ijk). (The exp(y) factor of the gradients of exp(y) is one positive
+  number per image and cancels in the [0, 1] normalisation.)
+
+Maps are resized to the input size (bilinear) and min-max normalised to [0, 1] per image.
+Sanity checks: `pointing_game` (localisation) and `rank_correlation` for the model-randomisation
+test of Adebayo et al. 2018 (`randomisation_check`).
+"""
+
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from PIL import Image
+from scipy import stats
+
+from jaxcxr import plots
+
+METHODS = ('gradcam', 'gradcam++')
+CAM_NAME = 'cam_features'
+
+
+def _model_variables(variables: dict) -> dict:
+  """params / batch_stats only (a `perturbations` or `intermediates` entry would be stale)."""
+  return {k: v for k, v in variables.items() if k not in ('perturbations', 'intermediates')}
+
+
+def _feature_map(module, variables: dict, x: jnp.ndarray) -> jnp.ndarray:
+  _, state = module.apply(variables, x, train=False, mutable=['intermediates'])
+  return state['intermediates'][CAM_NAME][0]
+
+
+def _weights(method: str, fmap: jnp.ndarray, grads: jnp.ndarray) -> jnp.ndarray:
+  """(B, h, w, K) feature map and dy/dA -> (B, K) channel weights."""
+  if method == 'gradcam':
+    return grads.mean(axis=(1, 2))
+  g2 = grads * grads
+  g3 = g2 * grads
+  denom = 2 * g2 + fmap.sum(axis=(1, 2), keepdims=True) * g3
+  alpha = jnp.where((grads != 0) & (denom != 0), g2 / jnp.where(denom != 0, denom, 1.0), 0.0)
+  return (alpha * jax.nn.relu(grads)).sum(axis=(1, 2))
+
+
+def _normalise(maps: jnp.ndarray) -> jnp.ndarray:
+  """Per-map min-max to [0, 1]; a constant map becomes 0."""
+  lo = maps.min(axis=(1, 2), keepdims=True)
+  span = maps.max(axis=(1, 2), keepdims=True) - lo
+  return jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=('module', 'method'))
+def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray,
+               method: str) -> dict:
+  fmap_shape = jax.eval_shape(functools.partial(_feature_map, module, variables), x)
+  zeros = jnp.zeros(fmap_shape.shape, fmap_shape.dtype)
+
+  def score(perturbation):
+    v = {**variables, 'perturbations': {CAM_NAME: perturbation}}
+    logits, state = module.apply(v, x, train=False, mutable=['intermediates'])
+    logits = logits.astype(jnp.float32)
+    chosen = jnp.where(target < 0, jnp.argmax(logits, axis=-1), target)
+    total = jnp.take_along_axis(logits, chosen[:, None], axis=1).sum()
+    return total, (state['intermediates'][CAM_NAME][0], logits, chosen)
+
+  grads, (fmap, logits, chosen) = jax.grad(score, has_aux=True)(zeros)
+  fmap = fmap.astype(jnp.float32)
+  grads = grads.astype(jnp.float32)
+  weights = _weights(method, fmap, grads)
+  raw = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', fmap, weights))
+  b, height, width = x.shape[0], x.shape[1], x.shape[2]
+  cam = _normalise(jax.image.resize(raw, (b, height, width), method='bilinear'))
+  return {'cam': cam, 'raw': raw, 'weights': weights, 'logits': logits,
+          'probs': jax.nn.softmax(logits, axis=-1), 'target': chosen}
+
+
+def grad_cam(module, variables: dict, x: jnp.ndarray, target=None, *,
+             method: str = 'gradcam') -> dict:
+  """Grad-CAM / Grad-CAM++ maps of a batch (jitted; one forward + backward).
+
+  Args:
+    module: a `jaxcxr.models` module (marks 'cam_features').
+    variables: {'params', 'batch_stats' (if any)}.
+    x: (B, H, W, 3) float model input (ImageNet-normalised, see `to_model_input`).
+    target: None (each image's predicted class), an int (one class for all) or (B,) ints;
+      -1 entries mean "predicted".
+    method: 'gradcam' or 'gradcam++'.
+
+  Returns:
+    {'cam': (B, H, W) in [0, 1], 'raw': (B, h, w) un-normalised map at feature resolution,
+     'weights': (B, K) channel weights, 'logits': (B, C), 'probs': (B, C),
+     'target': (B,) class explained}.
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown Grad-CAM method {method!r}; choose one of {METHODS}.')
+  x = jnp.asarray(x)
+  if target is None:
+    target = -1
+  target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), (x.shape[0],))
+  return _cam_batch(module, _model_variables(variables), x, target, method)
+
+
+def time_gradcam_vs_forward(module, variables: dict, image_size: int, batch_size: int = 8, *,
+                            method: str = 'gradcam', repeats: int = 10, seed: int = 0) -> dict:
+  """Wall time of a jitted Grad-CAM batch over a jitted forward pass (after compilation).
+
+  Returns:
+    {'forward_ms', 'gradcam_ms' (medians over `repeats`), 'ratio'}.
+  """
+  variables = _model_variables(variables)
+  x = jax.random.normal(jax.random.key(seed), (batch_size, image_size, image_size, 3))
+  target = jnp.full((batch_size,), -1, jnp.int32)
+  forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+
+  def median_ms(fn):
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+  forward_ms = median_ms(lambda: forward(variables, x))
+  cam_ms = median_ms(lambda: _cam_batch(module, variables, x, target, method))
+  return {'forward_ms': forward_ms, 'gradcam_ms': cam_ms, 'ratio': cam_ms / forward_ms}
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
+            colormap: str = 'jet') -> np.ndarray:
+  """Heat map over a grey image.
+
+  Args:
+    gray: (H, W) uint8 image.
+    cam: (h, w) map in [0, 1]; resized (bilinear) to (H, W) when its size differs.
+    alpha: weight of the heat map (0: image only, 1: heat map only).
+    colormap: matplotlib colormap name.
+
+  Returns:
+    (H, W, 3) uint8 RGB.
+  """
+  gray = np.asarray(gray)
+  if gray.ndim == 3 and gray.shape[-1] == 1:
+    gray = gray[..., 0]
+  cam = np.asarray(cam, np.float32)
+  if cam.shape != gray.shape:
+    cam = np.asarray(Image.fromarray(cam, mode='F').resize(
+        (gray.shape[1], gray.shape[0]), Image.BILINEAR))
+  heat = matplotlib.colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
+  base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+  out = (1.0 - alpha) * base + alpha * heat
+  return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_overlay_grid(path: str, grays: np.ndarray, cams: np.ndarray, labels: Sequence[int],
+                      preds: Sequence[int], class_names: Sequence[str], *,
+                      probs: np.ndarray | None = None, per_class: int = 2, alpha: float = 0.4,
+                      title: str = 'Grad-CAM') -> dict:
+  """One row per true class: up to `per_class` correct then up to `per_class` wrong predictions.
+
+  Args:
+    path: PNG to write.
+    grays: (N, H, W) uint8 images (or (N, H, W, 1)).
+    cams: (N, H, W) maps in [0, 1].
+    labels, preds: (N,) true and predicted class indices.
+    class_names: names by index.
+    probs: optional (N, C) probabilities for the titles.
+    per_class: examples of each kind per row.
+    alpha: overlay weight.
+    title: figure title.
+
+  Returns:
+    {class name: {'correct': [indices], 'wrong': [indices]}} of the images shown.
+  """
+  labels = np.asarray(labels)
+  preds = np.asarray(preds)
+  chosen, images, titles, row_labels = {}, [], [], []
+  ncols = 2 * per_class
+  for k, name in enumerate(class_names):
+    right = np.flatnonzero((labels == k) & (preds == k))[:per_class].tolist()
+    wrong = np.flatnonzero((labels == k) & (preds != k))[:per_class].tolist()
+    chosen[name] = {'correct': right, 'wrong': wrong}
+    if not right and not wrong:
+      continue
+    row_labels.append(f'true: {name}')
+    slots = right + [None] * (per_class - len(right)) + wrong + [None] * (per_class - len(wrong))
+    for i, idx in enumerate(slots):
+      if idx is None:
+        images.append(np.full((8, 8, 3), 255, np.uint8))
+        titles.append('(none correct)' if i < per_class else '(none wrong)')
+        continue
+      images.append(overlay(grays[idx], cams[idx], alpha))
+      p = f' p={float(probs[idx, preds[idx]]):.2f}' if probs is not None else ''
+      mark = 'correct' if i < per_class else 'WRONG'
+      titles.append(f'{mark}: pred {class_names[preds[idx]]}{p}')
+  if not images:
+    raise ValueError('save_overlay_grid: no images to show.')
+  plots.image_grid(images, titles, path, suptitle=title, row_labels=row_labels, ncols=ncols)
+  return chosen
+
+
+def pointing_game(cams: np.ndarray, masks: np.ndarray) -> float:
+  """Fraction of maps whose maximum falls inside the mask (images with empty masks ignored).
+
+  Args:
+    cams: (N, H, W) maps.
+    masks: (N, H, W) bool (e.g. the lesion or lung region).
+
+  Returns:
+    Hit rate in [0, 1]; NaN when every mask is empty.
+  """
+  cams = np.asarray(cams)
+  masks = np.asarray(masks, bool)
+  n = cams.shape[0]
+  peak = cams.reshape(n, -1).argmax(axis=1)
+  flat = masks.reshape(n, -1)
+  valid = flat.any(axis=1)
+  if not valid.any():
+    return float('nan')
+  hits = flat[np.arange(n), peak]
+  return float(hits[valid].mean())
+
+
+def rank_correlation(cams_a: np.ndarray, cams_b: np.ndarray) -> float:
+  """Mean over images of the Spearman rank correlation of two maps (constant maps skipped)."""
+  cams_a = np.asarray(cams_a)
+  cams_b = np.asarray(cams_b)
+  rhos = []
+  for a, b in zip(cams_a.reshape(len(cams_a), -1), cams_b.reshape(len(cams_b), -1)):
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+      continue  # rank correlation undefined
+    rhos.append(stats.spearmanr(a, b).statistic)
+  return float(np.mean(rhos)) if rhos else float('nan')
+
+
+def randomisation_check(module, variables: dict, x: jnp.ndarray, key: jax.Array, *,
+                        method: str = 'gradcam', target=None) -> float:
+  """Model-randomisation test (Adebayo et al. 2018): all weights re-initialised.
+
+  A faithful saliency method gives maps that change when the weights are randomised, so the
+  returned mean Spearman correlation between the trained and the random model's maps (same
+  target classes) should be low.
+  """
+  trained = grad_cam(module, variables, x, target, method=method)
+  random_vars = module.init({'params': key, 'dropout': key}, x[:1], train=False)
+  random = grad_cam(module, random_vars, x, trained['target'], method=method)
+  return rank_correlation(np.asarray(trained['cam']), np.asarray(random['cam']))
+
+
+__all__ = ['METHODS', 'grad_cam', 'overlay', 'save_overlay_grid', 'pointing_game',
+           'rank_correlation', 'randomisation_check', 'time_gradcam_vs_forward']
