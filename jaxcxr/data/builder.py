@@ -530,6 +530,7 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
             f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
             'config.data.manual_dir (prepare_data CLI: --manual_dir) to the Kaggle folder, or '
             "use config.data.source='phantom'.")
+      scan_folder(manual_dir, class_names)  # our messages for missing/empty folders, before TFDS's
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   meta = dict(builder.info.metadata)

@@ -114,7 +114,7 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
   field = np.clip(lungs * (1.0 - heart), 0.0, 1.0)  # lung field not behind the heart
   lung_mask = (lung_hard > 0) & (dh > 1.15)
 
-  vessels = 0.03 * _smooth_noise(rng, n, s, 12) + 0.015 * _smooth_noise(rng, n, s, 28)
+  vessels = 0.02 * _smooth_noise(rng, n, s, 12) + 0.01 * _smooth_noise(rng, n, s, 28)
   img = img - _u(rng, 0.2, 0.28, n) * field + field * vessels
   img = img + _u(rng, 0.06, 0.1, n) * heart * thorax
   spine = _sigmoid((_u(rng, 0.07, 0.1, n) - np.abs(xx - cx)) * 60.0)
@@ -135,8 +135,8 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
     center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
     bx = center + side * lw0[:, None] * rng.uniform(0.4, 0.85, (n, k))  # lateral periphery
     by = lcy0[:, None] + lh0[:, None] * rng.uniform(0.0, 0.7, (n, k))   # lower zones
-    sig = rng.uniform(0.05, 0.1, (n, k))
-    amp = rng.uniform(0.07, 0.14, (n, k)) * (np.arange(k)[None, :] < count[:, None])
+    sig = rng.uniform(0.06, 0.11, (n, k))
+    amp = rng.uniform(0.14, 0.24, (n, k)) * (np.arange(k)[None, :] < count[:, None])
     patch = 0.35 + 0.65 * np.clip(0.5 + 0.35 * _smooth_noise(rng, n, s, 20), 0, 1)
     lesion = _blobs(bx, by, sig, sig * rng.uniform(0.8, 1.3, (n, k)), amp, xs, ys) * patch
   elif name == 'Viral Pneumonia':
@@ -145,7 +145,7 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
     hx = np.stack([lcx_r + 0.45 * lw0, lcx_l - 0.45 * lw0], 1)
     hy = np.stack([lcy0 - 0.05 * lh0] * 2, 1) + rng.uniform(-0.05, 0.1, (n, 2))
     sig = rng.uniform(0.16, 0.24, (n, 2))
-    env = _blobs(hx, hy, sig, sig * 1.3, rng.uniform(0.1, 0.16, (n, 2)), xs, ys)
+    env = _blobs(hx, hy, sig, sig * 1.3, rng.uniform(0.17, 0.25, (n, 2)), xs, ys)
     band = _smooth_noise(rng, n, s, 24) - 0.7 * _smooth_noise(rng, n, s, 10)
     reticular = 0.3 + 0.7 * np.exp(-(band / 0.45) ** 2)
     inter = env * reticular
@@ -158,7 +158,7 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
     in_side = _sigmoid((np.abs(xx - cx) - 0.08) * 40.0)
     in_side = in_side * ((xx - cx) * np.where(right, -1.0, 1.0)[:, None, None] > 0)
     lobe = _sigmoid(beyond * 30.0) * in_side
-    lobe = lobe * _u(rng, 0.12, 0.18, n) * (0.85 + 0.15 * _smooth_noise(rng, n, s, 16))
+    lobe = lobe * _u(rng, 0.18, 0.26, n) * (0.85 + 0.15 * _smooth_noise(rng, n, s, 16))
     lesion = np.where(lobar[:, None, None], lobe, inter)
   elif name == 'Lung_Opacity':
     k = 2
@@ -168,7 +168,7 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
     bx = center + lw0[:, None] * rng.uniform(-0.6, 0.6, (n, k))
     by = lcy0[:, None] + lh0[:, None] * rng.uniform(-0.7, 0.7, (n, k))
     sig = rng.uniform(0.04, 0.08, (n, k))
-    amp = rng.uniform(0.14, 0.22, (n, k)) * (np.arange(k)[None, :] < count[:, None])
+    amp = rng.uniform(0.18, 0.28, (n, k)) * (np.arange(k)[None, :] < count[:, None])
     lesion = _blobs(bx, by, sig, sig, amp, xs, ys)
   elif name != 'Normal':
     raise ValueError(f'phantom: no finding defined for class {name!r}; known: COVID, Normal, '
