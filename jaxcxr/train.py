@@ -372,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpointer.save_best(step, state, host_state())
           checkpointer.save(step, state, train_iter, host_state())
         elif step % config.checkpoint.every_steps == 0:
+          _check_finite(pending, config, log)   # never checkpoint a step not known to be finite
+          pending = None
           checkpointer.save(step, state, train_iter, host_state())
 
         if _any_process(sigterm.raised):

@@ -95,7 +95,7 @@ def test_each_family_takes_steps(data_dir, tmp_path, name, overrides, monkeypatc
     ('optim.schedule', 'linear', 'optim.schedule'),
     ('data.sampling', 'smote', 'data.sampling'),
     ('model.pretrained', '/nonexistent/weights', 'launch.convert'),
-    ('data.val_fraction', 0.6, 'val_fraction'),
+    ('data.val_fraction', 0.9, 'val_fraction'),
     ('early_stopping.patience', 0, 'patience'),
 ])
 def test_bad_config_values(key, value, match):
