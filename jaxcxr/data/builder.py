@@ -347,6 +347,15 @@ class DatasetHandle:
       self._cache[key] = self._builder().as_data_source(split)
     return self._cache[key]
 
+  def raw_source(self, split: str):
+    """Like `source`, but [i] returns the serialized record bytes (a tf.train.Example)."""
+    self._check_split(split)
+    key = ('raw', split)
+    if key not in self._cache:
+      self._cache[key] = self._builder().as_data_source(
+          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    return self._cache[key]
+
   def _index(self, split: str) -> tuple[np.ndarray, list[str]]:
     self._check_split(split)
     key = ('index', split)

@@ -30,17 +30,49 @@ from jaxcxr.data import sampling
 from jaxcxr.data.builder import DatasetHandle
 
 
-class _TrainRecord(grain.transforms.Map):
-  """TFDS record -> {'image': uint8 (H, W), 'label': int32}."""
+class RecordSource:
+  """Random-access {'image': uint8 (H, W), 'label': int32} records of one split, parsed fast.
 
-  def map(self, record: dict[str, Any]) -> dict[str, Any]:
-    return {'image': record['image'], 'label': np.int32(record['label'])}
+  TFDS's generic numpy decoder costs ~0.3 ms of Python per record whatever its size (measured:
+  0.47 ms per 224 px record vs 0.19 ms here, of which 0.16 ms is the ArrayRecord read). Records
+  are `tf.train.Example`s; the raw-bytes image feature is `image/value` + `image/shape`, so this
+  reads raw records and parses only those with the (C) protobuf parser. The first record is checked
+  against TFDS's own decoding; on any difference it falls back to TFDS decoding.
+  """
+
+  def __init__(self, handle: DatasetHandle, split: str):
+    self._decoded = handle.source(split)
+    self._raw = handle.raw_source(split)
+    self._fast = False
+    try:
+      a, b = self._parse(self._raw[0]), self._decoded[0]
+      self._fast = (np.array_equal(a['image'], b['image']) and a['image'].dtype == np.uint8
+                    and int(a['label']) == int(b['label']))
+    except (KeyError, ValueError, IndexError, TypeError):
+      self._fast = False
+
+  @staticmethod
+  def _parse(record: bytes) -> dict[str, Any]:
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+    f = tf_example_pb2.Example.FromString(record).features.feature
+    shape = tuple(f['image/shape'].int64_list.value)
+    image = np.frombuffer(f['image/value'].bytes_list.value[0], np.uint8).reshape(shape)
+    return {'image': image, 'label': np.int32(f['label'].int64_list.value[0])}
+
+  def __len__(self) -> int:
+    return len(self._decoded)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    if self._fast:
+      return self._parse(self._raw[i])
+    r = self._decoded[i]
+    return {'image': r['image'], 'label': np.int32(r['label'])}
 
 
 class _EvalRecord(grain.transforms.Map):
   """Global position g -> eval example (zeros with valid=False past the end of the split)."""
 
-  def __init__(self, source, image_size: int):
+  def __init__(self, source: RecordSource, image_size: int):
     self.source = source
     self.image_size = int(image_size)
 
@@ -70,7 +102,7 @@ def _ensure_flags_parsed() -> None:
 
 
 def _threads(data_cfg) -> int:
-  # Decoding (zlib) and warping (cv2) release the GIL, so two threads per process overlap them.
+  # Reading (ArrayRecord) and warping (cv2) release the GIL, so two threads per process overlap.
   return int(data_cfg.get('read_threads', 2))
 
 
@@ -86,7 +118,7 @@ def train_dataset(data_cfg, handle: DatasetHandle, *, local_batch_size: int, see
   if seed < 0:
     raise ValueError(f'seed={seed} must be >= 0.')
   params = augment_lib.AugmentParams.from_config(data_cfg.augment)
-  ds = grain.MapDataset.source(handle.source('train')).map(_TrainRecord())
+  ds = grain.MapDataset.source(RecordSource(handle, 'train'))
   ds = sampling.EpochResampleMapDataset(ds, handle.labels('train'), handle.num_classes,
                                         mode=data_cfg.sampling, seed=int(seed))
   if params.enabled:
@@ -142,7 +174,7 @@ def eval_iterator(data_cfg, handle: DatasetHandle, split: str, *, local_batch_si
     'valid': bool (B,), 'index': int32 (B,)}.
   """
   _check_batch(local_batch_size, process_index, process_count)
-  source = handle.source(split)
+  source = RecordSource(handle, split)
   global_batch = local_batch_size * process_count
   num_batches = math.ceil(len(source) / global_batch)
   ds = grain.MapDataset.range(num_batches * global_batch)
