@@ -281,7 +281,7 @@ def write_status(sweep_dir: str, status: dict) -> None:
   d.mkdir(parents=True, exist_ok=True)
   tmp = d / (STATUS_FILE + '.tmp')
   tmp.write_text(json.dumps(status, indent=2, default=repr))
-  tmp.rename(d / STATUS_FILE)
+  tmp.replace(d / STATUS_FILE)
 
 
 def status_entry(trial: Trial, status: str, returncode: int | None = None,
@@ -343,18 +343,24 @@ def run_trials(trials: Sequence[Trial], sweep_dir: str, *, runner=run_command,
     echo: where progress lines go.
   """
   status = read_status(sweep_dir)
-  status['trials'] = dict(status.get('trials', {}))
+  previous = dict(status.get('trials', {}))
+  status['trials'] = {}   # the current sweep's trials only (a renamed trial's entry is dropped)
   local = '://' not in sweep_dir
+  for t in trials:   # every trial is listed from the start (launch.compare shows pending ones)
+    old = previous.get(t.name, {})
+    status['trials'][t.name] = {**status_entry(t, trial_status(t.workdir)),
+                                **{k: old[k] for k in ('returncode', 'wall_time_s') if k in old}}
+    if old.get('status') == 'failed' and status['trials'][t.name]['status'] != 'finished':
+      status['trials'][t.name]['status'] = 'failed'
+  write_status(sweep_dir, status)
   results = {}
   for t in trials:
     st = trial_status(t.workdir)
     if st == 'finished':
       echo(f'[{t.index + 1}/{len(trials)}] {t.name}: finished, skipped.')
       results[t.index] = st
-      status['trials'][t.name] = {**status['trials'].get(t.name, status_entry(t, st)),
-                                  'status': st}
       continue
-    old = status['trials'].get(t.name)
+    old = previous.get(t.name)
     if old and old.get('command') != list(t.command):
       echo(f'warning: {t.name} was started with a different command:\n  {old.get("command")}\n'
            f'now:\n  {list(t.command)}')
