@@ -22,6 +22,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -138,6 +139,21 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def read_state_numpy(step_dir: str) -> dict:
+  """The saved TrainState of one checkpoint step as a tree of numpy arrays.
+
+  Independent of the device topology it was saved on (8 GPUs, a TPU slice, ...), so a model
+  trained anywhere can be evaluated, exported or compared on a CPU.
+  """
+  path = os.path.join(os.path.abspath(step_dir), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path)
+  tree = getattr(meta, 'item_metadata', meta)
+  tree = getattr(tree, 'tree', tree)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 @dataclasses.dataclass
 class InferenceBundle:
   """Everything inference needs from a trained workdir."""
@@ -166,13 +182,25 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
         f'No {which!r} checkpoint under {directory}: training has not saved one yet. Run or resume '
         f'`python -m launch.train --config <config> --workdir {workdir}`.')
   step = max(steps)
-  with ocp.CheckpointManager(os.path.abspath(directory),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(partial_restore=True, item={'params': abstract['params'],
-                                                                 'batch_stats': abstract['batch_stats']})))
-  tree = restored['state']
+  tree = read_state_numpy(os.path.join(directory, str(step)))
+  _check_matches(abstract, tree, directory, config.model.name)
   variables = {'params': tree['params']}
   if tree.get('batch_stats'):
     variables['batch_stats'] = tree['batch_stats']
   return InferenceBundle(config, module, variables, class_names, config.data.image_size, step)
+
+
+def _check_matches(abstract: dict, tree: dict, directory: str, model_name: str) -> None:
+  """Raises ValueError when a checkpoint does not hold this model's parameters."""
+  want = {jax.tree_util.keystr(k): v.shape for k, v in
+          jax.tree_util.tree_leaves_with_path({'params': abstract['params']})}
+  got = {jax.tree_util.keystr(k): np.shape(v) for k, v in
+         jax.tree_util.tree_leaves_with_path({'params': tree.get('params', {})})}
+  problems = [f'{k}: model {want[k]} vs checkpoint {got.get(k, "missing")}'
+              for k in want if got.get(k) != want[k]]
+  problems += [f'{k}: in the checkpoint but not in {model_name}' for k in got if k not in want]
+  if problems:
+    raise ValueError(
+        f'The checkpoint in {directory} does not fit model {model_name!r} of the workdir config '
+        f'({len(problems)} mismatches, e.g. {"; ".join(problems[:3])}). Was config.json edited or '
+        'the checkpoint copied from another run?')

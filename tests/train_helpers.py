@@ -56,11 +56,10 @@ def losses(workdir) -> np.ndarray:
 def final_params(workdir) -> dict:
   """Flattened params of the newest periodic checkpoint, as numpy."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top
   directory = Path(workdir) / 'checkpoints'
   step = max(ocp.utils.checkpoint_steps(directory))
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as mngr:
-    tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))['state']
+  tree = checkpoint.read_state_numpy(str(directory / str(step)))
   out = {}
 
   def walk(node, prefix):
