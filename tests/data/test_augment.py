@@ -1,0 +1,88 @@
+"""One-warp augmentation: matrix geometry, intensity LUT, per-record randomness."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcxr.data import augment
+
+
+def _dot(size, x, y):
+  img = np.zeros((size, size), np.uint8)
+  img[y, x] = 200
+  return img
+
+
+def _where(img):
+  ys, xs = np.nonzero(img == img.max())
+  return int(xs[0]), int(ys[0])
+
+
+def test_identity_and_pure_resize():
+  g = np.random.default_rng(0).integers(0, 256, (33, 33), dtype=np.uint8)
+  np.testing.assert_array_equal(augment.warp(g, augment.affine_matrix(33, 33), 33), g)
+  m = augment.affine_matrix(64, 32)
+  np.testing.assert_allclose(m @ [-0.5, -0.5, 1], [-0.5, -0.5])    # corners to corners
+  np.testing.assert_allclose(m @ [63.5, 63.5, 1], [31.5, 31.5])
+  np.testing.assert_allclose(m @ [31.5, 31.5, 1], [15.5, 15.5])    # centre to centre
+
+
+@pytest.mark.parametrize('kw,moved_to', [
+    (dict(angle_deg=90.0), (16, 11)),        # right of centre -> above it (counter-clockwise)
+    (dict(flip=True), (11, 16)),             # mirrored
+    (dict(shift=(3.0, -2.0)), (24, 14)),
+    (dict(zoom=2.0), (26, 16)),
+])
+def test_geometry_of_one_dot(kw, moved_to):
+  img = _dot(33, 21, 16)  # centre is (16, 16); the dot is 5 px to its right
+  out = augment.warp(img, augment.affine_matrix(33, 33, **kw), 33)
+  assert _where(out) == moved_to
+
+
+def test_intensity_lut_numbers():
+  lut = augment.intensity_lut(100.0, 1.1, 0.1)
+  # (x - 100) * 1.1 + 100 + 25.5, rounded half to even, clipped.
+  assert lut[0] == 16 and lut[100] == 126 and lut[200] == 236 and lut[255] == 255
+  np.testing.assert_array_equal(augment.intensity_lut(50.0, 1.0, 0.0), np.arange(256))
+
+
+def _params(**kw):
+  cfg = ml_collections.ConfigDict(dict(enabled=True, rotation_deg=10.0, zoom=(0.9, 1.1),
+                                       translate=0.06, brightness=0.1, contrast=0.1, hflip=False))
+  cfg.update(kw)
+  return augment.AugmentParams.from_config(cfg)
+
+
+def test_random_map_deterministic_per_rng_and_neutral_when_zero():
+  g = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+  t = augment.TrainAugment(_params(), 32)
+  a = t.random_map({'image': g, 'label': 1}, np.random.default_rng(7))
+  b = t.random_map({'image': g, 'label': 1}, np.random.default_rng(7))
+  c = t.random_map({'image': g, 'label': 1}, np.random.default_rng(8))
+  assert a['image'].shape == (32, 32, 1) and a['image'].dtype == np.uint8 and a['label'] == 1
+  np.testing.assert_array_equal(a['image'], b['image'])
+  assert not np.array_equal(a['image'], c['image'])
+  neutral = augment.TrainAugment(_params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0,
+                                         brightness=0.0, contrast=0.0), 40)
+  out = neutral.random_map({'image': g, 'label': 0}, np.random.default_rng(0))
+  np.testing.assert_array_equal(out['image'][..., 0], g)
+
+
+def test_hflip_only_when_enabled():
+  img = _dot(33, 21, 16)
+  neutral = dict(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0)
+  off = augment.TrainAugment(_params(**neutral), 33)
+  on = augment.TrainAugment(_params(hflip=True, **neutral), 33)
+  rng = np.random.default_rng(0)
+  xs_off = {_where(off.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0]
+            for _ in range(20)}
+  xs_on = {_where(on.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0]
+           for _ in range(20)}
+  assert xs_off == {21} and xs_on == {11, 21}
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match=r'augment.zoom=\(1.1, 0.9\)'):
+    _params(zoom=(1.1, 0.9))
+  with pytest.raises(ValueError, match='augment.contrast=1.5 must be < 1'):
+    _params(contrast=1.5)
