@@ -31,6 +31,7 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.sampling = 'oversample'
   d.num_workers = 2            # Grain worker processes (0 = in-process)
   d.prefetch = 2               # batches buffered per worker
+  d.read_threads = 2           # threads per loader process (reads and cv2 warps release the GIL)
 
   d.augment = ml_collections.ConfigDict()
   d.augment.enabled = True
