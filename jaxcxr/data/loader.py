@@ -103,7 +103,7 @@ def _ensure_flags_parsed() -> None:
 
 def _threads(data_cfg) -> int:
   # Reading (ArrayRecord) and warping (cv2) release the GIL, so two threads per process overlap.
-  return int(data_cfg.get('read_threads', 2))
+  return int(data_cfg.get('read_threads', 2))  # configs saved before the key existed
 
 
 def augment_seed(seed: int) -> int:

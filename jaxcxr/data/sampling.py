@@ -112,7 +112,7 @@ class EpochResampleMapDataset(grain.MapDataset):
     self._num_classes = num_classes
     self._mode = mode
     self._seed = seed
-    self._cache: tuple[int, np.ndarray] | None = None
+    self._cache: dict[int, np.ndarray] = {}  # a few recent epochs; read by several threads
 
   def __len__(self) -> int:
     return sys.maxsize
@@ -122,16 +122,20 @@ class EpochResampleMapDataset(grain.MapDataset):
 
   def __getstate__(self):
     state = self.__dict__.copy()
-    state['_cache'] = None  # recomputed in each worker
+    state['_cache'] = {}  # recomputed in each worker
     return state
 
   def record_index(self, g: int) -> int:
     """The parent index at stream position g."""
     epoch, pos = divmod(g, len(self._labels))
-    if self._cache is None or self._cache[0] != epoch:
-      self._cache = (epoch, epoch_indices(self._labels, self._num_classes, mode=self._mode,
-                                          seed=self._seed, epoch=epoch))
-    return int(self._cache[1][pos])
+    draws = self._cache.get(epoch)
+    if draws is None:  # threads may compute the same epoch twice; the result is identical
+      draws = epoch_indices(self._labels, self._num_classes, mode=self._mode, seed=self._seed,
+                            epoch=epoch)
+      self._cache[epoch] = draws
+      for old in sorted(self._cache)[:-4]:
+        self._cache.pop(old, None)
+    return int(draws[pos])
 
   def __getitem__(self, index):
     if isinstance(index, slice):
