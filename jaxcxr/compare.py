@@ -160,32 +160,37 @@ def markdown(columns: Sequence[str], rows: Sequence[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(path: str, rows: Sequence[dict], *, reference: float = PAPER_ACCURACY_3CLASS,
-         reference_label: str = PAPER_LABEL) -> None:
-  """Grouped bars of accuracy and macro F1 per finished run, with the paper's line."""
+def figure(rows: Sequence[dict], *, reference: float = PAPER_ACCURACY_3CLASS,
+           reference_label: str = PAPER_LABEL):
+  """Grouped bars of accuracy and macro F1 per finished run, with the paper's reference line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   done = [r for r in rows if r['status'] == 'finished']
-  labels = [r['trial'] for r in done]
-  acc = np.array([r['accuracy'] or 0.0 for r in done], float)
-  f1 = np.array([r['macro_f1'] or 0.0 for r in done], float)
+  acc = np.array([_number(r['accuracy']) for r in done], float).clip(0)
+  f1 = np.array([_number(r['macro_f1']) for r in done], float).clip(0)
   x = np.arange(len(done))
   fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(done) + 3), 5.0))
   w = 0.4
-  b1 = ax.bar(x - w / 2, acc, w, label='accuracy')
-  b2 = ax.bar(x + w / 2, f1, w, label='macro F1')
-  ax.bar_label(b1, fmt='%.3f', fontsize=7, padding=1)
-  ax.bar_label(b2, fmt='%.3f', fontsize=7, padding=1)
+  for offset, values, label in ((-w / 2, acc, 'accuracy'), (w / 2, f1, 'macro F1')):
+    bars = ax.bar(x + offset, values, w, label=label)
+    ax.bar_label(bars, fmt='%.3f', fontsize=7, padding=1)
   ax.axhline(reference, color='crimson', linestyle='--', linewidth=1.2, label=reference_label)
-  ax.set_xticks(x, labels, rotation=30, ha='right', fontsize=8)
+  ax.set_xticks(x, [r['trial'] for r in done], rotation=30, ha='right', fontsize=8)
   ax.set_ylim(0.0, 1.08)
   ax.set_ylabel(f'{done[0]["split"] if done else "test"} split score')
   ax.set_title('jaxcxr runs: accuracy and macro F1')
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
+  return fig
+
+
+def plot(path: str, rows: Sequence[dict], **kwargs) -> None:
+  """Writes `figure(rows)` to `path` (PNG)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig = figure(rows, **kwargs)
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

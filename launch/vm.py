@@ -73,7 +73,11 @@ def main(argv):
     return
   for argv_ in cmds:
     print('+ ' + sweep.shell_join(argv_), file=sys.stderr)
-    rc = subprocess.run(argv_, check=False).returncode
+    try:
+      rc = subprocess.run(argv_, check=False).returncode
+    except OSError as e:   # e.g. gcloud not installed
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(127)
     if rc:
       print(f'error: exit status {rc}', file=sys.stderr)
       sys.exit(rc)
