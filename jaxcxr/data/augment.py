@@ -24,6 +24,7 @@ from jaxcxr.data import images as images_lib
 
 # The loader parallelises over records (threads/processes); cv2's own pool would oversubscribe.
 cv2.setNumThreads(1)
+_LEVELS = np.arange(256, dtype=np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +66,14 @@ def affine_matrix(in_size: int, out_size: int, *, angle_deg: float = 0.0, zoom: 
   c_in, c_out = (in_size - 1) / 2.0, (out_size - 1) / 2.0
   s = zoom * out_size / in_size
   a = math.radians(angle_deg)
-  # y points down in images, so a visually counter-clockwise rotation is [[cos, sin], [-sin, cos]].
-  lin = s * np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
-  if flip:
-    lin = lin @ np.diag([-1.0, 1.0])
-  t = np.array([c_out + shift[0], c_out + shift[1]]) - lin @ np.array([c_in, c_in])
-  return np.concatenate([lin, t[:, None]], axis=1)
+  # y points down in images, so a visually counter-clockwise rotation is [[cos, sin], [-sin, cos]];
+  # a flip negates the first column. Plain floats: this runs once per record.
+  cos, sin = s * math.cos(a), s * math.sin(a)
+  fx = -1.0 if flip else 1.0
+  m00, m01, m10, m11 = fx * cos, sin, -fx * sin, cos
+  tx = c_out + shift[0] - (m00 + m01) * c_in
+  ty = c_out + shift[1] - (m10 + m11) * c_in
+  return np.array([[m00, m01, tx], [m10, m11, ty]])
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
@@ -81,9 +84,8 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
 
 def intensity_lut(mean: float, contrast: float, brightness: float) -> np.ndarray:
   """uint8 (256,) table for out = clip((x - mean) * contrast + mean + brightness * 255)."""
-  x = np.arange(256, dtype=np.float32)
-  return np.clip(np.round((x - mean) * contrast + mean + brightness * 255.0), 0, 255).astype(
-      np.uint8)
+  lut = (_LEVELS - mean) * contrast + (mean + brightness * 255.0)
+  return np.clip(np.round(lut), 0, 255).astype(np.uint8)
 
 
 class TrainAugment(grain.transforms.RandomMap):
@@ -96,13 +98,14 @@ class TrainAugment(grain.transforms.RandomMap):
   def draw(self, rng: np.random.Generator, in_size: int) -> tuple[np.ndarray, float, float]:
     """(affine matrix, contrast factor, brightness shift) for one record."""
     p, s = self.params, self.out_size
-    angle = rng.uniform(-p.rotation_deg, p.rotation_deg)
-    zoom = rng.uniform(p.zoom[0], p.zoom[1])
-    shift = rng.uniform(-p.translate, p.translate, 2) * s
-    flip = bool(p.hflip and rng.random() < 0.5)
-    contrast = rng.uniform(1.0 - p.contrast, 1.0 + p.contrast)
-    brightness = rng.uniform(-p.brightness, p.brightness)
-    m = affine_matrix(in_size, s, angle_deg=angle, zoom=zoom, shift=tuple(shift), flip=flip)
+    u = rng.random(7).tolist()  # one call: per-record RNG setup dominates small draws
+    angle = p.rotation_deg * (2 * u[0] - 1)
+    zoom = p.zoom[0] + (p.zoom[1] - p.zoom[0]) * u[1]
+    shift = (p.translate * s * (2 * u[2] - 1), p.translate * s * (2 * u[3] - 1))
+    flip = p.hflip and u[4] < 0.5
+    contrast = 1.0 + p.contrast * (2 * u[5] - 1)
+    brightness = p.brightness * (2 * u[6] - 1)
+    m = affine_matrix(in_size, s, angle_deg=angle, zoom=zoom, shift=shift, flip=flip)
     return m, contrast, brightness
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:

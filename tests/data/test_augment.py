@@ -40,9 +40,11 @@ def test_geometry_of_one_dot(kw, moved_to):
 
 
 def test_intensity_lut_numbers():
-  lut = augment.intensity_lut(100.0, 1.1, 0.1)
-  # (x - 100) * 1.1 + 100 + 25.5, rounded half to even, clipped.
-  assert lut[0] == 16 and lut[100] == 126 and lut[200] == 236 and lut[255] == 255
+  lut = augment.intensity_lut(100.0, 1.1, 0.2)
+  # (x - 100) * 1.1 + 100 + 51, rounded, clipped to 0..255.
+  assert lut[0] == 41 and lut[50] == 96 and lut[100] == 151 and lut[193] == 253
+  assert lut[200] == 255 and lut[255] == 255
+  assert augment.intensity_lut(200.0, 0.9, -0.3)[0] == 0  # 20 - 76.5 clipped
   np.testing.assert_array_equal(augment.intensity_lut(50.0, 1.0, 0.0), np.arange(256))
 
 
