@@ -43,7 +43,6 @@ FOLDER_ALIASES = {
     'Viral Pneumonia': ('Viral Pneumonia', 'Viral_Pneumonia'),
     'Lung_Opacity': ('Lung_Opacity', 'Lung Opacity'),
 }
-IGNORED_SUBFOLDERS = ('masks', 'lesion_masks')
 
 _CITATION = """\
 @article{chowdhury2020can, title={Can AI help in screening Viral and COVID-19 pneumonia?},
@@ -107,8 +106,7 @@ def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[_E
   entries, ignored = [], []
   for label, name in enumerate(class_names):
     folder = find_class_folder(manual_dir, name)
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.parent.name not in IGNORED_SUBFOLDERS)
+    files = sorted(p for p in folder.iterdir() if p.is_file())  # subfolders (masks/) skipped
     hidden = [p for p in files if p.name.startswith('.')]
     ignored += [p.relative_to(manual_dir).as_posix() for p in hidden]
     files = [p for p in files if not p.name.startswith('.')]
@@ -161,7 +159,7 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       CxrConfig(name='4class', class_names=CLASS_NAMES_4,
                 description='COVID, Normal, Viral Pneumonia, Lung_Opacity.'),
   ]
-  DEFAULT_CONFIG_NAME = '3class'
+  DEFAULT_BUILDER_CONFIG_NAME = '3class'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download the Kaggle "COVID-19 Radiography Database" (tawsifurrahman/'
       'covid19-radiography-database), unzip it and pass the folder holding COVID/, Normal/, '
