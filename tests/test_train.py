@@ -201,8 +201,10 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
   """Data parallel over 8 simulated devices reproduces the single-device losses.
 
   Only the reduction order differs (per-device partial sums of the batch mean, BatchNorm moments
-  and gradients), so the trajectories agree to float32 round-off amplified over a few steps:
-  rtol 1e-4 on the loss, 1e-3 on the parameters.
+  and gradients), so losses agree to float32 round-off amplified over a few steps (rtol 1e-4).
+  Parameters: Adam divides each coordinate's gradient by its own RMS, so a coordinate whose
+  gradient is at round-off level can move by up to ~lr per step either way; we allow lr/2
+  absolute per element (lr = 1e-3) and require the mean difference to stay at round-off (1e-6).
   """
   overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 5}
   one = th.run_train(overrides, tmp_path / 'one', devices=1)
@@ -215,7 +217,8 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
   a, b = th.final_params(tmp_path / 'one'), th.final_params(tmp_path / 'eight')
   for k in a:
     if k.startswith('params'):
-      np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-5, err_msg=k)
+      np.testing.assert_allclose(b[k], a[k], rtol=0, atol=5e-4, err_msg=k)
+      assert np.mean(np.abs(b[k] - a[k])) < 1e-6, k
   for work in ('one', 'eight'):
     res = json.load(open(tmp_path / work / 'results.json'))['summary']
     assert res['train_step_compilations'] == 1
