@@ -240,6 +240,29 @@ def _onnx_friendly_pooling():
     nn.max_pool, nn.avg_pool = traced_max, traced_avg
 
 
+# jax2onnx 0.17.1 graph optimisations that produce wrong graphs for our models: with
+# 'remove_redundant_transpose_pairs', ResNet's identity-shortcut Add receives one NCHW and one NHWC
+# operand (onnxruntime refuses to load the model: "Add: Incompatible dimensions").
+_SKIP_OPTIMIZER_PASSES = ('remove_redundant_transpose_pairs',)
+
+
+@contextlib.contextmanager
+def _without_optimizer_passes(names: Sequence[str]):
+  """Temporarily drops jax2onnx graph-optimisation passes by name (no-op if the layout differs)."""
+  try:
+    from jax2onnx.converter import ir_optimizations  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    passes = ir_optimizations._OPTIMIZER_PASSES  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    yield
+    return
+  ir_optimizations._OPTIMIZER_PASSES = tuple(  # pylint: disable=protected-access
+      p for p in passes if getattr(p, 'name', None) not in names)
+  try:
+    yield
+  finally:
+    ir_optimizations._OPTIMIZER_PASSES = passes  # pylint: disable=protected-access
+
+
 def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: str = 'NHWC',
                 check_batch: int = 2, atol: float = 1e-4, seed: int = 0) -> dict:
   """Exports preprocessed images -> probabilities to ONNX and checks it against JAX.
@@ -273,10 +296,11 @@ def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: 
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   s = int(image_size)
-  proto = jax2onnx.to_onnx(
-      probabilities, [('N', s, s, 3)], model_name='jaxcxr',
-      inputs_as_nchw=[0] if layout == 'NCHW' else None,
-      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+  with _without_optimizer_passes(_SKIP_OPTIMIZER_PASSES):
+    proto = jax2onnx.to_onnx(
+        probabilities, [('N', s, s, 3)], model_name='jaxcxr',
+        inputs_as_nchw=[0] if layout == 'NCHW' else None,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   large = proto.ByteSize() >= 2**31 - 2**20  # protobuf's 2 GB limit
   onnx.save_model(proto, path, save_as_external_data=large,
