@@ -115,6 +115,7 @@ def test_resume_from_get_state(phantom_handle):
   _assert_same(_take(fresh, 4), expected)
 
 
+@pytest.mark.slow
 def test_resume_with_two_workers_through_orbax(phantom_handle, tmp_path):
   import grain  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
