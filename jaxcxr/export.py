@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import json
 import os
+import pprint
 from typing import Mapping, Sequence
 
 import jax
@@ -166,7 +167,7 @@ def write_preprocessor_py(path: str, spec: dict) -> str:
       '`preprocessor(data)`: image file path, bytes or uint8 grey array -> model input\n'
       f'{tuple(spec["input_shape"])} float32 ({spec["layout"]}), for model.onnx.\n"""\n\n'
       'import numpy as np\n\n'
-      f'SPEC = {json.dumps(spec, indent=2)}\n\n\n'
+      f'SPEC = {pprint.pformat(spec, indent=1, width=100, sort_dicts=False)}\n\n\n'
       f'{source}\n\n'
       'def preprocessor(data):\n'
       '  """Image -> (1, ...) float32 model input (see SPEC)."""\n'
