@@ -43,7 +43,7 @@ class Plan:
   cuda: str = '12'                     # GPU: '12' or '13'
   jax_version: str = ''                # '' -> unpinned (latest)
   python: str = 'uv'                   # 'uv' (Python 3.11 venv) or 'system' (the VM's python3)
-  stage: tuple[str, ...] = ()          # 'gs://src=/dst' copied to each VM before training
+  stage: tuple[str, ...] = ()          # 'gs://src=/dst' (or =~/dst) copied to each VM first
   detach: bool = False                 # nohup the run; output in ~/jaxcxr-run.log
   is_sweep: bool = False
 
@@ -137,7 +137,7 @@ def remote_script(plan: Plan) -> str:
     lines.append(f'python3 -m pip install -q -r requirements.txt {jax_req}')
   for s in plan.stage:
     src, dst = s.split('=', 1)
-    lines += [f'mkdir -p {q(dst)}', f'gcloud storage rsync -r {q(src)} {q(dst)}']
+    lines += [f'mkdir -p {_home(dst)}', f'gcloud storage rsync -r {q(src)} {_home(dst)}']
   env = 'JAXCXR_DISTRIBUTED=1 ' if plan.target == 'tpu_slice' else ''
   run = run_line(plan, python)
   if plan.detach:

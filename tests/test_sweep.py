@@ -223,6 +223,8 @@ def test_model_configs_runlocal_validate_and_full_configs_match_the_recipe(name)
   config_checks.validate_config(local, num_devices=1, num_processes=1)
   assert (local.data.source, local.data.image_size, local.model.pretrained) == ('phantom', 32, '')
   assert (local.train.num_epochs, local.train.max_steps) == (1, 3)
+  # Small stand-ins on CPU (the real architectures take minutes to compile; configs/densenet201.py).
+  assert local.model.name == {'vgg19': 'cnn_small'}.get(name, 'cnn_bn')
   full = sweep.load_config(f'configs/{name}.py')
   assert full.is_locked
   assert (full.data.source, full.data.image_size, full.train.label_smoothing) == ('folder', 224,

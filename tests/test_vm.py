@@ -66,7 +66,8 @@ def test_single_tpu_and_gpu_targets():
 def test_git_source_sweep_and_detach():
   plan = _plan(source='git', repo_url='https://github.com/acme/jaxcxr.git', ref='v1.2',
                config='configs/sweeps/seed_models.py', is_sweep=True, detach=True,
-               python='system', overrides=(), stage=('gs://bkt/cxr=/data/cxr',))
+               python='system', overrides=(),
+               stage=('gs://bkt/cxr=/data/cxr', 'gs://bkt/w/dn=~/.cache/jaxcxr/weights/dn'))
   cmds = vm.commands(plan)
   assert len(cmds) == 1   # nothing to copy
   lines = vm.remote_script(plan).splitlines()
@@ -76,7 +77,10 @@ def test_git_source_sweep_and_detach():
       'git -C "$HOME"/jaxcxr fetch -q origin v1.2',
       'git -C "$HOME"/jaxcxr checkout -q FETCH_HEAD']
   assert 'python3 -m pip install -q -r requirements.txt "jax[tpu]==0.10.2"' in lines
-  assert lines[-4:-2] == ['mkdir -p /data/cxr', 'gcloud storage rsync -r gs://bkt/cxr /data/cxr']
+  assert lines[-6:-2] == [
+      'mkdir -p /data/cxr', 'gcloud storage rsync -r gs://bkt/cxr /data/cxr',
+      'mkdir -p "$HOME"/.cache/jaxcxr/weights/dn',
+      'gcloud storage rsync -r gs://bkt/w/dn "$HOME"/.cache/jaxcxr/weights/dn']
   assert lines[-2] == ('JAXCXR_DISTRIBUTED=1 nohup python3 -m launch.sweep --config '
                        'configs/sweeps/seed_models.py --workdir /mnt/shared/dn201 > '
                        '"$HOME"/jaxcxr-run.log 2>&1 < /dev/null &')

@@ -9,9 +9,11 @@ Needs the converted ImageNet weights of the three torchvision models (docs/WORKF
 (not a claim): Chowdhury et al. 2020 report 97.9% 3-class accuracy for DenseNet201 with
 augmentation; the comparison plot draws that line.
 
-`runlocal` runs all 8 trials on a 2-core CPU in a few minutes: every model's `runlocal` config
-(phantom data, 32 px, random init, one epoch capped at 3 steps). The numbers of such a run are
-noise-level by design (a few steps on 48 synthetic images); it checks the machinery, not the models.
+`runlocal` runs all 8 trials on a 2-core CPU: every model's `runlocal` config (phantom data,
+32 px, random init, one epoch capped at 3 steps) with its small stand-in model (cnn_small for VGG19,
+cnn_bn for ResNet101/DenseNet201; see configs/densenet201.py for why). About a minute per trial on
+a loaded 2-core CPU. The numbers of such a run are noise-level by design (3 steps on 48 synthetic
+images); it checks the sweep/compare machinery, not the models.
 
   python -m launch.sweep --config configs/sweeps/seed_models.py:runlocal --workdir /tmp/seed
   python -m launch.compare --workdir /tmp/seed
