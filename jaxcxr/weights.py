@@ -177,7 +177,7 @@ def _torch_shape(shape: Sequence[int], layout: str) -> tuple[int, ...]:
 # torchvision DenseNet checkpoints name 'denselayer1.norm.1.weight' what the model calls
 # 'denselayer1.norm1.weight' (torchvision `_load_state_dict` rewrites them with this regex).
 _OLD_DENSENET_KEY = re.compile(
-    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$')
 
 
 def _normalise_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -277,8 +277,9 @@ def _check_hash(path: PathLike, digest: str, expected_sha256: Optional[str], wha
     return
   m = re.search(r'-([0-9a-f]{6,64})\.', pathlib.Path(path).name)
   if m and not digest.startswith(m.group(1)):
-    raise WeightsError(f'sha256 of {what} is {digest}, but its file name {pathlib.Path(path).name!r}'
-                       f' says it starts with {m.group(1)}.')
+    name = pathlib.Path(path).name
+    raise WeightsError(f'sha256 of {what} is {digest}, but its file name {name!r} says it starts '
+                       f'with {m.group(1)}.')
 
 
 def fetch(url: str, cache_dir: Optional[PathLike] = None,

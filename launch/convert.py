@@ -17,7 +17,8 @@ from absl import flags
 from absl import logging
 
 _ARCH = flags.DEFINE_string('arch', None, 'Model name (jaxcxr.models.NAMES), e.g. densenet201.')
-_SOURCE = flags.DEFINE_string('source', None, '.pth/.safetensors file, http(s) URL or "torchvision".')
+_SOURCE = flags.DEFINE_string('source', None,
+                              '.pth/.safetensors file, http(s) URL or "torchvision".')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (Orbax checkpoint + meta.json).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Download cache (default $JAXCXR_WEIGHTS_DIR).')
 _SHA256 = flags.DEFINE_string('sha256', None, 'Expected full sha256 of the source file.')
