@@ -270,7 +270,8 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> s
   lines = [f'# Evaluation report: {split} split', '',
            f'{metrics["num_examples"]} examples, classes: {", ".join(names)}.', '']
   if extra:
-    lines += ['| run | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in extra.items()] + ['']
+    lines += ['| run | |', '|---|---|'] + [
+        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |' for k, v in extra.items()] + ['']
   lines += ['## Summary', '', '| metric | value |', '|---|---|',
             f'| accuracy | {with_ci(metrics["accuracy"], "accuracy")} |',
             f'| macro F1 | {with_ci(metrics["macro"]["f1"], "macro_f1")} |',
@@ -339,3 +340,39 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
   written['json'] = os.path.join(out_dir, 'report.json')
   written['markdown'] = os.path.join(out_dir, 'report.md')
   return written
+
+
+def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', out: str = '',
+                     batch_size: int = 0, bootstrap: int = -1) -> dict:
+  """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
+
+  Args:
+    workdir: training workdir (config.json + checkpoints, metrics.jsonl for the curves).
+    split: 'train', 'validation' or 'test'.
+    which: 'best' or 'latest' checkpoint.
+    out: report folder; '' = <workdir>/eval_<split>.
+    batch_size: 0 = config.eval.batch_size.
+    bootstrap: CI resamples; -1 = config.eval.bootstrap.
+
+  Returns:
+    {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir'}.
+  """
+  # Imported here: checkpoint imports the training stack, which the metrics don't need.
+  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import inference  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  bundle = checkpoint.restore_for_inference(workdir, which=which)
+  cfg = bundle.config
+  batch_size = batch_size or int(cfg.eval.batch_size)
+  n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
+  handle = data.prepare(cfg.data)
+  predict = inference.make_predict_fn(bundle.module, bundle.variables)
+  labels, probs, _ = inference.predict_split(predict, cfg.data, handle, split, batch_size)
+  metrics = compute_metrics(labels, probs, bundle.class_names, n_bootstrap=n_bootstrap,
+                            seed=int(cfg.get('seed', 0)))
+  out_dir = out or os.path.join(workdir, f'eval_{split}')
+  extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
+           'model': cfg.model.name, 'image_size': int(bundle.image_size)}
+  files = write_report(out_dir, metrics, labels, probs, bundle.class_names,
+                       history=read_history(workdir), split=split, extra=extra)
+  return {'metrics': metrics, 'files': files, 'out_dir': out_dir}

@@ -320,3 +320,32 @@ def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: 
       raise RuntimeError(f'ONNX export of {path} differs from JAX by {diff:.3g} > {atol} on '
                          'random inputs; the exported graph is wrong. Do not submit it.')
   return result
+
+
+def export_workdir(workdir: str, out: str, *, layout: str = 'NHWC', which: str = 'best',
+                   atol: float = 1e-4) -> dict:
+  """Exports a training workdir's checkpoint for the leaderboard (launch.export_onnx).
+
+  Writes `out`/model.onnx, preprocessing.json (stored and input sizes from the run's data config)
+  and preprocessor.py.
+
+  Returns:
+    `export_onnx`'s dict plus 'preprocessing', 'preprocessor' (paths), 'step' and
+    'unmapped_classes' (classes without a leaderboard label).
+  """
+  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr.data import builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  bundle = checkpoint.restore_for_inference(workdir, which=which)
+  os.makedirs(out, exist_ok=True)
+  unmapped = [c for c in bundle.class_names if c not in LEADERBOARD_LABELS]
+  result = export_onnx(bundle.module, bundle.variables, bundle.image_size,
+                       os.path.join(out, 'model.onnx'), layout=layout, atol=atol)
+  spec = write_preprocessing_spec(
+      os.path.join(out, 'preprocessing.json'), bundle.image_size,
+      stored_size=builder.stored_size(bundle.config.data), layout=layout,
+      class_names=bundle.class_names)
+  result['preprocessing'] = os.path.join(out, 'preprocessing.json')
+  result['preprocessor'] = write_preprocessor_py(os.path.join(out, 'preprocessor.py'), spec)
+  result['step'] = int(bundle.step)
+  result['unmapped_classes'] = unmapped
+  return result

@@ -18,7 +18,9 @@ Sanity checks: `pointing_game` (localisation) and `rank_correlation` for the mod
 test of Adebayo et al. 2018 (`randomisation_check`).
 """
 
+import csv
 import functools
+import os
 import time
 from typing import Sequence
 
@@ -30,6 +32,7 @@ from PIL import Image
 from scipy import stats
 
 from jaxcxr import plots
+from jaxcxr.data import preprocess
 
 METHODS = ('gradcam', 'gradcam++')
 CAM_NAME = 'cam_features'
@@ -261,5 +264,165 @@ def randomisation_check(module, variables: dict, x: jnp.ndarray, key: jax.Array,
   return rank_correlation(np.asarray(trained['cam']), np.asarray(random['cam']))
 
 
+# uint8 (B, S, S, 1) -> float32 model input, on the device.
+_to_model_input = jax.jit(preprocess.to_model_input, static_argnames='dtype')
+
+
+def _target_index(target: str, class_names) -> int:
+  if not target:
+    return -1
+  if target.isdigit() and int(target) < len(class_names):
+    return int(target)
+  if target in class_names:
+    return list(class_names).index(target)
+  raise ValueError(f'--target={target!r} is not a class of this model: {list(class_names)} '
+                   '(or their indices).')
+
+
+def cams_uint8(module, variables: dict, images: np.ndarray, target=-1, *,
+               method: str = 'gradcam', batch_size: int = 16
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Maps of uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches: one compilation.
+
+  Args:
+    module, variables: the model.
+    images: uint8 (N, S, S, 1), preprocessed on the device with `to_model_input`.
+    target: one class index for all, or (N,) indices; -1 = the predicted class.
+    method: 'gradcam' or 'gradcam++'.
+    batch_size: static batch size.
+
+  Returns:
+    (cams (N, S, S) in [0, 1], probs (N, C), targets (N,)).
+  """
+  target = np.broadcast_to(np.asarray(target, np.int32), (len(images),))
+  cams, probs, targets = [], [], []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    chunk_target = target[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:  # static shape: one compilation
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      chunk_target = np.concatenate([chunk_target, np.full(batch_size - n, -1, np.int32)])
+    out = grad_cam(module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target, method=method)
+    cams.append(np.asarray(out['cam'])[:n])
+    probs.append(np.asarray(out['probs'])[:n])
+    targets.append(np.asarray(out['target'])[:n])
+  return np.concatenate(cams), np.concatenate(probs), np.concatenate(targets)
+
+
+def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split: str = '',
+                    method: str = 'gradcam', target: str = '', alpha: float = 0.4,
+                    per_class: int = 3, which: str = 'best', batch_size: int = 16) -> dict:
+  """Grad-CAM overlays for a training workdir's model (launch.gradcam).
+
+  images: one `<name>_<method>.png` overlay per readable file in `out`, and cams.csv (file,
+  overlay, predicted_label, target_label, target_probability). split: a per-class grid of correct
+  and wrong predictions (explaining the prediction), and for phantom data the pointing-game hit
+  rate of the true-class maps against the lesion masks.
+
+  Args:
+    workdir: training workdir.
+    out: output folder.
+    images: files, folders or globs; exclusive with `split`.
+    split: a prepared split of the workdir's data config.
+    method: 'gradcam' or 'gradcam++'.
+    target: class name or index to explain; '' = the predicted class.
+    alpha: overlay opacity.
+    per_class: split grid: examples of each kind per class.
+    which: 'best' or 'latest' checkpoint.
+    batch_size: Grad-CAM batch size.
+
+  Returns:
+    {'written': [paths], 'failed': [(path, reason)], 'method', and for a split 'shown',
+     'pointing_game', 'pointing_game_images'}.
+  """
+  # Imported here: checkpoint pulls in the training stack, builder TFDS.
+  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import inference  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr.data import builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr.data import loader  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if bool(images) == bool(split):
+    raise ValueError('Give either --images (files, folders or globs) or --split, not both.')
+  bundle = checkpoint.restore_for_inference(workdir, which=which)
+  names = list(bundle.class_names)
+  target_index = _target_index(target, names)
+  size = bundle.image_size
+  os.makedirs(out, exist_ok=True)
+  result = {'written': [], 'failed': [], 'method': method}
+  suffix = method.replace('+', 'p')
+
+  if split:
+    handle = data.prepare(bundle.config.data)
+    greys, labels, index = [], [], []
+    for batch in loader.eval_iterator(bundle.config.data, handle, split,
+                                      local_batch_size=batch_size):
+      valid = np.asarray(batch['valid'], bool)
+      greys.append(np.asarray(batch['image'])[valid])
+      labels.append(np.asarray(batch['label'])[valid])
+      index.append(np.asarray(batch['index'])[valid])
+    greys, labels, index = map(np.concatenate, (greys, labels, index))
+    cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index,
+                                method=method, batch_size=batch_size)
+    preds = probs.argmax(1)
+    path = os.path.join(out, f'grid_{split}_{suffix}.png')
+    result['shown'] = save_overlay_grid(
+        path, greys[..., 0], cams, labels, preds, names, probs=probs, per_class=per_class,
+        alpha=alpha, title=f'{method} ({split}, step {bundle.step}): rows = true class')
+    result['written'].append(path)
+    if handle.phantom_dir:  # synthetic data: lesion masks make localisation measurable
+      filenames = handle.filenames(split)
+      masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size)
+                        for i in index])
+      # Pointing game explains the true class: recompute the maps where the prediction differs.
+      true_cams = cams.copy()
+      redo = np.flatnonzero((preds != labels) & masks.reshape(len(masks), -1).any(1))
+      if target_index < 0 and redo.size:
+        true_cams[redo] = cams_uint8(bundle.module, bundle.variables, greys[redo], labels[redo],
+                                     method=method, batch_size=batch_size)[0]
+      result['pointing_game'] = pointing_game(true_cams, masks)
+      result['pointing_game_images'] = int(masks.reshape(len(masks), -1).any(1).sum())
+    return result
+
+  paths = []
+  for spec in images:
+    found = inference.list_images(spec)
+    if not found:
+      result['failed'].append((spec, 'no image files match'))
+    paths += found
+  greys, ok = [], []
+  for p in paths:
+    try:
+      greys.append(preprocess.load_image_for_inference(
+          p, size, stored_size=builder.stored_size(bundle.config.data)))
+      ok.append(p)
+    except (OSError, ValueError) as e:
+      result['failed'].append((p, getattr(e, 'reason', None) or str(e)))
+  if not ok:
+    return result
+  greys = np.stack(greys)
+  cams, probs, targets = cams_uint8(bundle.module, bundle.variables, greys, target_index,
+                                   method=method, batch_size=batch_size)
+  used = set()
+  with open(os.path.join(out, 'cams.csv'), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['file', 'overlay', 'predicted_label', 'target_label', 'target_probability'])
+    for i, p in enumerate(ok):
+      stem = os.path.splitext(os.path.basename(p))[0]
+      name = f'{stem}_{suffix}.png'
+      k = 1
+      while name in used:  # same file name in different folders
+        k += 1
+        name = f'{stem}_{k}_{suffix}.png'
+      used.add(name)
+      Image.fromarray(overlay(greys[i, ..., 0], cams[i], alpha)).save(os.path.join(out, name))
+      result['written'].append(os.path.join(out, name))
+      writer.writerow([p, name, names[probs[i].argmax()], names[targets[i]],
+                       f'{probs[i, targets[i]]:.6f}'])
+  return result
+
+
 __all__ = ['METHODS', 'grad_cam', 'overlay', 'save_overlay_grid', 'pointing_game',
-           'rank_correlation', 'randomisation_check', 'time_gradcam_vs_forward']
+           'rank_correlation', 'randomisation_check', 'time_gradcam_vs_forward', 'cams_uint8',
+           'explain_workdir']

@@ -4,6 +4,7 @@ The same preprocessing as training and evaluation runs on the device (`to_model_
 batch has one static shape (the last is zero-padded), so a whole folder compiles once.
 """
 
+import csv
 import functools
 import glob
 import os
@@ -98,6 +99,38 @@ def predict_files(predict_fn: Callable, paths: Sequence[str], image_size: int,
   return np.concatenate(probs).astype(np.float32), ok_paths, failed
 
 
+def predict_split(predict_fn: Callable, data_cfg, handle, split: str, batch_size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Predicts a prepared split through the evaluation loader (single process).
+
+  Args:
+    predict_fn: `make_predict_fn(...)`.
+    data_cfg: `config.data` of the run (image size, loader threads).
+    handle: `jaxcxr.data.prepare(data_cfg)`.
+    split: 'train', 'validation' or 'test'.
+    batch_size: loader batch size (static; the loader pads the last batch, rows valid=False).
+
+  Returns:
+    (labels int64 (N,), probs float32 (N, C), indices int64 (N,)) in split order; `indices`
+    index `handle.filenames(split)`.
+  """
+  from jaxcxr.data import loader  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  labels, probs, indices = [], [], []
+  for batch in loader.eval_iterator(data_cfg, handle, split, local_batch_size=batch_size):
+    valid = np.asarray(batch['valid'], bool)
+    p = np.asarray(predict_fn(batch['image']))
+    labels.append(np.asarray(batch['label'])[valid])
+    probs.append(p[valid])
+    if 'index' in batch:
+      indices.append(np.asarray(batch['index'])[valid])
+  if not labels:
+    raise ValueError(f'Split {split!r} yielded no examples.')
+  labels = np.concatenate(labels).astype(np.int64)
+  index = (np.concatenate(indices).astype(np.int64) if indices
+           else np.arange(len(labels), dtype=np.int64))
+  return labels, np.concatenate(probs).astype(np.float32), index
+
+
 def list_images(spec: str) -> list[str]:
   """Image files of a folder (recursive, sorted), a glob pattern, or one file."""
   if os.path.isdir(spec):
@@ -108,3 +141,73 @@ def list_images(spec: str) -> list[str]:
   if os.path.isfile(spec):
     return [spec]
   return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+
+
+def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split: str = '',
+                    leaderboard_labels: bool = False, which: str = 'best',
+                    batch_size: int = 0) -> dict:
+  """Predicts image files or a prepared split with a training workdir; writes a CSV.
+
+  Columns: file, predicted_label, prob_<class> per class, then leaderboard_label (if asked) and
+  true_label (split only). Rows follow the input order (folders sorted by path).
+
+  Args:
+    workdir: training workdir.
+    out: CSV path.
+    images: folders (recursive), globs or files; exclusive with `split`.
+    split: a prepared split of the workdir's data config.
+    leaderboard_labels: add the `jaxcxr.export.LEADERBOARD_LABELS` column.
+    which: 'best' or 'latest' checkpoint.
+    batch_size: 0 = config.eval.batch_size.
+
+  Returns:
+    {'rows': int, 'failed': [(path, reason)], 'out': out}.
+  """
+  # Imported here: checkpoint pulls in the training stack and builder TFDS, which the batched
+  # prediction functions above don't need.
+  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr import export  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from jaxcxr.data import builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if bool(images) == bool(split):
+    raise ValueError('Give either --images (folders, globs or files) or --split, not both.')
+  bundle = checkpoint.restore_for_inference(workdir, which=which)
+  cfg = bundle.config
+  names = list(bundle.class_names)
+  batch_size = batch_size or int(cfg.eval.batch_size)
+  predict = make_predict_fn(bundle.module, bundle.variables)
+  failed, true_labels = [], None
+  if split:
+    handle = data.prepare(cfg.data)
+    labels, probs, index = predict_split(predict, cfg.data, handle, split, batch_size)
+    filenames = handle.filenames(split)
+    files = [filenames[i] for i in index]
+    true_labels = [names[i] for i in labels]
+  else:
+    paths = []
+    for spec in images:
+      found = list_images(spec)
+      if not found:
+        failed.append((spec, 'no image files match'))
+      paths += found
+    probs, files, bad = predict_files(predict, paths, bundle.image_size, batch_size,
+                                      stored_size=builder.stored_size(cfg.data))
+    failed += bad
+  preds = probs.argmax(axis=1) if len(files) else []
+  header = ['file', 'predicted_label'] + [f'prob_{n}' for n in names]
+  lb = export.to_leaderboard_labels(preds, names) if leaderboard_labels else None
+  if lb is not None:
+    header.append('leaderboard_label')
+  if true_labels is not None:
+    header.append('true_label')
+  with open(out, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for i, name in enumerate(files):
+      row = [name, names[preds[i]]] + [f'{p:.6f}' for p in probs[i]]
+      if lb is not None:
+        row.append(lb[i])
+      if true_labels is not None:
+        row.append(true_labels[i])
+      writer.writerow(row)
+  return {'rows': len(files), 'failed': failed, 'out': out}

@@ -1,0 +1,50 @@
+r"""Predicts image files (or a prepared split) with a trained workdir and writes a CSV.
+
+  python -m launch.predict --workdir workdirs/default --images /data/new_xrays \
+      --out predictions.csv [--leaderboard_labels]
+  python -m launch.predict --workdir workdirs/default --split test --out test_predictions.csv
+
+Columns: file, predicted_label, one probability column per class (prob_<class>), then
+leaderboard_label (with --leaderboard_labels) and true_label (with --split). Rows follow the input
+order (files sorted by path for a folder). Unreadable files are skipped, listed on stderr and
+counted; the exit status is 1 when any file failed.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
+_IMAGES = flags.DEFINE_multi_string('images', [], 'Image folder (recursive), glob or file; '
+                                    'repeatable.')
+_SPLIT = flags.DEFINE_string('split', '', 'Predict a prepared split instead of --images.')
+_OUT = flags.DEFINE_string('out', 'predictions.csv', 'Output CSV.')
+_LEADERBOARD = flags.DEFINE_bool('leaderboard_labels', False,
+                                 'Add the leaderboard label column (COVID / NORMAL / PNEUMONIA).')
+_WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to use.')
+_BATCH = flags.DEFINE_integer('batch_size', 0, 'Batch size; 0 = config.eval.batch_size.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from jaxcxr import inference  # pylint: disable=g-import-not-at-top
+  try:
+    result = inference.predict_workdir(_WORKDIR.value, _OUT.value, images=_IMAGES.value,
+                                       split=_SPLIT.value, leaderboard_labels=_LEADERBOARD.value,
+                                       which=_WHICH.value, batch_size=_BATCH.value)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  for path, reason in result['failed']:
+    print(f'failed: {path}: {reason}', file=sys.stderr)
+  print(f'{result["rows"]} predictions written to {result["out"]}; '
+        f'{len(result["failed"])} failed.', file=sys.stderr)
+  if result['failed']:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,199 @@
+"""Tests for the evaluation CLIs (launch.evaluate / predict / gradcam / export_onnx).
+
+Most tests call the library function behind each launcher (evaluate_workdir, predict_workdir,
+explain_workdir, export_workdir) in-process on tiny phantom data with
+`checkpoint.restore_for_inference` replaced by a small random cnn_bn bundle; one subprocess test
+checks the real error path, and a slow test runs the real chain train -> evaluate -> predict.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from jaxcxr import checkpoint
+from jaxcxr import data
+from jaxcxr import evaluate
+from jaxcxr import export
+from jaxcxr import gradcam
+from jaxcxr import inference
+from jaxcxr import models
+from tests.test_gradcam import numpy_variables
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(data_dir):
+  c = tiny.get_config()
+  with c.unlocked():
+    c.data.data_dir = str(data_dir)
+  return c
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """(bundle, handle): prepared 32 px phantom data (6 test images) and a random cnn_bn."""
+  cfg = _config(tmp_path_factory.mktemp('data'))
+  handle = data.prepare(cfg.data, progress=False)
+  module = models.build('cnn_bn', 3, widths=(8, 16))
+  variables = numpy_variables(module, (1, 32, 32, 3), seed=4)
+  bundle = checkpoint.InferenceBundle(cfg, module, variables, handle.class_names, 32, 7)
+  return bundle, handle
+
+
+@pytest.fixture
+def workdir(setup, tmp_path, monkeypatch):
+  bundle, _ = setup
+  calls = []
+
+  def restore(workdir, which='best'):
+    calls.append((workdir, which))
+    return bundle
+
+  monkeypatch.setattr(checkpoint, 'restore_for_inference', restore)
+  rows = [{'kind': 'train', 'step': 1, 'loss': 1.2},
+          {'kind': 'epoch', 'step': 5, 'epoch': 1, 'train_loss': 1.1, 'val_loss': 1.0,
+           'val_accuracy': 0.5, 'learning_rate': 1e-3},
+          {'kind': 'epoch', 'step': 10, 'epoch': 2, 'train_loss': 0.9, 'val_loss': 0.95,
+           'val_accuracy': 0.6, 'learning_rate': 1e-4}]
+  (tmp_path / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  return str(tmp_path)
+
+
+def _direct_probs(bundle, handle, split):
+  """Reference: every record of `split` through make_predict_fn, no loader."""
+  source = handle.source(split)
+  images = np.stack([np.asarray(source[i]['image']) for i in range(len(source))])
+  labels = np.array([int(source[i]['label']) for i in range(len(source))])
+  predict = inference.make_predict_fn(bundle.module, bundle.variables)
+  return labels, np.asarray(predict(images[..., None] if images.ndim == 3 else images))
+
+
+def test_evaluate_run(setup, workdir):
+  bundle, handle = setup
+  result = evaluate.evaluate_workdir(workdir, 'test', bootstrap=50)
+  out = Path(workdir) / 'eval_test'
+  assert result['out_dir'] == str(out)
+  for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
+               'reliability_diagram.png', 'training_curves.png'):
+    assert (out / name).exists(), name
+  labels, probs = _direct_probs(bundle, handle, 'test')
+  m = json.loads((out / 'report.json').read_text())['metrics']
+  assert m['num_examples'] == handle.num_examples['test'] == 6
+  assert np.sum(m['confusion_matrix']) == 6
+  assert m['accuracy'] == pytest.approx(np.mean(probs.argmax(1) == labels))
+  assert [sum(r) for r in m['confusion_matrix']] == np.bincount(labels, minlength=3).tolist()
+  assert m['ci95']['n_bootstrap'] == 50
+
+
+def test_predict_files_and_split_agree(setup, workdir, tmp_path):
+  bundle, handle = setup
+  names = handle.filenames('test')
+  files = [os.path.join(handle.phantom_dir, n) for n in names]
+  bad = tmp_path / 'broken.png'
+  bad.write_bytes(b'\x89PNG\r\n\x1a\nnope')
+  out_files = str(tmp_path / 'files.csv')
+  result = inference.predict_workdir(workdir, out_files, images=files + [str(bad)], leaderboard_labels=True,
+                   batch_size=4)
+  assert result['rows'] == 6 and [p for p, _ in result['failed']] == [str(bad)]
+  with open(out_files) as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['file', 'predicted_label', 'prob_COVID', 'prob_Normal',
+                           'prob_Viral Pneumonia', 'leaderboard_label']
+  assert [r['file'] for r in rows] == files
+  lb = {'COVID': 'COVID', 'Normal': 'NORMAL', 'Viral Pneumonia': 'PNEUMONIA'}
+  for r in rows:
+    p = [float(r[f'prob_{c}']) for c in bundle.class_names]
+    assert sum(p) == pytest.approx(1.0, abs=1e-5)
+    assert r['predicted_label'] == bundle.class_names[int(np.argmax(p))]
+    assert r['leaderboard_label'] == lb[r['predicted_label']]
+
+  out_split = str(tmp_path / 'split.csv')
+  assert inference.predict_workdir(workdir, out_split, split='test')['rows'] == 6
+  with open(out_split) as f:
+    split_rows = list(csv.DictReader(f))
+  assert [r['file'] for r in split_rows] == names
+  labels, _ = _direct_probs(bundle, handle, 'test')
+  assert [r['true_label'] for r in split_rows] == [bundle.class_names[i] for i in labels]
+  # The file path (decode + resize) and the prepared-record path give the same probabilities.
+  for a, b in zip(rows, split_rows):
+    for c in bundle.class_names:
+      assert float(a[f'prob_{c}']) == pytest.approx(float(b[f'prob_{c}']), abs=1e-5)
+
+  with pytest.raises(ValueError, match='either --images'):
+    inference.predict_workdir(workdir, out_split, images=files, split='test')
+
+
+def test_gradcam_images_and_split(setup, workdir, tmp_path):
+  _, handle = setup
+  files = [os.path.join(handle.phantom_dir, n) for n in handle.filenames('test')[:3]]
+  out = tmp_path / 'cams'
+  result = gradcam.explain_workdir(workdir, str(out), images=files + [str(tmp_path / 'missing.png')],
+                   target='Normal', batch_size=2)
+  assert len(result['written']) == 3 and len(result['failed']) == 1
+  with open(out / 'cams.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['target_label'] for r in rows] == ['Normal'] * 3
+  from PIL import Image
+  overlay = np.asarray(Image.open(out / rows[0]['overlay']))
+  assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+
+  grid = gradcam.explain_workdir(workdir, str(out), split='test', method='gradcam++', per_class=1, batch_size=4)
+  assert os.path.exists(grid['written'][0]) and grid['written'][0].endswith('gradcampp.png')
+  assert 0.0 <= grid['pointing_game'] <= 1.0
+  assert grid['pointing_game_images'] >= 1  # COVID / pneumonia phantoms have lesions
+  with pytest.raises(ValueError, match='not a class'):
+    gradcam.explain_workdir(workdir, str(out), images=files, target='Cat')
+
+
+def test_export_onnx_run(workdir, tmp_path):
+  pytest.importorskip('jax2onnx')
+  result = export.export_workdir(workdir, str(tmp_path / 'export'))
+  assert result['max_abs_diff'] < 1e-4
+  assert result['unmapped_classes'] == []
+  for name in ('model.onnx', 'preprocessing.json', 'preprocessor.py'):
+    assert (tmp_path / 'export' / name).exists()
+  spec = json.loads((tmp_path / 'export' / 'preprocessing.json').read_text())
+  assert spec['input_shape'] == [-1, 32, 32, 3]
+  assert spec['leaderboard_labels'] == ['COVID', 'NORMAL', 'PNEUMONIA']
+
+
+def _cli(module, *args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_evaluate_cli_without_checkpoint(tmp_path):
+  proc = _cli('launch.evaluate', '--workdir', str(tmp_path))
+  assert proc.returncode == 2, proc.stderr
+  assert 'config.json' in proc.stderr and 'launch.train' in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
+  """The real chain: launch.train (tiny) -> launch.evaluate -> launch.predict."""
+  bundle, _ = setup
+  data_dir = bundle.config.data.data_dir
+  work = tmp_path / 'run'
+  proc = _cli('launch.train', '--config', str(REPO / 'configs' / 'tiny.py'), '--workdir',
+              str(work), f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _cli('launch.evaluate', '--workdir', str(work), '--split', 'validation',
+              '--bootstrap', '20')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| **macro** |' in proc.stdout and 'validation: n=6 accuracy=' in proc.stdout
+  report = json.loads((work / 'eval_validation' / 'report.json').read_text())
+  assert report['metrics']['num_examples'] == 6 and report['extra']['checkpoint'] == 'best'
+  assert (work / 'eval_validation' / 'training_curves.png').exists()
+  proc = _cli('launch.predict', '--workdir', str(work), '--split', 'test', '--out',
+              str(tmp_path / 'p.csv'), '--leaderboard_labels')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'p.csv') as f:
+    assert len(list(csv.DictReader(f))) == 6
