@@ -25,6 +25,7 @@ duplicates, skipped bad files and the prepare settings are stored in the dataset
 import concurrent.futures
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -513,8 +514,15 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
     if manual_dir is not None and manual_dir.is_dir():
       expected['source_fingerprint'] = folder_fingerprint(manual_dir, class_names)
 
+    tfds_dir = data_dir
+    if data_cfg.source == 'phantom':
+      # Generated data: one dataset per settings, so runs with other phantom/split settings
+      # coexist in one data_dir instead of tripping the mismatch check.
+      key = hashlib.sha1(json.dumps(expected, sort_keys=True, default=str).encode()).hexdigest()
+      tfds_dir = data_dir / 'phantom_tfds' / key[:12]
+
     def make():
-      return cls(config=data_cfg.builder_config, data_dir=str(data_dir),
+      return cls(config=data_cfg.builder_config, data_dir=str(tfds_dir),
                  file_format='array_record', settings=settings)
 
     builder = make()

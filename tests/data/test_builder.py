@@ -112,9 +112,12 @@ def test_phantom_and_real_do_not_collide(tmp_path):
   assert ph.name == 'cxr_phantom' and ph.dataset_dir != real.dataset_dir
   assert ph.metadata['phantom']['num_per_class'] == 12 and ph.phantom_dir
   assert sum(ph.num_examples.values()) == 36 and sum(real.num_examples.values()) == 30
+  # Other phantom settings get their own dataset beside the first (generated data never clashes).
   cfg.phantom.seed = 1
-  with pytest.raises(ValueError, match=r'phantom.seed: prepared 0, requested 1'):
-    data_lib.prepare(cfg, progress=False)
+  ph1 = data_lib.prepare(cfg, progress=False)
+  assert ph1.dataset_dir != ph.dataset_dir and ph1.metadata['phantom']['seed'] == 1
+  cfg.phantom.seed = 0
+  assert data_lib.prepare(cfg, progress=False).dataset_dir == ph.dataset_dir
 
 
 def test_four_class_and_flat_folders(tmp_path):
