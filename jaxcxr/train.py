@@ -320,6 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start_step
   window_t, window_n = time.time(), 0
   pending = None   # (step, metrics) of the previous step, checked one step late: no stall
+  epoch_sums = []
   last_train = {}
   try:
     with _SigtermFlag() as sigterm:
@@ -331,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if pending is not None:
           _check_finite(pending, config, log)
         pending = (step, metrics)
+        epoch_sums.append((metrics['loss'], metrics['accuracy']))   # device scalars: no sync
 
         if step % config.train.log_every_steps == 0 or step == total_steps:
           m = jax.device_get(metrics)
@@ -351,9 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           epoch = math.ceil(step / steps_per_epoch)
           labels, probs = predict_split(p_eval_step, state, config.data, handle, 'validation',
                                         eval_local, mesh)
+          # Train metrics are means over the epoch's steps (of this run segment when resumed).
+          sums = np.asarray(jax.device_get(epoch_sums), np.float64).mean(axis=0)
+          epoch_sums = []
           row = {'epoch': epoch, **epoch_metrics(labels, probs, 'val'),
-                 'train_loss': last_train.get('loss'),
-                 'train_accuracy': last_train.get('accuracy'),
+                 'train_loss': float(sums[0]), 'train_accuracy': float(sums[1]),
                  'learning_rate': float(schedule(step - 1)) * float(state.lr_scale)}
           value = row.get(es_cfg.metric)
           if value is None:
