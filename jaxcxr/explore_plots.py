@@ -56,9 +56,9 @@ def counts(class_names: Sequence[str], split_counts: dict[str, Sequence[int]],
   _bars(ax_epoch, class_names, modes,
         {'sampling=none': '#8c8c8c', 'sampling=oversample': '#4c72b0'})
   n = int(sum(next(iter(draws.values()), [0])))
-  ax_epoch.axhline(n / len(class_names), ls='--', lw=1, color='k')
-  ax_epoch.text(len(class_names) - 0.5, n / len(class_names), ' balanced', va='bottom',
-                ha='right', fontsize=8)
+  ax_epoch.axhline(n / len(class_names), ls='--', lw=1, color='k',
+                   label=f'balanced ({n / len(class_names):,.0f} per class)')
+  ax_epoch.legend(fontsize=8)
   ax_epoch.set_ylabel('images drawn in one epoch')
   ax_epoch.set_title(f'Train: one loader epoch ({n:,} draws, batch {batch_size})')
   fig.suptitle('Class counts before and after oversampling')
@@ -108,7 +108,7 @@ def intensity(class_names: Sequence[str], hists: np.ndarray, image_means: Sequen
   levels = np.arange(256)
   for k, name in enumerate(class_names):
     colour = CLASS_COLOURS[k % len(CLASS_COLOURS)]
-    ax_h.plot(levels, np.maximum(hists[k], 1e-7), color=colour, lw=1.2,
+    ax_h.plot(levels, np.where(hists[k] > 0, hists[k], np.nan), color=colour, lw=1.2,
               label=f'{name} ({len(image_means[k]):,} images)')
     if len(image_means[k]):
       ax_m.hist(image_means[k], bins=np.linspace(0, 255, 52), histtype='step', lw=1.5,
@@ -116,7 +116,7 @@ def intensity(class_names: Sequence[str], hists: np.ndarray, image_means: Sequen
   ax_h.set_yscale('log')
   ax_h.set_xlim(0, 255)
   ax_h.set_xlabel('grey level (0 = black, 255 = white)')
-  ax_h.set_ylabel('fraction of pixels (log)')
+  ax_h.set_ylabel('fraction of pixels (log; gaps = none)')
   ax_h.set_title(f'Grey-level histogram per class ({what})')
   ax_h.legend(fontsize=8)
   ax_m.set_xlim(0, 255)
@@ -229,6 +229,8 @@ def markdown(report: dict) -> str:
          f"{dup['nearest_distance']}.", '']
   md += _figure(report, 'duplicates.png', 'nearest-neighbour hash distances')
   md += _figure(report, 'duplicate_groups.png', 'duplicate groups')
+  if not dup['groups']:
+    md += ['No duplicate groups found.']
   for n, g in enumerate(dup['groups'][:MAX_GROUPS_LISTED], 1):
     flags = [f for f, on in (('cross-split', g['cross_split']), ('cross-class', g['cross_class']))
              if on]
