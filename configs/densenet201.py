@@ -106,10 +106,6 @@ def shrink_for_cpu(c) -> None:
   c.model.pretrained = ''
   c.model.dtype = 'float32'
   c.data.source = 'phantom'
-  # Its own TFDS folder: the default one holds whichever phantom settings were prepared first
-  # (e.g. configs/default.py's 128 px ones), and prepare() refuses a settings mismatch.
-  root = os.environ.get('JAXCXR_DATA_DIR', '~/.cache/jaxcxr/tfds')
-  c.data.data_dir = os.path.join(os.path.expanduser(root), 'runlocal_32px')
   c.data.image_size = 32
   c.data.phantom.image_size = 32
   c.data.phantom.num_per_class = 16
