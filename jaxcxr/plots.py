@@ -139,9 +139,12 @@ def training_curves(history: Sequence[dict], path: str):
   _save(fig, path)
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str, *,
+def image_grid(images: Sequence[np.ndarray | None], titles: Sequence[str], path: str, *,
                suptitle: str = '', row_labels: Sequence[str] | None = None, ncols: int = 0):
-  """RGB uint8 images in a grid with a title each; `row_labels` name the rows (ncols per row)."""
+  """RGB uint8 images in a grid with a title each; `row_labels` name the rows (ncols per row).
+
+  A None image leaves its cell empty, with its title written in the middle.
+  """
   n = len(images)
   if n == 0:
     raise ValueError('image_grid needs at least one image.')
@@ -152,11 +155,15 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str, *
   for i, ax in enumerate(axes.flat):
     ax.set_xticks([])
     ax.set_yticks([])
-    if i < n:
+    if i < n and images[i] is not None:
       ax.imshow(images[i])
       ax.set_title(titles[i], fontsize=8)
     else:
-      ax.axis('off')
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      if i < n:
+        ax.text(0.5, 0.5, titles[i], ha='center', va='center', transform=ax.transAxes,
+                color='grey', fontsize=9)
     if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
       ax.set_ylabel(row_labels[i // ncols], fontsize=10)
   if suptitle:

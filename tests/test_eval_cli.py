@@ -178,7 +178,8 @@ def test_evaluate_cli_without_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
-  """The real chain: launch.train (tiny) -> launch.evaluate -> launch.predict."""
+  """The real chain: launch.train (tiny) -> launch.evaluate CLI -> predict_workdir (in-process,
+  real `restore_for_inference`)."""
   bundle, _ = setup
   data_dir = bundle.config.data.data_dir
   work = tmp_path / 'run'
@@ -192,8 +193,9 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   report = json.loads((work / 'eval_validation' / 'report.json').read_text())
   assert report['metrics']['num_examples'] == 6 and report['extra']['checkpoint'] == 'best'
   assert (work / 'eval_validation' / 'training_curves.png').exists()
-  proc = _cli('launch.predict', '--workdir', str(work), '--split', 'test', '--out',
-              str(tmp_path / 'p.csv'), '--leaderboard_labels')
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = inference.predict_workdir(str(work), str(tmp_path / 'p.csv'), split='test',
+                                     leaderboard_labels=True)
+  assert result['rows'] == 6 and not result['failed']
   with open(tmp_path / 'p.csv') as f:
-    assert len(list(csv.DictReader(f))) == 6
+    rows = list(csv.DictReader(f))
+  assert {r['leaderboard_label'] for r in rows} <= {'COVID', 'NORMAL', 'PNEUMONIA'}
