@@ -54,7 +54,7 @@ from jaxcxr.data import sampling
 HASH_SIDE = 16  # dHash side: 16 x 16 = 256 bits
 DEFAULT_DUP_THRESHOLD = 8
 FIGURES = ('counts.png', 'samples.png', 'augmentation.png', 'intensity.png', 'duplicates.png',
-           'duplicate_groups.png')
+           'duplicate_groups.png', 'closest_pairs.png')
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -76,7 +76,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, block: int = 512,
-                    progress: bool = False) -> tuple[list[list[int]], np.ndarray]:
+                    progress: bool = False) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
   """Groups images whose hashes are within `threshold` bits (or whose content hashes are equal).
 
   Args:
@@ -88,7 +88,8 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
 
   Returns:
     (groups: connected components with >= 2 members, each a sorted index list, sorted by first
-    index; nearest: int (n,) distance of each image to its closest other usable image, -1 if none).
+    index; nearest: int (n,) distance of each image to its closest other usable image, -1 if none;
+    partner: int (n,) the index of that closest image, -1 if none).
   """
   usable = np.flatnonzero([bool(c) for c in content])
   h = np.asarray(hashes, np.uint64)[usable]
@@ -107,6 +108,7 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
       parent[max(ri, rj)] = min(ri, rj)
 
   nearest = np.full(len(content), -1, np.int64)
+  partner = np.full(len(content), -1, np.int64)
   starts = range(0, m, block)
   for s in tqdm.tqdm(starts, desc='Comparing hashes', unit='block', disable=not progress):
     rows = h[s:s + block]
@@ -115,7 +117,9 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
       d += np.bitwise_count(rows[:, w, None] ^ h[None, :, w]).astype(np.uint16)
     d[np.arange(len(rows)), s + np.arange(len(rows))] = np.iinfo(np.uint16).max  # self
     if m > 1:
-      nearest[usable[s:s + len(rows)]] = d.min(axis=1)
+      closest = d.argmin(axis=1)
+      nearest[usable[s:s + len(rows)]] = d[np.arange(len(rows)), closest]
+      partner[usable[s:s + len(rows)]] = usable[closest]
     for i, j in zip(*np.nonzero(d <= threshold)):
       if s + i < j:
         union(s + i, int(j))
@@ -126,7 +130,18 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
   for i in range(m):
     comps[find(i)].append(int(usable[i]))
   groups = sorted((sorted(g) for g in comps.values() if len(g) > 1), key=lambda g: g[0])
-  return groups, nearest
+  return groups, nearest, partner
+
+
+def closest_pairs(nearest: np.ndarray, partner: np.ndarray, groups: list[list[int]],
+                  k: int = 6) -> list[tuple[int, int, int]]:
+  """The k closest pairs (i, j, distance), i < j, of images not already in one duplicate group."""
+  group_of = {i: n for n, g in enumerate(groups) for i in g}
+  pairs = set()
+  for i, (d, j) in enumerate(zip(nearest.tolist(), partner.tolist())):
+    if d >= 0 and (i not in group_of or group_of.get(j) != group_of[i]):
+      pairs.add((min(i, j), max(i, j), d))
+  return sorted(pairs, key=lambda p: (p[2], p[0]))[:k]
 
 
 # ----------------------------------------------------------------------------- inventory
@@ -373,9 +388,9 @@ def intensity_table(inv: Inventory, class_names) -> dict:
     n = len(means)
     hist = inv.hist_sum[k] / max(n, 1)
     mu = float((hist * levels).sum())
+    # Histograms are averaged per image, so pixel_mean is also the mean of the image means.
     out[name] = {'images': n, 'pixel_mean': round(mu, 2),
                  'pixel_std': round(float(np.sqrt((hist * (levels - mu) ** 2).sum())), 2),
-                 'image_mean_mean': round(float(means.mean()), 2) if n else None,
                  'image_mean_std': round(float(means.std()), 2) if n else None,
                  'pct_black': round(100 * float(hist[0]), 3),
                  'pct_white': round(100 * float(hist[255]), 3)}
@@ -483,8 +498,13 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   split_of, notes = split_membership(handle)
   draws = {m: epoch_draws(data_cfg, handle, mode=m, batch_size=batch_size, seed=seed,
                           progress=progress) for m in ('none', 'oversample')}
-  raw_groups, nearest = near_duplicates(inv.phash, inv.content, dup_threshold, progress=progress)
+  raw_groups, nearest, partner = near_duplicates(inv.phash, inv.content, dup_threshold,
+                                                 progress=progress)
   groups = describe_groups(inv, raw_groups, names, split_of, notes)
+  pairs = [{'distance': d, 'members': [
+      {'file': inv.names[i], 'class': names[inv.labels[i]],
+       'split': split_of.get(inv.names[i], 'not used')} for i in (a, b)], '_index': (a, b)}
+           for a, b, d in closest_pairs(nearest, partner, raw_groups)]
   usable = np.asarray([not e for e in inv.errors])
 
   explore_plots.counts(names, {s: handle.class_counts[s] for s in sampling.SPLITS},
@@ -507,6 +527,13 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
     explore_plots.image_rows(_group_rows(inv, handle, groups), str(out / 'duplicate_groups.png'),
                              title='Duplicate groups (cross-split first; d = hash bits from the '
                              'first member)')
+  if pairs:
+    explore_plots.image_rows(
+        [(f"d = {p['distance']}", [(load_image(inv, handle, i), f"{Path(m['file']).name}\n"
+                                    f"{m['class']} / {m['split']}")
+                                   for i, m in zip(p['_index'], p['members'])]) for p in pairs],
+        str(out / 'closest_pairs.png'), cell=1.8,
+        title=f'Closest pairs outside the groups\n(d = hash bits; near-duplicate <= {dup_threshold})')
 
   aug = augment_lib.AugmentParams.from_config(data_cfg.augment)
   near = nearest[nearest >= 0]
@@ -543,9 +570,12 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
           'cross_split_groups': sum(g['cross_split'] for g in groups),
           'cross_class_groups': sum(g['cross_class'] for g in groups),
           'images_in_groups': sum(len(g['members']) for g in groups),
-          'nearest_distance': ({'min': int(near.min()), 'p1': float(np.percentile(near, 1)),
+          'nearest_distance': ({'min': int(near.min()),
+                                'p1': round(float(np.percentile(near, 1)), 1),
                                 'median': float(np.median(near))} if len(near) else {}),
-          'groups': [{k: v for k, v in g.items() if k != '_index'} for g in groups]},
+          'groups': [{k: v for k, v in g.items() if k != '_index'} for g in groups],
+          'closest_pairs_outside_groups': [{k: v for k, v in p.items() if k != '_index'}
+                                           for p in pairs]},
       'figures': [f for f in FIGURES if (out / f).exists()],
   }
   (out / 'explore.json').write_text(json.dumps(report, indent=1))

@@ -29,7 +29,8 @@ def _bars(ax, class_names: Sequence[str], series: dict[str, Sequence[int]],
   for j, (label, values) in enumerate(series.items()):
     pos = x - 0.4 + width * (j + 0.5)
     bars = ax.bar(pos, values, width, label=label, color=colours.get(label))
-    ax.bar_label(bars, labels=[f'{int(v):,}' for v in values], fontsize=7, padding=1)
+    ax.bar_label(bars, labels=[f'{int(v):,}' for v in values], fontsize=7, padding=1,
+                 bbox={'boxstyle': 'round,pad=0.1', 'fc': 'white', 'ec': 'none', 'alpha': 0.8})
   ax.set_xticks(x, list(class_names))
   ax.set_ylim(0, top * 1.15)
   ax.set_xlabel('class')
@@ -206,11 +207,12 @@ def markdown(report: dict) -> str:
          'input, then independent train draws.', '']
   md += _figure(report, 'augmentation.png', 'augmentation preview')
   md += ['## Intensity', '']
-  rows = [[c, v['images'], v['pixel_mean'], v['pixel_std'], v['image_mean_mean'],
-           v['image_mean_std'], v['pct_black'], v['pct_white']]
-          for c, v in report['intensity'].items()]
-  md += _table(['class', 'images', 'pixel mean', 'pixel std', 'mean of image means',
-                'std of image means', '% pixels = 0', '% pixels = 255'], rows) + ['']
+  rows = [[c, v['images'], v['pixel_mean'], v['pixel_std'], v['image_mean_std'], v['pct_black'],
+           v['pct_white']] for c, v in report['intensity'].items()]
+  md += ['Grey levels 0-255; histograms are averaged per image, so the mean is also the mean of '
+         'the per-image means.', '']
+  md += _table(['class', 'images', 'mean', 'pixel std', 'std of image means', '% pixels = 0',
+                '% pixels = 255'], rows) + ['']
   md += _figure(report, 'intensity.png', 'intensity histograms')
   md += ['## Image sizes and modes', '',
          f"Modes: {report['modes']}. Distinct sizes: {len(report['sizes'])}.", '']
@@ -239,4 +241,13 @@ def markdown(report: dict) -> str:
         for m in g['members'])]
   if len(dup['groups']) > MAX_GROUPS_LISTED:
     md += [f"... and {len(dup['groups']) - MAX_GROUPS_LISTED} more groups in explore.json."]
+  pairs = dup.get('closest_pairs_outside_groups', [])
+  if pairs:
+    md += ['', '### Closest pairs outside the groups', '',
+           'The nearest images that the threshold did NOT link: look at them to judge whether the '
+           'threshold should move.', '']
+    md += _table(['distance (bits)', 'image 1', 'image 2'], [
+        [p['distance'], *(f"`{m['file']}` ({m['class']}, {m['split']})" for m in p['members'])]
+        for p in pairs]) + ['']
+    md += _figure(report, 'closest_pairs.png', 'closest pairs')
   return '\n'.join(md) + '\n'
