@@ -162,7 +162,8 @@ def compute_metrics(labels, probs, class_names: Sequence[str], *, n_bootstrap: i
 
   precision, recall, f1, support = skm.precision_recall_fscore_support(
       labels, preds, labels=idx, zero_division=0)
-  mcm = skm.multilabel_confusion_matrix(labels, preds, labels=idx)  # (C, 2, 2): [[tn, fp], [fn, tp]]
+  # (C, 2, 2) one-vs-rest matrices [[tn, fp], [fn, tp]].
+  mcm = skm.multilabel_confusion_matrix(labels, preds, labels=idx)
   tn, fp = mcm[:, 0, 0].astype(np.float64), mcm[:, 0, 1].astype(np.float64)
   specificity = np.divide(tn, tn + fp, out=np.zeros_like(tn), where=(tn + fp) > 0)
   auc = np.full(c, np.nan)

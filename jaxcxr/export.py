@@ -116,7 +116,7 @@ def preprocess_for_leaderboard(data, spec: dict):
   standalone preprocessor.py.
   """
   import io  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import numpy as np  # pylint: disable=g-import-not-at-top,import-outside-toplevel,redefined-outer-name,reimported
+  import numpy as np  # pylint: disable=g-import-not-at-top,import-outside-toplevel,reimported
   from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
   if isinstance(data, np.ndarray):
@@ -251,7 +251,7 @@ _SKIP_OPTIMIZER_PASSES = ('remove_redundant_transpose_pairs',)
 def _without_optimizer_passes(names: Sequence[str]):
   """Temporarily drops jax2onnx graph-optimisation passes by name (no-op if the layout differs)."""
   try:
-    from jax2onnx.converter import ir_optimizations  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from jax2onnx.converter import ir_optimizations  # pylint: disable=g-import-not-at-top
     passes = ir_optimizations._OPTIMIZER_PASSES  # pylint: disable=protected-access
   except (ImportError, AttributeError):
     yield

@@ -305,7 +305,8 @@ def cams_uint8(module, variables: dict, images: np.ndarray, target=-1, *,
     if n < batch_size:  # static shape: one compilation
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
       chunk_target = np.concatenate([chunk_target, np.full(batch_size - n, -1, np.int32)])
-    out = grad_cam(module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target, method=method)
+    out = grad_cam(module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target,
+                   method=method)
     cams.append(np.asarray(out['cam'])[:n])
     probs.append(np.asarray(out['probs'])[:n])
     targets.append(np.asarray(out['target'])[:n])

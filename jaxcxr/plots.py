@@ -31,7 +31,8 @@ def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
       ax=ax_count, cmap='Blues', values_format='d', xticks_rotation=30)
   ax_count.set_title('Counts')
   skm.ConfusionMatrixDisplay(normalised, display_labels=list(class_names)).plot(
-      ax=ax_norm, cmap='Blues', values_format='.2f', xticks_rotation=30, im_kw={'vmin': 0, 'vmax': 1})
+      ax=ax_norm, cmap='Blues', values_format='.2f', xticks_rotation=30,
+      im_kw={'vmin': 0, 'vmax': 1})
   ax_norm.set_title('Row-normalised (recall on the diagonal)')
   for ax in (ax_count, ax_norm):
     ax.set_xlabel('Predicted class')

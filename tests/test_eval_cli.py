@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import tiny
 from jaxcxr import checkpoint
@@ -99,8 +100,8 @@ def test_predict_files_and_split_agree(setup, workdir, tmp_path):
   bad = tmp_path / 'broken.png'
   bad.write_bytes(b'\x89PNG\r\n\x1a\nnope')
   out_files = str(tmp_path / 'files.csv')
-  result = inference.predict_workdir(workdir, out_files, images=files + [str(bad)], leaderboard_labels=True,
-                   batch_size=4)
+  result = inference.predict_workdir(workdir, out_files, images=files + [str(bad)],
+                                     leaderboard_labels=True, batch_size=4)
   assert result['rows'] == 6 and [p for p, _ in result['failed']] == [str(bad)]
   with open(out_files) as f:
     rows = list(csv.DictReader(f))
@@ -134,17 +135,18 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   _, handle = setup
   files = [os.path.join(handle.phantom_dir, n) for n in handle.filenames('test')[:3]]
   out = tmp_path / 'cams'
-  result = gradcam.explain_workdir(workdir, str(out), images=files + [str(tmp_path / 'missing.png')],
-                   target='Normal', batch_size=2)
+  missing = str(tmp_path / 'missing.png')
+  result = gradcam.explain_workdir(workdir, str(out), images=files + [missing],
+                                   target='Normal', batch_size=2)
   assert len(result['written']) == 3 and len(result['failed']) == 1
   with open(out / 'cams.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['target_label'] for r in rows] == ['Normal'] * 3
-  from PIL import Image
   overlay = np.asarray(Image.open(out / rows[0]['overlay']))
   assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
 
-  grid = gradcam.explain_workdir(workdir, str(out), split='test', method='gradcam++', per_class=1, batch_size=4)
+  grid = gradcam.explain_workdir(workdir, str(out), split='test', method='gradcam++', per_class=1,
+                                 batch_size=4)
   assert os.path.exists(grid['written'][0]) and grid['written'][0].endswith('gradcampp.png')
   assert 0.0 <= grid['pointing_game'] <= 1.0
   assert grid['pointing_game_images'] >= 1  # COVID / pneumonia phantoms have lesions

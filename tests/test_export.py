@@ -1,7 +1,6 @@
 """Tests for jaxcxr.export: leaderboard labels, preprocessing spec/preprocessor, ONNX parity."""
 
 import importlib.util
-import io
 import json
 import sys
 

@@ -175,7 +175,6 @@ def test_randomisation_check_decorrelates():
   for i, (r, c) in enumerate([(2, 2), (10, 4), (4, 12), (12, 12)]):
     x[i, r:r + 3, c:c + 3] = 2.0
   module = Tiny()
-  variables = _init(module, x)
   kernel = np.zeros((3, 3, 3, 4), np.float32)
   kernel[1, 1, :, 0] = 1.0
   head = np.zeros((4, 3), np.float32)
