@@ -30,7 +30,7 @@ def _bars(ax, class_names: Sequence[str], series: dict[str, Sequence[int]],
     pos = x - 0.4 + width * (j + 0.5)
     bars = ax.bar(pos, values, width, label=label, color=colours.get(label))
     ax.bar_label(bars, labels=[f'{int(v):,}' for v in values], fontsize=7, padding=1,
-                 bbox={'boxstyle': 'round,pad=0.1', 'fc': 'white', 'ec': 'none', 'alpha': 0.8})
+                 bbox={'boxstyle': 'round,pad=0.1', 'fc': 'white', 'ec': 'none'})
   ax.set_xticks(x, list(class_names))
   ax.set_ylim(0, top * 1.15)
   ax.set_xlabel('class')
@@ -57,7 +57,7 @@ def counts(class_names: Sequence[str], split_counts: dict[str, Sequence[int]],
   _bars(ax_epoch, class_names, modes,
         {'sampling=none': '#8c8c8c', 'sampling=oversample': '#4c72b0'})
   n = int(sum(next(iter(draws.values()), [0])))
-  ax_epoch.axhline(n / len(class_names), ls='--', lw=1, color='k',
+  ax_epoch.axhline(n / len(class_names), ls='--', lw=1, color='k', zorder=1,
                    label=f'balanced ({n / len(class_names):,.0f} per class)')
   ax_epoch.legend(fontsize=8)
   ax_epoch.set_ylabel('images drawn in one epoch')
