@@ -11,7 +11,7 @@ import torch
 
 from jaxcxr import models
 from jaxcxr import weights
-from tests.models.test_parity import randomized_torchvision
+from tests.models.torch_reference import randomized_torchvision
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

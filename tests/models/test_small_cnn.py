@@ -34,23 +34,23 @@ def test_shapes_and_counts(name, num_params, num_stats, size):
 def test_cam_features_and_eval_is_deterministic(name):
   model = models.build(name, 3)
   x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
-  variables = model.init(_RNGS, x)
-  logits, state = model.apply(variables, x, mutable=['intermediates'])
+  variables = jax.jit(model.init)(_RNGS, x)
+  logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
   fmap = state['intermediates']['cam_features'][0]
   assert logits.shape == (2, 3) and fmap.shape == (2, 8, 8, 128)
   # Logits are the head applied to the pooled map: the map is really the last conv activation.
   head = variables['params'][models.HEAD_PARAMS[name]]
   np.testing.assert_allclose(logits, fmap.mean((1, 2)) @ head['kernel'] + head['bias'],
                              atol=1e-5)
-  np.testing.assert_array_equal(logits, model.apply(variables, x))
+  np.testing.assert_array_equal(logits, jax.jit(model.apply)(variables, x))
 
 
 def test_train_mode_uses_dropout_and_batch_stats():
   model = models.build('cnn_bn', 3, dropout_rate=0.5)
   x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
-  variables = model.init(_RNGS, x)
-  apply = lambda key: model.apply(variables, x, train=True, rngs={'dropout': key},
-                                  mutable=['batch_stats'])
+  variables = jax.jit(model.init)(_RNGS, x)
+  apply = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={'dropout': key},
+                                          mutable=['batch_stats']))
   (a, state), (b, _) = apply(jax.random.key(5)), apply(jax.random.key(6))
   assert not np.allclose(a, b)  # different dropout masks
   # momentum 0.9 from mean 0: the new running mean is 0.1 * batch mean, not 0.
@@ -60,6 +60,6 @@ def test_train_mode_uses_dropout_and_batch_stats():
 def test_bfloat16_compute_float32_params():
   model = models.build('cnn_bn', 3, dtype=jnp.bfloat16)
   x = jnp.ones((2, 32, 32, 3))
-  variables = model.init(_RNGS, x)
+  variables = jax.jit(model.init)(_RNGS, x)
   assert {a.dtype for a in jax.tree.leaves(variables['params'])} == {jnp.dtype(jnp.float32)}
-  assert model.apply(variables, x).dtype == jnp.bfloat16
+  assert jax.jit(model.apply)(variables, x).dtype == jnp.bfloat16
