@@ -3,15 +3,15 @@
 `explore(data_cfg, out_dir)` prepares (or opens) the dataset of `config.data` and writes
 `explore.md` (figures + tables), `explore.json` (the same numbers) and the figures into `out_dir`:
 
-- `counts.png`: records per class and split, and the labels of ONE training epoch (the loader's first
-  N = num_train stream positions) counted from the real `loader.train_iterator` with
+- `counts.png`: records per class and split, and the labels of ONE training epoch (the loader's
+  first N = num_train stream positions) counted from the real `loader.train_iterator` with
   `sampling='none'` and `'oversample'`;
 - `samples.png`: sample images per class; `augmentation.png`: a few training records under several
   draws of the configured `augment.TrainAugment` (the transform the loader maps), next to the
   evaluation resize;
 - `intensity.png`: grey-level histograms and per-image mean grey level per class;
-- sizes / modes table; `duplicates.png`, `duplicate_groups.png`: exact and near-duplicate groups with
-  their files and splits.
+- a sizes / modes table; `duplicates.png`, `duplicate_groups.png`, `closest_pairs.png`: exact and
+  near-duplicate groups with their files and splits, and the closest pairs the threshold left apart.
 
 What is inspected: for a Kaggle folder (`source='folder'` with `manual_dir`) and for phantoms (their
 generated folder) every file as found, including those prepare drops (exact copies, label conflicts,
@@ -37,7 +37,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 import warnings
 
 import numpy as np
@@ -410,7 +410,8 @@ def describe_groups(inv: Inventory, groups: list[list[int]], class_names, split_
     g = sorted(g, key=lambda i: inv.names[i])
     ref = g[0]
     members = [{'file': inv.names[i], 'class': class_names[inv.labels[i]],
-                'split': split_of.get(inv.names[i], 'not used'), 'note': notes.get(inv.names[i], ''),
+                'split': split_of.get(inv.names[i], 'not used'),
+                'note': notes.get(inv.names[i], ''),
                 'distance': hamming(inv.phash[i], inv.phash[ref]),
                 'same_pixels_as_first': inv.content[i] == inv.content[ref]} for i in g]
     used = sorted({m['split'] for m in members} - {'not used'}, key=sampling.SPLITS.index)
@@ -468,7 +469,7 @@ def _group_rows(inv, handle, groups: list[dict], max_groups: int = 8, max_member
 def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_size: int = 32,
             seed: int = 0, dup_threshold: int = DEFAULT_DUP_THRESHOLD,
             progress: bool = True) -> dict:
-  """Prepares/opens the dataset of `data_cfg`, writes the report into `out_dir`, returns its numbers.
+  """Prepares/opens the dataset of `data_cfg`, writes the report to `out_dir`, returns its numbers.
 
   Args:
     data_cfg: `config.data` (source, manual_dir / phantom, data_dir, image_size, augment, ...).
@@ -533,7 +534,8 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
                                     f"{m['class']} / {m['split']}")
                                    for i, m in zip(p['_index'], p['members'])]) for p in pairs],
         str(out / 'closest_pairs.png'), cell=1.8,
-        title=f'Closest pairs outside the groups\n(d = hash bits; near-duplicate <= {dup_threshold})')
+        title=f'Closest pairs outside the groups\n(d = hash bits; near-duplicate: '
+        f'<= {dup_threshold})')
 
   aug = augment_lib.AugmentParams.from_config(data_cfg.augment)
   near = nearest[nearest >= 0]

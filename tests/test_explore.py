@@ -2,8 +2,8 @@
 
 The main fixture is an imbalanced Kaggle-layout folder of 48 px phantoms (COVID 120, Normal 480,
 Viral Pneumonia 48) with planted files: exact copies (byte copy, RGB re-save), near copies (+1
-brightness x4, JPEG re-encode), a cross-class exact copy (label conflict), and RGBA / 16-bit / odd-size
-files of distinct pictures.
+brightness x4, JPEG re-encode), a cross-class exact copy (label conflict), and RGBA / 16-bit /
+odd-size files of distinct pictures.
 """
 
 import io
@@ -45,7 +45,8 @@ def _data_cfg(data_dir, **kw):
 
 
 def _phantoms(label: int, n: int, seed: int) -> np.ndarray:
-  return phantom.render(label, n, image_size=SIZE, rng=np.random.default_rng([seed, label]))['image']
+  rng = np.random.default_rng([seed, label])
+  return phantom.render(label, n, image_size=SIZE, rng=rng)['image']
 
 
 def _save(path: Path, image, **kw) -> None:
