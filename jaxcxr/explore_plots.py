@@ -21,16 +21,23 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def _bars(ax, class_names: Sequence[str], series: dict[str, Sequence[int]],
-          colours: dict[str, str]) -> None:
-  """Grouped bars (one group per class, one bar per series) with the count on each bar."""
+          colours: dict[str, str], *, inside: bool = False) -> None:
+  """Grouped bars (one group per class, one bar per series) with the count on each bar.
+
+  `inside` writes the counts in the middle of the bars (clear of a reference line at the top).
+  """
   x = np.arange(len(class_names))
   width = 0.8 / max(1, len(series))
   top = max([max(v) for v in series.values() if len(v)] + [1])
   for j, (label, values) in enumerate(series.items()):
     pos = x - 0.4 + width * (j + 0.5)
     bars = ax.bar(pos, values, width, label=label, color=colours.get(label))
-    ax.bar_label(bars, labels=[f'{int(v):,}' for v in values], fontsize=7, padding=1,
-                 bbox={'boxstyle': 'round,pad=0.1', 'fc': 'white', 'ec': 'none'})
+    labels = [f'{int(v):,}' for v in values]
+    if inside:
+      ax.bar_label(bars, labels=labels, label_type='center', fontsize=8, color='white',
+                   fontweight='bold')
+    else:
+      ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
   ax.set_xticks(x, list(class_names))
   ax.set_ylim(0, top * 1.15)
   ax.set_xlabel('class')
@@ -55,7 +62,7 @@ def counts(class_names: Sequence[str], split_counts: dict[str, Sequence[int]],
   ax_split.set_title('Records per class and split (after prepare)')
   modes = {f'sampling={m}': v for m, v in draws.items()}
   _bars(ax_epoch, class_names, modes,
-        {'sampling=none': '#8c8c8c', 'sampling=oversample': '#4c72b0'})
+        {'sampling=none': '#8c8c8c', 'sampling=oversample': '#4c72b0'}, inside=True)
   n = int(sum(next(iter(draws.values()), [0])))
   ax_epoch.axhline(n / len(class_names), ls='--', lw=1, color='k', zorder=1,
                    label=f'balanced ({n / len(class_names):,.0f} per class)')
