@@ -80,6 +80,14 @@ def test_resnet18_parity(resnet18):
   _check(resnet18)
 
 
+def test_vgg11_bn_parity(vgg11_bn):
+  _check(vgg11_bn)
+
+
+def test_densenet121_parity(densenet121):
+  _check(densenet121)
+
+
 def test_float64_parity(resnet18, vgg11_bn):
   """In float64 the only difference left is rounding: the architectures are exact."""
   for c, size in ((resnet18, 224), (vgg11_bn, 100)):
