@@ -63,6 +63,7 @@ class VGG(nn.Module):
     """(N, H, W, 3) normalised images -> (N, num_classes) logits."""
     x = jnp.asarray(x, self.dtype)
     spec = feature_layers(self.cfg, self.batch_norm)
+    last_relu = max(i for i, kind, _ in spec if kind == 'relu')
     for i, kind, width in spec:
       if kind == 'conv':
         x = layers.conv(width, 3, self.dtype, f'features_{i}', padding=1, use_bias=True)(x)
@@ -70,7 +71,7 @@ class VGG(nn.Module):
         x = layers.batch_norm(train, self.dtype, f'features_{i}')(x)
       elif kind == 'relu':
         x = nn.relu(x)
-        if i == spec[-1][0] - 1:  # the ReLU right before the final max-pool
+        if i == last_relu:  # the last conv ReLU (before the final max-pool in torchvision cfgs)
           x = layers.mark_cam_features(self, x)
       else:
         x = layers.max_pool(x, 2, 2)

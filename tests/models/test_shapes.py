@@ -79,6 +79,16 @@ def test_unknown_name_lists_names():
     models.build('resnet7', 3)
   with pytest.raises(ValueError, match='num_classes'):
     models.build('resnet18', 0)
+  with pytest.raises(ValueError, match=r"resnet18 has no option\(s\) \['dropout_rate'\]; its "
+                                       r"options: \['block', 'dtype', 'stage_sizes'\]"):
+    models.build('resnet18', 3, dropout_rate=0.1)
+
+
+def test_vgg_custom_cfg_marks_last_relu():
+  """A cfg without the final pool (used by small smoke tests): the map is the last ReLU."""
+  model = models.build('vgg11', 3, cfg=(8, 'M', 16))
+  variables = jax.eval_shape(model.init, _RNGS, jnp.zeros((1, 32, 32, 3)))
+  assert variables['perturbations']['cam_features'].shape == (1, 16, 16, 16)
 
 
 @pytest.mark.parametrize('name', ['vgg11_bn', 'resnet18', 'densenet121'])
