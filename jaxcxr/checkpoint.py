@@ -73,8 +73,11 @@ class Checkpointer:
 
     Returns:
       (step, state, host) or None when there is no checkpoint. Unreadable checkpoints are skipped
-      with a warning, newest first.
+      with a warning, newest first; with None, `data_iter` is left at its start.
     """
+    # A failed attempt may already have restored some items (the data iterator among them).
+    initial_iter = data_iter.get_state() if data_iter is not None else None
+    failed = False
     for step in sorted(self.periodic.all_steps(), reverse=True):
       items = {'state': ocp.args.StandardRestore(abstract_state), 'host': ocp.args.JsonRestore()}
       if data_iter is not None:
@@ -84,8 +87,11 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('Checkpoint %s/%s/%d is unreadable (%s: %s); trying the previous one.',
                         self.workdir, CHECKPOINT_DIR, step, type(e).__name__, e)
+        failed = True
         continue
       return step, restored['state'], dict(restored['host'])
+    if failed and data_iter is not None:
+      data_iter.set_state(initial_iter)
     return None
 
   def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
