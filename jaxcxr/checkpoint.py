@@ -44,11 +44,18 @@ class Checkpointer:
     self.workdir = workdir
     self.periodic = _manager(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep, async_save)
     self.best = _manager(os.path.join(workdir, BEST_DIR), 1, async_save)
+    self._unreadable = set()   # periodic steps restore_latest found unreadable
 
   def save(self, step: int, state: Any, data_iter: Any, host: dict, *, force: bool = True):
-    """Saves a periodic checkpoint (async unless disabled). Re-saving a step is a no-op."""
+    """Saves a periodic checkpoint (async unless disabled).
+
+    Re-saving a step is a no-op, except for a step found unreadable: that one is replaced.
+    """
     if step in self.periodic.all_steps():
-      return
+      if step not in self._unreadable:
+        return
+      self.periodic.delete(step)
+    self._unreadable.discard(step)
     items = {'state': ocp.args.StandardSave(state), 'host': ocp.args.JsonSave(host)}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
@@ -88,6 +95,7 @@ class Checkpointer:
         logging.warning('Checkpoint %s/%s/%d is unreadable (%s: %s); trying the previous one.',
                         self.workdir, CHECKPOINT_DIR, step, type(e).__name__, e)
         failed = True
+        self._unreadable.add(step)
         continue
       return step, restored['state'], dict(restored['host'])
     if failed and data_iter is not None:
