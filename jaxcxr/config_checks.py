@@ -68,7 +68,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     errors.append(f'config.early_stopping.patience={config.early_stopping.patience}: must be >= 1.')
   if config.checkpoint.every_steps < 1:
     errors.append(f'config.checkpoint.every_steps={config.checkpoint.every_steps}: must be >= 1.')
-  if config.model.pretrained and not os.path.isdir(config.model.pretrained):
+  if config.model.pretrained and not os.path.isdir(os.path.expanduser(config.model.pretrained)):
     errors.append(
         f'config.model.pretrained={config.model.pretrained!r} does not exist. Convert torchvision '
         f'weights first: python -m launch.convert --arch {config.model.name} '

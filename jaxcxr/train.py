@@ -98,7 +98,7 @@ def create_train_state(config, module: nn.Module, tx: optax.GradientTransformati
   variables = init_variables(module, config, key)
   if config.model.pretrained:
     from jaxcxr import weights  # pylint: disable=g-import-not-at-top
-    _, pretrained = weights.load_converted(config.model.pretrained)
+    _, pretrained = weights.load_converted(os.path.expanduser(config.model.pretrained))
     variables = weights.load_pretrained(variables, pretrained,
                                         skip=head_names(config.model.name))
   return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,
@@ -244,7 +244,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t_start = time.time()
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  if '://' in workdir:
+    raise ValueError(f'--workdir={workdir!r}: jaxcxr writes checkpoints, logs and reports with local '
+                     'file I/O; use a local disk or a mounted bucket (e.g. gcsfuse) path.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir!r} cannot be created ({e.strerror}); choose a writable '
+                     'directory.') from e
   ckpt_lib.write_config(workdir, config)
 
   mesh = sharding.make_mesh()
@@ -328,7 +335,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = sharding.global_batch(next(train_iter), mesh)
         state, metrics = p_train_step(state, batch, dropout_key)
         step += 1
-        window_n += global_batch
+        if step == start_step + 1:
+          # The first step of a segment includes compilation: keep it out of images/s.
+          jax.block_until_ready(metrics)
+          window_t, window_n = time.time(), 0
+        else:
+          window_n += global_batch
         if pending is not None:
           _check_finite(pending, config, log)
         pending = (step, metrics)
