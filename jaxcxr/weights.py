@@ -16,6 +16,7 @@ torch is imported lazily, only to read `.pth` files.
 
 import functools
 import hashlib
+import http.client
 import json
 import os
 import pathlib
@@ -299,19 +300,23 @@ def fetch(url: str, cache_dir: Optional[PathLike] = None,
   cache.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=cache, prefix=f'.{name}.', suffix='.part')
   try:
-    h = hashlib.sha256()
+    h, size = hashlib.sha256(), 0
     with os.fdopen(fd, 'wb') as f:
       try:
         with urllib.request.urlopen(url, timeout=60) as response:
+          expected_size = response.headers.get('Content-Length')
           for chunk in iter(lambda: response.read(1 << 20), b''):
             h.update(chunk)
             f.write(chunk)
-      except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, 'reason', e)
+            size += len(chunk)
+      except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'
         raise WeightsError(
             f'Could not download {url} ({reason}). Without network access, fetch that URL on '
             f'another machine and put the file at {dest} (or pass the local file as the '
             f'source).') from None
+    if expected_size is not None and size != int(expected_size):
+      raise WeightsError(f'Download of {url} is truncated: {size} of {expected_size} bytes.')
     _check_hash(dest, h.hexdigest(), expected_sha256, f'{url} (downloaded)')
     os.replace(tmp, dest)
   finally:

@@ -268,6 +268,12 @@ def http_server(tmp_path):
 
     def do_GET(self):  # pylint: disable=invalid-name
       requests.append(self.path)
+      if self.path.startswith('/cut/'):  # promises 1000 bytes, sends 10, hangs up
+        self.send_response(200)
+        self.send_header('Content-Length', '1000')
+        self.end_headers()
+        self.wfile.write(b'0123456789')
+        return
       super().do_GET()
 
     def log_message(self, *args):
@@ -318,6 +324,15 @@ def test_url_hash_mismatch(http_server, tmp_path):
   sd = weights.load_state_dict(f'{base}/plain.safetensors', cache_dir=cache,
                                expected_sha256=digest)
   assert sd['w'].shape == (4,)
+
+
+def test_url_truncated_download(http_server, tmp_path):
+  base, _, _ = http_server
+  cache = tmp_path / 'cache'
+  with pytest.raises(weights.WeightsError,
+                     match=f'Download of {base}/cut/w.safetensors is truncated: 10 of 1000'):
+    weights.load_state_dict(f'{base}/cut/w.safetensors', cache_dir=cache)
+  assert list(cache.iterdir()) == []
 
 
 def test_url_unreachable(tmp_path):
