@@ -1,4 +1,4 @@
-"""Multi-host start-up: `jax.distributed.initialize()` when the environment asks for it."""
+"""Process start-up: `jax.distributed.initialize()` when asked for, and the compilation cache."""
 
 import os
 
@@ -28,3 +28,16 @@ def maybe_initialize() -> bool:
   else:
     jax.distributed.initialize()
   return True
+
+
+def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
+  """Turns on JAX's persistent compilation cache at `path` ('' leaves it off).
+
+  Compiles slower than `min_compile_secs` are stored, so re-running or resuming the same config
+  (same shapes, same device kind) loads the executable instead of compiling again.
+  """
+  if not path:
+    return
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_secs)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

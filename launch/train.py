@@ -9,6 +9,7 @@ Re-running the same command with the same workdir resumes from the last checkpoi
 set JAXCXR_DISTRIBUTED=1 (or run on a TPU slice / under SLURM) to call jax.distributed.initialize().
 """
 
+import ast
 import os
 import sys
 
@@ -19,7 +20,37 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and reports.')
+_JIT_CACHE = flags.DEFINE_string(
+    'jit_cache', os.environ.get('JAXCXR_JIT_CACHE', '~/.cache/jaxcxr/xla'),
+    'Persistent XLA compilation cache (a resumed or repeated run skips recompiling); "" = off.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+# Exit statuses: 0 done; 1 bad flags (absl); 2 invalid config, data, weights or workdir, or
+# non-finite training; 74 (EX_IOERR) a write failed, e.g. a full disk at a checkpoint (earlier
+# checkpoints are intact: fix the disk and re-run); 75 (EX_TEMPFAIL) preempted by SIGTERM after
+# writing a checkpoint (re-run to resume).
+EXIT_IO_ERROR = 74
+
+
+def parse_flags(argv):
+  """absl's flag parsing, plus a one-line error for a mistyped --config.<key> (not a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:   # what absl's default parser prints
+    print(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.',
+          file=sys.stderr)
+    sys.exit(1)
+  except (KeyError, AttributeError) as e:   # ml_collections: a field the locked config lacks
+    text = str(e.args[0]) if e.args else str(e)
+    if text[:1] in '"\'' and '\\n' in text:   # AttributeError wraps the KeyError's repr
+      text = ast.literal_eval(text)
+    key, _, hint = text.partition('\n')
+    key = key.strip('"\'')
+    flag = next((a.split('=')[0] for a in argv[1:]
+                 if a.startswith('--config.') and f'.{key}' in a.split('=')[0]), '--config')
+    print(f'FATAL Flags parsing error: {flag}: the config has no key {key!r}. {hint}'.rstrip(),
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv):
@@ -27,6 +58,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from jaxcxr import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize()
+  distributed.enable_compilation_cache(_JIT_CACHE.value)
   from jaxcxr import train  # pylint: disable=g-import-not-at-top
   try:
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -35,10 +67,13 @@ def main(argv):
   except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_IO_ERROR)
   keys = [k for k in summary if k.startswith(summary['split'] + '_')]
   print(' '.join(f'{k}={summary[k]:.4f}' for k in keys), file=sys.stderr)
   print(f'Results in {os.path.abspath(_WORKDIR.value)}', file=sys.stderr)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
