@@ -13,10 +13,13 @@ mid-save leaves the previous checkpoints intact. A checkpoint that exists but ca
 (truncated or corrupted files) is skipped with a warning and the one before it is used.
 """
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import grain
@@ -28,6 +31,47 @@ import orbax.checkpoint as ocp
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 CONFIG_FILE = 'config.json'
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (full disk, read-only or vanished filesystem).
+
+  The checkpoints written before it are intact (Orbax finalises a step by renaming its temporary
+  directory), so the same command resumes from the newest one once the disk is fixed.
+  """
+
+
+def _os_errno(e: BaseException) -> int | None:
+  """The errno of an I/O failure: an OSError, or TensorStore's ValueError ("[os_error_code='28']")."""
+  if isinstance(e, OSError):
+    return e.errno if e.errno is not None else errno.EIO
+  m = re.search(r"os_error_code='(\d+)'", str(e))
+  return int(m.group(1)) if m else None
+
+
+@contextlib.contextmanager
+def _writing(directory: str):
+  """Turns an I/O failure while writing a checkpoint into one clear CheckpointWriteError."""
+  try:
+    yield
+  except CheckpointWriteError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    code = _os_errno(e)
+    if code is None:
+      raise
+    directory = os.path.abspath(directory)
+    if code == errno.ENOSPC:
+      reason, fix = 'the disk is full (no space left on device)', 'free space'
+    else:
+      reason, fix = os.strerror(code), 'fix the filesystem'
+    detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    err = CheckpointWriteError(
+        f'Could not write a checkpoint to {directory}: {reason}. The checkpoints already there '
+        f'are intact; {fix} and re-run the same command to resume from the newest one. '
+        f'({type(e).__name__}: {detail})')
+    err.errno = code
+    raise err from e
 
 
 def _manager(directory: str, max_to_keep: int | None, async_save: bool) -> ocp.CheckpointManager:
@@ -59,17 +103,22 @@ class Checkpointer:
     items = {'state': ocp.args.StandardSave(state), 'host': ocp.args.JsonSave(host)}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
-    self.periodic.save(step, args=ocp.args.Composite(**items), force=force)
+    with _writing(self.periodic.directory):  # also reports a failed earlier async save
+      self.periodic.save(step, args=ocp.args.Composite(**items), force=force)
 
   def save_best(self, step: int, state: Any, host: dict):
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+    with _writing(self.best.directory):
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
 
   def wait(self):
-    self.periodic.wait_until_finished()
-    self.best.wait_until_finished()
+    """Waits for async saves; raises CheckpointWriteError when one failed."""
+    with _writing(self.periodic.directory):
+      self.periodic.wait_until_finished()
+    with _writing(self.best.directory):
+      self.best.wait_until_finished()
 
   def close(self):
     self.periodic.close()
