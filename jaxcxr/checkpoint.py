@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from typing import Any
 
 import grain
@@ -160,8 +161,30 @@ class Checkpointer:
     return step, restored['state'], dict(restored['host'])
 
 
+def check_writable(workdir: str) -> None:
+  """Raises ValueError when files cannot be created in `workdir` (read-only mount, permissions).
+
+  A resumed run only reads config.json, so without this probe it would train up to its first
+  checkpoint before finding out.
+  """
+  try:
+    fd, probe = tempfile.mkstemp(prefix='.write_test_', dir=workdir)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f'--workdir={workdir!r} is not writable ({e.strerror or e}); checkpoints, logs and the '
+        'report are written there. Choose a writable directory or fix its permissions/mount.'
+    ) from e
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict):
-  """Writes config.json, or checks that a resumed run uses the same config."""
+  """Writes config.json, or checks that a resumed run uses the same config.
+
+  Raises:
+    ValueError: `workdir` is not writable, or its config.json is another run's.
+  """
+  check_writable(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if os.path.exists(path):
