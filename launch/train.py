@@ -10,6 +10,7 @@ set JAXCXR_DISTRIBUTED=1 (or run on a TPU slice / under SLURM) to call jax.distr
 """
 
 import ast
+import logging
 import os
 import sys
 
@@ -68,6 +69,9 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except OSError as e:
+    # Orbax's failed write futures are garbage-collected at exit, and asyncio would log each with a
+    # traceback ("exception was never retrieved") below this message, which already reports them.
+    logging.getLogger('asyncio').setLevel(logging.CRITICAL)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_IO_ERROR)
   keys = [k for k in summary if k.startswith(summary['split'] + '_')]
