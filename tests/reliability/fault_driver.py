@@ -13,6 +13,8 @@ Faults:
   enospc_save:<n>     the n-th checkpoint write of this process (periodic or best, counted by their
                       host-JSON item) writes half its file into Orbax's temporary directory and
                       then fails with OSError(ENOSPC), as a full disk does mid-save.
+  nan_update:<k>      training step k (1-based) computes NaN updates (its learning-rate scale is
+                      NaN for that step only): a NaN/inf gradient or optimizer overflow.
 """
 
 import errno
@@ -41,9 +43,14 @@ def _hold_eval(marker: str):
   train.predict_split = predict_split
 
 
-def _enospc_save(n: int):
+def json_handler():
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh  # pylint: disable=g-import-not-at-top
-  real = jh.JsonCheckpointHandler._save_fn  # pylint: disable=protected-access
+  return jh.JsonCheckpointHandler
+
+
+def enospc_save_fn(n: int):
+  """A replacement for JsonCheckpointHandler._save_fn whose n-th call fails with ENOSPC."""
+  real = json_handler()._save_fn  # pylint: disable=protected-access
   calls = []
 
   async def _save_fn(self, x, directory):
@@ -54,7 +61,21 @@ def _enospc_save(n: int):
     path.write_text('{"partial": ')   # what a full disk leaves behind
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-  jh.JsonCheckpointHandler._save_fn = _save_fn  # pylint: disable=protected-access
+  return _save_fn
+
+
+def _nan_update(k: int):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxcxr import train  # pylint: disable=g-import-not-at-top
+  real = train.train_step
+
+  def train_step(state, batch, key, **kwargs):
+    scale = state.lr_scale
+    poisoned = state.replace(lr_scale=jnp.where(state.step == k - 1, jnp.nan, scale))
+    new, metrics = real(poisoned, batch, key, **kwargs)
+    return new.replace(lr_scale=scale), metrics
+
+  train.train_step = train_step
 
 
 def install(spec: str) -> None:
@@ -65,14 +86,16 @@ def install(spec: str) -> None:
   if kind == 'hold_eval':
     _hold_eval(arg)
   elif kind == 'enospc_save':
-    _enospc_save(int(arg))
+    json_handler()._save_fn = enospc_save_fn(int(arg))  # pylint: disable=protected-access
+  elif kind == 'nan_update':
+    _nan_update(int(arg))
   else:
-    raise SystemExit(f'{FAULT_ENV}={spec!r}: unknown fault (hold_eval:<marker>, enospc_save:<n>)')
+    raise SystemExit(f'{FAULT_ENV}={spec!r}: unknown fault (hold_eval:<marker>, '
+                     'enospc_save:<n>, nan_update:<k>)')
 
 
 if __name__ == '__main__':
   from launch import train as launch_train  # pylint: disable=g-import-not-at-top  (defines flags)
   install(os.environ.get(FAULT_ENV, ''))
   sys.argv[0] = 'launch.train'
-  app.run(launch_train.main, flags_parser=getattr(launch_train, 'parse_flags', None)
-          or app.parse_flags_with_usage)
+  app.run(launch_train.main, flags_parser=launch_train.parse_flags)
