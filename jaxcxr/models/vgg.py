@@ -50,12 +50,14 @@ class VGG(nn.Module):
     batch_norm: the `_bn` variants.
     num_classes: size of the head.
     dropout_rate: torchvision's `dropout` (p) in the classifier.
+    classifier_width: hidden width of fc1/fc2 (4096 in torchvision).
     dtype: compute dtype; params stay float32.
   """
   cfg: Sequence[Union[int, str]]
   batch_norm: bool = False
   num_classes: int = 1000
   dropout_rate: float = 0.5
+  classifier_width: int = 4096   # torchvision's; smaller only for tiny test models
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -78,7 +80,7 @@ class VGG(nn.Module):
     x = layers.adaptive_avg_pool(x, POOL_HW)
     x = x.reshape(x.shape[0], -1)  # (N, 7 * 7 * 512) in (h, w, c) order
     for name in ('fc1', 'fc2'):
-      x = nn.relu(nn.Dense(4096, dtype=self.dtype, name=name)(x))
+      x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype, name=name)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x)
 
