@@ -8,12 +8,13 @@ odd-size files of distinct pictures.
 
 import io
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 from PIL import Image
 import pytest
@@ -23,7 +24,6 @@ from jaxcxr import explore
 import jaxcxr.data as data_lib
 from jaxcxr.data import phantom
 from jaxcxr.data import sampling
-from launch import explore as explore_cli
 
 CXR_DEV = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cxr_dev'
 CLASSES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -234,23 +234,24 @@ def test_near_duplicates_on_hand_made_hashes():
 
 
 def _cli(*argv):
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['explore', *argv])
-    explore_cli.main(['explore'])
+  """Runs launch.explore in a subprocess (absl launchers define clashing flags in one process)."""
+  repo = Path(__file__).resolve().parents[1]
+  env = {**os.environ, 'PYTHONPATH': str(repo), 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', 'launch.explore', *argv], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
-def test_cli_phantom(tmp_path, capsys):
-  _cli('--phantom', '--num_per_class=12', '--phantom_size=32', '--image_size=32', '--samples=2',
-       '--aug_draws=2', f'--data_dir={tmp_path / "tfds"}', f'--out={tmp_path / "out"}')
-  out = capsys.readouterr().out
-  assert "train: {'COVID': 8, 'Normal': 8, 'Viral Pneumonia': 8}" in out
-  assert 'duplicate groups: 0' in out
+def test_cli_phantom(tmp_path):
+  r = _cli('--phantom', '--num_per_class=12', '--phantom_size=32', '--image_size=32', '--samples=2',
+           '--aug_draws=2', f'--data_dir={tmp_path / "tfds"}', f'--out={tmp_path / "out"}')
+  assert r.returncode == 0, r.stderr
+  assert "train: {'COVID': 8, 'Normal': 8, 'Viral Pneumonia': 8}" in r.stdout
+  assert 'duplicate groups: 0' in r.stdout
   assert (tmp_path / 'out' / 'explore.md').exists() and (tmp_path / 'out' / 'samples.png').exists()
-  with pytest.raises(SystemExit, match='pass exactly one of'):
-    _cli(f'--out={tmp_path / "x"}')
-  with pytest.raises(SystemExit, match='No prepared 3class dataset'):
-    _cli(f'--data_dir={tmp_path / "nothing"}', f'--out={tmp_path / "x"}')
+  r = _cli(f'--out={tmp_path / "x"}')
+  assert r.returncode != 0 and 'pass exactly one of' in r.stderr + r.stdout
+  r = _cli(f'--data_dir={tmp_path / "nothing"}', f'--out={tmp_path / "x"}')
+  assert r.returncode != 0 and 'No prepared 3class dataset' in r.stderr + r.stdout
 
 
 @pytest.mark.shared_data
