@@ -73,8 +73,27 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         f'config.model.pretrained={config.model.pretrained!r} does not exist. Convert torchvision '
         f'weights first: python -m launch.convert --arch {config.model.name} '
         f'--source <.pth/.safetensors/URL> --out {config.model.pretrained}')
+  elif config.model.pretrained:
+    _check_pretrained_arch(config, errors)
   if config.data.source == 'folder' and not config.data.manual_dir and not config.data.data_dir:
     errors.append('config.data.source=folder needs --config.data.manual_dir=PATH (a Kaggle-layout '
                   'folder) or --config.data.data_dir of an already prepared dataset.')
   if errors:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _check_pretrained_arch(config, errors: list[str]) -> None:
+  """Converted weights of another architecture (or not converted at all) fail here, by name,
+  instead of as a list of missing parameters after the data is prepared."""
+  from jaxcxr import weights  # pylint: disable=g-import-not-at-top
+  try:
+    arch = weights.read_meta(os.path.expanduser(config.model.pretrained)).get('arch')
+  except (weights.WeightsError, OSError, ValueError) as e:
+    errors.append(f'config.model.pretrained={config.model.pretrained!r}: {e}')
+    return
+  if arch and arch != config.model.name:
+    errors.append(
+        f'config.model.pretrained={config.model.pretrained!r} holds {arch} weights, but '
+        f'config.model.name={config.model.name!r}. Use --config.model.name={arch}, or convert '
+        f'{config.model.name} weights: python -m launch.convert --arch {config.model.name} '
+        '--source <.pth/.safetensors/URL> --out <dir>')
