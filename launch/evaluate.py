@@ -33,6 +33,9 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(74)
   m = result['metrics']
   print(evaluate.summary_table(m))
   ci = m.get('ci95', {})

@@ -38,6 +38,9 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(74)
   for path, reason in result['failed']:
     print(f'failed: {path}: {reason}', file=sys.stderr)
   print(f'{result["rows"]} predictions written to {result["out"]}; '
