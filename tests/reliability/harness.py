@@ -161,17 +161,18 @@ def _is_log_line(line: str) -> bool:
   return len(line) > 5 and line[0] in 'IWEF' and line[1:5].isdigit() and line[5] == ' '
 
 
-def message(stderr: str) -> str:
-  """The user-facing message a failed CLI ended with: from its last 'error:' line to the end,
-  absl log lines dropped ('' when there is none)."""
+def message(stderr: str, starts: tuple[str, ...] = MESSAGE_STARTS) -> str:
+  """The user-facing message a failed CLI ended with: from its last line that begins with one of
+  `starts` ('error:', ...) to the end, absl log lines dropped ('' when there is none)."""
   lines = stderr.splitlines()
-  starts = [i for i, line in enumerate(lines) if line.startswith(MESSAGE_STARTS)]
-  if not starts:
+  first = [i for i, line in enumerate(lines) if line.startswith(starts)]
+  if not first:
     return ''
-  return '\n'.join(l for l in lines[starts[-1]:] if not _is_log_line(l))
+  return '\n'.join(l for l in lines[first[-1]:] if not _is_log_line(l))
 
 
-def clear_failure(rc: int, stderr: str, want_rc: int, *needles: str) -> list[str]:
+def clear_failure(rc: int, stderr: str, want_rc: int, *needles: str,
+                  starts: tuple[str, ...] = MESSAGE_STARTS) -> list[str]:
   """Problems with a failed CLI run ([] = a clear failure).
 
   Clear means: the documented exit status, and the run ends with a message that starts with
@@ -182,7 +183,7 @@ def clear_failure(rc: int, stderr: str, want_rc: int, *needles: str) -> list[str
   problems = []
   if rc != want_rc:
     problems.append(f'exit status {rc}, expected {want_rc}')
-  msg = message(stderr)
+  msg = message(stderr, starts)
   if not msg:
     tail = '\n'.join(l for l in stderr.splitlines() if not _is_log_line(l))[-1500:]
     problems.append(f'no error message at the end of stderr; it ends with:\n{tail}')

@@ -51,10 +51,11 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
     assert got == expect, f'{name}: resumed at {got}, newest checkpoint was {expect}'
     return run, got
 
-  # 1. kill -9 in the middle of training steps.
+  # 1. kill -9 in the middle of training steps (once a first checkpoint is there to resume from).
   run, start = launch('kill9_step')
-  at = rng.randint(2, 4)
-  run.wait_for(lambda: harness.last_train_step(work) >= at, what=f'step {at}')
+  at = rng.randint(4, 8)
+  run.wait_for(lambda: harness.committed_steps(ckpt_dir) and harness.last_train_step(work) >= at,
+               what=f'a checkpoint and step {at}')
   run.kill()
   record(fault='kill9_step', step=harness.last_train_step(work))
 
