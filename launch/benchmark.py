@@ -32,6 +32,8 @@ _CHANNELS_LAST = flags.DEFINE_bool('channels_last', False,
 _WARM = flags.DEFINE_bool('warm_compile', True, 'Re-compile from the persistent cache.')
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (empty: none).')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Side of the float32 matmul FLOP/s probe.')
+_CONV_PROBE = flags.DEFINE_bool('conv_probe', False,
+                                'Only time fwd / dx / dW convs per layer shape (jaxcxr.benchmark_convs).')
 _TIMEOUT = flags.DEFINE_integer('timeout', 3600, 'Seconds per subprocess.')
 # Internal: run one measurement in this process and write JSON to --worker_out.
 _WORKER = flags.DEFINE_enum('worker', '', ['', 'jax', 'compile', 'torch'], 'internal')
@@ -188,6 +190,16 @@ def main(argv):
 
   import jax  # pylint: disable=g-import-not-at-top
   from jaxcxr import benchmark  # pylint: disable=g-import-not-at-top
+  if _CONV_PROBE.value:
+    from jaxcxr import benchmark_convs  # pylint: disable=g-import-not-at-top
+    print(f'load average {os.getloadavg()[0]:.2f}')
+    print('| (N, S, Cin, Cout, k) | GFLOP | fwd | dx | dW (XLA) | dW (tap matmuls) | GFLOP/s fwd/dx/dW/tap |')
+    print('|---|---|---|---|---|---|---|')
+    for r in benchmark_convs.probe(steps=_STEPS.value):
+      print(f'| {r["shape"]} | {r["gflop"]:.1f} | {r["fwd_ms"]:.0f} ms | {r["dx_ms"]:.0f} ms | '
+            f'{r["dw_xla_ms"]:.0f} ms | {r["dw_tap_ms"]:.0f} ms | {r["fwd_gflop_s"]:.1f} / '
+            f'{r["dx_gflop_s"]:.1f} / {r["dw_xla_gflop_s"]:.1f} / {r["dw_tap_gflop_s"]:.1f} |')
+    return
   machine_flops = benchmark.matmul_flops(_MATMUL_N.value)
   load = os.getloadavg()
   header = {'machine': {'cpus': os.cpu_count(), 'backend': jax.default_backend(),

@@ -76,3 +76,15 @@ def test_table_and_ratios():
   assert row['train_pct_peak'] == pytest.approx(100 * 3e9 / 10e9)
   table = cli.format_table([row])
   assert table.count('\n') == 2 and '| x |' in table and '2.00' in table
+
+
+def test_tap_matmul_weight_grad_equals_xla():
+  from jaxcxr import benchmark_convs  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  g = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))
+  ref = jax.vjp(benchmark_convs._conv, x, w)[1](g)[1]
+  np.testing.assert_allclose(benchmark_convs.tap_matmul_weight_grad(x, g, 3), ref, rtol=1e-5,
+                             atol=1e-5)
+  rows = benchmark_convs.probe(shapes=((1, 4, 2, 2, 1),), steps=1)
+  assert rows[0]['dw_tap_rel_diff'] < 1e-5 and rows[0]['fwd_ms'] > 0
