@@ -89,22 +89,3 @@ def test_tap_matmul_weight_grad_equals_xla():
   rows = benchmark_convs.probe(shapes=((1, 4, 2, 2, 1),), steps=1)
   assert rows[0]['dw_tap_rel_diff'] < 1e-5 and rows[0]['fwd_ms'] > 0
 
-
-@pytest.mark.parametrize('kernel,padding', [(1, 0), (3, 1), (3, 0), (7, 3)])
-def test_conv_stride1_gradients_equal_xla(kernel, padding):
-  """The performance change in jaxcxr.models.layers: same forward, same gradients as lax."""
-  from jax import lax  # pylint: disable=g-import-not-at-top
-  from jaxcxr.models import layers  # pylint: disable=g-import-not-at-top
-
-  def ref(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), ((padding, padding),) * 2,
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
-  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
-  loss = lambda f: (lambda x, w: jnp.sum(jnp.sin(f(x, w))))
-  np.testing.assert_array_equal(layers.conv_stride1(x, w, padding), ref(x, w))
-  got = jax.grad(loss(lambda x, w: layers.conv_stride1(x, w, padding)), argnums=(0, 1))(x, w)
-  want = jax.grad(loss(ref), argnums=(0, 1))(x, w)
-  for g, r in zip(got, want):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
