@@ -97,7 +97,11 @@ def _odd_images() -> dict[str, tuple[bytes, np.ndarray]]:
 def test_odd_modes_and_sizes_decode_to_documented_grey(name, record):
   from jaxcxr.data import images  # pylint: disable=g-import-not-at-top
   data, want = _odd_images()[name]
-  got = images.decode_grey(data, name=name)
+  try:
+    got = images.decode_grey(data, name=name)
+  except Exception as e:   # an odd but valid file must decode; count a failure as unclear
+    record(bad_input=f'odd image {name}', clear=False, problems=[repr(e)])
+    raise
   record(bad_input=f'odd image {name}', clear=True, decoded=bool(np.array_equal(got, want)))
   assert got.dtype == np.uint8 and got.shape == want.shape
   np.testing.assert_array_equal(got, want)
