@@ -47,8 +47,15 @@ class RunLog:
       return
     with open(self.path) as f:
       rows = [line for line in f if line.strip()]
-    keep = [r for r in rows if json.loads(r).get('step', 0) <= step]
-    if len(keep) != len(rows):
+    keep = []
+    for r in rows:
+      try:
+        row = json.loads(r)
+      except json.JSONDecodeError:  # a row cut short (e.g. disk full mid-write): drop it
+        continue
+      if row.get('step', 0) <= step:
+        keep.append(r if r.endswith('\n') else r + '\n')
+    if keep != rows:
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(keep)
@@ -88,6 +95,11 @@ def read_rows(workdir: str, kind: str | None = None) -> list[dict]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # blank or cut-short row
+        continue
   return [r for r in rows if kind is None or r.get('kind') == kind]

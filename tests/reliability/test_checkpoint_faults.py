@@ -2,6 +2,7 @@
 middle of a save (injected ENOSPC, sync and async), and an unwritable workdir."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -173,3 +174,20 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
   record(bad_input='read-only workdir (injected EROFS)', clear='is not writable' in msg)
   assert msg.startswith(f'--workdir={str(work)!r} is not writable (Read-only file system)')
   assert not (work / 'config.json').exists()
+
+
+def test_partial_last_metrics_row_does_not_block_the_resume(tmp_path, record):
+  """A full disk can cut the last metrics.jsonl row short (a kill -9 cannot: one small write).
+  After space is freed, the resumed run must still open its log."""
+  from jaxcxr import run_log  # pylint: disable=g-import-not-at-top
+  rows = [{'kind': 'train', 'step': s, 'loss': 1.0} for s in (1, 2, 3)]
+  (tmp_path / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in rows) + '{"kind": "train", "st')
+  try:
+    run_log.RunLog(str(tmp_path), resume_step=2).close()
+    ok = True
+  except ValueError:
+    ok = False
+  record(fault='partial_metrics_row', bad_input='partial last row of metrics.jsonl', clear=ok)
+  assert ok
+  assert [r['step'] for r in run_log.read_rows(str(tmp_path))] == [1, 2]
