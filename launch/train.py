@@ -13,6 +13,7 @@ import ast
 import logging
 import os
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -69,9 +70,13 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except OSError as e:
-    # Orbax's failed write futures are garbage-collected at exit, and asyncio would log each with a
-    # traceback ("exception was never retrieved") below this message, which already reports them.
+    # After a failed write (a full disk) the other buffered writers fail again at exit: Orbax's
+    # write futures (asyncio logs each with a traceback, "exception was never retrieved") and
+    # TensorBoard's event thread and atexit flush. This message already reports the cause; keep it
+    # the last thing printed.
     logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_IO_ERROR)
   keys = [k for k in summary if k.startswith(summary['split'] + '_')]
