@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 from typing import Any
 
@@ -132,6 +133,7 @@ class Checkpointer:
       (step, state, host) or None when there is no checkpoint. Unreadable checkpoints are skipped
       with a warning, newest first; with None, `data_iter` is left at its start.
     """
+    _drop_closed_loop_reports()
     # A failed attempt may already have restored some items (the data iterator among them).
     initial_iter = data_iter.get_state() if data_iter is not None else None
     failed = False
@@ -225,12 +227,35 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _drop_closed_loop_reports() -> None:
+  """Keeps a failed restore's error the last thing printed.
+
+  When a restore fails (a truncated array file), Orbax closes its event loop while TensorStore
+  still completes the other reads; each completion callback then reports
+  'RuntimeError: Event loop is closed' to sys.unraisablehook, a traceback per array after the real
+  error. Drop exactly those reports (installed once per process; the rest go to the previous hook).
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'jaxcxr_closed_loop_filter', False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook.jaxcxr_closed_loop_filter = True
+  sys.unraisablehook = hook
+
+
 def read_state_numpy(step_dir: str) -> dict:
   """The saved TrainState of one checkpoint step as a tree of numpy arrays.
 
   Independent of the device topology it was saved on (8 GPUs, a TPU slice, ...), so a model
   trained anywhere can be evaluated, exported or compared on a CPU.
   """
+  _drop_closed_loop_reports()
   path = os.path.join(os.path.abspath(step_dir), 'state')
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(path)
@@ -256,6 +281,7 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
 
   Raises:
     FileNotFoundError: the workdir has no config or no checkpoint, with the command to fix it.
+    ValueError: the checkpoint is unreadable, or holds another model than config.json names.
   """
   from jaxcxr import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   config = read_config(workdir)
@@ -268,7 +294,16 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
         f'No {which!r} checkpoint under {directory}: training has not saved one yet. Run or resume '
         f'`python -m launch.train --config <config> --workdir {workdir}`.')
   step = max(steps)
-  tree = read_state_numpy(os.path.join(directory, str(step)))
+  path = os.path.join(directory, str(step))
+  try:
+    tree = read_state_numpy(path)
+  except Exception as e:  # pylint: disable=broad-except  (TensorStore reports as ValueError etc.)
+    detail = str(e).splitlines()[0][:300] if str(e) else ''
+    fix = ('Use --which latest (the newest periodic checkpoint).' if which == 'best' else
+           'Use --which best, or re-run the training command: it resumes from the checkpoint '
+           'before this one and writes this step again.')
+    raise ValueError(f'The {which!r} checkpoint {path} is unreadable (truncated or corrupted; '
+                     f'{type(e).__name__}: {detail}). {fix}') from None
   _check_matches(abstract, tree, directory, config.model.name)
   variables = {'params': tree['params']}
   if tree.get('batch_stats'):
