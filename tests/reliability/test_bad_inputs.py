@@ -225,7 +225,8 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
   step, _ = harness.corrupt_latest(corrupt)
   case('evaluate_truncated_checkpoint', 'launch.evaluate',
        ['--workdir', corrupt, '--split', 'validation', '--which', 'latest'], 2,
-       str(corrupt / 'checkpoints' / str(step)))
+       f"The 'latest' checkpoint {corrupt / 'checkpoints' / str(step)} is unreadable",
+       '--which best')
 
   # A .pth that runs code when unpickled (launch.convert must refuse it, nothing executed).
   try:
