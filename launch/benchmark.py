@@ -20,6 +20,10 @@ import time
 from absl import app
 from absl import flags
 
+from jaxcxr.tools import benchmark
+from jaxcxr.tools import benchmark_convs
+from jaxcxr.training import distributed
+
 _ARCHS = flags.DEFINE_list('archs', ['vgg19', 'resnet101', 'densenet201'],
                            'Models; suffix ":me" = DenseNet memory_efficient=True.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 128, 'Input side.')
@@ -49,8 +53,6 @@ def _split_arch(spec: str) -> tuple[str, dict]:
 # ----------------------------------------------------------------------------- workers
 
 def _jax_worker(spec: str, parts: tuple[str, ...]) -> dict:
-  from jaxcxr import benchmark  # pylint: disable=g-import-not-at-top
-  from jaxcxr import distributed  # pylint: disable=g-import-not-at-top
   distributed.enable_compilation_cache(_CACHE_DIR.value, min_compile_secs=0.0)
   name, overrides = _split_arch(spec)
   return benchmark.bench_arch(name, _IMAGE_SIZE.value, _BATCH.value, _STEPS.value, parts=parts,
@@ -159,7 +161,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _derive(row: dict, machine_flops: float) -> dict:
-  from jaxcxr import benchmark  # pylint: disable=g-import-not-at-top
   row = benchmark.achieved(row, machine_flops)
   if 'compile_s' in row:
     row['cold_total_s'] = row['trace_lower_s'] + row['compile_s']
@@ -189,9 +190,7 @@ def main(argv):
     return
 
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxcxr import benchmark  # pylint: disable=g-import-not-at-top
   if _CONV_PROBE.value:
-    from jaxcxr import benchmark_convs  # pylint: disable=g-import-not-at-top
     print(f'load average {os.getloadavg()[0]:.2f}')
     print('| (N, S, Cin, Cout, k) | GFLOP | fwd | dx | dW (XLA) | dW (tap matmuls) | GFLOP/s fwd/dx/dW/tap |')
     print('|---|---|---|---|---|---|---|')

@@ -17,6 +17,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from jaxcxr.data import preprocess
 import numpy as np
 
 from configs import base
@@ -107,7 +109,6 @@ def throughput(d, handle, workers: int) -> tuple[float, float, float]:
 def normalisation(d) -> list[tuple[str, float]]:
   """ms per batch: host float32 normalise + transfer vs uint8 transfer + on-device normalise."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxcxr.data import preprocess  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(0).integers(0, 256, (_BATCH.value, d.image_size, d.image_size, 1),
                                         dtype=np.uint8)
   dev = jax.jit(preprocess.to_model_input)

@@ -13,6 +13,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.tools import compare
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding the runs (searched recursively).')
 _PLOT = flags.DEFINE_bool('plot', True, 'Also write comparison.png.')
 flags.mark_flags_as_required(['workdir'])
@@ -21,7 +23,6 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxcxr import compare  # pylint: disable=g-import-not-at-top
   try:
     out = compare.compare(_WORKDIR.value, with_plot=_PLOT.value)
   except FileNotFoundError as e:

@@ -14,6 +14,8 @@ import sys
 
 from absl import app
 from absl import flags
+
+from jaxcxr.models import weights
 from absl import logging
 
 _ARCH = flags.DEFINE_string('arch', None, 'Model name (jaxcxr.models.NAMES), e.g. densenet201.')
@@ -30,7 +32,6 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
-  from jaxcxr import weights  # pylint: disable=g-import-not-at-top
   source = _SOURCE.value
   if source == 'torchvision':
     source = f'torchvision:{_ARCH.value}'

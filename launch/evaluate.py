@@ -12,6 +12,9 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.evaluation import report
+from jaxcxr.training import errors
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], 'Split to evaluate.')
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to evaluate.')
@@ -25,19 +28,18 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxcxr import evaluate  # pylint: disable=g-import-not-at-top
   try:
-    result = evaluate.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
+    result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
                                        out=_OUT.value, batch_size=_BATCH.value,
                                        bootstrap=_BOOTSTRAP.value)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(errors.EXIT_USAGE)
   except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(74)
+    sys.exit(errors.EXIT_IO_ERROR)
   m = result['metrics']
-  print(evaluate.summary_table(m))
+  print(report.summary_table(m))
   ci = m.get('ci95', {})
   line = f'{_SPLIT.value}: n={m["num_examples"]} accuracy={m["accuracy"]:.4f}'
   if ci:

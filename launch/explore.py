@@ -16,6 +16,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.tools import explore
+
 from configs import base
 from jaxcxr.data import builder
 
@@ -46,7 +48,6 @@ def main(argv):
                                                   and bool(_DATA_DIR.value)) != 1:
     sys.exit('error: pass exactly one of --manual_dir=<Kaggle folder>, --phantom, or --data_dir '
              'alone (a prepared dataset).')
-  from jaxcxr import explore  # pylint: disable=g-import-not-at-top
   d = base.get_data_config()
   d.data_dir = _DATA_DIR.value
   d.builder_config = _CONFIG.value

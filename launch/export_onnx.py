@@ -13,6 +13,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.evaluation import export
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.')
 _LAYOUT = flags.DEFINE_enum('layout', 'NHWC', ['NHWC', 'NCHW'], 'ONNX input layout.')
@@ -24,7 +26,6 @@ flags.mark_flags_as_required(['workdir', 'out'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxcxr import export  # pylint: disable=g-import-not-at-top
   try:
     result = export.export_workdir(_WORKDIR.value, _OUT.value, layout=_LAYOUT.value,
                                    which=_WHICH.value, atol=_ATOL.value)

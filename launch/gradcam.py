@@ -15,6 +15,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.evaluation import gradcam
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _IMAGES = flags.DEFINE_multi_string('images', [], 'Image files, folders or globs (repeatable; '
                                     'extra positional arguments are taken as images too).')
@@ -32,7 +34,6 @@ flags.mark_flags_as_required(['workdir', 'out'])
 
 def main(argv):
   images = list(_IMAGES.value) + list(argv[1:])
-  from jaxcxr import gradcam  # pylint: disable=g-import-not-at-top
   try:
     result = gradcam.explain_workdir(_WORKDIR.value, _OUT.value, images=images,
                                      split=_SPLIT.value, method=_METHOD.value,

@@ -15,6 +15,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.evaluation import inference
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _IMAGES = flags.DEFINE_multi_string('images', [], 'Image folder (recursive), glob or file; '
                                     'repeatable.')
@@ -30,7 +32,6 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxcxr import inference  # pylint: disable=g-import-not-at-top
   try:
     result = inference.predict_workdir(_WORKDIR.value, _OUT.value, images=_IMAGES.value,
                                        split=_SPLIT.value, leaderboard_labels=_LEADERBOARD.value,

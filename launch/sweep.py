@@ -19,7 +19,7 @@ import sys
 from absl import app
 from absl import flags
 
-from jaxcxr import sweep
+from jaxcxr.tools import sweep
 
 _CONFIG = flags.DEFINE_string('config', None, 'Sweep file[:arg], e.g. configs/sweeps/x.py:runlocal.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; one sub-workdir per trial.')

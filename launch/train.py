@@ -19,6 +19,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jaxcxr.evaluation import report
+from jaxcxr.training import distributed
+from jaxcxr.training import errors
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and reports.')
@@ -27,11 +31,10 @@ _JIT_CACHE = flags.DEFINE_string(
     'Persistent XLA compilation cache (a resumed or repeated run skips recompiling); "" = off.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Exit statuses: 0 done; 1 bad flags (absl); 2 invalid config, data, weights or workdir, or
-# non-finite training; 74 (EX_IOERR) a write failed, e.g. a full disk at a checkpoint (earlier
-# checkpoints are intact: fix the disk and re-run); 75 (EX_TEMPFAIL) preempted by SIGTERM after
-# writing a checkpoint (re-run to resume).
-EXIT_IO_ERROR = 74
+# Exit statuses (jaxcxr.training.errors): 0 done; 1 bad flags (absl); 2 invalid config, data,
+# weights or workdir, or non-finite training; 74 a write failed, e.g. a full disk at a checkpoint
+# (earlier checkpoints are intact: fix the disk and re-run); 75 preempted by SIGTERM after writing a
+# checkpoint (re-run to resume).
 
 
 def parse_flags(argv):
@@ -41,7 +44,7 @@ def parse_flags(argv):
   except flags.Error as e:   # what absl's default parser prints
     print(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.',
           file=sys.stderr)
-    sys.exit(1)
+    sys.exit(errors.EXIT_FAILED)
   except (KeyError, AttributeError) as e:   # ml_collections: a field the locked config lacks
     text = str(e.args[0]) if e.args else str(e)
     if text[:1] in '"\'' and '\\n' in text:   # AttributeError wraps the KeyError's repr
@@ -52,23 +55,21 @@ def parse_flags(argv):
                  if a.startswith('--config.') and f'.{key}' in a.split('=')[0]), '--config')
     print(f'FATAL Flags parsing error: {flag}: the config has no key {key!r}. {hint}'.rstrip(),
           file=sys.stderr)
-    sys.exit(1)
+    sys.exit(errors.EXIT_FAILED)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxcxr import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize()
   distributed.enable_compilation_cache(_JIT_CACHE.value)
-  from jaxcxr import train  # pylint: disable=g-import-not-at-top
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.Preempted:
-    sys.exit(train.EXIT_PREEMPTED)
-  except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
+    summary = report.train_and_report(_CONFIG.value, _WORKDIR.value)
+  except errors.Preempted:
+    sys.exit(errors.EXIT_PREEMPTED)
+  except (ValueError, FileNotFoundError, errors.NonFiniteError) as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(errors.EXIT_USAGE)
   except OSError as e:
     # After a failed write (a full disk) the other buffered writers fail again at exit: Orbax's
     # write futures (asyncio logs each with a traceback, "exception was never retrieved") and
@@ -78,7 +79,7 @@ def main(argv):
     sys.unraisablehook = lambda unraisable: None
     threading.excepthook = lambda args: None
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(EXIT_IO_ERROR)
+    sys.exit(errors.EXIT_IO_ERROR)
   keys = [k for k in summary if k.startswith(summary['split'] + '_')]
   print(' '.join(f'{k}={summary[k]:.4f}' for k in keys), file=sys.stderr)
   print(f'Results in {os.path.abspath(_WORKDIR.value)}', file=sys.stderr)

@@ -24,8 +24,8 @@ import sys
 from absl import app
 from absl import flags
 
-from jaxcxr import sweep
-from jaxcxr import vm
+from jaxcxr.tools import sweep
+from jaxcxr.tools import vm
 
 _TARGET = flags.DEFINE_enum('target', None, vm.TARGETS, 'gpu (ssh), tpu (one TPU VM) or '
                             'tpu_slice (multi-host, --worker=all).')

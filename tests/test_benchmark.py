@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark code paths (jaxcxr.benchmark, launch.benchmark) on a tiny model.
+"""Smoke tests of the benchmark code paths (jaxcxr.tools.benchmark, launch.benchmark) on a tiny model.
 
 No timing assertions: the numbers depend on the machine and its load. What is checked is that the
 real train step runs under the benchmark (the SGD step changes the parameters, the step counter
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr import benchmark
+from jaxcxr.tools import benchmark
 from jaxcxr import models
 
 
@@ -79,7 +79,7 @@ def test_table_and_ratios():
 
 
 def test_tap_matmul_weight_grad_equals_xla():
-  from jaxcxr import benchmark_convs  # pylint: disable=g-import-not-at-top
+  from jaxcxr.tools import benchmark_convs  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
   g = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))

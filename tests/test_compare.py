@@ -1,4 +1,4 @@
-"""launch.compare / jaxcxr.compare on hand-made run directories with known numbers."""
+"""launch.compare / jaxcxr.tools.compare on hand-made run directories with known numbers."""
 
 import csv
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jaxcxr import compare
+from jaxcxr.tools import compare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from jaxcxr import models
-from jaxcxr import weights
+from jaxcxr.models import weights
 from tests.models.torch_reference import randomized_torchvision
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

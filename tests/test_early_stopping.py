@@ -2,8 +2,8 @@
 
 import pytest
 
-from jaxcxr.early_stopping import EarlyStopping
-from jaxcxr.optim import PlateauScaler
+from jaxcxr.training.early_stopping import EarlyStopping
+from jaxcxr.training.optim import PlateauScaler
 
 
 @pytest.mark.parametrize('values, patience, min_delta, mode, stop_epoch, best_epoch', [

@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from jaxcxr import checkpoint
+from jaxcxr.training import checkpoint
 from jaxcxr import data
-from jaxcxr import evaluate
-from jaxcxr import export
-from jaxcxr import gradcam
-from jaxcxr import inference
+from jaxcxr.evaluation import report
+from jaxcxr.evaluation import export
+from jaxcxr.evaluation import gradcam
+from jaxcxr.evaluation import inference
 from jaxcxr import models
 from tests.test_gradcam import numpy_variables
 
@@ -78,7 +78,7 @@ def _direct_probs(bundle, handle, split):
 
 def test_evaluate_run(setup, workdir):
   bundle, handle = setup
-  result = evaluate.evaluate_workdir(workdir, 'test', bootstrap=50)
+  result = report.evaluate_workdir(workdir, 'test', bootstrap=50)
   out = Path(workdir) / 'eval_test'
   assert result['out_dir'] == str(out)
   for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',

@@ -1,4 +1,4 @@
-"""Tests for jaxcxr.evaluate: metrics against hand-computed values, bootstrap, report files."""
+"""Tests for jaxcxr.evaluation.metrics / report: metrics against hand-computed values, bootstrap, report files."""
 
 import json
 import math
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxcxr import evaluate
+from jaxcxr.evaluation import metrics as evaluate
+from jaxcxr.evaluation import report as report_lib
+from jaxcxr.training import run_log
 
 NAMES = ('COVID', 'Normal', 'Viral Pneumonia')
 
@@ -169,9 +171,9 @@ def test_read_history_keeps_epoch_rows(tmp_path):
           {'kind': 'epoch', 'step': 40, 'epoch': 2, 'train_loss': 0.7}]
   text = '\n'.join(json.dumps(r) for r in rows) + '\n\n{"kind": "epoch", "ep'  # cut-off line
   (tmp_path / 'metrics.jsonl').write_text(text)
-  history = evaluate.read_history(str(tmp_path))
+  history = run_log.read_rows(str(tmp_path), 'epoch')
   assert [h['epoch'] for h in history] == [1, 2]
-  assert evaluate.read_history(str(tmp_path / 'missing')) == []
+  assert run_log.read_rows(str(tmp_path / 'missing'), 'epoch') == []
 
 
 def test_write_report_files(tmp_path):
@@ -179,7 +181,7 @@ def test_write_report_files(tmp_path):
   m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=50)
   history = [{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.1, 'learning_rate': 1e-3},
              {'epoch': 2, 'train_loss': 0.5, 'val_accuracy': 0.7}]  # missing keys tolerated
-  written = evaluate.write_report(str(tmp_path), m, labels, probs, NAMES, history=history,
+  written = report_lib.write_report(str(tmp_path), m, labels, probs, NAMES, history=history,
                                   split='val', extra={'step': 7})
   for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
                'reliability_diagram.png', 'training_curves.png'):
@@ -200,7 +202,7 @@ def test_write_report_files(tmp_path):
 def test_write_report_nan_is_strict_json_and_no_history(tmp_path):
   labels, probs = _from_confusion([[3, 1, 0], [1, 2, 1], [0, 0, 0]])
   m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=0)
-  evaluate.write_report(str(tmp_path), m, labels, probs, NAMES)
+  report_lib.write_report(str(tmp_path), m, labels, probs, NAMES)
   text = (tmp_path / 'report.json').read_text()
   assert 'NaN' not in text
   report = json.loads(text)

@@ -1,4 +1,4 @@
-"""jaxcxr.explore / launch.explore: the numbers of the data exploration report.
+"""jaxcxr.tools.explore / launch.explore: the numbers of the data exploration report.
 
 The main fixture is an imbalanced Kaggle-layout folder of 48 px phantoms (COVID 120, Normal 480,
 Viral Pneumonia 48) with planted files: exact copies (byte copy, RGB re-save), near copies (+1
@@ -20,7 +20,7 @@ from PIL import Image
 import pytest
 
 from configs import base
-from jaxcxr import explore
+from jaxcxr.tools import explore
 import jaxcxr.data as data_lib
 from jaxcxr.data import phantom
 from jaxcxr.data import sampling

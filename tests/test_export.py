@@ -1,4 +1,4 @@
-"""Tests for jaxcxr.export: leaderboard labels, preprocessing spec/preprocessor, ONNX parity."""
+"""Tests for jaxcxr.evaluation.export: leaderboard labels, preprocessing spec/preprocessor, ONNX parity."""
 
 import importlib.util
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr import export
-from jaxcxr import inference
+from jaxcxr.evaluation import export
+from jaxcxr.evaluation import inference
 from jaxcxr import models
 from jaxcxr.data import preprocess
 from tests.test_gradcam import numpy_variables

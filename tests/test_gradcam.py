@@ -1,4 +1,4 @@
-"""Tests for jaxcxr.gradcam on hand-built Linen models obeying the 'cam_features' contract."""
+"""Tests for jaxcxr.evaluation.gradcam on hand-built Linen models obeying the 'cam_features' contract."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr import gradcam
+from jaxcxr.evaluation import gradcam
 from jaxcxr import models
 
 

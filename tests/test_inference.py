@@ -1,4 +1,4 @@
-"""Tests for jaxcxr.inference: jitted prediction, padded batches, unreadable files."""
+"""Tests for jaxcxr.evaluation.inference: jitted prediction, padded batches, unreadable files."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr import inference
+from jaxcxr.evaluation import inference
 from jaxcxr import models
 from jaxcxr.data import preprocess
 from tests.test_gradcam import numpy_variables

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import base
-from jaxcxr import optim
+from jaxcxr.training import optim
 
 
 def _cfg(**kw):

@@ -10,9 +10,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcxr import compare
-from jaxcxr import config_checks
-from jaxcxr import sweep
+from jaxcxr.tools import compare
+from jaxcxr.training import config_checks
+from jaxcxr.tools import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = sweep.Hyper()

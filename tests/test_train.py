@@ -13,9 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr import config_checks
-from jaxcxr import optim
-from jaxcxr import train
+from jaxcxr.training import config_checks
+from jaxcxr.training import optim
+from jaxcxr.training import errors
+from jaxcxr.training import loop
+from jaxcxr.training import state as state_lib
+from jaxcxr.training import steps
 from tests import train_helpers as th
 
 
@@ -31,7 +34,7 @@ def data_dir(tmp_path_factory):
 
 def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   config, _ = th.tiny_config(data_dir)
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path))
   steps_per_epoch = summary['steps'] // 2
   assert summary['steps'] == 2 * steps_per_epoch > 0
   assert summary['train_step_compilations'] == 1   # no recompilation after the first step
@@ -49,11 +52,11 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
 
 def test_train_step_is_traced_once_and_keeps_state_on_nan(data_dir):
   config, _ = th.tiny_config(data_dir)
-  module, _ = train.build_model(config)
-  tx, _ = optim.make_optimizer(config.optim, 10, 100, train.head_names(config.model.name))
-  state = train.create_train_state(config, module, tx, jax.random.key(0))
+  module, _ = state_lib.build_model(config)
+  tx, _ = optim.make_optimizer(config.optim, 10, 100, state_lib.head_names(config.model.name))
+  state = state_lib.create_train_state(config, module, tx, jax.random.key(0))
   step = jax.jit(chex.assert_max_traces(
-      lambda s, b, k: train.train_step(s, b, k, dtype=jnp.float32, label_smoothing=0.1,
+      lambda s, b, k: steps.train_step(s, b, k, dtype=jnp.float32, label_smoothing=0.1,
                                        class_weights=None), n=1))
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 255, (8, 32, 32, 1), dtype=np.uint8),
@@ -84,7 +87,7 @@ def test_each_family_takes_steps(data_dir, tmp_path, name, overrides, monkeypatc
   monkeypatch.setattr(models, 'build', lambda n, c, **kw: real_build(n, c, **{**kw, **overrides}))
   config, _ = th.tiny_config(data_dir, **{'model.name': name, 'train.num_epochs': 1,
                                           'train.max_steps': 3, 'checkpoint.every_steps': 100})
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary['steps'] == 3
   assert np.all(np.isfinite(th.losses(tmp_path)))
 
@@ -114,14 +117,14 @@ def test_mistyped_override_names_the_key(tmp_path):
 def test_unknown_early_stopping_metric(data_dir, tmp_path):
   config, _ = th.tiny_config(data_dir, **{'early_stopping.metric': 'val_f2'})
   with pytest.raises(ValueError, match='val_macro_f1'):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_nonfinite_stops_naming_the_step_and_keeps_checkpoint(data_dir, tmp_path):
   config, _ = th.tiny_config(data_dir, **{'optim.learning_rate': 1e30, 'optim.grad_clip_norm': 0.0,
                                           'checkpoint.every_steps': 1})
-  with pytest.raises(train.NonFiniteError, match=r'at step \d+') as err:
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(errors.NonFiniteError, match=r'at step \d+') as err:
+    loop.train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(err.value).split('at step ')[1].split()[0])
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and max(steps) < bad_step
@@ -131,10 +134,10 @@ def test_nonfinite_stops_naming_the_step_and_keeps_checkpoint(data_dir, tmp_path
 
 def test_resume_with_other_config_is_refused(data_dir, tmp_path):
   config, _ = th.tiny_config(data_dir, **{'train.max_steps': 2})
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   other, _ = th.tiny_config(data_dir, **{'train.max_steps': 2, 'optim.learning_rate': 0.5})
   with pytest.raises(ValueError, match='optim.learning_rate'):
-    train.train_and_evaluate(other, str(tmp_path))
+    loop.train_and_evaluate(other, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- subprocess runs
@@ -171,7 +174,7 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
   _wait_for(lambda: _train_steps_logged(work) >= 4, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == train.EXIT_PREEMPTED, err
+  assert proc.returncode == errors.EXIT_PREEMPTED, err
   assert 'SIGTERM: checkpoint of step' in err
   again = th.run_train(overrides, work)
   assert again.returncode == 0, again.stderr

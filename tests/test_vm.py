@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from jaxcxr import vm
+from jaxcxr.tools import vm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRICKY = ('--config.data.manual_dir=/data/COVID-19 Radiography Database',

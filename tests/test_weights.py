@@ -1,4 +1,4 @@
-"""jaxcxr.weights: key map, layouts, strict conversion, sources (.pth, .safetensors, URL), Orbax
+"""jaxcxr.models.weights: key map, layouts, strict conversion, sources (.pth, .safetensors, URL), Orbax
 round trip and load_pretrained. torch/torchvision are test-only here."""
 
 import functools
@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from jaxcxr import models
-from jaxcxr import weights
+from jaxcxr.models import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_safetensors_without_torch(tmp_path, resnet18_sd):
                               str(path))
   # A fresh interpreter in which `import torch` fails: the library must not need it.
   code = ('import sys; sys.modules["torch"] = None\n'
-          'from jaxcxr import weights\n'
+          'from jaxcxr.models import weights\n'
           f'v = weights.from_torchvision("resnet18", weights.load_state_dict({str(path)!r}))\n'
           'print(float(v["params"]["fc"]["bias"].sum()), "torch" in sys.modules and '
           'sys.modules["torch"] is not None)')
@@ -185,7 +185,7 @@ def test_safetensors_without_torch(tmp_path, resnet18_sd):
 
 
 def test_library_import_does_not_import_torch():
-  code = ('import sys, jaxcxr.models, jaxcxr.weights; '
+  code = ('import sys, jaxcxr.models, jaxcxr.models.weights; '
           'print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))')
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        check=True).stdout.strip()

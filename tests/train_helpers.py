@@ -56,7 +56,7 @@ def losses(workdir) -> np.ndarray:
 def final_params(workdir) -> dict:
   """Flattened params of the newest periodic checkpoint, as numpy."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
   directory = Path(workdir) / 'checkpoints'
   step = max(ocp.utils.checkpoint_steps(directory))
   tree = checkpoint.read_state_numpy(str(directory / str(step)))

@@ -35,6 +35,7 @@ import tensorflow_datasets as tfds
 
 from jaxcxr import CLASS_NAMES_3, CLASS_NAMES_4
 from jaxcxr.data import images as images_lib
+from jaxcxr.data import phantom
 from jaxcxr.data import sampling
 
 # Accepted folder names per class (older Kaggle releases used other spellings).
@@ -462,7 +463,6 @@ def _mismatches(meta: dict, expected: dict) -> list[str]:
 
 
 def _phantom_dir(data_dir: Path, data_cfg, class_names) -> Path:
-  from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top
   p = data_cfg.phantom
   return (data_dir / 'phantom_src' /
           f'{data_cfg.builder_config}_n{p.num_per_class}_s{p.image_size}_seed{p.seed}'
@@ -501,7 +501,6 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
   phantom_dir = None
   with _FileLock(data_dir / _LOCK_NAME):
     if data_cfg.source == 'phantom':
-      from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top
       p = data_cfg.phantom
       phantom_dir = phantom.write_folder(
           _phantom_dir(data_dir, data_cfg, class_names), num_per_class=int(p.num_per_class),

@@ -5,7 +5,7 @@ takes `train` (BatchNorm batch statistics, dropout) and marks its Grad-CAM featu
 'cam_features' (see `layers.mark_cam_features` and docs/ARCHITECTURE.md).
 
 The torchvision families (VGG, ResNet, DenseNet) match torchvision layer for layer so that
-`jaxcxr.weights.from_torchvision` loads ImageNet weights exactly.
+`jaxcxr.models.weights.from_torchvision` loads ImageNet weights exactly.
 """
 
 from typing import Any, Callable

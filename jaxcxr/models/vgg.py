@@ -2,7 +2,7 @@
 
 Flax names mirror torchvision's: `features_{i}` is `features.{i}` (conv, or BatchNorm right after
 it); `fc1`, `fc2` and the head `classifier` are `classifier.0`, `.3` and `.6`. The one layout
-difference is the flatten before `fc1`: NHWC here, NCHW in torch (`jaxcxr.weights` reorders).
+difference is the flatten before `fc1`: NHWC here, NCHW in torch (`jaxcxr.models.weights` reorders).
 """
 
 import functools

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from jaxcxr import models
-from jaxcxr import weights
+from jaxcxr.models import weights
 from tests.models.torch_reference import randomized_torchvision
 from tests.models.torch_reference import torch_forward
 

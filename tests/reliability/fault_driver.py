@@ -7,7 +7,7 @@ after patching one library function in this process only. Nothing in jaxcxr read
 the patches never change numerics, so a run driven here is bitwise comparable with a plain one.
 
 Faults:
-  hold_eval:<marker>  when the per-epoch validation pass starts (`train.predict_split` on
+  hold_eval:<marker>  when the per-epoch validation pass starts (`validation.predict_split` on
                       'validation'), create <marker> and sleep 120 s before evaluating, so a test
                       can kill -9 the process while it is inside the evaluation.
   enospc_save:<n>     the n-th checkpoint write of this process (periodic or best, counted by their
@@ -23,24 +23,27 @@ import sys
 import time
 
 from absl import app
+import jax.numpy as jnp
+
+from jaxcxr.training import steps
+from jaxcxr.training import validation
 
 FAULT_ENV = 'JAXCXR_FAULT'
 
 
 def _hold_eval(marker: str):
-  from jaxcxr import train  # pylint: disable=g-import-not-at-top
-  real = train.predict_split
+  real = validation.predict_split
   held = []
 
-  def predict_split(eval_fn, state, data_cfg, handle, split, *args, **kwargs):
+  def predict_split(probs_fn, data_cfg, handle, split, **kwargs):
     if split == 'validation' and not held:
       held.append(True)
       with open(marker, 'w') as f:
         f.write(str(os.getpid()))
       time.sleep(120)
-    return real(eval_fn, state, data_cfg, handle, split, *args, **kwargs)
+    return real(probs_fn, data_cfg, handle, split, **kwargs)
 
-  train.predict_split = predict_split
+  validation.predict_split = predict_split
 
 
 def json_handler():
@@ -65,9 +68,7 @@ def enospc_save_fn(n: int):
 
 
 def _nan_update(k: int):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxcxr import train  # pylint: disable=g-import-not-at-top
-  real = train.train_step
+  real = steps.train_step
 
   def train_step(state, batch, key, **kwargs):
     scale = state.lr_scale
@@ -75,7 +76,7 @@ def _nan_update(k: int):
     new, metrics = real(poisoned, batch, key, **kwargs)
     return new.replace(lr_scale=scale), metrics
 
-  train.train_step = train_step
+  steps.train_step = train_step
 
 
 def install(spec: str) -> None:

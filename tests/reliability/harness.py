@@ -129,7 +129,7 @@ def corrupt_latest(workdir) -> tuple[int, Path]:
 
 
 def readable(step_dir) -> bool:
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     checkpoint.read_state_numpy(str(step_dir))
   except Exception:  # pylint: disable=broad-except

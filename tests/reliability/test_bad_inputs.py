@@ -177,7 +177,7 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
   # a resnet18 directory for resnet34 takes the same path).
   import jax  # pylint: disable=g-import-not-at-top
   from jaxcxr import models  # pylint: disable=g-import-not-at-top
-  from jaxcxr import weights  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import weights  # pylint: disable=g-import-not-at-top
   small = models.build('cnn_small', 3).init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
   converted = weights.save_converted(root / 'cnn_small_converted', 'cnn_small',
                                      {k: small[k] for k in ('params', 'batch_stats') if k in small})
@@ -299,7 +299,7 @@ def test_cli_failure_is_a_clear_message(cli_runs, name, record):
 def test_restore_for_inference_refuses_a_checkpoint_of_another_model(reference, tmp_path, record):
   """config.json says cnn_small, the checkpoint holds cnn_bn: a ValueError naming both, before
   any prediction (in-process twin of the launch.predict case)."""
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
   work = _copy_with_model(reference, tmp_path / 'w', 'cnn_small')
   with pytest.raises(ValueError) as e:
     checkpoint.restore_for_inference(str(work))

@@ -1,4 +1,4 @@
-"""jaxcxr.checkpoint under faults, in-process and fast: unreadable checkpoints, a full disk in the
+"""jaxcxr.training.checkpoint under faults, in-process and fast: unreadable checkpoints, a full disk in the
 middle of a save (injected ENOSPC, sync and async), and an unwritable workdir."""
 
 import errno
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr import checkpoint
+from jaxcxr.training import checkpoint
+from jaxcxr.training import loop
 from tests import train_helpers as th
 from tests.reliability import fault_driver
 from tests.reliability import harness
@@ -156,8 +157,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   with pytest.raises((ValueError, OSError)) as e:
-    from jaxcxr import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, str(blocker / 'run'))
+    loop.train_and_evaluate(config, str(blocker / 'run'))
   record(bad_input='workdir under a regular file (in-process)',
          clear=str(blocker / 'run') in str(e.value))
   assert str(blocker / 'run') in str(e.value)
@@ -179,7 +179,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
 def test_partial_last_metrics_row_does_not_block_the_resume(tmp_path, record):
   """A full disk can cut the last metrics.jsonl row short (a kill -9 cannot: one small write).
   After space is freed, the resumed run must still open its log."""
-  from jaxcxr import run_log  # pylint: disable=g-import-not-at-top
+  from jaxcxr.training import run_log  # pylint: disable=g-import-not-at-top
   rows = [{'kind': 'train', 'step': s, 'loss': 1.0} for s in (1, 2, 3)]
   (tmp_path / 'metrics.jsonl').write_text(
       ''.join(json.dumps(r) + '\n' for r in rows) + '{"kind": "train", "st')

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxcxr import train
+from jaxcxr.training import errors
 from tests import train_helpers as th
 from tests.reliability import harness
 
@@ -90,7 +90,7 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
   out = run.output()
   saved = int(out.split('SIGTERM: checkpoint of step ')[1].split()[0]) if 'SIGTERM: c' in out else -1
   record(fault='sigterm', step=saved, exit_status=rc, seconds_to_exit=round(seconds, 2))
-  assert rc == train.EXIT_PREEMPTED, out[-3000:]
+  assert rc == errors.EXIT_PREEMPTED, out[-3000:]
   assert seconds < SIGTERM_BUDGET_S, seconds
   assert saved in harness.committed_steps(ckpt_dir) and saved >= at
   assert harness.readable(ckpt_dir / str(saved))

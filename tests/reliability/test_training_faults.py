@@ -133,7 +133,7 @@ def test_nan_update_stops_naming_the_step_or_is_skipped(data_dir, run_env, tmp_p
   assert rcs['skip'] == 0, runs['skip'].output()[-4000:]
   assert f'at step {k}' in runs['skip'].output() and 'Skipping it' in runs['skip'].output()
   nonfinite = [r['step'] for r in harness.rows(work, 'nonfinite')]
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
   states = {s: checkpoint.read_state_numpy(str(work / 'checkpoints' / str(s)))
             for s in (k - 1, k, k + 1)}
   flat = {s: np.concatenate([np.ravel(x) for x in _leaves(states[s]['params'])]) for s in states}

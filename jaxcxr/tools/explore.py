@@ -44,12 +44,13 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from jaxcxr import explore_plots
+from jaxcxr import data as data_lib
 from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import builder
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
 from jaxcxr.data import sampling
+from jaxcxr.tools import explore_plots
 
 HASH_SIDE = 16  # dHash side: 16 x 16 = 256 bits
 DEFAULT_DUP_THRESHOLD = 8
@@ -484,7 +485,6 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   Returns:
     The dict written to explore.json.
   """
-  from jaxcxr import data as data_lib  # pylint: disable=g-import-not-at-top
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   handle = data_lib.prepare(data_cfg, progress=progress)

@@ -6,7 +6,11 @@ import jax
 import ml_collections
 
 from jaxcxr import models
-from jaxcxr import optim
+from jaxcxr.models import weights
+from jaxcxr.training import optim
+
+# The per-epoch validation metrics early stopping can follow (`validation.epoch_metrics`).
+EPOCH_METRICS = ('val_loss', 'val_accuracy', 'val_macro_f1', 'val_macro_auc')
 
 _CHOICES = {
     'data.source': ('phantom', 'folder'),
@@ -19,6 +23,7 @@ _CHOICES = {
     'train.param_sharding': ('replicated', 'fsdp'),
     'train.on_nonfinite': ('error', 'skip'),
     'early_stopping.mode': ('max', 'min'),
+    'early_stopping.metric': EPOCH_METRICS,
 }
 
 
@@ -85,7 +90,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
 def _check_pretrained_arch(config, errors: list[str]) -> None:
   """Converted weights of another architecture (or not converted at all) fail here, by name,
   instead of as a list of missing parameters after the data is prepared."""
-  from jaxcxr import weights  # pylint: disable=g-import-not-at-top
   try:
     arch = weights.read_meta(os.path.expanduser(config.model.pretrained)).get('arch')
   except (weights.WeightsError, OSError, ValueError) as e:

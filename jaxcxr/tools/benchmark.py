@@ -1,7 +1,7 @@
 """Model throughput benchmark: train / eval / Grad-CAM images/s, compile time, FLOP/s, memory.
 
-Times the real jitted `jaxcxr.train.train_step` (SGD with momentum from `jaxcxr.optim`, state
-donated), `jaxcxr.train.eval_step` and `jaxcxr.gradcam.grad_cam` on random uint8 batches, and
+Times the real jitted `jaxcxr.training.steps.train_step` (SGD with momentum from `jaxcxr.training.optim`, state
+donated), `jaxcxr.training.steps.eval_step` and `jaxcxr.evaluation.gradcam.grad_cam` on random uint8 batches, and
 reports each step's FLOPs from XLA's cost analysis next to the machine's measured dense float32
 matmul FLOP/s. The entry point `launch.benchmark` runs each architecture in its own process (clean
 peak memory, clean compilation cache) and adds the PyTorch reference. Library code: no torch here.
@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 
 from jaxcxr import models
-from jaxcxr import optim
-from jaxcxr import train as train_lib
+from jaxcxr.evaluation import gradcam
+from jaxcxr.training import optim
+from jaxcxr.training import state as state_lib
+from jaxcxr.training import steps as steps_lib
 from jaxcxr.data.preprocess import to_model_input
 
 NUM_CLASSES = 3
@@ -51,7 +53,7 @@ def peak_rss_mb() -> float:
 
 
 def sgd_optimizer(learning_rate: float = 0.01, momentum: float = 0.9):
-  """Plain SGD + momentum through `jaxcxr.optim` (constant schedule, no clipping, no decay)."""
+  """Plain SGD + momentum through `jaxcxr.training.optim` (constant schedule, no clipping, no decay)."""
   cfg = ml_collections.ConfigDict({
       'name': 'sgd', 'learning_rate': learning_rate, 'momentum': momentum, 'nesterov': False,
       'weight_decay': 0.0, 'schedule': 'constant', 'warmup_epochs': 0.0, 'min_lr_ratio': 0.0,
@@ -86,10 +88,10 @@ def random_variables(module, image_size: int, seed: int = 0) -> dict:
   return jax.device_put(out)
 
 
-def make_state(module, image_size: int, seed: int = 0) -> train_lib.TrainState:
-  """A `jaxcxr.train.TrainState` with random weights and SGD-momentum optimizer state."""
+def make_state(module, image_size: int, seed: int = 0) -> state_lib.TrainState:
+  """A `jaxcxr.training.state.TrainState` with random weights and SGD-momentum optimizer state."""
   variables = random_variables(module, image_size, seed)
-  return train_lib.TrainState.create(
+  return state_lib.TrainState.create(
       apply_fn=module.apply, params=variables['params'], tx=sgd_optimizer(),
       batch_stats=variables.get('batch_stats', {}), lr_scale=jnp.ones((), jnp.float32))
 
@@ -116,7 +118,7 @@ def _temp_mb(compiled) -> float:
 
 def compile_train_step(module, state, batch, key) -> tuple[Any, dict]:
   """Traces, lowers and compiles the donated train step; returns (executable, timings)."""
-  step = jax.jit(functools.partial(train_lib.train_step, dtype=jnp.float32,
+  step = jax.jit(functools.partial(steps_lib.train_step, dtype=jnp.float32,
                                    label_smoothing=0.0, class_weights=None), donate_argnums=0)
   del module
   t0 = time.perf_counter()
@@ -164,12 +166,11 @@ def bench_arch(arch: str, image_size: int, batch_size: int, steps: int, *,
     out['train_img_s'] = batch_size / out['train_step_s']
     state = holder[0]
   if 'eval' in parts:
-    ev = jax.jit(functools.partial(train_lib.eval_step, dtype=jnp.float32))
+    ev = jax.jit(functools.partial(steps_lib.eval_step, dtype=jnp.float32))
     ev_c = ev.lower(state, batch).compile()
     out['eval_flops'] = _cost_flops(ev_c)
     out['eval_img_s'] = batch_size / median_seconds(lambda: ev_c(state, batch), steps)
   if 'gradcam' in parts:
-    from jaxcxr import gradcam  # pylint: disable=g-import-not-at-top
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     x = to_model_input(batch['image'], jnp.float32)
     out['gradcam_img_s'] = batch_size / median_seconds(

@@ -33,10 +33,11 @@ from typing import Any, Iterable, Sequence
 
 from etils import epath
 
+from jaxcxr.training.errors import EXIT_PREEMPTED
+
 CONFIG_KEY = 'config'      # trial override naming the base config file[:arg]
 RESULTS_FILE = 'results.json'
 STATUS_FILE = 'sweep.json'
-EXIT_PREEMPTED = 75        # launch.train's status after a SIGTERM checkpoint (jaxcxr.train)
 
 Override = dict[str, Any]
 

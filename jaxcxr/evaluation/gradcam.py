@@ -5,7 +5,7 @@ Every model marks its last convolutional feature map A (B, h, w, K) as 'cam_feat
 gradient of a score w.r.t. a zero perturbation is the gradient w.r.t. A, and `sow` returns A itself.
 The score is the sum over the batch of each image's target-class logit y^c, so one `jax.grad` call
 gives every image's dy^c/dA. Only the head after A is differentiated (the parameters are not), so a
-Grad-CAM batch costs little more than the forward pass (`time_gradcam_vs_forward`).
+Grad-CAM batch costs little more than the forward pass (`launch.benchmark` times both).
 
 - Grad-CAM (Selvaraju et al. 2017): weights a_k = mean_ij dy/dA_ijk; map relu(sum_k a_k A_k).
 - Grad-CAM++ (Chattopadhay et al. 2018, closed form for the score exp(y^c)):
@@ -21,7 +21,6 @@ test of Adebayo et al. 2018 (`randomisation_check`).
 import csv
 import functools
 import os
-import time
 from typing import Sequence
 
 import jax
@@ -31,8 +30,14 @@ import numpy as np
 from PIL import Image
 from scipy import stats
 
-from jaxcxr import plots
+from jaxcxr import data
+from jaxcxr.data import builder
+from jaxcxr.data import loader
+from jaxcxr.data import phantom
 from jaxcxr.data import preprocess
+from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import plots
+from jaxcxr.training import checkpoint
 
 METHODS = ('gradcam', 'gradcam++')
 CAM_NAME = 'cam_features'
@@ -115,34 +120,6 @@ def grad_cam(module, variables: dict, x: jnp.ndarray, target=None, *,
     target = -1
   target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), (x.shape[0],))
   return _cam_batch(module, _model_variables(variables), x, target, method)
-
-
-def time_gradcam_vs_forward(module, variables: dict, image_size: int, batch_size: int = 8, *,
-                            method: str = 'gradcam', repeats: int = 10, seed: int = 0) -> dict:
-  """Wall time of a jitted Grad-CAM batch over a jitted forward pass (after compilation).
-
-  Returns:
-    {'forward_ms', 'gradcam_ms' (medians over `repeats`), 'ratio'}.
-  """
-  variables = _model_variables(variables)
-  x = jax.random.normal(jax.random.key(seed), (batch_size, image_size, image_size, 3))
-  target = jnp.full((batch_size,), -1, jnp.int32)
-  forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
-  run_forward = lambda: forward(variables, x)
-  run_cam = lambda: _cam_batch(module, variables, x, target, method)
-  jax.block_until_ready(run_forward())  # compile both first
-  jax.block_until_ready(run_cam())
-
-  def elapsed(fn):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-  # Interleaved, so that load from other processes hits both alike.
-  times = np.array([(elapsed(run_forward), elapsed(run_cam)) for _ in range(repeats)])
-  forward_ms, cam_ms = 1000 * np.median(times, axis=0)
-  return {'forward_ms': float(forward_ms), 'gradcam_ms': float(cam_ms),
-          'ratio': float(cam_ms / forward_ms)}
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
@@ -339,55 +316,59 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
     {'written': [paths], 'failed': [(path, reason)], 'method', and for a split 'shown',
      'pointing_game', 'pointing_game_images'}.
   """
-  # Imported here: checkpoint pulls in the training stack, builder TFDS.
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr import inference  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr.data import builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr.data import loader  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   if bool(images) == bool(split):
     raise ValueError('Give either --images (files, folders or globs) or --split, not both.')
   bundle = checkpoint.restore_for_inference(workdir, which=which)
-  names = list(bundle.class_names)
-  target_index = _target_index(target, names)
-  size = bundle.image_size
+  target_index = _target_index(target, bundle.class_names)
   os.makedirs(out, exist_ok=True)
   result = {'written': [], 'failed': [], 'method': method}
-  suffix = method.replace('+', 'p')
-
   if split:
-    handle = data.prepare(bundle.config.data)
-    greys, labels, index = [], [], []
-    for batch in loader.eval_iterator(bundle.config.data, handle, split,
-                                      local_batch_size=batch_size):
-      valid = np.asarray(batch['valid'], bool)
-      greys.append(np.asarray(batch['image'])[valid])
-      labels.append(np.asarray(batch['label'])[valid])
-      index.append(np.asarray(batch['index'])[valid])
-    greys, labels, index = map(np.concatenate, (greys, labels, index))
-    cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index,
-                                method=method, batch_size=batch_size)
-    preds = probs.argmax(1)
-    path = os.path.join(out, f'grid_{split}_{suffix}.png')
-    result['shown'] = save_overlay_grid(
-        path, greys[..., 0], cams, labels, preds, names, probs=probs, per_class=per_class,
-        alpha=alpha, title=f'{method} ({split}, step {bundle.step}): rows = true class')
-    result['written'].append(path)
-    if handle.phantom_dir:  # synthetic data: lesion masks make localisation measurable
-      filenames = handle.filenames(split)
-      masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size)
-                        for i in index])
-      # Pointing game explains the true class: recompute the maps where the prediction differs.
-      true_cams = cams.copy()
-      redo = np.flatnonzero((preds != labels) & masks.reshape(len(masks), -1).any(1))
-      if target_index < 0 and redo.size:
-        true_cams[redo] = cams_uint8(bundle.module, bundle.variables, greys[redo], labels[redo],
-                                     method=method, batch_size=batch_size)[0]
-      result['pointing_game'] = pointing_game(true_cams, masks)
-      result['pointing_game_images'] = int(masks.reshape(len(masks), -1).any(1).sum())
-    return result
+    _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size,
+                   result)
+  else:
+    _explain_files(bundle, images, out, method, target_index, alpha, batch_size, result)
+  return result
 
+
+def _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size,
+                   result) -> None:
+  """A per-class grid of right and wrong predictions of a split; the pointing game on phantoms."""
+  names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
+  handle = data.prepare(bundle.config.data)
+  greys, labels, index = [], [], []
+  for batch in loader.eval_iterator(bundle.config.data, handle, split,
+                                    local_batch_size=batch_size):
+    valid = np.asarray(batch['valid'], bool)
+    greys.append(np.asarray(batch['image'])[valid])
+    labels.append(np.asarray(batch['label'])[valid])
+    index.append(np.asarray(batch['index'])[valid])
+  greys, labels, index = map(np.concatenate, (greys, labels, index))
+  cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index,
+                              method=method, batch_size=batch_size)
+  preds = probs.argmax(1)
+  path = os.path.join(out, f'grid_{split}_{suffix}.png')
+  result['shown'] = save_overlay_grid(
+      path, greys[..., 0], cams, labels, preds, names, probs=probs, per_class=per_class,
+      alpha=alpha, title=f'{method} ({split}, step {bundle.step}): rows = true class')
+  result['written'].append(path)
+  if handle.phantom_dir:  # synthetic data: lesion masks make localisation measurable
+    filenames = handle.filenames(split)
+    masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size)
+                      for i in index])
+    # Pointing game explains the true class: recompute the maps where the prediction differs.
+    true_cams = cams.copy()
+    redo = np.flatnonzero((preds != labels) & masks.reshape(len(masks), -1).any(1))
+    if target_index < 0 and redo.size:
+      true_cams[redo] = cams_uint8(bundle.module, bundle.variables, greys[redo], labels[redo],
+                                   method=method, batch_size=batch_size)[0]
+    result['pointing_game'] = pointing_game(true_cams, masks)
+    result['pointing_game_images'] = int(masks.reshape(len(masks), -1).any(1).sum())
+
+
+def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
+                   result) -> None:
+  """One overlay per readable image file and cams.csv."""
+  names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   paths = []
   for spec in images:
     found = inference.list_images(spec)
@@ -403,7 +384,7 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
     except (OSError, ValueError) as e:
       result['failed'].append((p, getattr(e, 'reason', None) or str(e)))
   if not ok:
-    return result
+    return
   greys = np.stack(greys)
   cams, probs, targets = cams_uint8(bundle.module, bundle.variables, greys, target_index,
                                    method=method, batch_size=batch_size)
@@ -423,9 +404,8 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
       result['written'].append(os.path.join(out, name))
       writer.writerow([p, name, names[probs[i].argmax()], names[targets[i]],
                        f'{probs[i, targets[i]]:.6f}'])
-  return result
 
 
 __all__ = ['METHODS', 'grad_cam', 'overlay', 'save_overlay_grid', 'pointing_game',
-           'rank_correlation', 'randomisation_check', 'time_gradcam_vs_forward', 'cams_uint8',
+           'rank_correlation', 'randomisation_check', 'cams_uint8',
            'explain_workdir']

@@ -102,4 +102,4 @@ def read_rows(workdir: str, kind: str | None = None) -> list[dict]:
         rows.append(json.loads(line))
       except json.JSONDecodeError:  # blank or cut-short row
         continue
-  return [r for r in rows if kind is None or r.get('kind') == kind]
+  return [r for r in rows if isinstance(r, dict) and (kind is None or r.get('kind') == kind)]

@@ -185,7 +185,7 @@ def notes(plan: Plan) -> list[str]:
                'workdir (checkpoints are written collectively): use a shared mount (Filestore/NFS, '
                'or a gcsfuse bucket under /mnt or /gcs).')
   if plan.workdir.startswith('gs://'):
-    out.append('gs:// workdirs need jaxcxr.train to write config.json/results.json through a '
+    out.append('gs:// workdirs need jaxcxr.training to write config.json/results.json through a '
                'gs-aware file API; with plain open() they fail. Prefer a gcsfuse mount path.')
   if plan.source == 'copy':
     out.append('source=copy ships the committed tree (git archive HEAD); commit local changes '

@@ -8,13 +8,19 @@ import csv
 import functools
 import glob
 import os
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcxr import data
+from jaxcxr.data import builder
 from jaxcxr.data import preprocess
+from jaxcxr.evaluation import export
+from jaxcxr.training import checkpoint
+from jaxcxr.training import sharding
+from jaxcxr.training import validation
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
@@ -37,11 +43,6 @@ def make_predict_fn(module, variables: dict, *, dtype=jnp.float32) -> Callable:
 
   # Variables are an argument, not closed-over constants, so they are not baked into the HLO.
   return functools.partial(predict, variables)
-
-
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
-  for start in range(0, len(items), size):
-    yield items[start:start + size]
 
 
 def predict_arrays(predict_fn: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -99,38 +100,6 @@ def predict_files(predict_fn: Callable, paths: Sequence[str], image_size: int,
   return np.concatenate(probs).astype(np.float32), ok_paths, failed
 
 
-def predict_split(predict_fn: Callable, data_cfg, handle, split: str, batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Predicts a prepared split through the evaluation loader (single process).
-
-  Args:
-    predict_fn: `make_predict_fn(...)`.
-    data_cfg: `config.data` of the run (image size, loader threads).
-    handle: `jaxcxr.data.prepare(data_cfg)`.
-    split: 'train', 'validation' or 'test'.
-    batch_size: loader batch size (static; the loader pads the last batch, rows valid=False).
-
-  Returns:
-    (labels int64 (N,), probs float32 (N, C), indices int64 (N,)) in split order; `indices`
-    index `handle.filenames(split)`.
-  """
-  from jaxcxr.data import loader  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  labels, probs, indices = [], [], []
-  for batch in loader.eval_iterator(data_cfg, handle, split, local_batch_size=batch_size):
-    valid = np.asarray(batch['valid'], bool)
-    p = np.asarray(predict_fn(batch['image']))
-    labels.append(np.asarray(batch['label'])[valid])
-    probs.append(p[valid])
-    if 'index' in batch:
-      indices.append(np.asarray(batch['index'])[valid])
-  if not labels:
-    raise ValueError(f'Split {split!r} yielded no examples.')
-  labels = np.concatenate(labels).astype(np.int64)
-  index = (np.concatenate(indices).astype(np.int64) if indices
-           else np.arange(len(labels), dtype=np.int64))
-  return labels, np.concatenate(probs).astype(np.float32), index
-
-
 def list_images(spec: str) -> list[str]:
   """Image files of a folder (recursive, sorted), a glob pattern, or one file."""
   if os.path.isdir(spec):
@@ -156,19 +125,13 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
     out: CSV path.
     images: folders (recursive), globs or files; exclusive with `split`.
     split: a prepared split of the workdir's data config.
-    leaderboard_labels: add the `jaxcxr.export.LEADERBOARD_LABELS` column.
+    leaderboard_labels: add the `jaxcxr.evaluation.export.LEADERBOARD_LABELS` column.
     which: 'best' or 'latest' checkpoint.
     batch_size: 0 = config.eval.batch_size.
 
   Returns:
     {'rows': int, 'failed': [(path, reason)], 'out': out}.
   """
-  # Imported here: checkpoint pulls in the training stack and builder TFDS, which the batched
-  # prediction functions above don't need.
-  from jaxcxr import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr import export  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from jaxcxr.data import builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   if bool(images) == bool(split):
     raise ValueError('Give either --images (folders, globs or files) or --split, not both.')
   bundle = checkpoint.restore_for_inference(workdir, which=which)
@@ -179,7 +142,9 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
   failed, true_labels = [], None
   if split:
     handle = data.prepare(cfg.data)
-    labels, probs, index = predict_split(predict, cfg.data, handle, split, batch_size)
+    labels, probs, index = validation.predict_split(predict, cfg.data, handle, split,
+                                                    local_batch_size=batch_size,
+                                                    mesh=sharding.make_mesh(jax.devices()[:1]))
     filenames = handle.filenames(split)
     files = [filenames[i] for i in index]
     true_labels = [names[i] for i in labels]

@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxcxr.training import state as state_lib
+
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 CONFIG_FILE = 'config.json'
@@ -283,10 +285,9 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
     FileNotFoundError: the workdir has no config or no checkpoint, with the command to fix it.
     ValueError: the checkpoint is unreadable, or holds another model than config.json names.
   """
-  from jaxcxr import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   config = read_config(workdir)
-  module, class_names = train.build_model(config)
-  abstract = train.abstract_variables(module, config)
+  module, class_names = state_lib.build_model(config)
+  abstract = state_lib.abstract_variables(module, config)
   directory = os.path.join(workdir, BEST_DIR if which == 'best' else CHECKPOINT_DIR)
   steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
   if not steps:

@@ -1,0 +1,192 @@
+"""The evaluation report of one split: report.json, report.md and figures.
+
+`write_report` writes the files of one evaluation (`metrics.compute_metrics` gives the numbers,
+`plots` draws the figures); `evaluate_workdir` evaluates a trained workdir's checkpoint
+(`launch.evaluate`), and `write_run_report` is the report at the end of a training run.
+"""
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from jaxcxr import data
+from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import plots
+from jaxcxr.evaluation.metrics import check_inputs, compute_metrics
+from jaxcxr.training import checkpoint
+from jaxcxr.training import loop
+from jaxcxr.training import run_log
+from jaxcxr.training import sharding
+from jaxcxr.training import validation
+
+
+def _json_safe(x: Any) -> Any:
+  """NaN/inf -> None (strict JSON), numpy -> Python."""
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _json_safe(x.tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return 'n/a'
+  return f'{x:.{digits}f}' if isinstance(x, float) else str(x)
+
+
+def summary_table(metrics: dict) -> str:
+  """Per-class and macro metrics as a Markdown table (also readable on a terminal)."""
+  rows = ['| class | precision | recall (sens.) | specificity | F1 | ROC-AUC | support |',
+          '|---|---:|---:|---:|---:|---:|---:|']
+  for name, m in metrics['per_class'].items():
+    rows.append(f'| {name} | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
+                f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | {m["support"]} |')
+  m = metrics['macro']
+  rows.append(f'| **macro** | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
+              f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | '
+              f'{metrics["num_examples"]} |')
+  return '\n'.join(rows)
+
+
+def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> str:
+  names = metrics['class_names']
+  ci = metrics.get('ci95')
+
+  def with_ci(value, key):
+    if not ci:
+      return _fmt(value)
+    lo, hi = ci[key]
+    return f'{_fmt(value)} (95% CI {_fmt(lo)} - {_fmt(hi)})'
+
+  lines = [f'# Evaluation report: {split} split', '',
+           f'{metrics["num_examples"]} examples, classes: {", ".join(names)}.', '']
+  if extra:
+    lines += ['| run | |', '|---|---|'] + [
+        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |' for k, v in extra.items()] + ['']
+  lines += ['## Summary', '', '| metric | value |', '|---|---|',
+            f'| accuracy | {with_ci(metrics["accuracy"], "accuracy")} |',
+            f'| macro F1 | {with_ci(metrics["macro"]["f1"], "macro_f1")} |',
+            f'| macro ROC-AUC (one-vs-rest) | {with_ci(metrics["macro"]["auc"], "macro_auc")} |',
+            f'| macro sensitivity | {_fmt(metrics["macro"]["recall"])} |',
+            f'| macro specificity | {_fmt(metrics["macro"]["specificity"])} |',
+            f'| expected calibration error ({metrics["calibration"]["n_bins"]} bins) | '
+            f'{_fmt(metrics["calibration"]["ece"])} |', '']
+  if ci:
+    lines += [f'CIs: percentile bootstrap, {ci["n_bootstrap"]} resamples, seed {ci["seed"]}.', '']
+  lines += ['## Per class', '', summary_table(metrics), '',
+            '## Confusion matrix (rows: true, columns: predicted)', '',
+            '| true \\ predicted | ' + ' | '.join(names) + ' |',
+            '|---|' + '---:|' * len(names)]
+  for name, row in zip(names, metrics['confusion_matrix']):
+    lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
+  lines.append('')
+  if metrics['notes']:
+    lines += ['## Notes', ''] + [f'- {n}' for n in metrics['notes']] + ['']
+  lines += ['## Figures', ''] + [f'![{k}]({v})' for k, v in figures.items()] + ['']
+  return '\n'.join(lines)
+
+
+def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequence[str], *,
+                 history: list[dict] | None = None, split: str = 'test',
+                 extra: dict | None = None) -> dict[str, str]:
+  """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
+
+  Args:
+    out_dir: created if needed.
+    metrics: `compute_metrics(labels, probs, class_names)`.
+    labels: (N,) int labels, for the ROC curves.
+    probs: (N, C) probabilities.
+    class_names: C names.
+    history: per-epoch dicts (`read_history`); adds training_curves.png when non-empty.
+    split: name of the evaluated split (titles).
+    extra: run facts for the report header (workdir, step, model, ...), JSON-able.
+
+  Returns:
+    {file kind: path} of everything written.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  labels, probs = check_inputs(labels, probs, class_names)
+  class_names = list(class_names)
+  figures = {
+      'confusion_matrix': 'confusion_matrix.png',
+      'roc_curves': 'roc_curves.png',
+      'reliability_diagram': 'reliability_diagram.png',
+  }
+  plots.confusion_matrix(np.asarray(metrics['confusion_matrix']), class_names,
+                         os.path.join(out_dir, figures['confusion_matrix']), split=split)
+  plots.roc_curves(labels, probs, class_names, os.path.join(out_dir, figures['roc_curves']),
+                   split=split)
+  plots.reliability_diagram(metrics['calibration'],
+                            os.path.join(out_dir, figures['reliability_diagram']), split=split)
+  if history:
+    figures['training_curves'] = 'training_curves.png'
+    plots.training_curves(history, os.path.join(out_dir, figures['training_curves']))
+
+  report = {'split': split, 'extra': extra or {}, 'metrics': metrics, 'figures': figures}
+  with open(os.path.join(out_dir, 'report.json'), 'w') as f:
+    json.dump(_json_safe(report), f, indent=2)
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write(_markdown(metrics, split, figures, extra))
+  written = {k: os.path.join(out_dir, v) for k, v in figures.items()}
+  written['json'] = os.path.join(out_dir, 'report.json')
+  written['markdown'] = os.path.join(out_dir, 'report.md')
+  return written
+
+
+def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', out: str = '',
+                     batch_size: int = 0, bootstrap: int = -1) -> dict:
+  """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
+
+  Args:
+    workdir: training workdir (config.json + checkpoints, metrics.jsonl for the curves).
+    split: 'train', 'validation' or 'test'.
+    which: 'best' or 'latest' checkpoint.
+    out: report folder; '' = <workdir>/eval_<split>.
+    batch_size: 0 = config.eval.batch_size.
+    bootstrap: CI resamples; -1 = config.eval.bootstrap.
+
+  Returns:
+    {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir'}.
+  """
+  bundle = checkpoint.restore_for_inference(workdir, which=which)
+  cfg = bundle.config
+  batch_size = batch_size or int(cfg.eval.batch_size)
+  n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
+  handle = data.prepare(cfg.data)
+  predict = inference.make_predict_fn(bundle.module, bundle.variables)
+  labels, probs, _ = validation.predict_split(predict, cfg.data, handle, split,
+                                              local_batch_size=batch_size,
+                                              mesh=sharding.make_mesh(jax.devices()[:1]))
+  metrics = compute_metrics(labels, probs, bundle.class_names, n_bootstrap=n_bootstrap,
+                            seed=int(cfg.get('seed', 0)))
+  out_dir = out or os.path.join(workdir, f'eval_{split}')
+  extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
+           'model': cfg.model.name, 'image_size': int(bundle.image_size)}
+  files = write_report(out_dir, metrics, labels, probs, bundle.class_names,
+                       history=run_log.read_rows(workdir, 'epoch'), split=split, extra=extra)
+  return {'metrics': metrics, 'files': files, 'out_dir': out_dir}
+
+
+def write_run_report(workdir: str, config, labels, probs, class_names: Sequence[str],
+                     history: list[dict], summary: dict) -> dict:
+  """The report at the end of a training run (the `reporter` of `train_and_evaluate`)."""
+  metrics = compute_metrics(labels, probs, class_names, n_bootstrap=config.eval.bootstrap,
+                            seed=config.seed)
+  return write_report(workdir, metrics, labels, probs, class_names, history=history,
+                      split=summary['split'], extra=summary)
+
+
+def train_and_report(config, workdir: str) -> dict:
+  """`launch.train`: trains (or resumes) the run in `workdir`, then writes its evaluation report."""
+  return loop.train_and_evaluate(config, workdir, reporter=write_run_report)

@@ -1,0 +1,1 @@
+"""Tools on top of everything: sweeps, run comparison, accelerator-VM launch, benchmarks, exploration."""

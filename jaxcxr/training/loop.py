@@ -1,0 +1,377 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Shaped like the flax imagenet example: set up (data, model, jitted steps), restore or initialise,
+loop over steps with per-epoch validation, early stopping and checkpoints, then evaluate the best
+checkpoint. Each step is a named function below; the numeric core is in `steps.py`.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxcxr import data as data_lib
+from jaxcxr.data import loader
+from jaxcxr.training import checkpoint as ckpt_lib
+from jaxcxr.training import optim
+from jaxcxr.training import run_log
+from jaxcxr.training import sharding
+from jaxcxr.training import state as state_lib
+from jaxcxr.training import steps
+from jaxcxr.training import validation
+from jaxcxr.training.config_checks import validate_config
+from jaxcxr.training.early_stopping import EarlyStopping
+from jaxcxr.training.errors import EXIT_PREEMPTED, NonFiniteError, Preempted
+
+# (workdir, config, labels, probs, class_names, history, summary) -> None; writes the report.
+Reporter = Callable[..., None]
+
+
+# ----------------------------------------------------------------------------- set-up
+
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs that does not change while it runs."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  handle: Any
+  steps_per_epoch: int
+  total_steps: int
+  class_names: tuple[str, ...]
+  schedule: Callable[[int], float]
+  abstract_state: Any            # ShapeDtypeStructs carrying their shardings
+  state_sharding: Any
+  init_state: Callable[[jax.Array], Any]
+  train_step: Callable
+  eval_step: Callable
+
+  @property
+  def eval_local_batch(self) -> int:
+    return self.config.eval.batch_size // jax.process_count()
+
+  def predict(self, state, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probs) of a split with the current state."""
+    probs_fn = lambda images: jax.nn.softmax(self.eval_step(state, {'image': images}))
+    labels, probs, _ = validation.predict_split(
+        probs_fn, self.config.data, self.handle, split, local_batch_size=self.eval_local_batch,
+        mesh=self.mesh)
+    return labels, probs
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Validates the config, creates `workdir` and writes (or checks on resume) its config.json."""
+  validate_config(config)
+  if '://' in workdir:
+    raise ValueError(f'--workdir={workdir!r}: jaxcxr writes checkpoints, logs and reports with local '
+                     'file I/O; use a local disk or a mounted bucket (e.g. gcsfuse) path.')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir!r} cannot be created ({e.strerror}); choose a writable '
+                     'directory.') from e
+  ckpt_lib.write_config(workdir, config)
+
+
+def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Data, model, optimizer, shardings and the two jitted steps of a run."""
+  mesh = sharding.make_mesh()
+  handle = data_lib.prepare(config.data)
+  steps_per_epoch = loader.steps_per_epoch(handle, config.train.batch_size)
+  total_steps = config.train.num_epochs * steps_per_epoch
+  if config.train.max_steps > 0:
+    total_steps = min(total_steps, config.train.max_steps)
+
+  module, class_names = state_lib.build_model(config)
+  tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch, total_steps,
+                                      state_lib.head_names(config.model.name))
+  init_state = functools.partial(state_lib.create_train_state, config, module, tx)
+  abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+  state_sharding = sharding.state_shardings(abstract_state, mesh, config.train.param_sharding)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      state_sharding)
+
+  batch_sh = sharding.batch_sharding(mesh)
+  class_weights = None
+  if config.data.sampling == 'class_weighted_loss':
+    class_weights = jnp.asarray(loader.class_weights(handle), jnp.float32)
+  dtype = jnp.dtype(config.model.dtype)
+  train_step = jax.jit(
+      functools.partial(steps.train_step, dtype=dtype,
+                        label_smoothing=config.train.label_smoothing, class_weights=class_weights),
+      in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),
+                      in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
+  return Run(config, workdir, mesh, handle, steps_per_epoch, total_steps, class_names, schedule,
+             abstract_state, state_sharding, init_state, train_step, eval_step)
+
+
+# ----------------------------------------------------------------------------- host-side state
+
+@dataclasses.dataclass
+class LoopState:
+  """Host-side state saved with every checkpoint: early stopping, plateau scaler, history."""
+  stopper: EarlyStopping
+  plateau: optim.PlateauScaler
+  history: list[dict]
+
+  @classmethod
+  def fresh(cls, config) -> 'LoopState':
+    es = config.early_stopping
+    return cls(EarlyStopping(es.patience, es.min_delta, es.mode),
+               optim.PlateauScaler(config.optim.plateau_factor, config.optim.plateau_patience,
+                                   mode=es.mode), [])
+
+  @classmethod
+  def from_checkpoint(cls, host: dict) -> 'LoopState':
+    return cls(EarlyStopping(**host['early_stopping']), optim.PlateauScaler(**host['plateau']),
+               host['history'])
+
+  def to_checkpoint(self) -> dict:
+    return {'early_stopping': vars(self.stopper).copy(), 'plateau': vars(self.plateau).copy(),
+            'history': self.history}
+
+
+def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter, init_key):
+  """(start_step, state, loop_state): from the newest readable checkpoint, else fresh."""
+  restored = checkpointer.restore_latest(run.abstract_state, train_iter)
+  if restored is None:
+    state = jax.jit(run.init_state, out_shardings=run.state_sharding)(init_key)
+    return 0, state, LoopState.fresh(run.config)
+  start_step, state, host = restored
+  return start_step, state, LoopState.from_checkpoint(host)
+
+
+# ----------------------------------------------------------------------------- loop pieces
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag that the loop checks after each step."""
+
+  def __init__(self):
+    self.raised = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def check_finite(pending, config, log) -> None:
+  """Raises NonFiniteError (or logs a skip) when the step of `pending` was not finite."""
+  if pending is None:
+    return
+  step, metrics = pending
+  if bool(jax.device_get(metrics['finite'])):
+    return
+  msg = (f'Non-finite loss or gradients at step {step} (loss={float(metrics["loss"])}); the update '
+         'was not applied.')
+  if config.train.on_nonfinite == 'skip':
+    log.message(msg + ' Skipping it (config.train.on_nonfinite=skip).')
+    log.write('nonfinite', step, {'loss': float(metrics['loss'])})
+    return
+  raise NonFiniteError(
+      msg + ' The last checkpoint is intact. Lower config.optim.learning_rate, enable '
+      'config.optim.grad_clip_norm, or set config.train.on_nonfinite=skip.')
+
+
+class _Throughput:
+  """Images/s over the steps since the last report; the first (compiling) step is left out."""
+
+  def __init__(self):
+    self.t, self.n = time.time(), 0
+
+  def restart(self):
+    self.t, self.n = time.time(), 0
+
+  def add(self, images: int):
+    self.n += images
+
+  def rate(self) -> float:
+    rate = self.n / max(time.time() - self.t, 1e-9)
+    self.restart()
+    return rate
+
+
+def end_of_epoch(run: Run, state, step: int, epoch_sums: list, loop: LoopState, log):
+  """Validates, updates early stopping / plateau, logs the epoch row. Returns (state, improved)."""
+  config = run.config
+  epoch = math.ceil(step / run.steps_per_epoch)
+  labels, probs = run.predict(state, 'validation')
+  # Train metrics are means over the epoch's steps (of this run segment when resumed).
+  sums = np.asarray(jax.device_get(epoch_sums), np.float64).mean(axis=0)
+  row = {'epoch': epoch, **validation.epoch_metrics(labels, probs, 'val'),
+         'train_loss': float(sums[0]), 'train_accuracy': float(sums[1]),
+         'learning_rate': float(run.schedule(step - 1)) * float(state.lr_scale)}
+  improved = loop.stopper.update(epoch, row[config.early_stopping.metric])
+  if config.optim.schedule == 'plateau':
+    scale = np.float32(loop.plateau.update(row[config.early_stopping.metric]))
+    state = state.replace(lr_scale=jax.device_put(scale, run.state_sharding.lr_scale))
+  row['best_epoch'] = loop.stopper.best_epoch
+  loop.history.append(row)
+  log.write('epoch', step, row)
+  log.message(f'epoch {epoch}: ' + ', '.join(
+      f'{k}={v:.4f}' for k, v in row.items() if isinstance(v, float)))
+  return state, improved
+
+
+def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
+               checkpointer: ckpt_lib.Checkpointer, log, dropout_key) -> tuple[Any, int, dict]:
+  """Steps until `total_steps` or early stopping. Returns (state, last step, last train row)."""
+  config = run.config
+  global_batch = config.train.batch_size
+  step = start_step
+  speed = _Throughput()
+  pending = None   # (step, metrics) of the previous step, checked one step late: no stall
+  epoch_sums = []
+  last_train = {}
+  with _SigtermFlag() as sigterm:
+    while step < run.total_steps and not loop.stopper.should_stop:
+      batch = sharding.global_batch(next(train_iter), run.mesh)
+      state, metrics = run.train_step(state, batch, dropout_key)
+      step += 1
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)   # the first step of a segment includes compilation
+        speed.restart()
+      else:
+        speed.add(global_batch)
+      check_finite(pending, config, log)
+      pending = (step, metrics)
+      epoch_sums.append((metrics['loss'], metrics['accuracy']))   # device scalars: no sync
+
+      if step % config.train.log_every_steps == 0 or step == run.total_steps:
+        m = jax.device_get(metrics)
+        last_train = {'loss': float(m['loss']), 'accuracy': float(m['accuracy']),
+                      'grad_norm': float(m['grad_norm']),
+                      'learning_rate': float(run.schedule(step - 1)) * float(state.lr_scale),
+                      'images_per_s': speed.rate()}
+        log.write('train', step, last_train)
+        log.progress(step, loss=last_train['loss'], img_s=round(last_train['images_per_s'], 1),
+                     epoch=f'{step / run.steps_per_epoch:.2f}')
+
+      if step % run.steps_per_epoch == 0 or step == run.total_steps:
+        check_finite(pending, config, log)
+        pending = None
+        state, improved = end_of_epoch(run, state, step, epoch_sums, loop, log)
+        epoch_sums = []
+        if improved:
+          checkpointer.save_best(step, state, loop.to_checkpoint())
+        checkpointer.save(step, state, train_iter, loop.to_checkpoint())
+      elif step % config.checkpoint.every_steps == 0:
+        check_finite(pending, config, log)   # never checkpoint a step not known to be finite
+        pending = None
+        checkpointer.save(step, state, train_iter, loop.to_checkpoint())
+
+      if _any_process(sigterm.raised):
+        check_finite(pending, config, log)
+        checkpointer.save(step, state, train_iter, loop.to_checkpoint())
+        checkpointer.wait()
+        log.message(f'SIGTERM: checkpoint of step {step} written; exiting with status '
+                    f'{EXIT_PREEMPTED}. Re-run the same command to resume.')
+        raise Preempted(step)
+    check_finite(pending, config, log)
+    checkpointer.save(step, state, train_iter, loop.to_checkpoint())
+    checkpointer.wait()
+  return state, step, last_train
+
+
+def write_results(workdir: str, config, summary: dict) -> None:
+  """results.json: the final summary and the resolved config (atomic write)."""
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'summary': summary, 'config': json.loads(config.to_json_best_effort())}, f,
+              indent=2)
+  os.replace(path + '.tmp', path)
+  logging.info('Wrote %s', path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       reporter: Reporter | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`, then evaluates the best checkpoint.
+
+  Args:
+    config: the experiment config (`configs/*.py`).
+    workdir: where checkpoints, logs and results go; re-running on it resumes.
+    reporter: called on process 0 as `reporter(workdir, config, labels, probs, class_names,
+      history, summary)` to write the evaluation report (`jaxcxr.evaluation.report.write_run_report`
+      via `jaxcxr.evaluation.train_and_report`); None writes only results.json.
+
+  Returns:
+    The final summary (also written to `workdir/results.json`).
+  """
+  t_start = time.time()
+  prepare_workdir(config, workdir)
+  run = make_run(config, workdir)
+  train_iter = loader.train_iterator(
+      config.data, run.handle, local_batch_size=config.train.batch_size // jax.process_count(),
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                       async_save=config.checkpoint.async_save)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  start_step, state, loop = restore_or_init(run, checkpointer, train_iter, init_key)
+
+  log = run_log.RunLog(workdir, resume_step=start_step, total_steps=run.total_steps)
+  n_params = sum(x.size for x in jax.tree.leaves(run.abstract_state.params))
+  log.message(f'{config.model.name}: {n_params:,} parameters; {len(jax.devices())} devices, '
+              f'{jax.process_count()} processes; global batch {config.train.batch_size}; '
+              f'{run.steps_per_epoch} steps/epoch; '
+              + (f'resuming at step {start_step}.' if start_step else 'starting fresh.'))
+  try:
+    state, step, last_train = train_loop(run, state, start_step, loop, train_iter, checkpointer,
+                                         log, dropout_key)
+  finally:
+    checkpointer.wait()
+    log.close()
+
+  # Final evaluation of the best checkpoint.
+  best = checkpointer.restore_best(run.abstract_state)
+  best_step = step
+  if best is not None:
+    best_step, state, _ = best
+  checkpointer.close()
+  split = config.eval.split
+  labels, probs = run.predict(state, split)
+  summary = {'model': config.model.name, 'best_step': int(best_step),
+             'best_epoch': int(loop.stopper.best_epoch), 'steps': int(step),
+             'stopped_early': bool(loop.stopper.should_stop), 'split': split,
+             'num_params': int(n_params),
+             'train_step_compilations': int(run.train_step._cache_size()),  # pylint: disable=protected-access
+             'images_per_s': last_train.get('images_per_s'),
+             'wall_time_s': time.time() - t_start,
+             **validation.epoch_metrics(labels, probs, split)}
+  if jax.process_index() == 0:
+    if reporter is not None:
+      reporter(workdir, config, labels, probs, run.class_names, loop.history, summary)
+    write_results(workdir, config, summary)
+  return summary
