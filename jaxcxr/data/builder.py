@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import shutil
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -232,7 +233,6 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     })
     marker = manual_dir / 'PHANTOM.json'
     if marker.exists():
-      import json  # pylint: disable=g-import-not-at-top
       self.info.metadata['phantom'] = json.loads(marker.read_text())
     return {split: self._generate_examples(es) for split, es in by_split.items() if es}
 
@@ -469,6 +469,71 @@ def _phantom_dir(data_dir: Path, data_cfg, class_names) -> Path:
           f'_v{phantom.PHANTOM_VERSION}')
 
 
+def _source_folder(data_cfg, data_dir: Path, class_names) -> tuple[Optional[Path], dict]:
+  """The Kaggle-layout folder to prepare from (phantoms are generated into one first).
+
+  Returns:
+    (folder or None when `manual_dir` is empty, the metadata that identifies it: the phantom
+    parameters and/or the folder's fingerprint).
+  """
+  identity = {}
+  if data_cfg.source == 'phantom':
+    p = data_cfg.phantom
+    folder = phantom.write_folder(
+        _phantom_dir(data_dir, data_cfg, class_names), num_per_class=int(p.num_per_class),
+        image_size=int(p.image_size), seed=int(p.seed), class_names=class_names)
+    identity['phantom'] = phantom.phantom_params(p.num_per_class, p.image_size, p.seed,
+                                                 class_names)
+  else:
+    folder = Path(data_cfg.manual_dir).expanduser().resolve() if data_cfg.manual_dir else None
+  if folder is not None and folder.is_dir():
+    identity['source_fingerprint'] = folder_fingerprint(folder, class_names)
+  return folder, identity
+
+
+def _tfds_dir(data_cfg, data_dir: Path, expected: dict) -> Path:
+  """Where TFDS writes: `data_dir`; generated data gets one folder per settings (a hash), so runs
+  with other phantom/split settings coexist in one data_dir instead of tripping the mismatch
+  check."""
+  if data_cfg.source != 'phantom':
+    return data_dir
+  key = hashlib.sha1(json.dumps(expected, sort_keys=True, default=str).encode()).hexdigest()
+  return data_dir / 'phantom_tfds' / key[:12]
+
+
+def _open_or_build(make: Callable[[], tfds.core.DatasetBuilder], expected: dict,
+                   manual_dir: Optional[Path], *, overwrite: bool, data_cfg, data_dir: Path):
+  """The builder of a prepared dataset that matches `expected`, preparing it if absent.
+
+  Raises:
+    ValueError: the prepared dataset differs from `expected` (names each mismatch and the command
+      that re-prepares it), or there is none and no folder to prepare it from.
+  """
+  builder = make()
+  dataset_dir = Path(builder.data_dir)
+  if (dataset_dir / 'dataset_info.json').exists() and overwrite:
+    shutil.rmtree(dataset_dir)
+    builder = make()
+  if (dataset_dir / 'dataset_info.json').exists():
+    bad = _mismatches(dict(builder.info.metadata), expected)
+    if bad:
+      raise ValueError(
+          f'The dataset in {dataset_dir} was prepared with other settings than config.data '
+          f'asks for:\n  ' + '\n  '.join(bad) + '\nRe-prepare it with:\n  '
+          f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
+          'values, or point config.data.data_dir at another folder.')
+    return builder
+  if manual_dir is None:
+    raise ValueError(
+        f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
+        'config.data.manual_dir (prepare_data CLI: --manual_dir) to the Kaggle folder, or '
+        "use config.data.source='phantom'.")
+  scan_folder(manual_dir, tuple(expected['class_names']))  # our messages for missing/empty
+  builder.download_and_prepare(                               # folders, before TFDS's
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
 def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> DatasetHandle:
   """Prepares (first call) or opens (later calls) the dataset described by `config.data`.
 
@@ -498,63 +563,22 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
   settings = settings_from_config(data_cfg, progress=progress)
   cls = BUILDERS[data_cfg.source]
   expected = {'class_names': list(class_names), 'settings': content_settings(settings)}
-  phantom_dir = None
   with _FileLock(data_dir / _LOCK_NAME):
-    if data_cfg.source == 'phantom':
-      p = data_cfg.phantom
-      phantom_dir = phantom.write_folder(
-          _phantom_dir(data_dir, data_cfg, class_names), num_per_class=int(p.num_per_class),
-          image_size=int(p.image_size), seed=int(p.seed), class_names=class_names)
-      manual_dir = phantom_dir
-      expected['phantom'] = phantom.phantom_params(p.num_per_class, p.image_size, p.seed,
-                                                   class_names)
-    else:
-      manual_dir = Path(data_cfg.manual_dir).expanduser().resolve() if data_cfg.manual_dir else None
-    if manual_dir is not None and manual_dir.is_dir():
-      expected['source_fingerprint'] = folder_fingerprint(manual_dir, class_names)
-
-    tfds_dir = data_dir
-    if data_cfg.source == 'phantom':
-      # Generated data: one dataset per settings, so runs with other phantom/split settings
-      # coexist in one data_dir instead of tripping the mismatch check.
-      key = hashlib.sha1(json.dumps(expected, sort_keys=True, default=str).encode()).hexdigest()
-      tfds_dir = data_dir / 'phantom_tfds' / key[:12]
-
-    def make():
-      return cls(config=data_cfg.builder_config, data_dir=str(tfds_dir),
-                 file_format='array_record', settings=settings)
-
-    builder = make()
-    dataset_dir = Path(builder.data_dir)
-    if (dataset_dir / 'dataset_info.json').exists() and overwrite:
-      import shutil  # pylint: disable=g-import-not-at-top
-      shutil.rmtree(dataset_dir)
-      builder = make()
-    if (dataset_dir / 'dataset_info.json').exists():
-      bad = _mismatches(dict(builder.info.metadata), expected)
-      if bad:
-        raise ValueError(
-            f'The dataset in {dataset_dir} was prepared with other settings than config.data '
-            f'asks for:\n  ' + '\n  '.join(bad) + '\nRe-prepare it with:\n  '
-            f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
-            'values, or point config.data.data_dir at another folder.')
-    else:
-      if manual_dir is None:
-        raise ValueError(
-            f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
-            'config.data.manual_dir (prepare_data CLI: --manual_dir) to the Kaggle folder, or '
-            "use config.data.source='phantom'.")
-      scan_folder(manual_dir, class_names)  # our messages for missing/empty folders, before TFDS's
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    manual_dir, identity = _source_folder(data_cfg, data_dir, class_names)
+    expected.update(identity)
+    tfds_dir = _tfds_dir(data_cfg, data_dir, expected)
+    make = lambda: cls(config=data_cfg.builder_config, data_dir=str(tfds_dir),
+                       file_format='array_record', settings=settings)
+    builder = _open_or_build(make, expected, manual_dir, overwrite=overwrite, data_cfg=data_cfg,
+                             data_dir=data_dir)
   meta = dict(builder.info.metadata)
   counts = {s: list(meta['class_counts'][s]) for s in sampling.SPLITS}
   return DatasetHandle(
       name=cls.name, builder_config=data_cfg.builder_config, class_names=class_names,
       num_examples={s: int(sum(c)) for s, c in counts.items()}, class_counts=counts,
-      data_dir=str(data_dir), dataset_dir=str(dataset_dir),
+      data_dir=str(data_dir), dataset_dir=str(Path(builder.data_dir)),
       stored_size=int(meta['settings']['stored_size']), metadata=meta,
-      phantom_dir=str(phantom_dir) if phantom_dir else None)
+      phantom_dir=str(manual_dir) if data_cfg.source == 'phantom' else None)
 
 
 def summary_table(handle: DatasetHandle) -> str:

@@ -22,10 +22,11 @@ Everything is deterministic from `seed`. Output layout (the Kaggle one plus mask
 `<Class>/images/<Class>-<i>.png` and `<Class>/lesion_masks/<Class>-<i>.png` (0/255), i from 1.
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -68,33 +69,58 @@ def _u(rng, lo, hi, n):
   return rng.uniform(lo, hi, n).astype(np.float32)[:, None, None]
 
 
-def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
-           class_names: Sequence[str] = CLASS_NAMES_3) -> dict[str, np.ndarray]:
-  """Draws `n` phantoms of one class.
+class _Grid(NamedTuple):
+  """Pixel coordinates in [-1, 1]: side `s`, 1-D `xs`/`ys` (S,) and broadcastable xx (1, 1, S),
+  yy (1, S, 1)."""
+  s: int
+  xs: np.ndarray
+  ys: np.ndarray
+  xx: np.ndarray
+  yy: np.ndarray
 
-  Args:
-    label: class index into `class_names`.
-    n: number of images.
-    image_size: side S in pixels.
-    rng: numpy Generator (all randomness comes from it).
-    class_names: class names; the name selects the finding.
+  @classmethod
+  def make(cls, s: int) -> '_Grid':
+    coords = np.linspace(-1.0, 1.0, s, dtype=np.float32)
+    return cls(s, coords, coords, coords[None, None, :], coords[None, :, None])
 
-  Returns:
-    {'image': uint8 (n, S, S), 'lesion_mask': bool (n, S, S), 'lung_mask': bool (n, S, S)}.
+
+@dataclasses.dataclass
+class _Chest:
+  """The anatomy of n films: the image so far and where findings may go.
+
+  Geometry arrays are (n, 1, 1) so they broadcast against (n, S, S) images.
   """
-  s = image_size
-  name = class_names[label]
-  coords = np.linspace(-1.0, 1.0, s, dtype=np.float32)
-  xs, ys = coords, coords
-  xx, yy = coords[None, None, :], coords[None, :, None]  # (1, 1, S), (1, S, 1)
+  img: np.ndarray          # float (n, S, S), 0 = black
+  field: np.ndarray        # lung field not behind the heart, (n, S, S) in [0, 1]
+  lung_mask: np.ndarray    # bool (n, S, S): inside a lung, outside the heart shadow
+  cx: np.ndarray           # thorax centre x
+  lcy: np.ndarray          # lung centre y
+  lw: np.ndarray           # lung half-width
+  lh: np.ndarray           # lung half-height
+  lung_cx: tuple           # (image-left lung centre x, image-right lung centre x)
 
-  # Anatomy (same distributions for every class).
+  @property
+  def n(self) -> int:
+    return self.img.shape[0]
+
+  def lung_geometry(self):
+    """(left lung cx, right lung cx, half-width, half-height, centre y), each (n,)."""
+    return (self.lung_cx[0][:, 0, 0], self.lung_cx[1][:, 0, 0], self.lw[:, 0, 0],
+            self.lh[:, 0, 0], self.lcy[:, 0, 0])
+
+
+def _thorax(rng, n: int, xx, yy):
+  """Centre (cx, cy) of the chest and its soft-tissue envelope; the film's base grey level."""
   cx, cy = _u(rng, -0.05, 0.05, n), _u(rng, -0.02, 0.1, n)
   tw, th = _u(rng, 0.78, 0.92, n), _u(rng, 0.9, 1.05, n)
   sup = ((np.abs(xx - cx) / tw) ** 4 + (np.abs(yy - cy - 0.05) / th) ** 4)
   thorax = _sigmoid((1.0 - sup) * 12.0)
   img = 0.08 + _u(rng, 0.32, 0.42, n) * thorax
+  return cx, cy, thorax, img
 
+
+def _lungs_and_heart(rng, n: int, xx, yy, cx, cy):
+  """Two lung fields and the heart shadow: (lungs, lung_hard, heart, dh, lung geometry)."""
   dx, lw, lh = _u(rng, 0.36, 0.42, n), _u(rng, 0.23, 0.28, n), _u(rng, 0.52, 0.62, n)
   lcy = cy + _u(rng, -0.12, -0.04, n)
   lungs, lung_hard = 0.0, 0.0
@@ -111,6 +137,14 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
   hr = _u(rng, 0.2, 0.25, n)
   dh = ((xx - heart_cx) / (hr * 1.35)) ** 2 + ((yy - heart_cy) / hr) ** 2
   heart = _sigmoid((1.0 - dh) * 8.0)
+  return lungs, lung_hard, heart, dh, (lcy, lw, lh, tuple(centers))
+
+
+def _anatomy(rng, n: int, g: _Grid) -> _Chest:
+  """Thorax, lungs with vessels, heart, spine and posterior ribs (same for every class)."""
+  s, xx, yy = g.s, g.xx, g.yy
+  cx, cy, thorax, img = _thorax(rng, n, xx, yy)
+  lungs, lung_hard, heart, dh, (lcy, lw, lh, centers) = _lungs_and_heart(rng, n, xx, yy, cx, cy)
   field = np.clip(lungs * (1.0 - heart), 0.0, 1.0)  # lung field not behind the heart
   lung_mask = (lung_hard > 0) & (dh > 1.15)
 
@@ -123,62 +157,86 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
   phase = (yy - cy - _u(rng, 0.0, 0.12, n) - _u(rng, 0.6, 0.9, n) * (xx - cx) ** 2)
   ribs = np.maximum(0.0, np.cos(2 * np.pi * phase / _u(rng, 0.15, 0.19, n))) ** 4
   img = img + _u(rng, 0.04, 0.07, n) * ribs * thorax * (1.0 - spine)
+  return _Chest(img=img, field=field, lung_mask=lung_mask, cx=cx, lcy=lcy, lw=lw,
+                lh=lh, lung_cx=centers)
 
-  # Findings, added inside the lung field only.
-  lesion = np.zeros((n, s, s), np.float32)
-  lcx_r, lcx_l = centers[0][:, 0, 0], centers[1][:, 0, 0]
-  lw0, lh0, lcy0 = lw[:, 0, 0], lh[:, 0, 0], lcy[:, 0, 0]
-  if name == 'COVID':
-    k = 7
-    count = rng.integers(4, k + 1, n)
-    side = np.where(np.arange(k)[None, :] % 2 == 0, -1.0, 1.0) * np.ones((n, 1))
-    center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
-    bx = center + side * lw0[:, None] * rng.uniform(0.4, 0.85, (n, k))  # lateral periphery
-    by = lcy0[:, None] + lh0[:, None] * rng.uniform(0.0, 0.7, (n, k))   # lower zones
-    sig = rng.uniform(0.06, 0.11, (n, k))
-    amp = rng.uniform(0.14, 0.24, (n, k)) * (np.arange(k)[None, :] < count[:, None])
-    patch = 0.35 + 0.65 * np.clip(0.5 + 0.35 * _smooth_noise(rng, n, s, 20), 0, 1)
-    lesion = _blobs(bx, by, sig, sig * rng.uniform(0.8, 1.3, (n, k)), amp, xs, ys) * patch
-  elif name == 'Viral Pneumonia':
-    lobar = rng.random(n) < 0.3
-    # Perihilar interstitial: reticular lines (|band-pass noise| small) around both hila.
-    hx = np.stack([lcx_r + 0.45 * lw0, lcx_l - 0.45 * lw0], 1)
-    hy = np.stack([lcy0 - 0.05 * lh0] * 2, 1) + rng.uniform(-0.05, 0.1, (n, 2))
-    sig = rng.uniform(0.16, 0.24, (n, 2))
-    env = _blobs(hx, hy, sig, sig * 1.3, rng.uniform(0.17, 0.25, (n, 2)), xs, ys)
-    band = _smooth_noise(rng, n, s, 24) - 0.7 * _smooth_noise(rng, n, s, 10)
-    reticular = 0.3 + 0.7 * np.exp(-(band / 0.45) ** 2)
-    inter = env * reticular
-    # Lobar: one lung, below (lower lobe) or above (upper lobe) a slanted fissure.
-    right = rng.random(n) < 0.5
-    lcx_one = np.where(right, lcx_r, lcx_l)[:, None, None]
-    fissure = lcy[:, :, :] + lh * _u(rng, -0.1, 0.3, n) + _u(rng, -0.3, 0.3, n) * (xx - lcx_one)
-    lower = (rng.random(n) < 0.7)[:, None, None]
-    beyond = np.where(lower, yy - fissure, fissure - yy)
-    in_side = _sigmoid((np.abs(xx - cx) - 0.08) * 40.0)
-    in_side = in_side * ((xx - cx) * np.where(right, -1.0, 1.0)[:, None, None] > 0)
-    lobe = _sigmoid(beyond * 30.0) * in_side
-    lobe = lobe * _u(rng, 0.18, 0.26, n) * (0.85 + 0.15 * _smooth_noise(rng, n, s, 16))
-    lesion = np.where(lobar[:, None, None], lobe, inter)
-  elif name == 'Lung_Opacity':
-    k = 2
-    count = rng.integers(1, k + 1, n)
-    side = np.where(rng.random(n) < 0.5, -1.0, 1.0)[:, None] * np.ones((n, k))
-    center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
-    bx = center + lw0[:, None] * rng.uniform(-0.6, 0.6, (n, k))
-    by = lcy0[:, None] + lh0[:, None] * rng.uniform(-0.7, 0.7, (n, k))
-    sig = rng.uniform(0.04, 0.08, (n, k))
-    amp = rng.uniform(0.18, 0.28, (n, k)) * (np.arange(k)[None, :] < count[:, None])
-    lesion = _blobs(bx, by, sig, sig, amp, xs, ys)
-  elif name != 'Normal':
+
+def _covid(rng, c: _Chest, g: _Grid) -> np.ndarray:
+  """Bilateral, peripheral, lower-zone patchy ground-glass opacities (4-7 blobs)."""
+  n = c.n
+  lcx_r, lcx_l, lw0, lh0, lcy0 = c.lung_geometry()
+  k = 7
+  count = rng.integers(4, k + 1, n)
+  side = np.where(np.arange(k)[None, :] % 2 == 0, -1.0, 1.0) * np.ones((n, 1))
+  center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
+  bx = center + side * lw0[:, None] * rng.uniform(0.4, 0.85, (n, k))  # lateral periphery
+  by = lcy0[:, None] + lh0[:, None] * rng.uniform(0.0, 0.7, (n, k))   # lower zones
+  sig = rng.uniform(0.06, 0.11, (n, k))
+  amp = rng.uniform(0.14, 0.24, (n, k)) * (np.arange(k)[None, :] < count[:, None])
+  patch = 0.35 + 0.65 * np.clip(0.5 + 0.35 * _smooth_noise(rng, n, g.s, 20), 0, 1)
+  return _blobs(bx, by, sig, sig * rng.uniform(0.8, 1.3, (n, k)), amp, g.xs, g.ys) * patch
+
+
+def _viral_pneumonia(rng, c: _Chest, g: _Grid) -> np.ndarray:
+  """Perihilar reticular pattern in both lungs or (30%) a lobar consolidation of one lung."""
+  n, s, xx, yy = c.n, g.s, g.xx, g.yy
+  lcx_r, lcx_l, lw0, lh0, lcy0 = c.lung_geometry()
+  lobar = rng.random(n) < 0.3
+  # Perihilar interstitial: reticular lines (|band-pass noise| small) around both hila.
+  hx = np.stack([lcx_r + 0.45 * lw0, lcx_l - 0.45 * lw0], 1)
+  hy = np.stack([lcy0 - 0.05 * lh0] * 2, 1) + rng.uniform(-0.05, 0.1, (n, 2))
+  sig = rng.uniform(0.16, 0.24, (n, 2))
+  env = _blobs(hx, hy, sig, sig * 1.3, rng.uniform(0.17, 0.25, (n, 2)), g.xs, g.ys)
+  band = _smooth_noise(rng, n, s, 24) - 0.7 * _smooth_noise(rng, n, s, 10)
+  reticular = 0.3 + 0.7 * np.exp(-(band / 0.45) ** 2)
+  inter = env * reticular
+  # Lobar: one lung, below (lower lobe) or above (upper lobe) a slanted fissure.
+  right = rng.random(n) < 0.5
+  lcx_one = np.where(right, lcx_r, lcx_l)[:, None, None]
+  fissure = c.lcy + c.lh * _u(rng, -0.1, 0.3, n) + _u(rng, -0.3, 0.3, n) * (xx - lcx_one)
+  lower = (rng.random(n) < 0.7)[:, None, None]
+  beyond = np.where(lower, yy - fissure, fissure - yy)
+  in_side = _sigmoid((np.abs(xx - c.cx) - 0.08) * 40.0)
+  in_side = in_side * ((xx - c.cx) * np.where(right, -1.0, 1.0)[:, None, None] > 0)
+  lobe = _sigmoid(beyond * 30.0) * in_side
+  lobe = lobe * _u(rng, 0.18, 0.26, n) * (0.85 + 0.15 * _smooth_noise(rng, n, s, 16))
+  return np.where(lobar[:, None, None], lobe, inter)
+
+
+def _lung_opacity(rng, c: _Chest, g: _Grid) -> np.ndarray:
+  """One or two compact dense focal opacities anywhere in one lung."""
+  n = c.n
+  lcx_r, lcx_l, lw0, lh0, lcy0 = c.lung_geometry()
+  k = 2
+  count = rng.integers(1, k + 1, n)
+  side = np.where(rng.random(n) < 0.5, -1.0, 1.0)[:, None] * np.ones((n, k))
+  center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
+  bx = center + lw0[:, None] * rng.uniform(-0.6, 0.6, (n, k))
+  by = lcy0[:, None] + lh0[:, None] * rng.uniform(-0.7, 0.7, (n, k))
+  sig = rng.uniform(0.04, 0.08, (n, k))
+  amp = rng.uniform(0.18, 0.28, (n, k)) * (np.arange(k)[None, :] < count[:, None])
+  return _blobs(bx, by, sig, sig, amp, g.xs, g.ys)
+
+
+# Class name -> its finding (the lesion intensity, (n, S, S), before masking to the lung field).
+_FINDINGS = {'COVID': _covid, 'Viral Pneumonia': _viral_pneumonia, 'Lung_Opacity': _lung_opacity}
+
+
+def _finding(name: str, rng, c: _Chest, g: _Grid) -> np.ndarray:
+  """The class's lesion inside the lung field only (zeros for Normal)."""
+  if name == 'Normal':
+    lesion = np.zeros((c.n, g.s, g.s), np.float32)
+  elif name in _FINDINGS:
+    lesion = _FINDINGS[name](rng, c, g)
+  else:
     raise ValueError(f'phantom: no finding defined for class {name!r}; known: COVID, Normal, '
                      'Viral Pneumonia, Lung_Opacity.')
-  lesion = lesion.astype(np.float32) * field
-  peak = lesion.max(axis=(1, 2), keepdims=True)
-  lesion_mask = (lesion > 0.3 * peak) & (peak > 1e-3) & lung_mask
-  img = img + lesion
+  return lesion.astype(np.float32) * c.field
 
-  # Acquisition: exposure gradient, gamma, gain/offset, noise, marker, quantisation.
+
+def _acquisition(rng, img: np.ndarray, g: _Grid) -> np.ndarray:
+  """Exposure gradient, gamma, gain/offset, noise and burned-in marker; uint8 (n, S, S)."""
+  n, s, xx, yy = img.shape[0], g.s, g.xx, g.yy
   img = img + _u(rng, -0.04, 0.04, n) * xx + _u(rng, -0.04, 0.04, n) * yy
   img = np.clip(img, 0.0, 1.0) ** _u(rng, 0.8, 1.25, n)
   img = img * _u(rng, 0.85, 1.15, n) + _u(rng, -0.04, 0.04, n)
@@ -190,8 +248,32 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
     x0 = int(rng.integers(2, s // 6)) if rng.random() < 0.5 else int(s - m - rng.integers(2, s // 6))
     img[i, y0:y0 + m, x0:x0 + m] = 0.95
     img[i, y0 + 1:y0 + m - 1, x0 + m // 3:x0 + m] = 0.2  # an 'L'-like glyph
-  image = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
-  return {'image': image, 'lesion_mask': lesion_mask, 'lung_mask': lung_mask}
+  return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
+           class_names: Sequence[str] = CLASS_NAMES_3) -> dict[str, np.ndarray]:
+  """Draws `n` phantoms of one class: anatomy, then the class's finding, then acquisition.
+
+  The draws from `rng` happen in that order, so the images depend only on (label, n, size, rng).
+
+  Args:
+    label: class index into `class_names`.
+    n: number of images.
+    image_size: side S in pixels.
+    rng: numpy Generator (all randomness comes from it).
+    class_names: class names; the name selects the finding.
+
+  Returns:
+    {'image': uint8 (n, S, S), 'lesion_mask': bool (n, S, S), 'lung_mask': bool (n, S, S)}.
+  """
+  grid = _Grid.make(image_size)
+  chest = _anatomy(rng, n, grid)
+  lesion = _finding(class_names[label], rng, chest, grid)
+  peak = lesion.max(axis=(1, 2), keepdims=True)
+  lesion_mask = (lesion > 0.3 * peak) & (peak > 1e-3) & chest.lung_mask
+  image = _acquisition(rng, chest.img + lesion, grid)
+  return {'image': image, 'lesion_mask': lesion_mask, 'lung_mask': chest.lung_mask}
 
 
 def generate(num_per_class: int, *, image_size: int, seed: int,

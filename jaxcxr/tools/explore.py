@@ -467,6 +467,136 @@ def _group_rows(inv, handle, groups: list[dict], max_groups: int = 8, max_member
   return rows
 
 
+@dataclasses.dataclass
+class Duplicates:
+  """Exact and near-duplicate groups of an inventory and the closest pairs outside them.
+
+  Attributes:
+    groups: `describe_groups` dicts, cross-split first (each keeps its inventory indices in
+      '_index').
+    nearest: int (n,) hash distance of each image to its closest other usable image (-1: none).
+    pairs: the closest pairs not in one group: {'distance', 'members', '_index': (i, j)}.
+    threshold: the largest hash distance that links two images.
+  """
+  groups: list
+  nearest: np.ndarray
+  pairs: list
+  threshold: int
+
+
+def find_duplicates(inv: Inventory, class_names, split_of: dict, notes: dict, threshold: int, *,
+                    progress: bool = False) -> Duplicates:
+  """Groups the inventory's exact and near duplicates and lists the closest pairs left apart."""
+  raw_groups, nearest, partner = near_duplicates(inv.phash, inv.content, threshold,
+                                                 progress=progress)
+  groups = describe_groups(inv, raw_groups, class_names, split_of, notes)
+  pairs = [{'distance': d, 'members': [
+      {'file': inv.names[i], 'class': class_names[inv.labels[i]],
+       'split': split_of.get(inv.names[i], 'not used')} for i in (a, b)], '_index': (a, b)}
+           for a, b, d in closest_pairs(nearest, partner, raw_groups)]
+  return Duplicates(groups, nearest, pairs, threshold)
+
+
+def inventory(data_cfg, handle, *, progress: bool = True) -> Inventory:
+  """What `explore` inspects: the phantom or Kaggle folder as found, else the stored records."""
+  if data_cfg.source == 'phantom':
+    return inspect_folder(handle.phantom_dir, handle.class_names, progress=progress)
+  if data_cfg.manual_dir:
+    return inspect_folder(Path(data_cfg.manual_dir).expanduser(), handle.class_names,
+                          max_pixels=int(data_cfg.max_image_pixels), progress=progress)
+  return inspect_records(handle, progress=progress)
+
+
+def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict, dups: Duplicates, *,
+                  samples: int, aug_draws: int, batch_size: int, seed: int,
+                  split_of: dict) -> None:
+  """Writes the FIGURES that apply (duplicate figures only when there is something to show)."""
+  names = handle.class_names
+  usable = np.asarray([not e for e in inv.errors])
+  explore_plots.counts(names, {s: handle.class_counts[s] for s in sampling.SPLITS},
+                       {m: d['counts'] for m, d in draws.items()}, str(out / 'counts.png'),
+                       batch_size=batch_size)
+  explore_plots.image_rows(sample_rows(inv, handle, names, samples=samples, seed=seed,
+                                       split_of=split_of), str(out / 'samples.png'),
+                           title=f'Sample images per class ({inv.kind} as inspected)')
+  explore_plots.image_rows(augmentation_rows(data_cfg, handle, draws=aug_draws, seed=seed),
+                           str(out / 'augmentation.png'), cell=1.5,
+                           title='Train augmentation draws vs evaluation preprocessing')
+  explore_plots.intensity(names, inv.hist_sum / np.maximum(
+      np.bincount(inv.labels[usable], minlength=len(names)), 1)[:, None],
+      [inv.means[(inv.labels == k) & usable] for k in range(len(names))],
+      str(out / 'intensity.png'), what='files as decoded' if inv.kind == 'files' else 'stored')
+  nearest = dups.nearest
+  if (nearest >= 0).any():
+    explore_plots.nearest_distances(nearest[nearest >= 0], dups.threshold, HASH_SIDE ** 2,
+                                    str(out / 'duplicates.png'))
+  if dups.groups:
+    explore_plots.image_rows(_group_rows(inv, handle, dups.groups),
+                             str(out / 'duplicate_groups.png'),
+                             title='Duplicate groups (cross-split first; d = hash bits from the '
+                             'first member)')
+  if dups.pairs:
+    explore_plots.image_rows(
+        [(f"d = {p['distance']}", [(load_image(inv, handle, i), f"{Path(m['file']).name}\n"
+                                    f"{m['class']} / {m['split']}")
+                                   for i, m in zip(p['_index'], p['members'])])
+         for p in dups.pairs],
+        str(out / 'closest_pairs.png'), cell=1.8,
+        title=f'Closest pairs outside the groups\n(d = hash bits; near-duplicate: '
+        f'<= {dups.threshold})')
+
+
+def _duplicates_section(dups: Duplicates) -> dict:
+  groups, near = dups.groups, dups.nearest[dups.nearest >= 0]
+  return {
+      'hash': f'dHash {HASH_SIDE}x{HASH_SIDE}', 'hash_bits': HASH_SIDE ** 2,
+      'threshold_bits': dups.threshold, 'num_groups': len(groups),
+      'exact_groups': sum(g['kind'] == 'exact' for g in groups),
+      'near_groups': sum(g['kind'] == 'near' for g in groups),
+      'cross_split_groups': sum(g['cross_split'] for g in groups),
+      'cross_class_groups': sum(g['cross_class'] for g in groups),
+      'images_in_groups': sum(len(g['members']) for g in groups),
+      'nearest_distance': ({'min': int(near.min()), 'p1': round(float(np.percentile(near, 1)), 1),
+                            'median': float(np.median(near))} if len(near) else {}),
+      'groups': [{k: v for k, v in g.items() if k != '_index'} for g in groups],
+      'closest_pairs_outside_groups': [{k: v for k, v in p.items() if k != '_index'}
+                                       for p in dups.pairs]}
+
+
+def _report(data_cfg, handle, inv: Inventory, draws: dict, dups: Duplicates, *, batch_size: int,
+            seed: int, aug_draws: int) -> dict:
+  """The numbers of explore.json (figures listed by the caller)."""
+  names = handle.class_names
+  meta = handle.metadata
+  aug = augment_lib.AugmentParams.from_config(data_cfg.augment)
+  return {
+      'dataset': {'name': handle.name, 'builder_config': handle.builder_config,
+                  'class_names': list(names), 'dataset_dir': handle.dataset_dir,
+                  'source': data_cfg.source, 'inspected': inv.kind, 'inspected_root': inv.root,
+                  'stored_size': handle.stored_size, 'image_size': int(data_cfg.image_size),
+                  'settings': meta.get('settings', {})},
+      'split_counts': {s: _by_class(handle.class_counts[s], names) for s in sampling.SPLITS},
+      'num_examples': dict(handle.num_examples),
+      'inspected_per_class': _by_class(np.bincount(inv.labels, minlength=len(names)), names),
+      'unusable': [{'file': n, 'reason': e} for n, e in zip(inv.names, inv.errors) if e],
+      'prepare': {'files_found': meta.get('num_files_found'),
+                  'exact_copies_dropped': sum(len(g) - 1 for g in meta.get('duplicates', [])),
+                  'label_conflicts': meta.get('label_conflicts', []),
+                  'skipped': meta.get('skipped', [])},
+      'epoch': {'batch_size': batch_size, 'seed': seed, 'num_draws': draws['none']['num_draws'],
+                **{m: _by_class(d['counts'], names) for m, d in draws.items()},
+                **{f'{m}_distinct': _by_class(d['distinct'], names) for m, d in draws.items()},
+                'matches_sampling': all(d['matches_sampling'] for d in draws.values())},
+      'augmentation': {**dataclasses.asdict(aug), 'image_size': int(data_cfg.image_size),
+                       'stored_size': handle.stored_size, 'draws_shown': aug_draws},
+      'intensity': intensity_table(inv, names),
+      'sizes_modes': size_mode_table(inv, names),
+      'modes': dict(collections.Counter(inv.modes).most_common()),
+      'sizes': dict(collections.Counter(f'{w}x{h}' for w, h in inv.sizes).most_common()),
+      'duplicates': _duplicates_section(dups),
+  }
+
+
 def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_size: int = 32,
             seed: int = 0, dup_threshold: int = DEFAULT_DUP_THRESHOLD,
             progress: bool = True) -> dict:
@@ -488,98 +618,17 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   handle = data_lib.prepare(data_cfg, progress=progress)
-  names = handle.class_names
-  if data_cfg.source == 'phantom':
-    inv = inspect_folder(handle.phantom_dir, names, progress=progress)
-  elif data_cfg.manual_dir:
-    inv = inspect_folder(Path(data_cfg.manual_dir).expanduser(), names,
-                         max_pixels=int(data_cfg.max_image_pixels), progress=progress)
-  else:
-    inv = inspect_records(handle, progress=progress)
+  inv = inventory(data_cfg, handle, progress=progress)
   split_of, notes = split_membership(handle)
   draws = {m: epoch_draws(data_cfg, handle, mode=m, batch_size=batch_size, seed=seed,
                           progress=progress) for m in ('none', 'oversample')}
-  raw_groups, nearest, partner = near_duplicates(inv.phash, inv.content, dup_threshold,
-                                                 progress=progress)
-  groups = describe_groups(inv, raw_groups, names, split_of, notes)
-  pairs = [{'distance': d, 'members': [
-      {'file': inv.names[i], 'class': names[inv.labels[i]],
-       'split': split_of.get(inv.names[i], 'not used')} for i in (a, b)], '_index': (a, b)}
-           for a, b, d in closest_pairs(nearest, partner, raw_groups)]
-  usable = np.asarray([not e for e in inv.errors])
-
-  explore_plots.counts(names, {s: handle.class_counts[s] for s in sampling.SPLITS},
-                       {m: d['counts'] for m, d in draws.items()}, str(out / 'counts.png'),
-                       batch_size=batch_size)
-  explore_plots.image_rows(sample_rows(inv, handle, names, samples=samples, seed=seed,
-                                       split_of=split_of), str(out / 'samples.png'),
-                           title=f'Sample images per class ({inv.kind} as inspected)')
-  explore_plots.image_rows(augmentation_rows(data_cfg, handle, draws=aug_draws, seed=seed),
-                           str(out / 'augmentation.png'), cell=1.5,
-                           title='Train augmentation draws vs evaluation preprocessing')
-  explore_plots.intensity(names, inv.hist_sum / np.maximum(
-      np.bincount(inv.labels[usable], minlength=len(names)), 1)[:, None],
-      [inv.means[(inv.labels == k) & usable] for k in range(len(names))],
-      str(out / 'intensity.png'), what='files as decoded' if inv.kind == 'files' else 'stored')
-  if (nearest >= 0).any():
-    explore_plots.nearest_distances(nearest[nearest >= 0], dup_threshold, HASH_SIDE ** 2,
-                                    str(out / 'duplicates.png'))
-  if groups:
-    explore_plots.image_rows(_group_rows(inv, handle, groups), str(out / 'duplicate_groups.png'),
-                             title='Duplicate groups (cross-split first; d = hash bits from the '
-                             'first member)')
-  if pairs:
-    explore_plots.image_rows(
-        [(f"d = {p['distance']}", [(load_image(inv, handle, i), f"{Path(m['file']).name}\n"
-                                    f"{m['class']} / {m['split']}")
-                                   for i, m in zip(p['_index'], p['members'])]) for p in pairs],
-        str(out / 'closest_pairs.png'), cell=1.8,
-        title=f'Closest pairs outside the groups\n(d = hash bits; near-duplicate: '
-        f'<= {dup_threshold})')
-
-  aug = augment_lib.AugmentParams.from_config(data_cfg.augment)
-  near = nearest[nearest >= 0]
-  report = {
-      'dataset': {'name': handle.name, 'builder_config': handle.builder_config,
-                  'class_names': list(names), 'dataset_dir': handle.dataset_dir,
-                  'source': data_cfg.source, 'inspected': inv.kind, 'inspected_root': inv.root,
-                  'stored_size': handle.stored_size, 'image_size': int(data_cfg.image_size),
-                  'settings': handle.metadata.get('settings', {})},
-      'split_counts': {s: _by_class(handle.class_counts[s], names) for s in sampling.SPLITS},
-      'num_examples': dict(handle.num_examples),
-      'inspected_per_class': _by_class(np.bincount(inv.labels, minlength=len(names)), names),
-      'unusable': [{'file': n, 'reason': e} for n, e in zip(inv.names, inv.errors) if e],
-      'prepare': {'files_found': handle.metadata.get('num_files_found'),
-                  'exact_copies_dropped': sum(len(g) - 1 for g in
-                                              handle.metadata.get('duplicates', [])),
-                  'label_conflicts': handle.metadata.get('label_conflicts', []),
-                  'skipped': handle.metadata.get('skipped', [])},
-      'epoch': {'batch_size': batch_size, 'seed': seed, 'num_draws': draws['none']['num_draws'],
-                **{m: _by_class(d['counts'], names) for m, d in draws.items()},
-                **{f'{m}_distinct': _by_class(d['distinct'], names) for m, d in draws.items()},
-                'matches_sampling': all(d['matches_sampling'] for d in draws.values())},
-      'augmentation': {**dataclasses.asdict(aug), 'image_size': int(data_cfg.image_size),
-                       'stored_size': handle.stored_size, 'draws_shown': aug_draws},
-      'intensity': intensity_table(inv, names),
-      'sizes_modes': size_mode_table(inv, names),
-      'modes': dict(collections.Counter(inv.modes).most_common()),
-      'sizes': dict(collections.Counter(f'{w}x{h}' for w, h in inv.sizes).most_common()),
-      'duplicates': {
-          'hash': f'dHash {HASH_SIDE}x{HASH_SIDE}', 'hash_bits': HASH_SIDE ** 2,
-          'threshold_bits': dup_threshold, 'num_groups': len(groups),
-          'exact_groups': sum(g['kind'] == 'exact' for g in groups),
-          'near_groups': sum(g['kind'] == 'near' for g in groups),
-          'cross_split_groups': sum(g['cross_split'] for g in groups),
-          'cross_class_groups': sum(g['cross_class'] for g in groups),
-          'images_in_groups': sum(len(g['members']) for g in groups),
-          'nearest_distance': ({'min': int(near.min()),
-                                'p1': round(float(np.percentile(near, 1)), 1),
-                                'median': float(np.median(near))} if len(near) else {}),
-          'groups': [{k: v for k, v in g.items() if k != '_index'} for g in groups],
-          'closest_pairs_outside_groups': [{k: v for k, v in p.items() if k != '_index'}
-                                           for p in pairs]},
-      'figures': [f for f in FIGURES if (out / f).exists()],
-  }
+  dups = find_duplicates(inv, handle.class_names, split_of, notes, dup_threshold,
+                         progress=progress)
+  _draw_figures(out, data_cfg, handle, inv, draws, dups, samples=samples, aug_draws=aug_draws,
+                batch_size=batch_size, seed=seed, split_of=split_of)
+  report = _report(data_cfg, handle, inv, draws, dups, batch_size=batch_size, seed=seed,
+                   aug_draws=aug_draws)
+  report['figures'] = [f for f in FIGURES if (out / f).exists()]
   (out / 'explore.json').write_text(json.dumps(report, indent=1))
   (out / 'explore.md').write_text(explore_plots.markdown(report))
   return report
