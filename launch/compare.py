@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 
 from jaxcxr.tools import compare
+from jaxcxr.training import errors
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding the runs (searched recursively).')
 _PLOT = flags.DEFINE_bool('plot', True, 'Also write comparison.png.')
@@ -26,11 +28,10 @@ def main(argv):
   try:
     out = compare.compare(_WORKDIR.value, with_plot=_PLOT.value)
   except FileNotFoundError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   print(out['markdown'])
   print('Wrote ' + ', '.join(out[k] for k in ('csv', 'md', 'png') if k in out), file=sys.stderr)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,13 +10,13 @@ r"""Converts torchvision ImageNet weights into a jaxcxr converted-weights direct
 with `--config.model.pretrained=weights/densenet201`.
 """
 
-import sys
-
 from absl import app
 from absl import flags
+from absl import logging
 
 from jaxcxr.models import weights
-from absl import logging
+from jaxcxr.training import errors
+from launch import cli
 
 _ARCH = flags.DEFINE_string('arch', None, 'Model name (jaxcxr.models.NAMES), e.g. densenet201.')
 _SOURCE = flags.DEFINE_string('source', None,
@@ -39,8 +39,7 @@ def main(argv):
     summary = weights.convert(_ARCH.value, source, _OUT.value, cache_dir=_CACHE_DIR.value,
                               expected_sha256=_SHA256.value)
   except (ValueError, OSError) as e:  # WeightsError and unknown arch are ValueErrors
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   print(f'{summary["arch"]}: {summary["num_params"]:,} parameters, '
         f'{summary["num_batch_stats"]:,} BatchNorm statistics, '
         f'{summary["num_classes"]} classes; sha256 {summary["sha256"][:12]}...')
@@ -48,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

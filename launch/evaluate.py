@@ -14,6 +14,7 @@ from absl import flags
 
 from jaxcxr.evaluation import report
 from jaxcxr.training import errors
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], 'Split to evaluate.')
@@ -33,11 +34,9 @@ def main(argv):
                                        out=_OUT.value, batch_size=_BATCH.value,
                                        bootstrap=_BOOTSTRAP.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(errors.EXIT_USAGE)
+    cli.fail(e, errors.EXIT_USAGE)
   except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(errors.EXIT_IO_ERROR)
+    cli.fail(e, errors.EXIT_IO_ERROR)
   m = result['metrics']
   print(report.summary_table(m))
   ci = m.get('ci95', {})
@@ -53,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

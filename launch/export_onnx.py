@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 
 from jaxcxr.evaluation import export
+from jaxcxr.training import errors
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.')
@@ -30,8 +32,7 @@ def main(argv):
     result = export.export_workdir(_WORKDIR.value, _OUT.value, layout=_LAYOUT.value,
                                    which=_WHICH.value, atol=_ATOL.value)
   except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   print(f'ONNX parity: max |onnxruntime - JAX| = {result["max_abs_diff"]:.3g} '
         f'(probabilities, {result["layout"]} input)')
   for key in ('path', 'preprocessing', 'preprocessor'):
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,8 @@ from absl import app
 from absl import flags
 
 from jaxcxr.evaluation import gradcam
+from jaxcxr.training import errors
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _IMAGES = flags.DEFINE_multi_string('images', [], 'Image files, folders or globs (repeatable; '
@@ -41,8 +43,7 @@ def main(argv):
                                      per_class=_PER_CLASS.value, which=_WHICH.value,
                                      batch_size=_BATCH.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   for path, reason in result['failed']:
     print(f'failed: {path}: {reason}', file=sys.stderr)
   if 'pointing_game' in result:
@@ -51,8 +52,8 @@ def main(argv):
   print(f'{len(result["written"])} overlay file(s) in {os.path.abspath(_OUT.value)}; '
         f'{len(result["failed"])} failed.', file=sys.stderr)
   if result['failed']:
-    sys.exit(1)
+    sys.exit(errors.EXIT_FAILED)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,8 @@ from absl import app
 from absl import flags
 
 from jaxcxr.evaluation import inference
+from jaxcxr.training import errors
+from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _IMAGES = flags.DEFINE_multi_string('images', [], 'Image folder (recursive), glob or file; '
@@ -37,18 +39,16 @@ def main(argv):
                                        split=_SPLIT.value, leaderboard_labels=_LEADERBOARD.value,
                                        which=_WHICH.value, batch_size=_BATCH.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(74)
+    cli.fail(e, errors.EXIT_IO_ERROR)
   for path, reason in result['failed']:
     print(f'failed: {path}: {reason}', file=sys.stderr)
   print(f'{result["rows"]} predictions written to {result["out"]}; '
         f'{len(result["failed"])} failed.', file=sys.stderr)
   if result['failed']:
-    sys.exit(1)
+    sys.exit(errors.EXIT_FAILED)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

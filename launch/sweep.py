@@ -20,6 +20,8 @@ from absl import app
 from absl import flags
 
 from jaxcxr.tools import sweep
+from jaxcxr.training import errors
+from launch import cli
 
 _CONFIG = flags.DEFINE_string('config', None, 'Sweep file[:arg], e.g. configs/sweeps/x.py:runlocal.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; one sub-workdir per trial.')
@@ -37,8 +39,7 @@ def main(argv):
     sweep.check_overrides(base, hypers)
     trials = sweep.make_trials(base, hypers, _WORKDIR.value, overrides)
   except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   if _DRY_RUN.value:
     for t in trials:
       print(f'# {t.name} [{sweep.trial_status(t.workdir)}]\n{sweep.shell_join(t.command)}')
@@ -46,12 +47,12 @@ def main(argv):
   results = sweep.run_trials(trials, _WORKDIR.value)
   print(sweep.summary_table(trials, results))
   if 'interrupted' in results.values():
-    sys.exit(sweep.EXIT_PREEMPTED)
+    sys.exit(errors.EXIT_PREEMPTED)
   if 'failed' in results.values():
     failed = [t.name for t in trials if results.get(t.index) == 'failed']
     print(f'{len(failed)} trial(s) failed: {", ".join(failed)} (logs in {_WORKDIR.value}/logs/)',
           file=sys.stderr)
-    sys.exit(1)
+    sys.exit(errors.EXIT_FAILED)
 
 
 def parse_flags(argv):
@@ -60,4 +61,4 @@ def parse_flags(argv):
   return flags.FLAGS(absl_argv) + overrides
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

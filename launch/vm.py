@@ -26,6 +26,8 @@ from absl import flags
 
 from jaxcxr.tools import sweep
 from jaxcxr.tools import vm
+from jaxcxr.training import errors
+from launch import cli
 
 _TARGET = flags.DEFINE_enum('target', None, vm.TARGETS, 'gpu (ssh), tpu (one TPU VM) or '
                             'tpu_slice (multi-host, --worker=all).')
@@ -49,6 +51,8 @@ _DETACH = flags.DEFINE_bool('detach', False, 'Run in the background (nohup); log
 _DRY_RUN = flags.DEFINE_bool('dry_run', True, 'Print the commands only (default).')
 flags.mark_flags_as_required(['target', 'name', 'config', 'workdir'])
 
+_EXIT_COMMAND_NOT_FOUND = 127   # what a shell returns for a command it cannot run
+
 
 def main(argv):
   overrides = argv[1:]
@@ -63,8 +67,7 @@ def main(argv):
         is_sweep=vm.is_sweep_file(_CONFIG.value))
     cmds = vm.commands(plan)
   except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   for note in vm.notes(plan):
     print(f'# note: {note}', file=sys.stderr)
   if _DRY_RUN.value:
@@ -76,8 +79,7 @@ def main(argv):
     try:
       rc = subprocess.run(argv_, check=False).returncode
     except OSError as e:   # e.g. gcloud not installed
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(127)
+      cli.fail(e, _EXIT_COMMAND_NOT_FOUND)
     if rc:
       print(f'error: exit status {rc}', file=sys.stderr)
       sys.exit(rc)
@@ -90,4 +92,4 @@ def parse_flags(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

@@ -52,8 +52,10 @@ EXTERNAL = {
         (6, 0, 'missing/empty class folder, no folder, unknown builder config, fractions, no dir'),
     'tests/data/test_builder.py::test_mismatched_settings_detected_with_command':
         (2, 0, 'dataset prepared with other settings / changed folder'),
-    'tests/data/test_cli.py::test_prepare_cli_summary_and_bad_file': (1, 0, 'prepare_data CLI'),
-    'tests/data/test_cli.py::test_prepare_cli_needs_a_source': (1, 0, 'prepare_data CLI'),
+    'tests/data/test_cli.py::test_prepare_cli_summary_bad_file_and_reprepare_command':
+        (2, 0, 'prepare_data CLI: a bad file, other split settings on a prepared data_dir'),
+    'tests/data/test_cli.py::test_prepare_cli_needs_a_source_and_prepares_phantoms':
+        (1, 0, 'prepare_data CLI: folder config without manual_dir'),
     'tests/test_weights.py::test_pth_with_pickled_code_is_refused': (1, 0, '.pth with code'),
     'tests/test_weights.py::test_truncated_file': (1, 0, 'truncated .pth/.safetensors'),
     'tests/test_weights.py::test_bad_local_sources': (4, 0, 'missing/unknown/hash/arch source'),

@@ -24,6 +24,7 @@ from jaxcxr.tools import explore
 import jaxcxr.data as data_lib
 from jaxcxr.data import phantom
 from jaxcxr.data import sampling
+from jaxcxr.training import errors
 
 CXR_DEV = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cxr_dev'
 CLASSES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -187,11 +188,11 @@ def test_markdown_references_every_figure(folder_report):
 
 def test_prepared_records_mode(folder_report, tmp_path):
   cfg, handle, _, _ = folder_report
-  d = _data_cfg(cfg.data_dir)
+  d = _data_cfg(cfg.data_dir, source='folder')   # no manual_dir: the prepared records
   d.image_size = 32  # model input may differ from the stored side; settings come from metadata
-  explore.fill_prepared_settings(d)
-  assert d.stored_size == SIZE
+  d.stored_size = 96  # ... as does the stored side: explore reads the prepared one back
   report = explore.explore(d, tmp_path, samples=2, aug_draws=1, progress=False)
+  assert d.stored_size == 96 and report['dataset']['stored_size'] == SIZE
   assert report['dataset']['inspected'] == 'records'
   assert report['split_counts'] == {s: dict(zip(CLASSES, handle.class_counts[s]))
                                     for s in sampling.SPLITS}
@@ -242,16 +243,18 @@ def _cli(*argv):
 
 
 def test_cli_phantom(tmp_path):
-  r = _cli('--phantom', '--num_per_class=12', '--phantom_size=32', '--image_size=32', '--samples=2',
-           '--aug_draws=2', f'--data_dir={tmp_path / "tfds"}', f'--out={tmp_path / "out"}')
+  tiny = ['--config', 'configs/tiny.py', f'--config.data.data_dir={tmp_path / "tfds"}']
+  r = _cli(*tiny, '--config.data.phantom.num_per_class=12', '--samples=2', '--aug_draws=2',
+           f'--out={tmp_path / "out"}')
   assert r.returncode == 0, r.stderr
   assert "train: {'COVID': 8, 'Normal': 8, 'Viral Pneumonia': 8}" in r.stdout
   assert 'duplicate groups: 0' in r.stdout
   assert (tmp_path / 'out' / 'explore.md').exists() and (tmp_path / 'out' / 'samples.png').exists()
   r = _cli(f'--out={tmp_path / "x"}')
-  assert r.returncode != 0 and 'pass exactly one of' in r.stderr + r.stdout
-  r = _cli(f'--data_dir={tmp_path / "nothing"}', f'--out={tmp_path / "x"}')
-  assert r.returncode != 0 and 'No prepared 3class dataset' in r.stderr + r.stdout
+  assert r.returncode != 0 and '--config' in r.stderr
+  r = _cli(*tiny, '--config.data.source=folder', f'--out={tmp_path / "x"}')
+  assert r.returncode == errors.EXIT_USAGE and 'Traceback' not in r.stderr
+  assert 'No prepared 3class dataset' in r.stderr and '--config.data.manual_dir' in r.stderr
 
 
 @pytest.mark.shared_data

@@ -96,7 +96,7 @@ def find_class_folder(manual_dir: Path, class_name: str) -> Path:
   raise FileNotFoundError(
       f"Class folder '{class_name}/' is missing in {manual_dir} (found folders: {found}). Put the "
       f"'{class_name}' images in {manual_dir / class_name}/ (or {class_name}/images/), or use a "
-      "builder config without this class (config.data.builder_config / --config).")
+      "builder config without this class (--config.data.builder_config=...).")
 
 
 def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[_Entry], list[str]]:
@@ -105,7 +105,7 @@ def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[_E
     raise FileNotFoundError(
         f'Manual data folder {manual_dir} does not exist. Download the Kaggle "COVID-19 '
         'Radiography Database", unzip it and pass its folder as config.data.manual_dir '
-        '(prepare_data CLI: --manual_dir).')
+        '(--config.data.manual_dir=PATH).')
   entries, ignored = [], []
   for label, name in enumerate(class_names):
     folder = find_class_folder(manual_dir, name)
@@ -166,7 +166,7 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download the Kaggle "COVID-19 Radiography Database" (tawsifurrahman/'
       'covid19-radiography-database), unzip it and pass the folder holding COVID/, Normal/, '
-      'Viral Pneumonia/ [, Lung_Opacity/] as --manual_dir.')
+      'Viral Pneumonia/ [, Lung_Opacity/] as --config.data.manual_dir.')
 
   # TFDS looks next to `code_path` for checksums/README files we do not have; its lookup of a
   # package's path needs the `importlib_resources` backport, which is not installed. None skips it.
@@ -275,7 +275,7 @@ def class_names_for(config_name: str) -> tuple[str, ...]:
     if c.name == config_name:
       return tuple(c.class_names)
   raise ValueError(f'Unknown builder config {config_name!r} (config.data.builder_config / '
-                   f'--config); known configs: {list(CONFIG_NAMES)}.')
+                   f'--config.data.builder_config); known configs: {list(CONFIG_NAMES)}.')
 
 
 # ----------------------------------------------------------------------------- prepare / handle
@@ -435,19 +435,23 @@ def settings_from_config(data_cfg, *, progress: bool = True) -> PrepareSettings:
 
 
 def prepare_command(data_cfg, data_dir: Path) -> str:
-  """The prepare_data command line that re-prepares `data_cfg` (with --overwrite)."""
-  parts = ['python -m launch.prepare_data', f'--data_dir={data_dir}',
-           f'--config={data_cfg.builder_config}']
+  """The launch.prepare_data command that re-prepares `data_cfg` (with --overwrite).
+
+  Every setting that decides the prepared content is spelled out as a `--config.data.*` flag, so
+  the command prepares the same dataset whichever config file it starts from.
+  """
+  settings = {'data_dir': data_dir, 'source': data_cfg.source,
+              'builder_config': data_cfg.builder_config}
   if data_cfg.source == 'phantom':
-    p = data_cfg.phantom
-    parts += ['--phantom', f'--num_per_class={p.num_per_class}', f'--phantom_size={p.image_size}',
-              f'--phantom_seed={p.seed}']
+    settings.update({f'phantom.{k}': data_cfg.phantom[k]
+                     for k in ('num_per_class', 'image_size', 'seed')})
   else:
-    parts.append(f"--manual_dir='{data_cfg.manual_dir or '<Kaggle folder>'}'")
-  parts += [f'--split_seed={data_cfg.split_seed}', f'--val_fraction={data_cfg.val_fraction}',
-            f'--test_fraction={data_cfg.test_fraction}', f'--stored_size={stored_size(data_cfg)}',
-            f'--on_bad_image={data_cfg.on_bad_image}', '--overwrite']
-  return ' '.join(parts)
+    settings['manual_dir'] = f"'{data_cfg.manual_dir or '<Kaggle folder>'}'"
+  settings.update(split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
+                  test_fraction=data_cfg.test_fraction, stored_size=stored_size(data_cfg),
+                  on_bad_image=data_cfg.on_bad_image)
+  return ' '.join(['python -m launch.prepare_data --config configs/default.py',
+                   *(f'--config.data.{k}={v}' for k, v in settings.items()), '--overwrite'])
 
 
 def _mismatches(meta: dict, expected: dict) -> list[str]:
@@ -526,7 +530,7 @@ def _open_or_build(make: Callable[[], tfds.core.DatasetBuilder], expected: dict,
   if manual_dir is None:
     raise ValueError(
         f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
-        'config.data.manual_dir (prepare_data CLI: --manual_dir) to the Kaggle folder, or '
+        'config.data.manual_dir (--config.data.manual_dir=PATH) to the Kaggle folder, or '
         "use config.data.source='phantom'.")
   scan_folder(manual_dir, tuple(expected['class_names']))  # our messages for missing/empty
   builder.download_and_prepare(                               # folders, before TFDS's

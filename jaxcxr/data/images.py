@@ -34,7 +34,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 # Remedy appended to errors raised while preparing a dataset.
 PREPARE_REMEDY = ("Fix or delete the file, or set config.data.on_bad_image='skip' "
-                  "(prepare_data CLI: --on_bad_image=skip) to skip it; skips are counted and "
+                  "(--config.data.on_bad_image=skip) to skip it; skips are counted and "
                   "reported in the dataset metadata.")
 
 

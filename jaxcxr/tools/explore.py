@@ -442,8 +442,9 @@ def fill_prepared_settings(data_cfg) -> None:
   if not (folder / 'metadata.json').exists():
     raise FileNotFoundError(
         f'No prepared {data_cfg.builder_config} dataset in {data_dir} (looked for {folder}). '
-        'Prepare it with `python -m launch.prepare_data --manual_dir=<Kaggle folder> '
-        f'--data_dir={data_dir}`, or explore the folder itself with --manual_dir.')
+        'Prepare it with `python -m launch.prepare_data --config <config> '
+        f'--config.data.manual_dir=<Kaggle folder> --config.data.data_dir={data_dir}`, or explore '
+        'the folder itself (--config.data.manual_dir=<Kaggle folder>).')
   settings = json.loads((folder / 'metadata.json').read_text())['settings']
   data_cfg.source = 'folder'
   data_cfg.split_seed = int(settings['split_seed'])
@@ -603,7 +604,9 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   """Prepares/opens the dataset of `data_cfg`, writes the report to `out_dir`, returns its numbers.
 
   Args:
-    data_cfg: `config.data` (source, manual_dir / phantom, data_dir, image_size, augment, ...).
+    data_cfg: `config.data` (source, manual_dir / phantom, data_dir, image_size, augment, ...);
+      a folder source without manual_dir explores the dataset prepared in data_dir with its own
+      split settings (`fill_prepared_settings`).
     out_dir: created if needed; receives explore.md, explore.json and the figures.
     samples: sample images per class in samples.png.
     aug_draws: augmentation draws per record in augmentation.png.
@@ -615,6 +618,9 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   Returns:
     The dict written to explore.json.
   """
+  if data_cfg.source == 'folder' and not data_cfg.manual_dir:
+    data_cfg = data_cfg.copy_and_resolve_references()  # the caller's config stays as it was
+    fill_prepared_settings(data_cfg)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   handle = data_lib.prepare(data_cfg, progress=progress)
@@ -632,3 +638,14 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   (out / 'explore.json').write_text(json.dumps(report, indent=1))
   (out / 'explore.md').write_text(explore_plots.markdown(report))
   return report
+
+
+def summary_text(report: dict) -> str:
+  """The few lines a terminal shows of a report: split counts, epoch draws, duplicate groups."""
+  dup, epoch = report['duplicates'], report['epoch']
+  lines = [f'{split:>10}: {counts}' for split, counts in report['split_counts'].items()]
+  lines.append(f"epoch draws: none {epoch['none']}, oversample {epoch['oversample']}")
+  lines.append(f"duplicate groups: {dup['num_groups']} ({dup['exact_groups']} exact, "
+               f"{dup['near_groups']} near, {dup['cross_split_groups']} cross-split, "
+               f"{dup['cross_class_groups']} cross-class)")
+  return '\n'.join(lines)

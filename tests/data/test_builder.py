@@ -94,8 +94,9 @@ def test_mismatched_settings_detected_with_command(tmp_path):
   msg = str(e.value)
   assert 'settings.val_fraction: prepared 0.2, requested 0.3' in msg
   assert 'settings.stored_size: prepared 32, requested 48' in msg
-  assert 'python -m launch.prepare_data' in msg and '--val_fraction=0.3' in msg
-  assert '--stored_size=48' in msg and '--overwrite' in msg and str(folder) in msg
+  assert 'python -m launch.prepare_data --config ' in msg
+  assert '--config.data.val_fraction=0.3' in msg and '--config.data.split_seed=0' in msg
+  assert '--config.data.stored_size=48' in msg and '--overwrite' in msg and str(folder) in msg
   h = data_lib.prepare(cfg, overwrite=True, progress=False)
   assert h.class_counts['validation'] == [3, 3, 3] and h.stored_size == 48
   # Changed folder contents are detected too.
@@ -164,7 +165,7 @@ def test_bad_files_error_names_each_file(tmp_path):
     line = next(l for l in msg.splitlines() if l.strip().startswith(str(folder / 'COVID' /
                                                                         'images' / name)))
     assert reason in line, line
-  assert "on_bad_image='skip'" in msg and '--on_bad_image=skip' in msg
+  assert "on_bad_image='skip'" in msg and '--config.data.on_bad_image=skip' in msg
 
 
 def test_bad_files_skipped_counted_and_reported(tmp_path):

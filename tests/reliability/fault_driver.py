@@ -22,7 +22,6 @@ import os
 import sys
 import time
 
-from absl import app
 import jax.numpy as jnp
 
 from jaxcxr.training import steps
@@ -96,7 +95,8 @@ def install(spec: str) -> None:
 
 
 if __name__ == '__main__':
+  from launch import cli  # pylint: disable=g-import-not-at-top
   from launch import train as launch_train  # pylint: disable=g-import-not-at-top  (defines flags)
   install(os.environ.get(FAULT_ENV, ''))
   sys.argv[0] = 'launch.train'
-  app.run(launch_train.main, flags_parser=launch_train.parse_flags)
+  cli.run(launch_train.main)   # what launch/train.py's __main__ runs
