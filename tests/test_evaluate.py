@@ -147,6 +147,32 @@ def test_bootstrap_ci_seeded_and_sensible():
   assert width == pytest.approx(2 * 1.96 * se, rel=0.2)
 
 
+def test_per_class_ci_of_precision_recall_specificity():
+  rng = np.random.default_rng(2)
+  n = 600
+  labels = rng.integers(0, 3, n)
+  logits = rng.normal(size=(n, 3))
+  logits[np.arange(n), labels] += 1.5
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=1000, seed=0)
+  per_class = m['ci95']['per_class']
+  assert len(per_class) == 3
+  for c, name in enumerate(NAMES):
+    point = m['per_class'][name]
+    for key in ('precision', 'recall', 'specificity', 'f1'):
+      lo, hi = per_class[c][key]
+      assert lo < point[key] < hi, (name, key)
+    # Recall is a proportion over the class's ~200 examples, specificity over the ~400 others:
+    # their CI widths are about 2 * 1.96 * binomial se.
+    for key, count in (('recall', point['support']), ('specificity', n - point['support'])):
+      p = point[key]
+      width = per_class[c][key][1] - per_class[c][key][0]
+      assert width == pytest.approx(2 * 1.96 * math.sqrt(p * (1 - p) / count), rel=0.25)
+  # The report table shows them.
+  lo, hi = per_class[0]['specificity']
+  assert f'({lo:.3f}-{hi:.3f})' in report_lib.summary_table(m)
+
+
 def test_perfect_predictions_have_degenerate_ci():
   labels, probs = _from_confusion([[4, 0, 0], [0, 3, 0], [0, 0, 2]])
   m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=100)
@@ -195,7 +221,10 @@ def test_write_report_files(tmp_path):
   assert report['metrics']['accuracy'] == 0.75
   assert report['metrics']['confusion_matrix'] == [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
   md = (tmp_path / 'report.md').read_text()
-  assert '| COVID | 0.7143 | 0.8333 | 0.8000 | 0.7692 |' in md
+  ci = m['ci95']['per_class'][0]
+  cells = [f'{v:.4f} ({ci[k][0]:.3f}-{ci[k][1]:.3f})' for k, v in
+           (('precision', 0.7143), ('recall', 0.8333), ('specificity', 0.8), ('f1', 0.7692))]
+  assert '| COVID | ' + ' | '.join(cells) + ' |' in md
   assert '| Viral Pneumonia | 0 | 0 | 4 |' in md
 
 

@@ -82,7 +82,8 @@ def planted(tmp_path_factory):
 @pytest.fixture(scope='module')
 def folder_report(planted, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('explore_tfds')
-  cfg = _data_cfg(data_dir, source='folder', manual_dir=str(planted), on_bad_image='skip')
+  cfg = _data_cfg(data_dir, source='folder', manual_dir=str(planted), on_bad_image='skip',
+                  stored_size=SIZE)
   out = tmp_path_factory.mktemp('explore_out')
   report = explore.explore(cfg, out, samples=3, aug_draws=2, progress=False)
   return cfg, data_lib.prepare(cfg, progress=False), report, out

@@ -1,8 +1,13 @@
 """Train-time augmentation: one affine warp + a brightness/contrast lookup table, per record.
 
-Rotation, zoom, translation, the optional horizontal flip and the stored -> model-size resample are
-combined into ONE 2x3 matrix and applied with a single `cv2.warpAffine` (bilinear, black border:
-torchvision `RandomAffine(fill=0)`), so every pixel is interpolated once. Brightness and contrast are
+Rotation, zoom, translation, the optional horizontal flip and (when the stored side is not larger
+than the model's) the stored -> model-size resample are combined into ONE 2x3 matrix and applied
+with a single `cv2.warpAffine` (bilinear, black border: torchvision `RandomAffine(fill=0)`). A
+stored image LARGER than the model input (a dataset stored once at 224 px serving 128-224 px
+models) is first resized to the model size with the antialiased resize evaluation uses
+(`images.resize_grey`): a bilinear warp alone would alias when it shrinks by more than ~1.5x, and
+train and eval pixels would then differ. So a 128 px model sees the same training pixels whether
+the dataset was stored at 128 or at 224 px. Brightness and contrast are
 one affine intensity map applied through a 256-entry LUT:
 
   out = clip((x - mean(x)) * c + mean(x) + b * 255),  c ~ U(1 - contrast, 1 + contrast),
@@ -110,6 +115,8 @@ class TrainAugment(grain.transforms.RandomMap):
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     image = element['image']
+    if image.shape[0] > self.out_size:  # shrink antialiased first (see the module docstring)
+      image = images_lib.resize_grey(image, self.out_size)
     m, contrast, brightness = self.draw(rng, image.shape[0])
     out = warp(image, m, self.out_size)
     if contrast != 1.0 or brightness != 0.0:

@@ -47,6 +47,12 @@ FOLDER_ALIASES = {
     'Lung_Opacity': ('Lung_Opacity', 'Lung Opacity'),
 }
 
+# A folder prepared with `stored_size=0` is stored at this side (or at `image_size` when larger),
+# so experiments at any model resolution up to it reuse one prepared dataset: the loader resamples
+# stored -> image_size. 224 is the Kaggle images' usual working size (299 px originals) and the
+# ImageNet resolution of the fine-tuned models.
+DEFAULT_STORED_SIZE = 224
+
 _CITATION = """\
 @article{chowdhury2020can, title={Can AI help in screening Viral and COVID-19 pneumonia?},
   author={Chowdhury, M. E. H. and others}, journal={IEEE Access}, volume={8},
@@ -68,7 +74,7 @@ class PrepareSettings:
   split_seed: int = 0
   val_fraction: float = 0.15
   test_fraction: float = 0.15
-  stored_size: int = 224
+  stored_size: int = DEFAULT_STORED_SIZE
   on_bad_image: str = 'error'
   max_image_pixels: int = images_lib.DEFAULT_MAX_PIXELS
   num_threads: int = 0  # 0 -> os.cpu_count(); not part of the content
@@ -414,15 +420,28 @@ def validate_data_config(data_cfg) -> None:
                      "'skip'.")
   if int(data_cfg.image_size) <= 0 or int(data_cfg.stored_size) < 0:
     raise ValueError(f'config.data.image_size={data_cfg.image_size} must be > 0 and '
-                     f'stored_size={data_cfg.stored_size} >= 0 (0 = image_size).')
+                     f'stored_size={data_cfg.stored_size} >= 0 (0 = automatic: '
+                     f'max(image_size, {DEFAULT_STORED_SIZE}) for a folder, image_size for '
+                     'phantoms).')
   if data_cfg.source == 'phantom' and int(data_cfg.phantom.num_per_class) < 3:
     raise ValueError(f'config.data.phantom.num_per_class={data_cfg.phantom.num_per_class}; need '
                      '>= 3 so every split gets examples.')
 
 
 def stored_size(data_cfg) -> int:
-  """The stored image side for a data config (`stored_size`, 0 -> `image_size`)."""
-  return int(data_cfg.stored_size) or int(data_cfg.image_size)
+  """The stored image side for a data config: `stored_size` when set (> 0), else automatic.
+
+  Automatic (`stored_size=0`): a folder is stored at max(image_size, DEFAULT_STORED_SIZE), so a new
+  `image_size` up to 224 needs no re-preparation; phantom data is stored at `image_size` (it is
+  generated, and every phantom setting gets its own prepared dataset). A pure function of the
+  config, so training, inference and export agree without opening the dataset.
+  """
+  explicit = int(data_cfg.stored_size)
+  if explicit:
+    return explicit
+  if data_cfg.source == 'phantom':
+    return int(data_cfg.image_size)
+  return max(int(data_cfg.image_size), DEFAULT_STORED_SIZE)
 
 
 def settings_from_config(data_cfg, *, progress: bool = True) -> PrepareSettings:
@@ -464,6 +483,22 @@ def _mismatches(meta: dict, expected: dict) -> list[str]:
     elif have != want:
       out.append(f'{key}: prepared {have!r}, requested {want!r}')
   return out
+
+
+def _reuse_hint(meta: dict, expected: dict, data_cfg) -> str:
+  """When only the stored side differs and it can serve image_size, say how to reuse the data."""
+  have = (meta.get('settings') or {}).get('stored_size')
+  want = expected['settings']['stored_size']
+  others = {k: v for k, v in expected['settings'].items() if k != 'stored_size'}
+  same_otherwise = (all((meta.get('settings') or {}).get(k) == v for k, v in others.items()) and
+                    all(meta.get(k) == v for k, v in expected.items() if k != 'settings'))
+  if not same_otherwise or not isinstance(have, int) or have == want:
+    return ''
+  if have < int(data_cfg.image_size):
+    return (f'\n(The prepared images are {have} px, smaller than image_size='
+            f'{data_cfg.image_size}: re-prepare at a larger stored_size.)')
+  return (f'\nThe prepared {have} px images can serve image_size={data_cfg.image_size} (the '
+          f'loader resamples them): add --config.data.stored_size={have} to reuse them.')
 
 
 def _phantom_dir(data_dir: Path, data_cfg, class_names) -> Path:
@@ -519,11 +554,13 @@ def _open_or_build(make: Callable[[], tfds.core.DatasetBuilder], expected: dict,
     shutil.rmtree(dataset_dir)
     builder = make()
   if (dataset_dir / 'dataset_info.json').exists():
-    bad = _mismatches(dict(builder.info.metadata), expected)
+    meta = dict(builder.info.metadata)
+    bad = _mismatches(meta, expected)
     if bad:
       raise ValueError(
           f'The dataset in {dataset_dir} was prepared with other settings than config.data '
-          f'asks for:\n  ' + '\n  '.join(bad) + '\nRe-prepare it with:\n  '
+          f'asks for:\n  ' + '\n  '.join(bad) + _reuse_hint(meta, expected, data_cfg) +
+          '\nRe-prepare it with:\n  '
           f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
           'values, or point config.data.data_dir at another folder.')
     return builder

@@ -2,8 +2,10 @@
 
 Host side (uint8 all the way, 4x less to move than float32):
   file -> `images.decode_grey` (any mode -> 8-bit grey, see jaxcxr.data.images)
-       -> `images.resize_grey` to the stored size (dataset preparation)
-       -> to `image_size` (train: inside the augmentation warp; eval/inference: `resize_grey`)
+       -> `images.resize_grey` to the stored size (dataset preparation; automatic: 224 px for a
+          folder, so one prepared dataset serves every model size up to 224)
+       -> to `image_size` (eval/inference: `resize_grey`; train: inside the augmentation warp,
+          after a `resize_grey` when the stored side is larger, see jaxcxr.data.augment)
        -> uint8 (S, S, 1).
 Device side, inside the jitted steps: `to_model_input` casts to [0, 1], repeats grey to 3 channels
 and normalises with the torchvision ImageNet mean/std (what the pretrained weights expect).

@@ -4,9 +4,16 @@ The training stream is a Grain `MapDataset` of infinite length whose position `g
 `(epoch, pos) = divmod(g, N)` with N = number of training examples; epoch e is one array of N record
 indices drawn from `(seed, e)`:
 
+- `'balanced'`: exactly N / K draws of each of the K classes present (the remainder rotates over
+  the classes from epoch to epoch), WITHOUT replacement: each class reads its own endless stream of
+  permutations of its records (`class_stream`), epoch after epoch, and the epoch's draws are then
+  shuffled together. A class with more than N / K records is read in turn over several epochs
+  (every record once before any record twice); a smaller class is repeated only as often as
+  needed (each record floor or ceil(N / K / count) times). When the classes are balanced, an epoch
+  is a permutation of range(N): every record once.
 - `'oversample'`: N draws WITH replacement, P(i) proportional to 1 / count(class of i) (PyTorch
   `WeightedRandomSampler(weights, N, replacement=True)` semantics: every class is drawn equally
-  often in expectation);
+  often in expectation, but an epoch sees only ~1 - 1/e = 63% of a balanced class's records);
 - `'none'` / `'class_weighted_loss'`: a permutation of range(N).
 
 Hosts split the global stream in contiguous per-batch blocks: global batch k is stream positions
@@ -21,7 +28,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-SAMPLING_MODES = ('oversample', 'none', 'class_weighted_loss')
+SAMPLING_MODES = ('balanced', 'oversample', 'none', 'class_weighted_loss')
 SPLITS = ('train', 'validation', 'test')
 
 
@@ -77,11 +84,56 @@ def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fractio
   return out
 
 
+def class_quota(num_draws: int, num_classes: int, c: int, epoch: int) -> int:
+  """Draws of the c-th of `num_classes` classes in `epoch`: N // K, +1 for N % K classes in turn."""
+  q, r = divmod(num_draws, num_classes)
+  return q + int((c - epoch) % num_classes < r)
+
+
+def _quota_before(num_draws: int, num_classes: int, c: int, epoch: int) -> int:
+  """Sum of `class_quota` over epochs 0 .. epoch - 1 (where the class's stream is at)."""
+  q, r = divmod(num_draws, num_classes)
+  full, rest = divmod(epoch, num_classes)
+  extra = sum((c - e) % num_classes < r for e in range(rest))
+  return epoch * q + full * r + extra
+
+
+def class_stream(members: np.ndarray, start: int, count: int, *, seed: int,
+                 label: int) -> np.ndarray:
+  """Positions [start, start + count) of a class's endless stream of record indices.
+
+  The stream concatenates permutations of `members` (cycle k drawn from (seed, label, k)): each
+  record is drawn once per cycle, so a window inside one cycle never repeats a record (one that
+  straddles two cycles may).
+  """
+  n = len(members)
+  out = []
+  for cycle in range(start // n, (start + count - 1) // n + 1):
+    perm = members[np.random.default_rng([seed, label, cycle]).permutation(n)]
+    lo, hi = max(start - cycle * n, 0), min(start + count - cycle * n, n)
+    out.append(perm[lo:hi])
+  return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _balanced_epoch(labels: np.ndarray, num_classes: int, seed: int, epoch: int) -> np.ndarray:
+  present = [c for c in range(num_classes) if np.any(labels == c)]
+  n, k = len(labels), len(present)
+  draws = []
+  for j, c in enumerate(present):
+    members = np.flatnonzero(labels == c)
+    draws.append(class_stream(members, _quota_before(n, k, j, epoch), class_quota(n, k, j, epoch),
+                              seed=seed, label=c))
+  draws = np.concatenate(draws)
+  return draws[np.random.default_rng([seed, epoch]).permutation(len(draws))]
+
+
 def epoch_indices(labels: np.ndarray, num_classes: int, *, mode: str, seed: int,
                   epoch: int) -> np.ndarray:
   """The N record indices of training epoch `epoch` (see the module docstring), int64 (N,)."""
   labels = np.asarray(labels)
   n = len(labels)
+  if mode == 'balanced':
+    return _balanced_epoch(labels, num_classes, seed, epoch).astype(np.int64)
   rng = np.random.default_rng([seed, epoch])
   if mode == 'oversample':
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)

@@ -95,15 +95,17 @@ def _weighted_auc(weights: np.ndarray, positive: np.ndarray, scores: np.ndarray)
 
 def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0,
                  level: float = CI_LEVEL) -> dict:
-  """Percentile bootstrap CIs for accuracy, macro F1 and macro one-vs-rest AUC.
+  """Percentile bootstrap CIs for accuracy, macro F1 / AUC and per-class precision, recall, ...
 
   Each resample of the N examples (with replacement) is a row of multinomial counts, so the
   statistics of all resamples are weighted sums. A class with no positives (or negatives) in a
-  resample is left out of that resample's macro AUC.
+  resample is left out of that resample's macro AUC; a per-class ratio whose denominator is 0 in
+  a resample (e.g. precision of a class never predicted) is left out of that class's interval.
 
   Returns:
-    {'accuracy': [lo, hi], 'macro_f1': [lo, hi], 'macro_auc': [lo, hi], 'n_bootstrap', 'level',
-     'seed'}.
+    {'accuracy': [lo, hi], 'macro_f1': [lo, hi], 'macro_auc': [lo, hi],
+     'per_class': [{'precision', 'recall', 'specificity', 'f1': [lo, hi]} per class index],
+     'n_bootstrap', 'level', 'seed'}.
   """
   n, c = probs.shape
   rng = np.random.default_rng(seed)
@@ -125,8 +127,26 @@ def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n_bootstrap: int = 10
     return [float(v) for v in np.percentile(x, q)] if x.size else [math.nan, math.nan]
 
   return {'accuracy': interval(acc), 'macro_f1': interval(macro_f1),
-          'macro_auc': interval(macro_auc), 'n_bootstrap': n_bootstrap, 'level': level,
-          'seed': seed}
+          'macro_auc': interval(macro_auc),
+          'per_class': _per_class_intervals(weights, y_onehot, p_onehot, interval),
+          'n_bootstrap': n_bootstrap, 'level': level, 'seed': seed}
+
+
+def _per_class_intervals(weights: np.ndarray, y_onehot: np.ndarray, p_onehot: np.ndarray,
+                         interval) -> list[dict]:
+  """Per-class precision / recall / specificity / F1 intervals from the resample weights."""
+  n = weights.sum(axis=1, keepdims=True)                 # (B, 1): N in every resample
+  tp = weights @ (y_onehot * p_onehot)                    # (B, C)
+  support = weights @ y_onehot
+  predicted = weights @ p_onehot
+  fp = predicted - tp
+  negatives = n - support                                 # tn + fp
+  with np.errstate(invalid='ignore', divide='ignore'):
+    stats_ = {'precision': tp / predicted, 'recall': tp / support,
+              'specificity': (negatives - fp) / negatives,
+              'f1': 2 * tp / (support + predicted)}
+  return [{k: interval(np.where(np.isfinite(v[:, c]), v[:, c], np.nan)) for k, v in stats_.items()}
+          for c in range(y_onehot.shape[1])]
 
 
 def compute_metrics(labels, probs, class_names: Sequence[str], *, n_bootstrap: int = 1000,

@@ -46,12 +46,23 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 
 def summary_table(metrics: dict) -> str:
-  """Per-class and macro metrics as a Markdown table (also readable on a terminal)."""
+  """Per-class and macro metrics as a Markdown table (also readable on a terminal).
+
+  With bootstrap CIs, per-class precision / recall / specificity / F1 carry their 95% interval.
+  """
   rows = ['| class | precision | recall (sens.) | specificity | F1 | ROC-AUC | support |',
           '|---|---:|---:|---:|---:|---:|---:|']
-  for name, m in metrics['per_class'].items():
-    rows.append(f'| {name} | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
-                f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | {m["support"]} |')
+  per_class_ci = (metrics.get('ci95') or {}).get('per_class')
+  for c, (name, m) in enumerate(metrics['per_class'].items()):
+    ci = per_class_ci[c] if per_class_ci else {}
+
+    def cell(key, m=m, ci=ci):
+      if key not in ci:
+        return _fmt(m[key])
+      lo, hi = ci[key]
+      return f'{_fmt(m[key])} ({_fmt(lo, 3)}-{_fmt(hi, 3)})'
+    rows.append(f'| {name} | {cell("precision")} | {cell("recall")} | {cell("specificity")} | '
+                f'{cell("f1")} | {_fmt(m["auc"])} | {m["support"]} |')
   m = metrics['macro']
   rows.append(f'| **macro** | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
               f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | '
@@ -83,7 +94,8 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> s
             f'| expected calibration error ({metrics["calibration"]["n_bins"]} bins) | '
             f'{_fmt(metrics["calibration"]["ece"])} |', '']
   if ci:
-    lines += [f'CIs: percentile bootstrap, {ci["n_bootstrap"]} resamples, seed {ci["seed"]}.', '']
+    lines += [f'CIs: percentile bootstrap, {ci["n_bootstrap"]} resamples, seed {ci["seed"]}; '
+              'per-class values in the table below carry theirs in brackets.', '']
   lines += ['## Per class', '', summary_table(metrics), '',
             '## Confusion matrix (rows: true, columns: predicted)', '',
             '| true \\ predicted | ' + ' | '.join(names) + ' |',

@@ -15,7 +15,7 @@ EPOCH_METRICS = ('val_loss', 'val_accuracy', 'val_macro_f1', 'val_macro_auc')
 _CHOICES = {
     'data.source': ('phantom', 'folder'),
     'data.builder_config': ('3class', '4class'),
-    'data.sampling': ('oversample', 'none', 'class_weighted_loss'),
+    'data.sampling': ('balanced', 'oversample', 'none', 'class_weighted_loss'),
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),
     'optim.name': optim.OPTIMIZERS,

@@ -70,6 +70,25 @@ def test_random_map_deterministic_per_rng_and_neutral_when_zero():
   np.testing.assert_array_equal(out['image'][..., 0], g)
 
 
+def test_larger_stored_image_is_shrunk_like_eval_before_the_warp():
+  # A dataset stored at 224 px serving a 128 px model: with neutral augmentation the training
+  # pixels are exactly the eval resize (antialiased), not an aliased bilinear warp of 224 px.
+  from jaxcxr.data import images  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  stripes = np.where(np.arange(224) % 2 == 0, 255, 0).astype(np.uint8)[None, :].repeat(224, 0)
+  neutral = augment.TrainAugment(_params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0,
+                                         brightness=0.0, contrast=0.0), 128)
+  out = neutral.random_map({'image': stripes, 'label': 0}, rng)['image'][..., 0]
+  np.testing.assert_array_equal(out, images.resize_grey(stripes, 128))
+  assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 30   # 1-px stripes average out
+  # Augmented: the same draw on the 224 px record and on its 128 px resize gives the same pixels.
+  t = augment.TrainAugment(_params(), 128)
+  a = t.random_map({'image': stripes, 'label': 0}, np.random.default_rng(3))['image']
+  b = t.random_map({'image': images.resize_grey(stripes, 128), 'label': 0},
+                   np.random.default_rng(3))['image']
+  np.testing.assert_array_equal(a, b)
+
+
 def test_hflip_only_when_enabled():
   img = _dot(33, 21, 16)
   neutral = dict(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0)

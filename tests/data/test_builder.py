@@ -28,7 +28,7 @@ def test_prepare_counts_splits_metadata(tmp_path):
   folder = helpers.make_folder(tmp_path / 'kaggle', THREE, size=16)
   helpers.save_png(folder / 'COVID' / 'masks' / 'COVID-1.png', np.zeros((4, 4), np.uint8))
   (folder / 'COVID.metadata.xlsx').write_bytes(b'ignored')
-  cfg, h = _prepare(tmp_path, folder, val_fraction=0.2, test_fraction=0.2)
+  cfg, h = _prepare(tmp_path, folder, val_fraction=0.2, test_fraction=0.2, stored_size=32)
   assert h.name == 'covid19_radiography' and h.class_names == ('COVID', 'Normal', 'Viral Pneumonia')
   assert h.num_classes == 3 and h.stored_size == 32
   assert h.class_counts == {'train': [6, 6, 6], 'validation': [2, 2, 2], 'test': [2, 2, 2]}
@@ -87,7 +87,7 @@ def test_splits_deterministic_and_duplicates_never_cross(tmp_path):
 
 def test_mismatched_settings_detected_with_command(tmp_path):
   folder = helpers.make_folder(tmp_path / 'kaggle', THREE)
-  cfg, _ = _prepare(tmp_path, folder, val_fraction=0.2)
+  cfg, _ = _prepare(tmp_path, folder, val_fraction=0.2, stored_size=32)
   cfg.val_fraction, cfg.stored_size = 0.3, 48
   with pytest.raises(ValueError) as e:
     data_lib.prepare(cfg, progress=False)
@@ -103,6 +103,33 @@ def test_mismatched_settings_detected_with_command(tmp_path):
   helpers.save_png(folder / 'COVID' / 'images' / 'COVID-99.png', np.ones((16, 16), np.uint8))
   with pytest.raises(ValueError, match=r'source_fingerprint.num_files: prepared 30, requested 31'):
     data_lib.prepare(cfg, progress=False)
+
+
+def test_new_image_size_reuses_the_prepared_folder(tmp_path):
+  # stored_size=0 (automatic): a folder is stored once at 224 px and serves every model size up
+  # to 224 without re-preparation; the loader resamples.
+  folder = helpers.make_folder(tmp_path / 'kaggle', THREE, size=40)
+  cfg, h = _prepare(tmp_path, folder, image_size=64)
+  assert h.stored_size == builder.DEFAULT_STORED_SIZE == 224
+  assert h.source('train')[0]['image'].shape == (224, 224)
+  for size in (128, 192, 32):
+    cfg.image_size = size
+    assert builder.stored_size(cfg) == 224
+    h2 = data_lib.prepare(cfg, progress=False)
+    assert h2.dataset_dir == h.dataset_dir and h2.stored_size == 224
+    assert h2.filenames('test') == h.filenames('test')
+  # Larger than the stored side: that needs larger stored images, and the message says so.
+  cfg.image_size = 256
+  with pytest.raises(ValueError, match=r'stored_size: prepared 224, requested 256[\s\S]*smaller '
+                     r'than image_size=256[\s\S]*--stored_size=256'):
+    data_lib.prepare(cfg, progress=False)
+  # A folder prepared at an explicit larger side: the message says how to reuse it.
+  cfg.image_size, cfg.stored_size = 128, 160
+  with pytest.raises(ValueError, match=r'can serve image_size=128.*--config.data.stored_size=224'):
+    data_lib.prepare(cfg, progress=False)
+  # Phantoms stay stored at image_size (generated per setting; the default run is unchanged).
+  pcfg = helpers.data_config(tmp_path / 'tfds', image_size=24)
+  assert builder.stored_size(pcfg) == 24
 
 
 def test_phantom_and_real_do_not_collide(tmp_path):
@@ -170,7 +197,7 @@ def test_bad_files_error_names_each_file(tmp_path):
 
 def test_bad_files_skipped_counted_and_reported(tmp_path):
   folder = _bad_folder(tmp_path)
-  _, h = _prepare(tmp_path, folder, on_bad_image='skip')
+  _, h = _prepare(tmp_path, folder, on_bad_image='skip', stored_size=32)
   skipped = {s['file'].split('/')[-1]: s['reason'] for s in h.metadata['skipped']}
   assert set(skipped) == set(BAD)
   for name, reason in BAD.items():

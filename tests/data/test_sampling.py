@@ -48,9 +48,75 @@ def test_oversample_is_with_replacement_and_reseeded_per_epoch():
 
 
 def test_unknown_mode():
-  with pytest.raises(ValueError, match="sampling='balanced'.*oversample"):
+  with pytest.raises(ValueError, match="sampling='weighted'.*balanced.*oversample"):
     sampling.EpochResampleMapDataset(grain.MapDataset.range(120), LABELS_10_1_1, 3,
-                                     mode='balanced', seed=0)
+                                     mode='weighted', seed=0)
+
+
+def _balanced(labels, epoch, seed=0, num_classes=3):
+  return sampling.epoch_indices(np.asarray(labels), num_classes, mode='balanced', seed=seed,
+                                epoch=epoch)
+
+
+def test_balanced_on_balanced_classes_is_a_permutation_every_epoch():
+  labels = np.repeat([0, 1, 2], 30)
+  epochs = [_balanced(labels, e, seed=3) for e in range(4)]
+  for idx in epochs:
+    assert sorted(idx.tolist()) == list(range(90))   # every record exactly once
+  assert not np.array_equal(epochs[0], epochs[1])    # reshuffled per epoch
+  np.testing.assert_array_equal(epochs[2], _balanced(labels, 2, seed=3))  # deterministic
+
+
+def test_balanced_10_1_1_exact_counts():
+  labels = LABELS_10_1_1                             # 100 / 10 / 10, N = 120 -> 40 per class
+  major = np.flatnonzero(labels == 0)
+  epochs = [_balanced(labels, e, seed=5) for e in range(5)]
+  for idx in epochs:
+    assert len(idx) == 120
+    assert np.bincount(labels[idx], minlength=3).tolist() == [40, 40, 40]
+    # Minority records: each exactly 40 / 10 = 4 times, no more, no fewer.
+    for c in (1, 2):
+      assert set(np.bincount(idx, minlength=120)[labels == c].tolist()) == {4}
+  # The majority class is read without replacement across epochs: 40 new records per epoch
+  # (80 distinct in epochs 0-1, all 100 seen by the end of epoch 2), each exactly twice over
+  # 5 epochs (200 draws). Epoch 2 straddles two permutations and may repeat a record.
+  majority = [set(idx[labels[idx] == 0].tolist()) for idx in epochs]
+  assert [len(m) for m in majority[:2]] == [40, 40]
+  assert len(majority[0] | majority[1]) == 80 and majority[0] | majority[1] | majority[2] == set(
+      major.tolist())
+  drawn = np.concatenate([idx[labels[idx] == 0] for idx in epochs])
+  assert np.bincount(drawn, minlength=120)[major].tolist() == [2] * 100
+
+
+def test_balanced_remainder_rotates_and_absent_classes_are_skipped():
+  labels = np.array([0] * 7 + [1] * 5 + [2] * 2)      # N = 14, K = 3: 4 each + 2 extra
+  per_epoch = [np.bincount(labels[_balanced(labels, e)], minlength=3).tolist() for e in range(3)]
+  assert per_epoch == [[5, 5, 4], [4, 5, 5], [5, 4, 5]]
+  # Class 2 (2 records) gets 4, 5, 5 draws: each record 2, then 2-3, then 2-3 times.
+  counts = np.bincount(_balanced(labels, 0), minlength=14)
+  assert counts[12:].tolist() == [2, 2]
+  # A class with no training records (label 1 of 3) takes no share.
+  sparse = np.array([0] * 6 + [2] * 3)
+  idx = _balanced(sparse, 0)
+  assert np.bincount(sparse[idx], minlength=3).tolist() == [5, 0, 4]
+  assert sorted(set(idx[sparse[idx] == 2].tolist())) == [6, 7, 8]
+
+
+def test_balanced_stream_matches_epoch_indices():
+  ds = sampling.EpochResampleMapDataset(grain.MapDataset.range(120), LABELS_10_1_1, 3,
+                                        mode='balanced', seed=7)
+  want = np.concatenate([_balanced(LABELS_10_1_1, e, seed=7) for e in range(3)])
+  assert [ds[g] for g in range(360)] == want.tolist()
+
+
+def test_oversample_sees_about_63_percent_of_a_balanced_class():
+  # Why 'balanced' exists: with replacement, an epoch of a balanced set misses ~1/e of it.
+  labels = np.repeat([0, 1, 2], 280)
+  idx = sampling.epoch_indices(labels, 3, mode='oversample', seed=0, epoch=0)
+  distinct = [len(set(idx[labels[idx] == c].tolist())) for c in range(3)]
+  assert all(150 < d < 200 for d in distinct), distinct
+  assert [len(set(_balanced(labels, 0)[labels[_balanced(labels, 0)] == c].tolist()))
+          for c in range(3)] == [280] * 3
 
 
 def test_host_blocks_disjoint_and_cover():
