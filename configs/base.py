@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn_bn'      # any of jaxcxr.models.NAMES
   c.model.pretrained = ''      # dir written by `python -m launch.convert` ('' = random init)
-  c.model.dtype = 'float32'    # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  c.model.dtype = 'auto'       # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU), 'float32', 'bfloat16'
   c.model.dropout = -1.0       # -1 keeps the architecture's default (VGG: 0.5)
   c.model.memory_efficient = False  # DenseNet: rematerialise concat+bottleneck
 

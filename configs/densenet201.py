@@ -12,7 +12,7 @@ test accuracy in the high 90s and read the real number in WORKDIR/results.json a
       --out ~/.cache/jaxcxr/weights/densenet201
   python -m launch.train --config configs/densenet201.py --workdir workdirs/densenet201 \
       --config.data.manual_dir=/data/COVID-19_Radiography_Dataset
-  # accelerators: configs/densenet201.py:bf16 computes in bfloat16 (params stay float32)
+  # the default dtype "auto" computes in bfloat16 on GPU/TPU, float32 on CPU (:bf16 forces bf16)
   # CPU smoke run (phantom data, 32 px, random init, 3 steps, stand-in model; see below):
   python -m launch.train --config configs/densenet201.py:runlocal --workdir /tmp/dn201
 
@@ -73,7 +73,7 @@ def fine_tune_config(arch: str, args: set[str]):
   c = base.get_base_config()
   c.model.name = arch
   c.model.pretrained = weights_dir(arch)
-  c.model.dtype = 'bfloat16' if 'bf16' in args else 'float32'
+  c.model.dtype = 'bfloat16' if 'bf16' in args else 'auto'
   c.data.source = 'folder'
   c.data.builder_config = '3class'
   c.data.image_size = 224

@@ -17,7 +17,7 @@ _CHOICES = {
     'data.builder_config': ('3class', '4class'),
     'data.sampling': ('balanced', 'oversample', 'none', 'class_weighted_loss'),
     'data.on_bad_image': ('error', 'skip'),
-    'model.dtype': ('float32', 'bfloat16'),
+    'model.dtype': ('auto', 'float32', 'bfloat16'),
     'optim.name': optim.OPTIMIZERS,
     'optim.schedule': optim.SCHEDULES,
     'train.param_sharding': ('replicated', 'fsdp'),

@@ -107,7 +107,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   class_weights = None
   if config.data.sampling == 'class_weighted_loss':
     class_weights = jnp.asarray(loader.class_weights(handle), jnp.float32)
-  dtype = jnp.dtype(config.model.dtype)
+  dtype = state_lib.compute_dtype(config)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights),

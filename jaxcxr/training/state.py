@@ -1,6 +1,7 @@
 """The model of a config and its train state: build, initialise, load converted weights.
 
-`build_model` is the one place a config becomes a Flax module; `create_train_state` makes a fresh
+`build_model` is the one place a config becomes a Flax module (and `compute_dtype` the one place
+`config.model.dtype` is resolved); `create_train_state` makes a fresh
 `TrainState` (random init, then converted ImageNet weights when `config.model.pretrained`).
 """
 
@@ -30,10 +31,25 @@ def class_names_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return builder.class_names_for(config.data.builder_config)
 
 
+# Backends whose matrix units run bfloat16 at (at least) twice the float32 rate.
+_BF16_BACKENDS = ('gpu', 'cuda', 'rocm', 'tpu')
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The compute dtype of `config.model.dtype` on this backend (params always stay float32).
+
+  'auto' is bfloat16 on GPU and TPU (tensor cores / MXU) and float32 on CPU, where bfloat16 is
+  emulated and slower; 'float32' and 'bfloat16' are taken as given.
+  """
+  if config.model.dtype == 'auto':
+    return jnp.dtype(jnp.bfloat16 if jax.default_backend() in _BF16_BACKENDS else jnp.float32)
+  return jnp.dtype(config.model.dtype)
+
+
 def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, tuple[str, ...]]:
   """The Flax module of `config.model` and the class names it predicts."""
   names = class_names_for(config)
-  overrides = {'dtype': jnp.dtype(config.model.dtype)}
+  overrides = {'dtype': compute_dtype(config)}
   if config.model.dropout >= 0:
     overrides['dropout_rate'] = config.model.dropout
   if config.model.memory_efficient:
