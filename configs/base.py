@@ -1,11 +1,20 @@
-"""Defaults shared by every experiment config.
+"""Defaults and helpers shared by every experiment config.
 
 Each experiment file (`configs/<name>.py`) calls `get_base_config()` and overrides what differs, so
 every key a launcher accepts exists here and `ml_collections` can lock the config (a mistyped
-`--config.x.y` override is then an error that names the key).
+`--config.x.y` override is then an error that names the key). `parse_arg` reads the `:arg` of
+`--config configs/<name>.py:arg` and rejects args the file does not know; `fine_tune_config` is
+the recipe of the torchvision models (configs/densenet201.py gives the reasons) and
+`shrink_for_cpu` the `runlocal` smoke run.
 """
 
+import os
+
 import ml_collections
+
+# runlocal's stand-ins: small CNNs that compile in seconds on CPU. cnn_small (conv/ReLU/max-pool,
+# no BatchNorm) is VGG's design in miniature; cnn_bn stands in for the BatchNorm networks.
+RUNLOCAL_STANDIN = {'vgg19': 'cnn_small', 'resnet101': 'cnn_bn', 'densenet201': 'cnn_bn'}
 
 
 def get_data_config() -> ml_collections.ConfigDict:
@@ -105,3 +114,72 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.bootstrap = 1000       # resamples for the 95% confidence intervals
   c.eval.split = 'test'
   return c
+
+
+def parse_arg(arg: str, path: str, allowed: tuple[str, ...] = ('runlocal', 'bf16')) -> set[str]:
+  """The comma-separated args of `--config PATH:arg`; an arg not in `allowed` is a ValueError."""
+  args = set(filter(None, arg.split(',')))
+  unknown = args - set(allowed)
+  if unknown:
+    known = ' and/or '.join(allowed) if allowed else 'none (no arg)'
+    raise ValueError(f'{path}: unknown arg(s) {sorted(unknown)}; known args: {known}.')
+  return args
+
+
+def weights_dir(arch: str) -> str:
+  """Where `python -m launch.convert --arch ARCH ... --out` puts converted weights by default."""
+  root = os.environ.get('JAXCXR_WEIGHTS_DIR', '~/.cache/jaxcxr/weights')
+  return os.path.join(os.path.expanduser(root), arch)
+
+
+def fine_tune_config(arch: str, args: set[str]) -> ml_collections.ConfigDict:
+  """The fine-tuning recipe of the torchvision models (configs/densenet201.py explains it)."""
+  c = get_base_config()
+  c.model.name = arch
+  c.model.pretrained = weights_dir(arch)
+  c.model.dtype = 'bfloat16' if 'bf16' in args else 'auto'
+  c.data.source = 'folder'
+  c.data.builder_config = '3class'
+  c.data.image_size = 224
+  c.data.sampling = 'oversample'
+  c.data.num_workers = 8
+  c.train.batch_size = 32
+  c.train.num_epochs = 20
+  c.train.label_smoothing = 0.1
+  c.train.log_every_steps = 50
+  c.optim.name = 'adamw'
+  c.optim.learning_rate = 1e-3
+  c.optim.backbone_lr_mult = 0.1
+  c.optim.weight_decay = 0.05
+  c.optim.schedule = 'cosine'
+  c.optim.warmup_epochs = 1.0
+  c.optim.min_lr_ratio = 0.01
+  c.early_stopping.metric = 'val_macro_f1'
+  c.early_stopping.mode = 'max'
+  c.early_stopping.patience = 5
+  c.checkpoint.every_steps = 500
+  c.eval.batch_size = 64
+  if 'runlocal' in args:
+    shrink_for_cpu(c)
+    c.model.name = RUNLOCAL_STANDIN.get(arch, arch)
+  return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
+  """A CPU smoke run: phantom data, 32 px, random init, one short epoch (about a minute)."""
+  c.model.pretrained = ''
+  c.model.dtype = 'float32'
+  c.data.source = 'phantom'
+  c.data.image_size = 32
+  c.data.phantom.image_size = 32
+  c.data.phantom.num_per_class = 16
+  c.data.num_workers = 0
+  c.train.batch_size = 8
+  c.train.num_epochs = 1
+  c.train.max_steps = 3
+  c.train.log_every_steps = 1
+  c.optim.warmup_epochs = 0.0
+  c.eval.batch_size = 8
+  c.eval.bootstrap = 20
+  c.checkpoint.every_steps = 100
+  c.checkpoint.async_save = False

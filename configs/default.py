@@ -27,12 +27,10 @@ def get_config(arg: str = ''):
   c.optim.warmup_epochs = 0.5
   c.early_stopping.patience = 6
   c.checkpoint.every_steps = 100
-  if arg == 'runlocal':
+  if 'runlocal' in base.parse_arg(arg, 'configs/default.py', allowed=('runlocal',)):
     c.data.phantom.num_per_class = 60
     c.data.image_size = 64
     c.train.num_epochs = 2
     c.eval.bootstrap = 100
-  elif arg:
-    raise ValueError(f'configs/default.py: unknown arg {arg!r}; use "" or "runlocal".')
   c.lock()
   return c

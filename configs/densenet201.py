@@ -35,8 +35,8 @@ Hyperparameters, and why:
   raise it.
 
 `runlocal` is a CPU smoke run of the config's machinery (phantom data, 32 px, random init, one
-epoch capped at 3 steps) with a small **stand-in model** (`RUNLOCAL_STANDIN`): on the 2-core CPU
-this was written on (shared, load ~9), XLA spent over 13 minutes compiling DenseNet201's train
+epoch capped at 3 steps) with a small **stand-in model** (`base.RUNLOCAL_STANDIN`): on the 2-core
+CPU this was written on (shared, load ~9), XLA spent over 13 minutes compiling DenseNet201's train
 step without finishing, ResNet101's runlocal took 330 s and VGG19's 220 s (1.7 GB checkpoints),
 while a stand-in trial takes about a minute. Add `--config.model.name=densenet201` to smoke-test
 the real architecture anyway.
@@ -44,84 +44,12 @@ the real architecture anyway.
 Args (comma-separated after a colon): `runlocal` (CPU smoke run), `bf16`.
 """
 
-import os
-
 from configs import base
 
 ARCH = 'densenet201'
-# runlocal's stand-ins: small CNNs that compile in seconds on CPU. cnn_small (conv/ReLU/max-pool,
-# no BatchNorm) is VGG's design in miniature; cnn_bn stands in for the BatchNorm networks.
-RUNLOCAL_STANDIN = {'vgg19': 'cnn_small', 'resnet101': 'cnn_bn', 'densenet201': 'cnn_bn'}
-
-
-def weights_dir(arch: str) -> str:
-  """Where `python -m launch.convert --arch ARCH ... --out` puts converted weights by default."""
-  root = os.environ.get('JAXCXR_WEIGHTS_DIR', '~/.cache/jaxcxr/weights')
-  return os.path.join(os.path.expanduser(root), arch)
-
-
-def parse_arg(arg: str, path: str) -> set[str]:
-  args = set(filter(None, arg.split(',')))
-  unknown = args - {'runlocal', 'bf16'}
-  if unknown:
-    raise ValueError(f'{path}: unknown arg(s) {sorted(unknown)}; use runlocal and/or bf16.')
-  return args
-
-
-def fine_tune_config(arch: str, args: set[str]):
-  """The shared fine-tuning recipe of the torchvision models (see the docstring above)."""
-  c = base.get_base_config()
-  c.model.name = arch
-  c.model.pretrained = weights_dir(arch)
-  c.model.dtype = 'bfloat16' if 'bf16' in args else 'auto'
-  c.data.source = 'folder'
-  c.data.builder_config = '3class'
-  c.data.image_size = 224
-  c.data.sampling = 'oversample'
-  c.data.num_workers = 8
-  c.train.batch_size = 32
-  c.train.num_epochs = 20
-  c.train.label_smoothing = 0.1
-  c.train.log_every_steps = 50
-  c.optim.name = 'adamw'
-  c.optim.learning_rate = 1e-3
-  c.optim.backbone_lr_mult = 0.1
-  c.optim.weight_decay = 0.05
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_epochs = 1.0
-  c.optim.min_lr_ratio = 0.01
-  c.early_stopping.metric = 'val_macro_f1'
-  c.early_stopping.mode = 'max'
-  c.early_stopping.patience = 5
-  c.checkpoint.every_steps = 500
-  c.eval.batch_size = 64
-  if 'runlocal' in args:
-    shrink_for_cpu(c)
-    c.model.name = RUNLOCAL_STANDIN.get(arch, arch)
-  return c
-
-
-def shrink_for_cpu(c) -> None:
-  """A CPU smoke run: phantom data, 32 px, random init, one short epoch (about a minute)."""
-  c.model.pretrained = ''
-  c.model.dtype = 'float32'
-  c.data.source = 'phantom'
-  c.data.image_size = 32
-  c.data.phantom.image_size = 32
-  c.data.phantom.num_per_class = 16
-  c.data.num_workers = 0
-  c.train.batch_size = 8
-  c.train.num_epochs = 1
-  c.train.max_steps = 3
-  c.train.log_every_steps = 1
-  c.optim.warmup_epochs = 0.0
-  c.eval.batch_size = 8
-  c.eval.bootstrap = 20
-  c.checkpoint.every_steps = 100
-  c.checkpoint.async_save = False
 
 
 def get_config(arg: str = ''):
-  c = fine_tune_config(ARCH, parse_arg(arg, 'configs/densenet201.py'))
+  c = base.fine_tune_config(ARCH, base.parse_arg(arg, 'configs/densenet201.py'))
   c.lock()
   return c

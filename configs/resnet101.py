@@ -23,12 +23,12 @@ XLA compilation); `--config.model.name=resnet101` on top of `runlocal` runs the 
 Args (comma-separated after a colon): `runlocal` (CPU smoke run), `bf16`.
 """
 
-from configs import densenet201
+from configs import base
 
 ARCH = 'resnet101'
 
 
 def get_config(arg: str = ''):
-  c = densenet201.fine_tune_config(ARCH, densenet201.parse_arg(arg, 'configs/resnet101.py'))
+  c = base.fine_tune_config(ARCH, base.parse_arg(arg, 'configs/resnet101.py'))
   c.lock()
   return c

@@ -22,11 +22,10 @@ Args (comma-separated after a colon): `runlocal` (CPU smoke run), `bf16`.
 """
 
 from configs import base
-from configs import densenet201
 
 
 def get_config(arg: str = ''):
-  args = densenet201.parse_arg(arg, 'configs/scratch_cnn.py')
+  args = base.parse_arg(arg, 'configs/scratch_cnn.py')
   c = base.get_base_config()
   c.model.name = 'cnn_bn'
   c.model.pretrained = ''
@@ -50,6 +49,6 @@ def get_config(arg: str = ''):
   c.early_stopping.patience = 6
   c.checkpoint.every_steps = 500
   if 'runlocal' in args:
-    densenet201.shrink_for_cpu(c)
+    base.shrink_for_cpu(c)
   c.lock()
   return c

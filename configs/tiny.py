@@ -1,13 +1,15 @@
 """Seconds-long run for tests and smoke checks: 32 px phantom images, cnn_bn, batch 8, 2 epochs.
 
   python -m launch.train --config configs/tiny.py --workdir /tmp/tiny
+
+Takes no args (anything after a colon is an error).
 """
 
 from configs import base
 
 
 def get_config(arg: str = ''):
-  del arg
+  base.parse_arg(arg, 'configs/tiny.py', allowed=())
   c = base.get_base_config()
   c.data.image_size = 32
   c.data.phantom.image_size = 32

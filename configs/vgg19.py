@@ -24,13 +24,13 @@ miniature). VGG19 itself is slow on CPU even at 32 px: its adaptive 7x7 pool kee
 Args (comma-separated after a colon): `runlocal` (CPU smoke run), `bf16`.
 """
 
-from configs import densenet201
+from configs import base
 
 ARCH = 'vgg19'
 
 
 def get_config(arg: str = ''):
-  c = densenet201.fine_tune_config(ARCH, densenet201.parse_arg(arg, 'configs/vgg19.py'))
+  c = base.fine_tune_config(ARCH, base.parse_arg(arg, 'configs/vgg19.py'))
   c.optim.learning_rate = 5e-4
   c.lock()
   return c

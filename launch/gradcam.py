@@ -12,7 +12,6 @@ the pointing-game hit rate.
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from jaxcxr.evaluation import gradcam

@@ -14,14 +14,13 @@ r"""Runs a config or a sweep on an accelerator VM: prints the commands (default)
 
 Add --dry_run=false to execute (gcloud / ssh / scp must be installed and authenticated). A file
 with `get_hyper` is run with launch.sweep on the VM, anything else with launch.train. `--config.k=v`
-flags (the `=` form) are passed through to the run unchanged. See jaxcxr/vm.py for what the
+flags (the `=` form) are passed through to the run unchanged. See jaxcxr/tools/vm.py for what the
 remote script does.
 """
 
 import subprocess
 import sys
 
-from absl import app
 from absl import flags
 
 from jaxcxr.tools import sweep

@@ -19,10 +19,13 @@ images); it checks the sweep/compare machinery, not the models.
   python -m launch.compare --workdir /tmp/seed
 """
 
+from configs import base
+
 MODELS = ('vgg19', 'resnet101', 'densenet201', 'scratch_cnn')
 
 
 def _file(model: str, arg: str) -> str:
+  base.parse_arg(arg, 'configs/sweeps/seed_models.py')   # the args every model config takes
   return f'configs/{model}.py' + (f':{arg}' if arg else '')
 
 

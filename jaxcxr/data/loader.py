@@ -185,11 +185,6 @@ def eval_iterator(data_cfg, handle: DatasetHandle, split: str, *, local_batch_si
                                               prefetch_buffer_size=max(1, int(data_cfg.prefetch))))
 
 
-def num_eval_batches(handle: DatasetHandle, split: str, global_batch_size: int) -> int:
-  """Batches `eval_iterator` yields per process (ceil(num_examples / global batch))."""
-  return math.ceil(handle.num_examples[split] / global_batch_size)
-
-
 def steps_per_epoch(handle: DatasetHandle, global_batch_size: int) -> int:
   """ceil(num_train / global_batch_size)."""
   if global_batch_size <= 0:

@@ -10,7 +10,7 @@ examples with multinomial counts so that all resamples are a few matrix products
 """
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn import metrics as skm

@@ -1,4 +1,11 @@
-"""Up-front validation of a training config: clear errors before any compile or data work."""
+"""Up-front validation of a training config: clear errors before any data, compile or training work.
+
+Every key of configs/base.py that can be judged from the config alone is checked here, so a bad
+value fails in seconds with all its siblings, instead of after data preparation (data.*), after
+compilation, at the first log step (train.log_every_steps), or after the whole run
+(eval.split). What is left to later code needs the data or the disk: an empty split, a missing
+class folder, an unreadable image.
+"""
 
 import os
 
@@ -6,6 +13,9 @@ import jax
 import ml_collections
 
 from jaxcxr import models
+from jaxcxr.data import augment
+from jaxcxr.data import builder
+from jaxcxr.data import sampling
 from jaxcxr.models import weights
 from jaxcxr.training import optim
 
@@ -13,9 +23,9 @@ from jaxcxr.training import optim
 EPOCH_METRICS = ('val_loss', 'val_accuracy', 'val_macro_f1', 'val_macro_auc')
 
 _CHOICES = {
-    'data.source': ('phantom', 'folder'),
-    'data.builder_config': ('3class', '4class'),
-    'data.sampling': ('balanced', 'oversample', 'none', 'class_weighted_loss'),
+    'data.source': tuple(builder.BUILDERS),
+    'data.builder_config': builder.CONFIG_NAMES,
+    'data.sampling': sampling.SAMPLING_MODES,
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('auto', 'float32', 'bfloat16'),
     'optim.name': optim.OPTIMIZERS,
@@ -24,6 +34,45 @@ _CHOICES = {
     'train.on_nonfinite': ('error', 'skip'),
     'early_stopping.mode': ('max', 'min'),
     'early_stopping.metric': EPOCH_METRICS,
+    'eval.split': sampling.SPLITS,
+}
+
+# key -> (lowest allowed value, what it means); integers and floats alike.
+_AT_LEAST = {
+    'seed': (0, 'numpy seeds are non-negative'),
+    'data.image_size': (16, 'pixels'),
+    'data.stored_size': (0, '0 = image_size'),
+    'data.split_seed': (0, 'numpy seeds are non-negative'),
+    'data.max_image_pixels': (1, 'larger images are refused'),
+    'data.num_workers': (0, '0 = in-process'),
+    'data.prefetch': (1, 'batches buffered per worker'),
+    'data.read_threads': (1, 'threads per loader process'),
+    'data.phantom.num_per_class': (3, 'every split needs examples'),
+    'data.phantom.image_size': (16, 'pixels'),
+    'data.phantom.seed': (0, 'numpy seeds are non-negative'),
+    'train.num_epochs': (1, ''),
+    'train.log_every_steps': (1, 'steps between train rows'),
+    'optim.weight_decay': (0, ''),
+    'optim.warmup_epochs': (0, ''),
+    'optim.grad_clip_norm': (0, '0 = off'),
+    'optim.backbone_lr_mult': (0, '0 freezes the backbone'),
+    'optim.plateau_patience': (1, 'epochs'),
+    'early_stopping.patience': (1, 'epochs'),
+    'early_stopping.min_delta': (0, ''),
+    'checkpoint.every_steps': (1, 'steps'),
+    'checkpoint.max_to_keep': (1, 'checkpoints'),
+    'eval.bootstrap': (0, '0 = no confidence intervals'),
+}
+
+# key -> (low, high, low inclusive, high inclusive).
+_IN_RANGE = {
+    'train.label_smoothing': (0.0, 1.0, True, False),
+    'optim.b1': (0.0, 1.0, True, False),
+    'optim.b2': (0.0, 1.0, True, False),
+    'optim.momentum': (0.0, 1.0, True, False),
+    'optim.min_lr_ratio': (0.0, 1.0, True, True),
+    'optim.step_gamma': (0.0, 1.0, False, True),
+    'optim.plateau_factor': (0.0, 1.0, False, True),
 }
 
 
@@ -34,45 +83,52 @@ def _get(config, dotted):
   return node
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
-                    num_processes: int | None = None) -> None:
-  """Raises ValueError naming the offending key, its value and the fix."""
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  num_processes = jax.process_count() if num_processes is None else num_processes
+def _interval(lo, hi, lo_in, hi_in) -> str:
+  return f'{"[" if lo_in else "("}{lo}, {hi}{"]" if hi_in else ")"}'
+
+
+def _generic_checks(config) -> list[str]:
+  """Choices, lower bounds and ranges from the tables above."""
   errors = []
   for key, choices in _CHOICES.items():
     value = _get(config, key)
     if value not in choices:
       errors.append(f'config.{key}={value!r}: expected one of {list(choices)}.')
+  for key, (low, why) in _AT_LEAST.items():
+    value = _get(config, key)
+    if value < low:
+      errors.append(f'config.{key}={value}: must be >= {low}' + (f' ({why}).' if why else '.'))
+  for key, (lo, hi, lo_in, hi_in) in _IN_RANGE.items():
+    value = _get(config, key)
+    if not ((lo <= value if lo_in else lo < value) and (value <= hi if hi_in else value < hi)):
+      errors.append(f'config.{key}={value}: must be in {_interval(lo, hi, lo_in, hi_in)}.')
+  return errors
+
+
+def _data_checks(d) -> list[str]:
+  errors = []
+  fractions = (d.val_fraction, d.test_fraction)
+  if min(fractions) <= 0 or sum(fractions) >= 1:
+    errors.append(f'config.data.val_fraction={fractions[0]} and config.data.test_fraction='
+                  f'{fractions[1]}: each must be > 0 and together < 1 (the rest is train).')
+  if d.source == 'folder' and not d.manual_dir and not d.data_dir:
+    errors.append('config.data.source=folder needs --config.data.manual_dir=PATH (a Kaggle-layout '
+                  'folder) or --config.data.data_dir of an already prepared dataset.')
+  try:
+    augment.AugmentParams.from_config(d.augment)
+  except ValueError as e:   # names the config.data.augment key
+    errors.append(str(e))
+  return errors
+
+
+def _model_checks(config) -> list[str]:
+  errors = []
   if config.model.name not in models.NAMES:
     errors.append(f'config.model.name={config.model.name!r}: unknown; known models: '
                   f'{", ".join(models.NAMES)}.')
-  for key in ('train.batch_size', 'eval.batch_size'):
-    b = _get(config, key)
-    if b <= 0 or b % num_devices or b % num_processes:
-      errors.append(
-          f'config.{key}={b} must be a positive multiple of the device count ({num_devices}) and '
-          f'of the process count ({num_processes}); e.g. --config.{key}='
-          f'{max(num_devices, num_processes) * max(1, round(max(b, 1) / num_devices))}.')
-  if config.train.num_epochs < 1:
-    errors.append(f'config.train.num_epochs={config.train.num_epochs}: must be >= 1.')
-  if config.data.image_size < 16:
-    errors.append(f'config.data.image_size={config.data.image_size}: must be >= 16 pixels.')
-  fractions = (config.data.val_fraction, config.data.test_fraction)
-  if min(fractions) <= 0 or sum(fractions) >= 1:
-    errors.append(f'config.data.val_fraction={fractions[0]} and test_fraction={fractions[1]}: '
-                  'each must be > 0 and together < 1.')
-  if config.optim.learning_rate <= 0:
-    errors.append(f'config.optim.learning_rate={config.optim.learning_rate}: must be > 0.')
-  if not 0 <= config.optim.backbone_lr_mult:
-    errors.append(f'config.optim.backbone_lr_mult={config.optim.backbone_lr_mult}: must be >= 0 '
-                  '(0 freezes the backbone).')
-  if not 0 <= config.train.label_smoothing < 1:
-    errors.append(f'config.train.label_smoothing={config.train.label_smoothing}: must be in [0, 1).')
-  if config.early_stopping.patience < 1:
-    errors.append(f'config.early_stopping.patience={config.early_stopping.patience}: must be >= 1.')
-  if config.checkpoint.every_steps < 1:
-    errors.append(f'config.checkpoint.every_steps={config.checkpoint.every_steps}: must be >= 1.')
+  if not (config.model.dropout == -1 or 0 <= config.model.dropout < 1):
+    errors.append(f'config.model.dropout={config.model.dropout}: must be in [0, 1), or -1 for the '
+                  "architecture's default.")
   if config.model.pretrained and not os.path.isdir(os.path.expanduser(config.model.pretrained)):
     errors.append(
         f'config.model.pretrained={config.model.pretrained!r} does not exist. Convert torchvision '
@@ -80,9 +136,42 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         f'--source <.pth/.safetensors/URL> --out {config.model.pretrained}')
   elif config.model.pretrained:
     _check_pretrained_arch(config, errors)
-  if config.data.source == 'folder' and not config.data.manual_dir and not config.data.data_dir:
-    errors.append('config.data.source=folder needs --config.data.manual_dir=PATH (a Kaggle-layout '
-                  'folder) or --config.data.data_dir of an already prepared dataset.')
+  return errors
+
+
+def _schedule_checks(config) -> list[str]:
+  errors = []
+  if config.optim.learning_rate <= 0:
+    errors.append(f'config.optim.learning_rate={config.optim.learning_rate}: must be > 0.')
+  epochs = list(config.optim.step_epochs)
+  if any(e <= 0 for e in epochs) or epochs != sorted(epochs):
+    errors.append(f'config.optim.step_epochs={tuple(epochs)}: must be positive and increasing '
+                  '(epochs at which the step schedule multiplies the LR by step_gamma).')
+  if not (config.train.max_steps == -1 or config.train.max_steps >= 1):
+    errors.append(f'config.train.max_steps={config.train.max_steps}: must be -1 (num_epochs * '
+                  'steps_per_epoch) or >= 1.')
+  return errors
+
+
+def _batch_checks(config, num_devices: int, num_processes: int) -> list[str]:
+  errors = []
+  for key in ('train.batch_size', 'eval.batch_size'):
+    b = _get(config, key)
+    if b <= 0 or b % num_devices or b % num_processes:
+      errors.append(
+          f'config.{key}={b} must be a positive multiple of the device count ({num_devices}) and '
+          f'of the process count ({num_processes}); e.g. --config.{key}='
+          f'{max(num_devices, num_processes) * max(1, round(max(b, 1) / num_devices))}.')
+  return errors
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                    num_processes: int | None = None) -> None:
+  """Raises one ValueError listing every offending key, its value and the fix."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  errors = (_generic_checks(config) + _data_checks(config.data) + _model_checks(config) +
+            _schedule_checks(config) + _batch_checks(config, num_devices, num_processes))
   if errors:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
 

@@ -146,7 +146,7 @@ def test_eval_pads_and_has_no_augmentation(phantom_handle):
   n = h.num_examples['test']
   assert n == 6
   batches = list(loader.eval_iterator(cfg, h, 'test', local_batch_size=4))
-  assert len(batches) == 2 == loader.num_eval_batches(h, 'test', 4)
+  assert len(batches) == 2   # ceil(6 / 4): the last batch padded
   for b in batches:
     assert b['image'].shape == (4, 32, 32, 1) and b['image'].dtype == np.uint8
     assert b['valid'].dtype == np.bool_ and b['index'].dtype == np.int32
