@@ -108,9 +108,12 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.data.sampling == 'class_weighted_loss':
     class_weights = jnp.asarray(loader.class_weights(handle), jnp.float32)
   dtype = state_lib.compute_dtype(config)
+  frozen_head = (state_lib.head_names(config.model.name)
+                 if float(config.optim.backbone_lr_mult) == 0.0 else None)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
-                        label_smoothing=config.train.label_smoothing, class_weights=class_weights),
+                        label_smoothing=config.train.label_smoothing, class_weights=class_weights,
+                        frozen_backbone_head=frozen_head),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),
