@@ -96,7 +96,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.plateau_factor = 0.5
   c.optim.plateau_patience = 2
   c.optim.grad_clip_norm = 1.0  # 0 = off
-  c.optim.backbone_lr_mult = 1.0  # 0 freezes the backbone; 0.1 = discriminative fine-tuning
+  c.optim.backbone_lr_mult = 1.0  # 0 freezes the backbone (BatchNorm too); 0.1 = discriminative
 
   c.early_stopping = ml_collections.ConfigDict()
   c.early_stopping.metric = 'val_macro_f1'  # any key of the per-epoch validation metrics

@@ -75,3 +75,39 @@ def test_bf16_train_steps_follow_the_float32_trajectory():
   assert f32[-1] < 0.1 * f32[0]           # it learns
   assert not np.array_equal(f32, bf16)    # the bf16 run really computed in bf16
   np.testing.assert_allclose(bf16, f32, rtol=0.03)
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
+
+
+def test_frozen_backbone_keeps_params_and_batch_norm_statistics_bitwise():
+  """backbone_lr_mult=0: backbone params AND BatchNorm running statistics stay bitwise; BatchNorm
+  normalises with the running statistics (the train-mode loss is the eval-mode loss); the head
+  learns."""
+  config, _ = th.tiny_config('/tmp/unused', **{'optim.backbone_lr_mult': 0.0,
+                                               'model.dropout': 0.0, 'optim.learning_rate': 0.05})
+  head = state_lib.head_names(config.model.name)
+  _, state = _init(config)
+  before = _flat({'params': state.params, 'batch_stats': state.batch_stats})
+  batch = _batch()
+  logits = steps.eval_step(state, batch, dtype=np.float32)
+  eval_loss = float(np.mean(-jax.nn.log_softmax(logits)[np.arange(16), batch['label']]))
+
+  step = jax.jit(functools.partial(steps.train_step, dtype=np.float32, label_smoothing=0.0,
+                                   class_weights=None, frozen_backbone_head=head))
+  losses = []
+  for _ in range(5):
+    state, metrics = step(state, batch, jax.random.key(1))
+    losses.append(float(metrics['loss']))
+  after = _flat({'params': state.params, 'batch_stats': state.batch_stats})
+
+  np.testing.assert_allclose(losses[0], eval_loss, rtol=1e-5)   # BatchNorm in inference mode
+  assert any(k.startswith("['batch_stats']") for k in before)
+  for k in before:
+    if any(k.startswith(f"['params']['{h}']") for h in head):
+      assert not np.array_equal(after[k], before[k]), k     # the head moved
+    else:
+      np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+  assert losses[-1] < 0.9 * losses[0], losses             # and learned

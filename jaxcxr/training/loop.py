@@ -53,7 +53,7 @@ class Run:
   schedule: Callable[[int], float]
   abstract_state: Any            # ShapeDtypeStructs carrying their shardings
   state_sharding: Any
-  init_state: Callable[[jax.Array], Any]
+  init_state: Callable[[jax.Array, Any], Any]   # (key, pretrained or None) -> fresh TrainState
   train_step: Callable
   eval_step: Callable
 
@@ -108,9 +108,12 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.data.sampling == 'class_weighted_loss':
     class_weights = jnp.asarray(loader.class_weights(handle), jnp.float32)
   dtype = state_lib.compute_dtype(config)
+  frozen_head = (state_lib.head_names(config.model.name)
+                 if float(config.optim.backbone_lr_mult) == 0.0 else None)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
-                        label_smoothing=config.train.label_smoothing, class_weights=class_weights),
+                        label_smoothing=config.train.label_smoothing, class_weights=class_weights,
+                        frozen_backbone_head=frozen_head),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),
@@ -145,12 +148,39 @@ class LoopState:
             'history': self.history}
 
 
+def _place(tree, shardings):
+  """Host arrays -> global arrays with `shardings`, each process supplying its own shards.
+
+  (`jax.device_put` does the same, but with several processes it first all-gathers every array to
+  check that the processes agree: hundreds of MB for VGG19's weights.)
+  """
+  return jax.tree.map(
+      lambda a, s: jax.make_array_from_callback(a.shape, s, lambda index: a[index]),
+      tree, shardings)
+
+
+def fresh_state(run: Run, key: jax.Array):
+  """A new train state on the devices, with the converted weights of `config.model.pretrained`.
+
+  The weights are read on the host, placed with the shardings of the state, and passed to the
+  jitted init as an argument (donated), so neither the compiled program nor its abstract
+  evaluation holds them, and no converted-weights read happens on resume.
+  """
+  init = jax.jit(run.init_state, out_shardings=run.state_sharding, donate_argnums=1)
+  pretrained = state_lib.read_pretrained(run.config)
+  if pretrained is None:
+    return init(key, None)
+  jax.eval_shape(run.init_state, key, pretrained)   # a WeightsError names misfits, before placing
+  shardings = {c: {k: getattr(run.state_sharding, c)[k] for k in tree}
+               for c, tree in pretrained.items()}
+  return init(key, _place(pretrained, shardings))
+
+
 def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter, init_key):
   """(start_step, state, loop_state): from the newest readable checkpoint, else fresh."""
   restored = checkpointer.restore_latest(run.abstract_state, train_iter)
   if restored is None:
-    state = jax.jit(run.init_state, out_shardings=run.state_sharding)(init_key)
-    return 0, state, LoopState.fresh(run.config)
+    return 0, fresh_state(run, init_key), LoopState.fresh(run.config)
   start_step, state, host = restored
   return start_step, state, LoopState.from_checkpoint(host)
 

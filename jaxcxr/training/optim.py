@@ -2,7 +2,8 @@
 
 Backbone and head get separate learning rates through `optax.multi_transform`: the head's
 top-level parameter name(s) label it 'head', everything else is 'backbone'. A backbone multiplier
-of 0 freezes the backbone (`optax.set_to_zero`), which is the seed project's "frozen base" setup.
+of 0 freezes the backbone (`optax.set_to_zero`), which is the seed project's "frozen base" setup;
+the train step then also runs the backbone's BatchNorm in inference mode, Keras-style (`steps.py`).
 
 The 'plateau' schedule is host-driven: the jitted step multiplies its updates by
 `TrainState.lr_scale`, which `PlateauScaler` lowers between epochs from the validation metric.

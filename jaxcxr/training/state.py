@@ -1,8 +1,10 @@
 """The model of a config and its train state: build, initialise, load converted weights.
 
 `build_model` is the one place a config becomes a Flax module (and `compute_dtype` the one place
-`config.model.dtype` is resolved); `create_train_state` makes a fresh
-`TrainState` (random init, then converted ImageNet weights when `config.model.pretrained`).
+`config.model.dtype` is resolved); `create_train_state` makes a fresh `TrainState` (random init,
+with the backbone taken from converted ImageNet weights when given). The converted weights are read
+on the host by `read_pretrained` and passed to the jitted init as *arguments* already placed on the
+devices, never closed over: closed-over arrays would become constants of the compiled program.
 """
 
 import functools
@@ -82,12 +84,38 @@ def abstract_variables(module: nn.Module, config) -> dict:
   return variables
 
 
+def read_pretrained(config) -> dict | None:
+  """The backbone of `config.model.pretrained` as numpy arrays, or None when it is ''.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} without the head (the model's head is re-sized and keeps
+    its fresh init), ready for `jax.device_put` and `create_train_state(..., pretrained=...)`.
+  """
+  if not config.model.pretrained:
+    return None
+  _, variables = weights.load_converted(os.path.expanduser(config.model.pretrained))
+  heads = head_names(config.model.name)
+  return {c: {k: v for k, v in tree.items() if k not in heads} for c, tree in variables.items()}
+
+
 def create_train_state(config, module: nn.Module, tx: optax.GradientTransformation,
-                       key: jax.Array) -> TrainState:
-  """Fresh state: random init, then converted ImageNet weights when `config.model.pretrained`."""
+                       key: jax.Array, pretrained: dict | None = None) -> TrainState:
+  """Fresh state: random init, with every backbone variable taken from `pretrained` when given.
+
+  Args:
+    config: the experiment config (image size, model name).
+    module: from `build_model(config)`.
+    tx: the optimizer.
+    key: PRNG key of the random init (the head's, and everything when `pretrained` is None).
+    pretrained: `read_pretrained(config)`, as arrays (on the devices) or abstract values. Jit this
+      function with `pretrained` as an argument: XLA then drops the unused random init of the
+      backbone, and the weights stay inputs instead of constants baked into the program.
+
+  Raises:
+    jaxcxr.models.weights.WeightsError: `pretrained` does not fit the model (names path, shapes).
+  """
   variables = init_variables(module, config, key)
-  if config.model.pretrained:
-    _, pretrained = weights.load_converted(os.path.expanduser(config.model.pretrained))
+  if pretrained is not None:
     variables = weights.load_pretrained(variables, pretrained,
                                         skip=head_names(config.model.name))
   return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,

@@ -5,8 +5,16 @@ explicit `NamedSharding`s (batch split over the `data` mesh axis, state replicat
 state donated). BatchNorm statistics are over the global batch because the step sees the global,
 sharded batch. The dropout key is the run key folded with the step, so a resumed run draws the same
 keys.
+
+A frozen backbone (`optim.backbone_lr_mult=0`) is frozen the Keras way: its parameters get no
+gradient and its BatchNorm layers run in inference mode (normalising with, and never updating,
+their running statistics), while the head trains (dropout on).
 """
 
+import contextlib
+from typing import Sequence
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -19,16 +27,55 @@ def _is_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _frozen_batch_norm(head: Sequence[str]):
+  """A Flax method interceptor: BatchNorm outside the top-level modules `head` in inference mode.
+
+  The intercepted layer is re-bound to its own scope with `use_running_average=True`, so it reads
+  the same variables and the model code stays unchanged.
+  """
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (isinstance(module, nn.BatchNorm) and context.method_name == '__call__'
+        and not (module.path and module.path[0] in head)):
+      if module.use_running_average is None:   # mode given at call time
+        return next_fun(*args, **{**kwargs, 'use_running_average': True})
+      if not module.use_running_average:
+        return module.clone(parent=module.scope, use_running_average=True)(*args, **kwargs)
+    return next_fun(*args, **kwargs)
+  return nn.intercept_methods(interceptor)
+
+
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_smoothing: float,
-               class_weights: jax.Array | None) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch; a non-finite step leaves the state unchanged."""
+               class_weights: jax.Array | None,
+               frozen_backbone_head: Sequence[str] | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
+
+  Args:
+    state: the train state (donated by the loop).
+    batch: global {'image': uint8 (B, S, S, 1), 'label': int32 (B,)}.
+    key: the run's dropout key (folded with the step here).
+    dtype: compute dtype (`state.compute_dtype`).
+    label_smoothing: optax label smoothing.
+    class_weights: (num_classes,) loss weights, or None.
+    frozen_backbone_head: with a frozen backbone, the head's top-level parameter names: every
+      other parameter gets a zero gradient (also left out of clipping and `grad_norm`) and every
+      BatchNorm outside the head runs in inference mode. None trains everything.
+
+  Returns:
+    (new state, metrics: loss, accuracy, finite, grad_norm).
+  """
   dropout_key = jax.random.fold_in(key, state.step)
+  frozen = frozen_backbone_head is not None
 
   def loss_fn(params):
     x = to_model_input(batch['image'], dtype)
-    logits, new_vars = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+    if frozen:   # no backbone gradients: XLA drops their computation
+      params = {k: v if k in frozen_backbone_head else jax.lax.stop_gradient(v)
+                for k, v in params.items()}
+    with _frozen_batch_norm(frozen_backbone_head) if frozen else contextlib.nullcontext():
+      logits, new_vars = state.apply_fn(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          rngs={'dropout': dropout_key}, mutable=['batch_stats'])
     logits = logits.astype(jnp.float32)
     n = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], n), label_smoothing)
