@@ -113,6 +113,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.bootstrap = 1000       # resamples for the 95% confidence intervals
   c.eval.split = 'test'
+  c.eval.shortcut = False       # report: Grad-CAM shortcut indicator + source-resolution examples
   return c
 
 

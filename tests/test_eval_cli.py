@@ -142,12 +142,18 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   with open(out / 'cams.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['target_label'] for r in rows] == ['Normal'] * 3
-  overlay = np.asarray(Image.open(out / rows[0]['overlay']))
-  assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+  # Panels: the 32 px source beside its overlay, enlarged x7 (nearest) to >= 200 px, under a header.
+  panel = np.asarray(Image.open(out / rows[0]['overlay']))
+  assert panel.shape[1:] == (2 * 32 * 7, 3) and panel.dtype == np.uint8
+  source = np.asarray(Image.open(files[0]).convert('L'))
+  np.testing.assert_array_equal(panel[-32 * 7:, :32 * 7:7, 0], source.repeat(7, 0))
 
   grid = gradcam.explain_workdir(workdir, str(out), split='test', method='gradcam++', per_class=1,
                                  batch_size=4)
   assert os.path.exists(grid['written'][0]) and grid['written'][0].endswith('gradcampp.png')
+  panels = [p for p in grid['written'][1:] if os.path.basename(p).startswith('test_')]
+  shown = sum(len(v) for kinds in grid['shown'].values() for v in kinds.values())
+  assert len(panels) == shown >= 1 and all(os.path.exists(p) for p in panels)
   assert 0.0 <= grid['pointing_game'] <= 1.0
   assert grid['pointing_game_images'] >= 1  # COVID / pneumonia phantoms have lesions
   with pytest.raises(ValueError, match='not a class'):

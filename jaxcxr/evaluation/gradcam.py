@@ -28,10 +28,13 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 from scipy import stats
 
 from jaxcxr import data
 from jaxcxr.data import builder
+from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
 from jaxcxr.data import phantom
 from jaxcxr.data import preprocess
@@ -146,6 +149,53 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
   base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=-1)
   out = (1.0 - alpha) * base + alpha * heat
   return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+MIN_PANEL_SIDE = 200  # smaller sources are enlarged by an integer factor (nearest) to stay legible
+
+
+def probability_header(probs: np.ndarray, class_names: Sequence[str], *, true: int | None = None,
+                       name: str = '') -> list[str]:
+  """Header lines of a panel: [name], true and predicted class, and every class probability."""
+  probs = np.asarray(probs)
+  pred = int(probs.argmax())
+  lines = [name] if name else []
+  verdict = '' if true is None else (' (correct)' if pred == true else ' (WRONG)')
+  head = f'pred {class_names[pred]} p={probs[pred]:.3f}{verdict}'
+  lines.append(head if true is None else f'true {class_names[true]}; {head}')
+  lines.append('  '.join(f'{c}: {p:.3f}' for c, p in zip(class_names, probs)))
+  return lines
+
+
+def source_panel(original: np.ndarray, cam: np.ndarray, header: Sequence[str], *,
+                 alpha: float = 0.4) -> np.ndarray:
+  """The source image beside its Grad-CAM overlay, at the source's resolution, under a header.
+
+  Args:
+    original: uint8 (H, W) grey image at its source resolution (not the model's input size).
+    cam: (h, w) map in [0, 1] at any size; resized (bilinear) to (H, W).
+    header: text lines drawn above (e.g. `probability_header`).
+    alpha: overlay weight.
+
+  Returns:
+    uint8 RGB (header + H * f, 2 * W * f, 3), f = ceil(MIN_PANEL_SIDE / W) (1 for W >= 200): a
+    small source is enlarged by an integer factor (nearest neighbour, pixels kept) to stay legible.
+  """
+  original = np.asarray(original)
+  if original.ndim == 3:
+    original = original[..., 0]
+  pair = np.concatenate([np.repeat(original[..., None], 3, -1), overlay(original, cam, alpha)], 1)
+  f = max(1, -(-MIN_PANEL_SIDE // original.shape[1]))
+  if f > 1:
+    pair = pair.repeat(f, 0).repeat(f, 1)
+  width = pair.shape[1]
+  size = max(11, width // 40)
+  font = ImageFont.load_default(size=size)
+  canvas = Image.new('RGB', (width, (size + 4) * len(header) + 6), 'white')
+  draw = ImageDraw.Draw(canvas)
+  for i, line in enumerate(header):
+    draw.text((4, 3 + i * (size + 4)), line, fill='black', font=font)
+  return np.concatenate([np.asarray(canvas), pair], 0)
 
 
 def save_overlay_grid(path: str, grays: np.ndarray, cams: np.ndarray, labels: Sequence[int],
@@ -295,10 +345,12 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
                     per_class: int = 3, which: str = 'best', batch_size: int = 16) -> dict:
   """Grad-CAM overlays for a training workdir's model (launch.gradcam).
 
-  images: one `<name>_<method>.png` overlay per readable file in `out`, and cams.csv (file,
-  overlay, predicted_label, target_label, target_probability). split: a per-class grid of correct
-  and wrong predictions (explaining the prediction), and for phantom data the pointing-game hit
-  rate of the true-class maps against the lesion masks.
+  images: one `<name>_<method>.png` per readable file in `out` (the file at its own resolution
+  beside its Grad-CAM overlay, under the class probabilities), and cams.csv (file, overlay,
+  predicted_label, target_label, target_probability). split: a per-class grid of correct and
+  wrong predictions (explaining the prediction, at the model's input size), the same examples as
+  source-resolution panels (`<split>_<class>_<correct|wrong>_<k>_<method>.png`), and for phantom
+  data the pointing-game hit rate of the true-class maps against the lesion masks.
 
   Args:
     workdir: training workdir.
@@ -330,19 +382,41 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
   return result
 
 
+def split_images(data_cfg, handle, split: str,
+                 batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A whole split as the model sees it: (uint8 (N, S, S, 1), labels (N,), record indices (N,))."""
+  greys, labels, index = [], [], []
+  for batch in loader.eval_iterator(data_cfg, handle, split, local_batch_size=batch_size):
+    valid = np.asarray(batch['valid'], bool)
+    greys.append(np.asarray(batch['image'])[valid])
+    labels.append(np.asarray(batch['label'])[valid])
+    index.append(np.asarray(batch['index'])[valid])
+  return tuple(map(np.concatenate, (greys, labels, index)))
+
+
+def load_source(handle, data_cfg, split: str, index: int) -> tuple[np.ndarray, str]:
+  """Record `index` of `split` as its original file at the file's resolution (uint8 grey).
+
+  Returns (image, its relative file name). When the source folder is not readable any more, the
+  stored record is returned instead and the name says so.
+  """
+  name = handle.filenames(split)[index]
+  root = handle.phantom_dir or data_cfg.manual_dir
+  if root:
+    try:
+      return images_lib.load_grey(os.path.join(os.path.expanduser(root), name)), name
+    except (OSError, ValueError):
+      pass
+  return (np.asarray(handle.source(split)[index]['image']),
+          f'{name} (stored {handle.stored_size} px copy: source file not found)')
+
+
 def _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size,
                    result) -> None:
   """A per-class grid of right and wrong predictions of a split; the pointing game on phantoms."""
   names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   handle = data.prepare(bundle.config.data)
-  greys, labels, index = [], [], []
-  for batch in loader.eval_iterator(bundle.config.data, handle, split,
-                                    local_batch_size=batch_size):
-    valid = np.asarray(batch['valid'], bool)
-    greys.append(np.asarray(batch['image'])[valid])
-    labels.append(np.asarray(batch['label'])[valid])
-    index.append(np.asarray(batch['index'])[valid])
-  greys, labels, index = map(np.concatenate, (greys, labels, index))
+  greys, labels, index = split_images(bundle.config.data, handle, split, batch_size)
   cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index,
                               method=method, batch_size=batch_size)
   preds = probs.argmax(1)
@@ -351,6 +425,14 @@ def _explain_split(bundle, split, out, method, target_index, alpha, per_class, b
       path, greys[..., 0], cams, labels, preds, names, probs=probs, per_class=per_class,
       alpha=alpha, title=f'{method} ({split}, step {bundle.step}): rows = true class')
   result['written'].append(path)
+  for name, kinds in result['shown'].items():
+    for kind, positions in kinds.items():
+      for k, pos in enumerate(positions, 1):
+        original, note = load_source(handle, bundle.config.data, split, int(index[pos]))
+        header = probability_header(probs[pos], names, true=int(labels[pos]), name=note)
+        panel_path = os.path.join(out, f'{split}_{name.replace(" ", "_")}_{kind}_{k}_{suffix}.png')
+        Image.fromarray(source_panel(original, cams[pos], header, alpha=alpha)).save(panel_path)
+        result['written'].append(panel_path)
   if handle.phantom_dir:  # synthetic data: lesion masks make localisation measurable
     filenames = handle.filenames(split)
     masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size)
@@ -400,12 +482,17 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
         k += 1
         name = f'{stem}_{k}_{suffix}.png'
       used.add(name)
-      Image.fromarray(overlay(greys[i, ..., 0], cams[i], alpha)).save(os.path.join(out, name))
+      original = images_lib.load_grey(p)   # readable: it was just loaded above
+      header = probability_header(probs[i], names, name=os.path.basename(p))
+      if targets[i] != probs[i].argmax():
+        header.append(f'Grad-CAM of {names[targets[i]]}')
+      Image.fromarray(source_panel(original, cams[i], header, alpha=alpha)).save(
+          os.path.join(out, name))
       result['written'].append(os.path.join(out, name))
       writer.writerow([p, name, names[probs[i].argmax()], names[targets[i]],
                        f'{probs[i, targets[i]]:.6f}'])
 
 
-__all__ = ['METHODS', 'grad_cam', 'overlay', 'save_overlay_grid', 'pointing_game',
-           'rank_correlation', 'randomisation_check', 'cams_uint8',
-           'explain_workdir']
+__all__ = ['METHODS', 'grad_cam', 'overlay', 'probability_header', 'source_panel',
+           'save_overlay_grid', 'pointing_game', 'rank_correlation', 'randomisation_check',
+           'cams_uint8', 'split_images', 'load_source', 'explain_workdir']

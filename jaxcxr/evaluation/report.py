@@ -16,6 +16,7 @@ import numpy as np
 from jaxcxr import data
 from jaxcxr.evaluation import inference
 from jaxcxr.evaluation import plots
+from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import check_inputs, compute_metrics
 from jaxcxr.training import checkpoint
 from jaxcxr.training import loop
@@ -70,7 +71,8 @@ def summary_table(metrics: dict) -> str:
   return '\n'.join(rows)
 
 
-def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> str:
+def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
+              shortcut: dict | None = None) -> str:
   names = metrics['class_names']
   ci = metrics.get('ci95')
 
@@ -103,6 +105,8 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> s
   for name, row in zip(names, metrics['confusion_matrix']):
     lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
   lines.append('')
+  if shortcut:
+    lines += [shortcut_lib.markdown(shortcut['indicator'], shortcut['figures'])]
   if metrics['notes']:
     lines += ['## Notes', ''] + [f'- {n}' for n in metrics['notes']] + ['']
   lines += ['## Figures', ''] + [f'![{k}]({v})' for k, v in figures.items()] + ['']
@@ -111,7 +115,7 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None) -> s
 
 def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequence[str], *,
                  history: list[dict] | None = None, split: str = 'test',
-                 extra: dict | None = None) -> dict[str, str]:
+                 extra: dict | None = None, shortcut: dict | None = None) -> dict[str, str]:
   """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
 
   Args:
@@ -123,6 +127,7 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
     history: per-epoch dicts (`read_history`); adds training_curves.png when non-empty.
     split: name of the evaluated split (titles).
     extra: run facts for the report header (workdir, step, model, ...), JSON-able.
+    shortcut: `shortcut.analyse_split(...)` (its panels already in `out_dir/shortcut/`), or None.
 
   Returns:
     {file kind: path} of everything written.
@@ -146,10 +151,13 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
     plots.training_curves(history, os.path.join(out_dir, figures['training_curves']))
 
   report = {'split': split, 'extra': extra or {}, 'metrics': metrics, 'figures': figures}
+  if shortcut:
+    report['shortcut'] = {'indicator': shortcut['indicator'],
+                          'figures': [p for _, p in shortcut['figures']]}
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(_json_safe(report), f, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(_markdown(metrics, split, figures, extra))
+    f.write(_markdown(metrics, split, figures, extra, shortcut))
   written = {k: os.path.join(out_dir, v) for k, v in figures.items()}
   written['json'] = os.path.join(out_dir, 'report.json')
   written['markdown'] = os.path.join(out_dir, 'report.md')
@@ -157,7 +165,8 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
 
 
 def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', out: str = '',
-                     batch_size: int = 0, bootstrap: int = -1) -> dict:
+                     batch_size: int = 0, bootstrap: int = -1,
+                     shortcut: bool | None = None) -> dict:
   """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
 
   Args:
@@ -167,6 +176,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
     out: report folder; '' = <workdir>/eval_<split>.
     batch_size: 0 = config.eval.batch_size.
     bootstrap: CI resamples; -1 = config.eval.bootstrap.
+    shortcut: add the Grad-CAM shortcut indicator and example panels; None = config.eval.shortcut.
 
   Returns:
     {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir'}.
@@ -185,9 +195,16 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
   out_dir = out or os.path.join(workdir, f'eval_{split}')
   extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
            'model': cfg.model.name, 'image_size': int(bundle.image_size)}
+  if shortcut is None:
+    shortcut = bool(cfg.eval.get('shortcut', False))
+  analysis = None
+  if shortcut:
+    analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, cfg.data, handle, split,
+                                          out_dir, bundle.class_names, batch_size=batch_size)
   files = write_report(out_dir, metrics, labels, probs, bundle.class_names,
-                       history=run_log.read_rows(workdir, 'epoch'), split=split, extra=extra)
-  return {'metrics': metrics, 'files': files, 'out_dir': out_dir}
+                       history=run_log.read_rows(workdir, 'epoch'), split=split, extra=extra,
+                       shortcut=analysis)
+  return {'metrics': metrics, 'files': files, 'out_dir': out_dir, 'shortcut': analysis}
 
 
 def write_run_report(workdir: str, config, labels, probs, class_names: Sequence[str],
@@ -195,8 +212,18 @@ def write_run_report(workdir: str, config, labels, probs, class_names: Sequence[
   """The report at the end of a training run (the `reporter` of `train_and_evaluate`)."""
   metrics = compute_metrics(labels, probs, class_names, n_bootstrap=config.eval.bootstrap,
                             seed=config.seed)
+  analysis = None
+  if config.eval.get('shortcut', False):
+    # The checkpoint the summary evaluated (the best one; the latest when none was kept as best).
+    try:
+      bundle = checkpoint.restore_for_inference(workdir, which='best')
+    except FileNotFoundError:
+      bundle = checkpoint.restore_for_inference(workdir, which='latest')
+    analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, config.data,
+                                          data.prepare(config.data), summary['split'], workdir,
+                                          class_names, batch_size=config.eval.batch_size)
   return write_report(workdir, metrics, labels, probs, class_names, history=history,
-                      split=summary['split'], extra=summary)
+                      split=summary['split'], extra=summary, shortcut=analysis)
 
 
 def train_and_report(config, workdir: str) -> dict:

@@ -21,6 +21,8 @@ from jaxcxr.models import vgg
 _REGISTRY: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     'cnn_small': ('small_cnn', small_cnn.cnn_small),
     'cnn_bn': ('small_cnn', small_cnn.cnn_bn),
+    'cnn_res18': ('small_cnn', small_cnn.cnn_res18),
+    'cnn_res18_half': ('small_cnn', small_cnn.cnn_res18_half),
     **{name: ('vgg', fn) for name, fn in vgg.VARIANTS.items()},
     **{name: ('resnet', fn) for name, fn in resnet.VARIANTS.items()},
     **{name: ('densenet', fn) for name, fn in densenet.VARIANTS.items()},

@@ -1,7 +1,14 @@
 """Small CNNs trained from scratch: fast on CPU at 64-224 px, for smoke tests and baselines.
 
-Four 3x3 conv blocks (16-32-64-128 channels, each followed by a 2x2 max-pool except the last),
-global average pooling, dropout and a dense head. `cnn_bn` adds BatchNorm after every conv.
+`cnn_small` / `cnn_bn`: four 3x3 conv blocks (16-32-64-128 channels, each followed by a 2x2
+max-pool except the last), global average pooling, dropout and a dense head. `cnn_bn` adds
+BatchNorm after every conv.
+
+`cnn_res18` / `cnn_res18_half`: torchvision's ResNet-18 layout (7x7/2 stem, 3x3/2 max-pool, four
+stages of two `resnet.BasicBlock`s) with a ONE-channel stem, at full (64-512) or half (32-256)
+width, for training from scratch on grey radiographs. The grey stem reads channel 0 of the
+standard 3-channel input (`to_model_input` repeats the grey image, so channel 0 holds all of it)
+and saves two thirds of the stem's work; no ImageNet weights exist for these, by design.
 """
 
 import functools
@@ -11,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcxr.models import layers
+from jaxcxr.models import resnet
 
 HEAD = 'classifier'
 
@@ -49,5 +57,44 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x)
 
 
+class GreyResNet(nn.Module):
+  """ResNet-18-style network with a one-channel stem; the Grad-CAM map is the last stage's output.
+
+  Attributes:
+    num_classes: size of the head.
+    widths: channels of the four stages (the stem has widths[0]).
+    stage_sizes: `BasicBlock`s per stage.
+    dropout_rate: dropout before the head.
+    dtype: compute dtype; params stay float32.
+  """
+  num_classes: int = 3
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """(N, H, W, 3) normalised images (grey repeated) -> (N, num_classes) logits."""
+    x = jnp.asarray(x, self.dtype)[..., :1]
+    x = layers.conv(self.widths[0], 7, self.dtype, 'conv1', 2, 3)(x)
+    x = nn.relu(layers.batch_norm(train, self.dtype, 'bn1')(x))
+    x = layers.max_pool(x, 3, 2, 1)
+    in_width = self.widths[0]
+    for i, (width, num_blocks) in enumerate(zip(self.widths, self.stage_sizes)):
+      for j in range(num_blocks):
+        stride = 2 if i > 0 and j == 0 else 1
+        downsample = j == 0 and (stride != 1 or in_width != width)
+        x = resnet.BasicBlock(width, stride, downsample, self.dtype,
+                              name=f'layer{i + 1}_{j}')(x, train)
+        in_width = width
+    x = layers.mark_cam_features(self, x)
+    x = layers.global_avg_pool(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x)
+
+
 cnn_small = functools.partial(SmallCNN, batch_norm=False)
 cnn_bn = functools.partial(SmallCNN, batch_norm=True)
+cnn_res18 = functools.partial(GreyResNet, widths=(64, 128, 256, 512))
+cnn_res18_half = functools.partial(GreyResNet, widths=(32, 64, 128, 256))

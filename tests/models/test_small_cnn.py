@@ -63,3 +63,29 @@ def test_bfloat16_compute_float32_params():
   variables = jax.jit(model.init)(_RNGS, x)
   assert {a.dtype for a in jax.tree.leaves(variables['params'])} == {jnp.dtype(jnp.float32)}
   assert jax.jit(model.apply)(variables, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('name,width', [('cnn_res18', 64), ('cnn_res18_half', 32)])
+def test_grey_resnet_is_resnet18_reading_channel_0(name, width):
+  """cnn_res18 = torchvision's ResNet-18 layout whose stem sees only channel 0 (the grey image)."""
+  grey = models.build(name, 3)
+  x = jax.random.normal(jax.random.key(3), (2, 64, 64, 3))
+  v = jax.jit(grey.init)(_RNGS, x)
+  params, stats = v['params'], v['batch_stats']
+  assert params['conv1']['kernel'].shape == (7, 7, 1, width)
+  assert params['classifier']['kernel'].shape == (8 * width, 3)
+  assert v['perturbations']['cam_features'].shape == (2, 2, 2, 8 * width)
+  if width == 64:   # same parameters as resnet18 but the stem: 7*7*(3-1)*64 fewer
+    ref = models.build('resnet18', 3)
+    ref_params = jax.eval_shape(ref.init, _RNGS, x)['params']
+    count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+    assert count(ref_params) - count(params) == 49 * 2 * 64
+    # The same network: resnet18 with zero weights on channels 1, 2 of its stem.
+    k = params['conv1']['kernel']
+    ref_vars = {'params': {**{n: p for n, p in params.items() if n != 'classifier'},
+                           'conv1': {'kernel': jnp.concatenate([k, 0 * k, 0 * k], axis=2)},
+                           'fc': params['classifier']},
+                'batch_stats': stats}
+    np.testing.assert_allclose(jax.jit(ref.apply)(ref_vars, x),
+                               jax.jit(grey.apply)({'params': params, 'batch_stats': stats}, x),
+                               atol=1e-4, rtol=1e-4)

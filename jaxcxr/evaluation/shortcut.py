@@ -1,0 +1,235 @@
+"""Shortcut indicator: how much of a model's Grad-CAM evidence lies outside the lungs.
+
+Chest X-ray sets are confounded (in the Kaggle set every viral-pneumonia film is a child's from one
+hospital; COVID films carry burned-in text and markers), so a high score can come from the wrong
+evidence. For every image we measure, on its Grad-CAM map of the predicted class (non-negative,
+at the model's input size):
+
+- `border`: the share of the map's mass in the border frame (the outer `FRAME_FRACTION` of each
+  side, 36% of the image at 0.1), where text, side markers and collimation edges sit;
+- `outside_lung`: the share of the mass outside the lung mask of `lung_mask`;
+- `peak_outside_lung`: whether the map's maximum lies outside the lung mask.
+
+Per predicted class, the means of these are compared with what a uniform map would give (the
+frame's area, the area outside the lungs). A class is FLAGGED when its evidence is concentrated
+where the disease is not: the mean border share exceeds `BORDER_FLAG` times the frame's area share,
+or the peak lies outside the lungs for more than `PEAK_FLAG` of its images. (Thresholds from the
+phantom experiment in tests/test_shortcut.py and docs/RESULTS.md: a model that learned a corner
+marker puts most of its mass in the frame; one that learned the lesions puts less there than a
+uniform map would.)
+
+The lung mask is an intensity heuristic, no segmentation model: lungs are the dark regions inside
+a generous two-ellipse envelope of where lungs sit on a PA film (`lung_envelope`). On a 64 px copy
+(area-resized, blurred), pixels of the envelope darker than its Otsu threshold are lung, minus the
+air outside the body (very dark regions connected to the image edge, dilated); after a 3x3 opening
+only components of >= 1% of the image are kept. When that leaves < 4% or > 50% of the image
+(over-/under-exposed films), the envelope minus the outside air is used instead. Against the
+phantoms' true lung geometry it reaches IoU ~0.8 (tests/test_shortcut.py); on real films it follows
+the lung fields of adults and children, missing parts of consolidated lungs (dense lung looks like
+soft tissue), which makes the indicator conservative for evidence on opacities near the lung edge.
+"""
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from jaxcxr.evaluation import gradcam
+
+EXAMPLES_PER_CLASS = 2  # most confident right and wrong predictions drawn per predicted class
+FRAME_FRACTION = 0.1    # border frame: the outer 10% of each side (36% of the area)
+BORDER_FLAG = 1.5       # flag: mean border share > 1.5 x the frame's area share (0.54 at 0.1)
+PEAK_FLAG = 0.5         # flag: the peak is outside the lung mask in > 50% of a class's images
+_WORK = 64              # side the lung heuristic works at
+_MIN_LUNG, _MAX_LUNG = 0.04, 0.5
+
+
+def lung_envelope(size: int) -> np.ndarray:
+  """bool (size, size): two ellipses covering where the lungs of a PA chest film usually are."""
+  yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+  env = np.zeros((size, size), bool)
+  for cx in (0.29, 0.71):
+    env |= ((xx - cx) / 0.2) ** 2 + ((yy - 0.47) / 0.36) ** 2 <= 1.0
+  return env
+
+
+def lung_mask(grey: np.ndarray) -> np.ndarray:
+  """bool (H, W) lung mask of a uint8 grey chest film (H, W) or (H, W, 1); see the docstring."""
+  grey = np.asarray(grey)
+  if grey.ndim == 3:
+    grey = grey[..., 0]
+  h, w = grey.shape
+  g = cv2.resize(grey.astype(np.uint8), (_WORK, _WORK), interpolation=cv2.INTER_AREA)
+  g = cv2.GaussianBlur(g.astype(np.float32), (0, 0), 1.0)
+  env = lung_envelope(_WORK)
+  t, _ = cv2.threshold(np.clip(g[env], 0, 255).astype(np.uint8)[:, None], 0, 255,
+                       cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+  # Air outside the body: much darker than the lungs and connected to the image edge.
+  n, lab = cv2.connectedComponents((g < 0.6 * t).astype(np.uint8), connectivity=4)
+  edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+  air = np.isin(lab, edge[edge > 0])
+  air = cv2.dilate(air.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+  m = cv2.morphologyEx(((g < t) & env & ~air).astype(np.uint8), cv2.MORPH_OPEN,
+                       np.ones((3, 3), np.uint8))
+  n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=4)
+  big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 0.01 * _WORK * _WORK]
+  mask = np.isin(lab, big)
+  if not _MIN_LUNG <= mask.mean() <= _MAX_LUNG:
+    mask = env & ~air
+  return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def border_frame(height: int, width: int, fraction: float = FRAME_FRACTION) -> np.ndarray:
+  """bool (height, width): True in the outer `fraction` of each side."""
+  fy, fx = max(1, round(height * fraction)), max(1, round(width * fraction))
+  frame = np.ones((height, width), bool)
+  frame[fy:height - fy, fx:width - fx] = False
+  return frame
+
+
+def cam_shares(cams: np.ndarray, lungs: np.ndarray,
+               fraction: float = FRAME_FRACTION) -> dict[str, np.ndarray]:
+  """Per-image shares of Grad-CAM mass. cams (N, H, W) >= 0, lungs bool (N, H, W).
+
+  Returns:
+    {'border', 'outside_lung': float (N,) mass shares (NaN for an all-zero map),
+     'peak_outside_lung': bool (N,), 'border_area', 'outside_lung_area': float (N,) area shares}.
+  """
+  cams = np.asarray(cams, np.float64)
+  lungs = np.asarray(lungs, bool)
+  if cams.shape != lungs.shape or cams.ndim != 3:
+    raise ValueError(f'cams {cams.shape} and lung masks {lungs.shape} must both be (N, H, W).')
+  n, h, w = cams.shape
+  frame = border_frame(h, w, fraction)
+  total = cams.sum(axis=(1, 2))
+  with np.errstate(invalid='ignore', divide='ignore'):
+    border = (cams * frame).sum(axis=(1, 2)) / total
+    outside = (cams * ~lungs).sum(axis=(1, 2)) / total
+  peak = cams.reshape(n, -1).argmax(axis=1)
+  return {'border': border, 'outside_lung': outside,
+          'peak_outside_lung': ~lungs.reshape(n, -1)[np.arange(n), peak],
+          'border_area': np.full(n, frame.mean()), 'outside_lung_area': 1.0 - lungs.mean((1, 2))}
+
+
+def indicator(shares: dict[str, np.ndarray], preds: Sequence[int],
+              class_names: Sequence[str]) -> dict:
+  """Per predicted class: mean shares, their uniform-map baselines, and whether it is flagged.
+
+  Returns:
+    {'per_class': {name: {'n', 'border', 'border_area', 'outside_lung', 'outside_lung_area',
+     'peak_outside_lung', 'flagged', 'reasons'}}, 'flagged': [names], 'frame_fraction',
+     'border_flag', 'peak_flag'}; classes never predicted have n = 0 and NaN shares.
+  """
+  preds = np.asarray(preds)
+  per_class, flagged = {}, []
+  for k, name in enumerate(class_names):
+    sel = (preds == k) & np.isfinite(shares['border'])
+    row = {'n': int(sel.sum())}
+    for key in ('border', 'border_area', 'outside_lung', 'outside_lung_area', 'peak_outside_lung'):
+      row[key] = float(np.mean(shares[key][sel])) if sel.any() else float('nan')
+    reasons = []
+    if sel.any() and row['border'] > BORDER_FLAG * row['border_area']:
+      reasons.append(f'{row["border"]:.0%} of the Grad-CAM mass in the border frame '
+                     f'({row["border_area"]:.0%} of the area)')
+    if sel.any() and row['peak_outside_lung'] > PEAK_FLAG:
+      reasons.append(f'peak outside the lungs in {row["peak_outside_lung"]:.0%} of its images')
+    row['flagged'], row['reasons'] = bool(reasons), reasons
+    if reasons:
+      flagged.append(name)
+    per_class[name] = row
+  return {'per_class': per_class, 'flagged': flagged, 'frame_fraction': FRAME_FRACTION,
+          'border_flag': BORDER_FLAG, 'peak_flag': PEAK_FLAG}
+
+
+def markdown(ind: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
+  """The report section: the per-class table, the verdict, and links to the example panels."""
+  lines = ['## Shortcut indicator (where the Grad-CAM evidence is)', '',
+           'Per predicted class, on the Grad-CAM map of the predicted class: the share of its mass '
+           f'in the border frame (outer {ind["frame_fraction"]:.0%} of each side, where text and '
+           'markers sit) and outside the lung mask (intensity heuristic, see '
+           '`jaxcxr.evaluation.shortcut`), each beside the share a uniform map would give, and how '
+           'often the peak is outside the lungs. Flagged: border share > '
+           f'{ind["border_flag"]:g} x its area, or peak outside the lungs in > '
+           f'{ind["peak_flag"]:.0%} of the images.', '',
+           '| predicted class | images | border mass (area) | outside-lung mass (area) | '
+           'peak outside lungs | flagged |', '|---|---:|---:|---:|---:|---|']
+  for name, r in ind['per_class'].items():
+    if not r['n']:
+      lines.append(f'| {name} | 0 | n/a | n/a | n/a | |')
+      continue
+    lines.append(f'| {name} | {r["n"]} | {r["border"]:.2f} ({r["border_area"]:.2f}) | '
+                 f'{r["outside_lung"]:.2f} ({r["outside_lung_area"]:.2f}) | '
+                 f'{r["peak_outside_lung"]:.2f} | {"**yes**: " + "; ".join(r["reasons"]) if r["flagged"] else "no"} |')
+  lines += ['', ('**Flagged: ' + ', '.join(ind['flagged']) + '.** The model may be using '
+                 'evidence outside the lungs (text, markers, borders, anatomy of another age '
+                 'group) for these classes; check the examples below.') if ind['flagged'] else
+            'No class flagged.', '']
+  if figures:
+    lines += ['Most confident right and wrong predictions (source resolution: original | '
+              'Grad-CAM overlay):', ''] + [f'![{t}]({p})' for t, p in figures] + ['']
+  return '\n'.join(lines)
+
+
+def select_examples(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
+                    per_class: int) -> list[tuple[int, str, int]]:
+  """(index, 'correct' | 'wrong', rank) of the most confident right and wrong predictions.
+
+  Per predicted class, up to `per_class` correct and `per_class` wrong predictions with the
+  highest predicted probability (the confident mistakes show a shortcut best).
+  """
+  labels, preds = np.asarray(labels), np.asarray(preds)
+  conf = np.asarray(probs)[np.arange(len(preds)), preds]
+  out = []
+  for k in range(np.asarray(probs).shape[1]):
+    for kind, sel in (('correct', (preds == k) & (labels == k)),
+                      ('wrong', (preds == k) & (labels != k))):
+      idx = np.flatnonzero(sel)
+      idx = idx[np.argsort(-conf[idx], kind='stable')][:per_class]
+      out += [(int(i), kind, r + 1) for r, i in enumerate(idx)]
+  return out
+
+
+def analyse_split(module, variables: dict, data_cfg, handle, split: str, out_dir: str,
+                  class_names: Sequence[str], *, per_class: int = EXAMPLES_PER_CLASS,
+                  batch_size: int = 16, alpha: float = 0.4) -> dict:
+  """Grad-CAM of every image of a split, the indicator, and panels of the telling examples.
+
+  Args:
+    module, variables: the model.
+    data_cfg: `config.data` of the run; handle: its `jaxcxr.data.prepare` handle.
+    split: the split to analyse.
+    out_dir: the panels go to `out_dir/shortcut/`.
+    class_names: the model's classes.
+    per_class: most confident right and wrong predictions drawn per predicted class.
+    batch_size: Grad-CAM batch size.
+    alpha: overlay weight.
+
+  Returns:
+    {'indicator': `indicator(...)`, 'figures': [(title, path relative to out_dir)],
+     'images': N}.
+  """
+  greys, labels, index = gradcam.split_images(data_cfg, handle, split, batch_size)
+  cams, probs, _ = gradcam.cams_uint8(module, variables, greys, -1, batch_size=batch_size)
+  preds = probs.argmax(1)
+  lungs = np.stack([lung_mask(g) for g in greys])
+  shares = cam_shares(cams, lungs)
+  ind = indicator(shares, preds, class_names)
+  os.makedirs(os.path.join(out_dir, 'shortcut'), exist_ok=True)
+  figures = []
+  for i, kind, rank in select_examples(labels, preds, probs, per_class):
+    original, name = gradcam.load_source(handle, data_cfg, split, int(index[i]))
+    header = gradcam.probability_header(probs[i], class_names, true=int(labels[i]), name=name)
+    header.append(f'Grad-CAM mass: border frame {shares["border"][i]:.2f}, outside lungs '
+                  f'{shares["outside_lung"][i]:.2f}')
+    pred = class_names[preds[i]]
+    rel = os.path.join('shortcut', f'{pred.replace(" ", "_")}_{kind}_{rank}.png')
+    Image.fromarray(gradcam.source_panel(original, cams[i], header, alpha=alpha)).save(
+        os.path.join(out_dir, rel))
+    figures.append((f'predicted {pred}, {kind} #{rank}', rel))
+  return {'indicator': ind, 'figures': figures, 'images': int(len(greys))}
+
+
+__all__ = ['EXAMPLES_PER_CLASS', 'analyse_split', 'FRAME_FRACTION', 'BORDER_FLAG', 'PEAK_FLAG', 'lung_envelope', 'lung_mask',
+           'border_frame', 'cam_shares', 'indicator', 'markdown', 'select_examples']

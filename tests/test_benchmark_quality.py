@@ -1,0 +1,63 @@
+"""launch.benchmark_quality: both sides on the same images, one table (tiny phantom smoke run)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxcxr.data import phantom
+from jaxcxr.tools import benchmark_quality
+from tests import train_helpers
+
+NAMES = ('COVID', 'Normal', 'Viral Pneumonia')
+
+
+def test_rows_and_table_from_results(tmp_path):
+  # torch row: scored from the worker's probabilities with the report's metrics.
+  test = [['a.png', 0], ['b.png', 1], ['c.png', 2], ['d.png', 2]]
+  probs = [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]]
+  (tmp_path / 't.json').write_text(json.dumps(
+      {'probs': probs, 'train_img_s': 12.5, 'recipe': 'r', 'stopped_by_budget': True,
+       'epochs_done': 2.5}))
+  row = benchmark_quality.torch_row(str(tmp_path / 't.json'), 0, 42.0, 60.0, NAMES, test)
+  assert row['accuracy'] == 0.75 and row['num_test'] == 4
+  assert row['recall'] == {'COVID': 1.0, 'Normal': 1.0, 'Viral Pneumonia': 0.5}
+  assert row['macro_f1'] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)   # F1 per class: 2/3, 1, 2/3
+  assert row['within_budget'] and 'stopped after 2.50 epochs' in row['status']
+  killed = benchmark_quality.jax_row(str(tmp_path / 'none'), None, 61.0, 60.0)
+  assert not killed['within_budget'] and killed['status'] == 'killed at the budget'
+  table = benchmark_quality.format_table([killed, row], NAMES)
+  lines = table.splitlines()
+  assert lines[0].startswith('| run | macro-F1 | accuracy | recall COVID |')
+  assert lines[2].startswith('| jaxcxr | - | - |') and '| NO | killed at the budget |' in lines[2]
+  assert lines[3].startswith('| torchvision | ') and '| 0.750 | 1.000 | 1.000 | 0.500 | 4 | 42 |' \
+      in lines[3]
+
+
+@pytest.mark.slow
+def test_smoke_same_test_images(tmp_path):
+  pytest.importorskip('torchvision')
+  folder = phantom.write_folder(tmp_path / 'kaggle', num_per_class=12, image_size=32, seed=0)
+  out = tmp_path / 'out'
+  jax = ['--config.data.image_size=32', '--config.data.stored_size=32', '--config.model.name=cnn_bn',
+         '--config.train.batch_size=8', '--config.train.num_epochs=1', '--config.train.max_steps=2',
+         '--config.eval.batch_size=8', '--config.eval.bootstrap=20', '--config.eval.shortcut=False',
+         '--config.checkpoint.async_save=False', '--config.optim.warmup_epochs=0']
+  cmd = [sys.executable, '-m', 'launch.benchmark_quality', f'--manual_dir={folder}',
+         f'--out={out}', '--budget_s=400', '--torch_epochs=1', '--torch_image_size=32',
+         '--torch_batch=8'] + [f'--jax_override={a}' for a in jax]
+  r = subprocess.run(cmd, cwd=train_helpers.REPO, env=train_helpers.env(), capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:] + (out / 'jaxcxr.log').read_text()[-2000:]
+  summary = json.loads((out / 'benchmark_quality.json').read_text())
+  jax_r, torch_r = summary['rows']
+  assert (jax_r['name'], torch_r['name']) == ('jaxcxr', 'torchvision')
+  # Same held-out images: 12 per class x 15% = 2 per class.
+  assert jax_r['num_test'] == torch_r['num_test'] == 6
+  splits = json.loads((out / 'splits.json').read_text())
+  assert len(splits['train']) == 3 * (12 - 2 - 2) and len(splits['test']) == 6
+  for r_ in (jax_r, torch_r):
+    assert 0.0 <= r_['macro_f1'] <= 1.0 and r_['within_budget'] and r_['train_img_s'] > 0
+  assert '| jaxcxr |' in r.stdout and '| torchvision |' in r.stdout
