@@ -1,19 +1,37 @@
-"""Smoke tests of the benchmark code paths (jaxcxr.tools.benchmark, launch.benchmark) on a tiny model.
+"""The benchmark tools (jaxcxr.tools.benchmark*, launch.benchmark, scripts/torch_reference.py).
 
-No timing assertions: the numbers depend on the machine and its load. What is checked is that the
-real train step runs under the benchmark (the SGD step changes the parameters, the step counter
-advances, donated state is not reused), the reported quantities exist and are consistent, and the
-table / derived ratios are computed from them.
+No timing assertions on throughput: the numbers depend on the machine and its load. What is
+checked: the real train step runs (and in bfloat16 when asked), the load guard refuses or flags
+by its rules, jax and torch steps alternate after one warm-up each, the reported quantities exist
+and the derived ratios follow from them, and the CLI's exit statuses.
 """
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr.tools import benchmark
 from jaxcxr import models
+from jaxcxr.tools import benchmark
+from jaxcxr.tools import benchmark_compare as compare
+from jaxcxr.tools import benchmark_convs
+from jaxcxr.tools import benchmark_guard as guard
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*flags, timeout=600):
+  return subprocess.run([sys.executable, '-m', 'launch.benchmark', *flags], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- building blocks
 
 def test_random_variables_shapes_and_bn_defaults():
   module = models.build('cnn_bn', 3)
@@ -43,43 +61,34 @@ def test_compiled_train_step_updates_state_and_reports_cost():
   assert not np.allclose(np.asarray(new_state.params['conv1']['kernel']), before)
 
 
-def test_bench_arch_all_parts_and_achieved():
-  r = benchmark.bench_arch('cnn_small', 16, 2, 1)
-  for key in ('train_img_s', 'eval_img_s', 'gradcam_img_s', 'train_flops', 'eval_flops',
-              'peak_rss_mb', 'compile_s', 'trace_lower_s'):
-    assert r[key] > 0, key
-  # A train step (forward + backward) costs more FLOPs than the forward alone.
-  assert r['train_flops'] > r['eval_flops']
-  a = benchmark.achieved(r, machine_flops=1e12)
-  assert a['train_gflop_s'] == pytest.approx(r['train_flops'] / r['train_step_s'] / 1e9)
-  assert a['train_frac_peak'] == pytest.approx(a['train_gflop_s'] / 1e3)
+def test_bf16_train_step_asks_for_bf16_convs_and_reports_what_xla_runs():
+  """The bf16 column must time a bf16 program: the lowered convs are bf16 (params stay f32);
+  what XLA:CPU makes of them (it may upcast to f32) is reported, not assumed."""
+  module = models.build('cnn_small', 3, dtype=jnp.bfloat16)
+  state = benchmark.make_state(module, 16)
+  _, timings = benchmark.compile_train_step(module, state, benchmark.random_batch(2, 16),
+                                            jax.random.key(0), jnp.bfloat16)
+  # 4 forward convs, their input gradients (not the first) and weight gradients.
+  assert timings['lowered_convs'] == {'bf16': 11}, timings['lowered_convs']
+  assert sum(timings['compiled_convs'].values()) >= 8
+  assert state.params['conv1']['kernel'].dtype == jnp.float32
 
 
-def test_compile_only_part_skips_timing():
-  r = benchmark.bench_arch('cnn_small', 16, 2, 1, parts=('compile',))
-  assert 'compile_s' in r and 'train_img_s' not in r and 'eval_img_s' not in r
+def test_conv_dtypes_reads_hlo_and_stablehlo():
+  hlo = ('  %convolution.9 = f32[32,3,3,64]{3,2,1,0} convolution(%p0, %p1), window={size=4x4}\n'
+         '  ROOT %c.2 = bf16[2,8,8,16]{3,2,1,0} convolution(%a, %b), window={size=3x3}\n')
+  assert benchmark.conv_dtypes(hlo) == {'f32': 1, 'bf16': 1}
+  shlo = ('%3 = stablehlo.convolution(%1, %2) dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, '
+          'f], window = {} : (tensor<2x16x16x3xbf16>, tensor<3x3x3x16xbf16>) -> '
+          'tensor<2x16x16x16xbf16>')
+  assert benchmark.conv_dtypes(shlo) == {'bf16': 1}
 
 
 def test_matmul_flops_positive():
   assert benchmark.matmul_flops(n=64, steps=2) > 0
 
 
-def test_table_and_ratios():
-  from launch import benchmark as cli  # pylint: disable=g-import-not-at-top
-  row = cli._derive({'arch': 'x', 'batch': 4, 'train_img_s': 6.0, 'torch_train_img_s': 3.0,
-                     'eval_img_s': 10.0, 'torch_eval_img_s': 20.0, 'train_step_s': 4 / 6.0,
-                     'train_flops': 2e9, 'trace_lower_s': 1.0, 'compile_s': 2.0},
-                    machine_flops=10e9)
-  assert row['train_ratio'] == pytest.approx(2.0)
-  assert row['eval_ratio'] == pytest.approx(0.5)
-  assert row['cold_total_s'] == pytest.approx(3.0)
-  assert row['train_pct_peak'] == pytest.approx(100 * 3e9 / 10e9)
-  table = cli.format_table([row])
-  assert table.count('\n') == 2 and '| x |' in table and '2.00' in table
-
-
 def test_tap_matmul_weight_grad_equals_xla():
-  from jaxcxr.tools import benchmark_convs  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
   g = jax.random.normal(jax.random.key(2), (2, 6, 6, 4))
@@ -89,3 +98,193 @@ def test_tap_matmul_weight_grad_equals_xla():
   rows = benchmark_convs.probe(shapes=((1, 4, 2, 2, 1),), steps=1)
   assert rows[0]['dw_tap_rel_diff'] < 1e-5 and rows[0]['fwd_ms'] > 0
 
+
+# ----------------------------------------------------------------------------- load guard
+
+@pytest.mark.parametrize('loads, settle_s, quiet, waited', [
+    ([0.5], 60, True, 0),              # quiet at once
+    ([3.0, 2.0, 1.0], 60, True, 10),   # quiet after two 5 s polls
+    ([3.0] * 100, 12, False, 12),      # never quiet: gives up after settle_s
+    ([3.0], 0, False, 0),              # no waiting allowed
+])
+def test_wait_until_quiet(loads, settle_s, quiet, waited):
+  it = iter(loads)
+  slept = []
+  ok, load1, w = guard.wait_until_quiet(1.5, settle_s, poll_s=5, loadavg=lambda: (next(it),),
+                                        sleep=slept.append)
+  assert (ok, w) == (quiet, waited) and sum(slept) == waited
+  assert (load1 <= 1.5) == quiet
+
+
+def test_cpu_meter_counts_only_other_processes(monkeypatch):
+  busy, own, wall = iter([100.0, 103.0]), iter([10.0, 11.0]), iter([0.0, 2.0])
+  monkeypatch.setattr(guard, '_machine_busy_s', lambda: next(busy))
+  monkeypatch.setattr(guard, '_own_cpu_s', lambda: next(own))
+  monkeypatch.setattr(guard.time, 'perf_counter', lambda: next(wall))
+  # 3 busy CPU-seconds in 2 s, 1 of them ours: the others used 1 core on average.
+  assert guard.CpuMeter().start().stop() == pytest.approx(1.0)
+
+
+def test_machine_busy_time_moves_forward():
+  first = guard._machine_busy_s()
+  if first is None:
+    pytest.skip('no /proc/stat on this system')
+  sum(i * i for i in range(300_000))   # burn a little CPU
+  assert guard._machine_busy_s() > first
+
+
+def test_judge():
+  clean = guard.judge(0.4, 2.1, 0.05, limit=1.5, foreign_limit=0.2)
+  assert clean.ok and clean.as_dict()['load_ok']
+  busy = guard.judge(2.0, 2.0, 0.9, limit=1.5, foreign_limit=0.2)
+  assert not busy.ok and len(busy.problems) == 2
+  assert '2.00 > 1.50' in busy.problems[0] and '0.90 cores' in busy.problems[1]
+  assert '--allow_load' in guard.busy_message(busy.problems)
+
+
+def _fake_measure(spec, **kwargs):
+  del kwargs
+  return {'arch': spec, 'batch': 2, 'jax_train/float32_img_s': 4.0}
+
+
+def test_run_refuses_a_busy_machine_before_measuring(monkeypatch):
+  measured = []
+  monkeypatch.setattr(guard, 'wait_until_quiet', lambda limit, settle_s: (False, 5.0, settle_s))
+  monkeypatch.setattr(compare, 'measure_arch', lambda spec, **kw: measured.append(spec))
+  rows, refusal = compare.run(['a', 'b'], allow_load=False, max_load_per_core=0.75,
+                              max_foreign_per_core=0.1, settle_s=7, log=lambda *_: None)
+  assert rows == [] and measured == []
+  assert 'load average 5.00' in refusal and 'waiting 7 s' in refusal
+
+
+def test_run_stops_after_a_contaminated_arch_unless_load_is_allowed(monkeypatch):
+  monkeypatch.setattr(guard, 'wait_until_quiet', lambda limit, settle_s: (True, 0.1, 0.0))
+  monkeypatch.setattr(guard.CpuMeter, 'stop', lambda self: 1.9)   # others took 1.9 cores
+  monkeypatch.setattr(compare, 'measure_arch', _fake_measure)
+  kwargs = dict(max_load_per_core=0.75, max_foreign_per_core=0.1, settle_s=0, log=lambda *_: None)
+  rows, refusal = compare.run(['a', 'b'], allow_load=False, **kwargs)
+  assert [r['arch'] for r in rows] == ['a'] and not rows[0]['load_ok']
+  assert 'other processes used 1.90 cores' in refusal
+  rows, refusal = compare.run(['a', 'b'], allow_load=True, **kwargs)
+  assert refusal is None and [r['arch'] for r in rows] == ['a', 'b']
+  assert 'UNDER LOAD (a, b)' in compare.banner(rows)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+class _FakeWorker:
+
+  def __init__(self, name, log, seconds):
+    self.name, self._log, self._s = name, log, seconds
+
+  def step(self, key):
+    self._log.append((self.name, key))
+    return self._s
+
+
+def test_alternate_warms_up_then_interleaves_and_medians():
+  log = []
+  workers = [_FakeWorker('jax', log, 0.5), _FakeWorker('torch', log, 0.25)]
+  times = compare.alternate(workers, 'train/float32', steps=5)
+  assert [n for n, _ in log] == ['jax', 'torch'] * 6   # warm-up round, then 5 timed rounds
+  assert times == {'jax': [0.5] * 5, 'torch': [0.25] * 5}
+
+
+def test_derive_and_table():
+  row = compare.derive({'arch': 'x', 'batch': 4, 'jax_train/float32_img_s': 6.0,
+                        'torch_train/float32_img_s': 3.0, 'jax_eval/float32_img_s': 10.0,
+                        'torch_eval/float32_img_s': 20.0, 'train_flops_float32': 2e9,
+                        'trace_lower_s_float32': 1.0, 'compile_s_float32': 2.0,
+                        'warm_trace_lower_s_float32': 0.5, 'warm_compile_s_float32': 0.25,
+                        'load_ok': True}, machine_flops=10e9)
+  assert row['ratio_train/float32'] == pytest.approx(2.0)
+  assert row['ratio_eval/float32'] == pytest.approx(0.5)
+  assert row['cold_compile_total_s_float32'] == pytest.approx(3.0)
+  assert row['warm_compile_total_s_float32'] == pytest.approx(0.75)
+  assert row['train_gflop_s_float32'] == pytest.approx(2e9 * 6.0 / 4 / 1e9)
+  assert row['train_pct_matmul_float32'] == pytest.approx(100 * 3.0 / 10.0)
+  table = compare.format_table([row], ['float32'], ['train', 'eval'])
+  assert table.count('\n') == 2
+  assert '| x | 6.00 (3.00) 2.00x | 10.00 (20.00) 0.50x | 3.0 / 0.8 |' in table
+  assert compare.banner([row]) == ''
+
+
+def test_parse_spec():
+  assert compare.parse_spec('densenet201:me') == ('densenet201', {'memory_efficient': True})
+  assert compare.parse_spec('vgg19') == ('vgg19', {})
+  with pytest.raises(ValueError, match='only suffix'):
+    compare.parse_spec('vgg19:fast')
+
+
+def test_measure_arch_needs_five_steps():
+  with pytest.raises(ValueError, match='at least 5'):
+    compare.measure_arch('cnn_small', jax_cmd=[], torch_cmd=None, image_size=16, batch=2,
+                         steps=3, dtypes=['float32'], parts=['train'])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_cli_refuses_a_busy_machine_with_status_75():
+  proc = _cli('--archs=cnn_small', '--max_load_per_core=-1', '--settle_s=0', '--matmul_n=64')
+  assert proc.returncode == guard.BUSY_EXIT, proc.stderr[-2000:]
+  assert 'Refusing to report benchmark figures' in proc.stderr
+  assert '--allow_load' in proc.stderr
+
+
+def test_measure_arch_with_the_launcher_worker_and_warm_compile():
+  row = compare.measure_arch(
+      'cnn_small', jax_cmd=[sys.executable, '-m', 'launch.benchmark', '--worker=jax'],
+      torch_cmd=None, image_size=16, batch=2, steps=5, dtypes=['float32'],
+      parts=['train', 'eval'], timeout_s=600)
+  assert 'error' not in row, row.get('error')
+  for key in ('train/float32', 'eval/float32'):
+    assert len(row[f'jax_{key}_times']) == 5, key
+    assert row[f'jax_{key}_img_s'] == pytest.approx(2 / np.median(row[f'jax_{key}_times']))
+  # The second process loads the executable from the cache the first one filled.
+  assert row['warm_compile_s_float32'] < row['compile_s_float32']
+  assert row['jax_peak_rss_mb'] > 0 and row['compiled_convs_float32']
+
+
+def _torch_reference():
+  spec = importlib.util.spec_from_file_location('torch_reference',
+                                                REPO / 'scripts' / 'torch_reference.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_torch_reference_autocasts_bf16_and_trains():
+  torch = pytest.importorskip('torch')
+  ref = _torch_reference().TorchArch({'arch': 'resnet18', 'image_size': 16, 'batch': 2,
+                                      'dtypes': ['float32', 'bfloat16']})
+  assert ref.keys == ['train/float32', 'train/bfloat16', 'eval/float32', 'eval/bfloat16']
+  seen = []
+  ref.model.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+  before = ref.model.fc.weight.detach().clone()
+  for key in ref.keys:
+    assert ref.run(key) > 0
+  assert seen == [torch.float32, torch.bfloat16, torch.float32, torch.bfloat16]
+  assert not torch.equal(before, ref.model.fc.weight)
+  assert ref.model.fc.weight.dtype == torch.float32
+
+
+def test_torch_reference_speaks_the_worker_protocol():
+  pytest.importorskip('torchvision')
+  w = compare.Worker('torch', [sys.executable, str(REPO / 'scripts' / 'torch_reference.py')],
+                     {'arch': 'resnet18', 'image_size': 16, 'batch': 2, 'dtypes': ['float32'],
+                      'parts': ['eval']}, timeout_s=300)
+  assert w.keys == ['eval/float32'] and w.info['torch_threads'] >= 1
+  assert w.step('eval/float32') > 0
+  assert w.finish()['peak_rss_mb'] > 0
+
+
+def test_worker_error_carries_the_stderr_tail():
+  crash = [sys.executable, '-c', 'import sys; sys.stderr.write("no torchvision model xyz"); '
+           'sys.exit(3)']
+  with pytest.raises(compare.WorkerError, match='(?s)exited with status 3.*no torchvision model'):
+    compare.Worker('torch', crash, {'arch': 'xyz'}, timeout_s=60)
+
+
+def test_worker_that_never_answers_times_out():
+  with pytest.raises(compare.WorkerError, match='no answer within 1 s'):
+    compare.Worker('jax', [sys.executable, '-c', 'import time; time.sleep(30)'], {}, timeout_s=1)

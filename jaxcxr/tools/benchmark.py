@@ -1,13 +1,17 @@
-"""Model throughput benchmark: train / eval / Grad-CAM images/s, compile time, FLOP/s, memory.
+"""Benchmark building blocks: states, batches, the compiled train step, FLOPs, memory, machine.
 
-Times the real jitted `jaxcxr.training.steps.train_step` (SGD with momentum from `jaxcxr.training.optim`, state
-donated), `jaxcxr.training.steps.eval_step` and `jaxcxr.evaluation.gradcam.grad_cam` on random uint8 batches, and
-reports each step's FLOPs from XLA's cost analysis next to the machine's measured dense float32
-matmul FLOP/s. The entry point `launch.benchmark` runs each architecture in its own process (clean
-peak memory, clean compilation cache) and adds the PyTorch reference. Library code: no torch here.
+The pieces every benchmark mode shares: numpy-filled weights and SGD-momentum train states, the
+real jitted `jaxcxr.training.steps.train_step` compiled with its timings, XLA's FLOPs and
+temporaries, the machine's measured dense float32 matmul FLOP/s, peak RSS. The modes build on them:
+`benchmark_compare` (vs torchvision), `benchmark_loop`, `benchmark_accel`, `benchmark_profile`.
+Library code: no torch here.
 """
 
+import collections
 import functools
+import json
+import os
+import re
 import resource
 import time
 from typing import Any, Callable
@@ -18,11 +22,9 @@ import ml_collections
 import numpy as np
 
 from jaxcxr import models
-from jaxcxr.evaluation import gradcam
 from jaxcxr.training import optim
 from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps as steps_lib
-from jaxcxr.data.preprocess import to_model_input
 
 NUM_CLASSES = 3
 
@@ -104,21 +106,43 @@ def random_batch(batch_size: int, image_size: int, seed: int = 0) -> dict:
           'label': jnp.asarray(rng.integers(0, NUM_CLASSES, (batch_size,), np.int32))}
 
 
-def _cost_flops(compiled) -> float:
+def cost_flops(compiled) -> float:
+  """FLOPs of one call of a compiled executable, from XLA's cost analysis (NaN if absent)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):   # older jax: one dict per computation
     cost = cost[0] if cost else {}
   return float((cost or {}).get('flops', float('nan')))
 
 
-def _temp_mb(compiled) -> float:
+def temp_mb(compiled) -> float:
+  """XLA temporaries of a compiled executable (activations and scratch of one call), MiB."""
   mem = compiled.memory_analysis()
   return float(getattr(mem, 'temp_size_in_bytes', float('nan'))) / 2**20
 
 
-def compile_train_step(module, state, batch, key) -> tuple[Any, dict]:
-  """Traces, lowers and compiles the donated train step; returns (executable, timings)."""
-  step = jax.jit(functools.partial(steps_lib.train_step, dtype=jnp.float32,
+_HLO_CONV = re.compile(r'=\s*(\w+)\[[^\]]*\]\S*\s+convolution\(')
+_STABLEHLO_CONV = re.compile(r'stablehlo\.convolution.*->\s*tensor<[\dx]*x(\w+)>')
+
+
+def conv_dtypes(text: str) -> dict[str, int]:
+  """Count of convolutions per output dtype in an HLO or StableHLO module text.
+
+  The lowered (StableHLO) program shows what the model asked for; the compiled (optimised HLO)
+  one what the backend runs: XLA:CPU, for one, rewrites bf16 convolutions to f32.
+  """
+  found = _HLO_CONV.findall(text) or _STABLEHLO_CONV.findall(text)
+  return dict(collections.Counter(found))
+
+
+def compile_train_step(module, state, batch, key, dtype=None) -> tuple[Any, dict]:
+  """Traces, lowers and compiles the donated train step; returns (executable, timings).
+
+  `dtype` is the compute dtype of the input (`to_model_input`); default float32. The module's own
+  `dtype` sets the compute dtype of its layers. Timings: `trace_lower_s`, `compile_s`,
+  `train_flops`, `train_temp_mb`, and the conv dtypes asked for (`lowered_convs`) and run
+  (`compiled_convs`).
+  """
+  step = jax.jit(functools.partial(steps_lib.train_step, dtype=jnp.dtype(dtype or jnp.float32),
                                    label_smoothing=0.0, class_weights=None), donate_argnums=0)
   del module
   t0 = time.perf_counter()
@@ -127,64 +151,22 @@ def compile_train_step(module, state, batch, key) -> tuple[Any, dict]:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   return compiled, {'trace_lower_s': t1 - t0, 'compile_s': t2 - t1,
-                    'train_flops': _cost_flops(compiled), 'train_temp_mb': _temp_mb(compiled)}
+                    'train_flops': cost_flops(compiled), 'train_temp_mb': temp_mb(compiled),
+                    'lowered_convs': conv_dtypes(lowered.as_text()),
+                    'compiled_convs': conv_dtypes(compiled.as_text())}
 
 
-def bench_arch(arch: str, image_size: int, batch_size: int, steps: int, *,
-               parts: tuple[str, ...] = ('train', 'eval', 'gradcam'),
-               **overrides: Any) -> dict:
-  """Benchmarks one architecture in this process.
-
-  Args:
-    arch: a `jaxcxr.models.NAMES` entry.
-    image_size, batch_size: input side and batch.
-    steps: timed steps per part (median), after one untimed warm-up step.
-    parts: any of 'train', 'eval', 'gradcam'; 'compile' alone only compiles the train step (for
-      timing a warm persistent compilation cache).
-    **overrides: model options, e.g. `memory_efficient=True`.
-
-  Returns:
-    Flat dict: `compile_s`, `trace_lower_s`, `train_flops` (per step), `train_temp_mb` (XLA
-    temporaries), `train_img_s`, `eval_img_s`, `eval_flops`, `gradcam_img_s`, `peak_rss_mb`.
-  """
-  module = models.build(arch, NUM_CLASSES, **overrides)
-  state = make_state(module, image_size)
-  batch = random_batch(batch_size, image_size)
-  key = jax.random.key(0)
-  out: dict[str, Any] = {'arch': arch, 'image_size': image_size, 'batch': batch_size,
-                         'steps': steps, **{k: v for k, v in overrides.items()}}
-  compiled, timings = compile_train_step(module, state, batch, key)
-  out.update(timings)
-  if 'train' in parts:
-    holder = [state]
-
-    def one_step():
-      holder[0], metrics = compiled(holder[0], batch, key)
-      return metrics
-
-    out['train_step_s'] = median_seconds(one_step, steps)
-    out['train_img_s'] = batch_size / out['train_step_s']
-    state = holder[0]
-  if 'eval' in parts:
-    ev = jax.jit(functools.partial(steps_lib.eval_step, dtype=jnp.float32))
-    ev_c = ev.lower(state, batch).compile()
-    out['eval_flops'] = _cost_flops(ev_c)
-    out['eval_img_s'] = batch_size / median_seconds(lambda: ev_c(state, batch), steps)
-  if 'gradcam' in parts:
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    x = to_model_input(batch['image'], jnp.float32)
-    out['gradcam_img_s'] = batch_size / median_seconds(
-        lambda: gradcam.grad_cam(module, variables, x)['cam'], steps)
-  out['peak_rss_mb'] = peak_rss_mb()
-  return out
+def machine_header(matmul_n: int = 2048) -> dict:
+  """What the numbers were taken on: cores, device, versions, load, XLA_FLAGS, matmul FLOP/s."""
+  flops = matmul_flops(matmul_n) if matmul_n > 0 else float('nan')
+  return {'cpus': os.cpu_count(), 'backend': jax.default_backend(),
+          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
+          'loadavg_start': os.getloadavg(), 'matmul_n': matmul_n,
+          'matmul_gflop_s': flops / 1e9, 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
-def achieved(result: dict, machine_flops: float) -> dict:
-  """Adds achieved FLOP/s (XLA FLOPs / step time) and the fraction of the matmul FLOP/s."""
-  out = dict(result)
-  if 'train_step_s' in out and out.get('train_flops', 0) > 0:
-    out['train_gflop_s'] = out['train_flops'] / out['train_step_s'] / 1e9
-    out['train_frac_peak'] = out['train_flops'] / out['train_step_s'] / machine_flops
-  if 'eval_img_s' in out and out.get('eval_flops', 0) > 0:
-    out['eval_gflop_s'] = out['eval_flops'] * out['eval_img_s'] / out['batch'] / 1e9
-  return out
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as indented JSON ('' path: nothing)."""
+  if path:
+    with open(path, 'w') as f:
+      json.dump(obj, f, indent=2, default=str)

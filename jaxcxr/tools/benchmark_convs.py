@@ -7,6 +7,7 @@ step's FLOPs. `tap_matmul_weight_grad` is the same weight gradient written as on
 tap over (N*H*W); the probe times both so the gap is reproducible.
 """
 
+import os
 import time
 
 import jax
@@ -68,3 +69,16 @@ def probe(shapes=SHAPES, steps: int = 3) -> list[dict]:
                  **{f'{key}_ms': v for key, v in ms.items()},
                  **{f'{key}_gflop_s': gflop / (v / 1e3) for key, v in ms.items()}})
   return rows
+
+
+def probe_main(steps: int) -> int:
+  """`launch.benchmark --conv_probe`: the per-shape table on stdout."""
+  print(f'load average {os.getloadavg()[0]:.2f}')
+  print('| (N, S, Cin, Cout, k) | GFLOP | fwd | dx | dW (XLA) | dW (tap matmuls) | '
+        'GFLOP/s fwd/dx/dW/tap |')
+  print('|---|---|---|---|---|---|---|')
+  for r in probe(steps=steps):
+    print(f'| {r["shape"]} | {r["gflop"]:.1f} | {r["fwd_ms"]:.0f} ms | {r["dx_ms"]:.0f} ms | '
+          f'{r["dw_xla_ms"]:.0f} ms | {r["dw_tap_ms"]:.0f} ms | {r["fwd_gflop_s"]:.1f} / '
+          f'{r["dx_gflop_s"]:.1f} / {r["dw_xla_gflop_s"]:.1f} / {r["dw_tap_gflop_s"]:.1f} |')
+  return 0
