@@ -92,6 +92,7 @@ UNCHECKED = {
     'model.memory_efficient': 'bool',
     'optim.nesterov': 'bool',
     'checkpoint.async_save': 'bool',
+    'eval.shortcut': 'bool',
 }
 
 
