@@ -290,9 +290,12 @@ def epoch_draws(data_cfg, handle, *, mode: str, batch_size: int, seed: int,
   n = handle.num_examples['train']
   it = loader.train_iterator(cfg, handle, local_batch_size=batch_size, seed=seed)
   got = []
-  for _ in tqdm.trange(math.ceil(n / batch_size), desc=f'Epoch draws ({mode})', unit='batch',
-                       disable=_bar_off(progress)):
-    got.append(np.asarray(next(it)['label']))
+  try:
+    for _ in tqdm.trange(math.ceil(n / batch_size), desc=f'Epoch draws ({mode})', unit='batch',
+                         disable=_bar_off(progress)):
+      got.append(np.asarray(next(it)['label']))
+  finally:
+    it.close()
   drawn = np.concatenate(got)[:n].astype(np.int64)
   train_labels = handle.labels('train')
   idx = sampling.epoch_indices(train_labels, handle.num_classes, mode=mode, seed=seed, epoch=0)
