@@ -1,5 +1,6 @@
-"""What every launcher shares: how it parses flags (one-line errors for a mistyped --config key)
-and how it fails (`error: ...` on stderr and an exit status from `jaxcxr.training.errors`).
+"""What every launcher shares: how it starts (library INFO logs off unless --verbosity/-v is
+given; one-line errors for a mistyped --config key) and how it fails (`error: ...` on stderr and an
+exit status from `jaxcxr.training.errors`).
 
   if __name__ == '__main__':
     cli.run(main)                  # or cli.run(main, flags_parser=...) for pass-through flags
@@ -15,6 +16,7 @@ from absl import app
 from absl import flags
 
 from jaxcxr.training import errors
+from jaxcxr.training import run_log
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -40,8 +42,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], None],
         flags_parser: Optional[Callable[[list[str]], list[str]]] = None) -> None:
-  """`app.run(main)` with `parse_flags` unless the launcher brings its own parser."""
-  app.run(main, flags_parser=flags_parser or parse_flags)
+  """`app.run(main)`, quiet by default: `--verbosity=0` (INFO) or `1` (debug) shows library logs.
+
+  Args:
+    main: the launcher's main(argv).
+    flags_parser: absl flags parser; default `parse_flags`.
+  """
+
+  def quiet_main(argv):
+    run_log.quiet_library_logs(verbose=bool(flags.FLAGS['verbosity'].present))
+    return main(argv)
+
+  app.run(quiet_main, flags_parser=flags_parser or parse_flags)
 
 
 def fail(error, status: int = errors.EXIT_USAGE) -> NoReturn:

@@ -12,7 +12,6 @@ with `--config.model.pretrained=weights/densenet201`.
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from jaxcxr.models import weights
 from jaxcxr.training import errors
@@ -30,8 +29,6 @@ flags.mark_flags_as_required(['arch', 'source', 'out'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
   source = _SOURCE.value
   if source == 'torchvision':
     source = f'torchvision:{_ARCH.value}'

@@ -4,7 +4,9 @@ r"""Trains a jaxcxr model.
   python -m launch.train --config configs/densenet201.py --workdir /tmp/dn201 \
       --config.data.manual_dir=/data/COVID-19_Radiography_Dataset
 
-Re-running the same command with the same workdir resumes from the last checkpoint. On SIGTERM
+Prints a progress bar (on a terminal), one line per epoch and the test metrics; --verbosity=0 adds
+the library INFO logs (Orbax, TFDS, Grain). Re-running the same command with the same workdir
+resumes from the last checkpoint. On SIGTERM
 (preemption) the run writes a checkpoint and exits with status 75; re-run to resume. Multi-host:
 set JAXCXR_DISTRIBUTED=1 (or run on a TPU slice / under SLURM) to call jax.distributed.initialize().
 """

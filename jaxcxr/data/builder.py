@@ -146,13 +146,17 @@ def _check(entry: _Entry, settings: PrepareSettings) -> tuple[Optional[str], Opt
 
 
 def _map_threads(fn: Callable, items: list, num_threads: int, desc: str, progress: bool):
-  """Ordered thread-pool map with an optional tqdm bar (decoders release the GIL)."""
+  """Ordered thread-pool map with an optional tqdm bar (decoders release the GIL).
+
+  The bar is drawn on a terminal only (tqdm's disable=None), so logs redirected to a file do not
+  fill with progress updates.
+  """
   n = num_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(n) as pool:
     it = pool.map(fn, items, chunksize=1)
     if progress:
       import tqdm  # pylint: disable=g-import-not-at-top
-      it = tqdm.tqdm(it, total=len(items), desc=desc, unit='img')
+      it = tqdm.tqdm(it, total=len(items), desc=desc, unit='img', disable=None)
     return list(it)
 
 
@@ -587,7 +591,7 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
   Args:
     data_cfg: `config.data` (see configs/base.py).
     overwrite: delete and rebuild an existing dataset (needed after changing split settings).
-    progress: show a tqdm bar while checking images.
+    progress: show a tqdm bar (on a terminal) while checking images.
 
   Returns:
     The DatasetHandle.

@@ -27,6 +27,7 @@ import numpy as np
 from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import sampling
+from jaxcxr.data import shm
 from jaxcxr.data.builder import DatasetHandle
 
 
@@ -144,7 +145,8 @@ def train_iterator(data_cfg, handle: DatasetHandle, *, local_batch_size: int, se
     process_count: number of processes (jax.process_count()).
 
   Returns:
-    A `grain.DatasetIterator` (checkpointable). Close it (`it.close()`) when done if workers > 0.
+    A `grain.DatasetIterator` (checkpointable). Close it (`it.close()`) when done: with workers,
+    that stops them and unlinks the shared-memory batches still queued.
   """
   ds = train_dataset(data_cfg, handle, local_batch_size=local_batch_size, seed=seed,
                      process_index=process_index, process_count=process_count)
@@ -156,8 +158,10 @@ def train_iterator(data_cfg, handle: DatasetHandle, *, local_batch_size: int, se
                                                prefetch_buffer_size=prefetch))
   if workers > 0:
     _ensure_flags_parsed()
+    shm.remove_stale()   # segments of runs killed before they could unlink theirs
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                           per_worker_buffer_size=prefetch))
+                                                           per_worker_buffer_size=prefetch),
+                              worker_init_fn=shm.worker_init_fn())
   return iter(it_ds)
 
 

@@ -58,6 +58,11 @@ FIGURES = ('counts.png', 'samples.png', 'augmentation.png', 'intensity.png', 'du
            'duplicate_groups.png', 'closest_pairs.png')
 
 
+def _bar_off(progress: bool):
+  """tqdm's `disable`: bars only when asked for and on a terminal (None = off when not a TTY)."""
+  return None if progress else True
+
+
 # ----------------------------------------------------------------------------- hashing
 
 def perceptual_hash(image: np.ndarray, side: int = HASH_SIDE) -> np.ndarray:
@@ -111,7 +116,7 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
   nearest = np.full(len(content), -1, np.int64)
   partner = np.full(len(content), -1, np.int64)
   starts = range(0, m, block)
-  for s in tqdm.tqdm(starts, desc='Comparing hashes', unit='block', disable=not progress):
+  for s in tqdm.tqdm(starts, desc='Comparing hashes', unit='block', disable=_bar_off(progress)):
     rows = h[s:s + block]
     d = np.zeros((len(rows), m), np.uint16)
     for w in range(h.shape[1]):  # one word at a time: bounded temporaries
@@ -210,7 +215,7 @@ def _map(fn: Callable, items: list, desc: str, progress: bool) -> list:
   """Ordered thread-pool map with a tqdm bar (Pillow decodes and resizes release the GIL)."""
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
     return list(tqdm.tqdm(pool.map(fn, items), total=len(items), desc=desc, unit='img',
-                          disable=not progress))
+                          disable=_bar_off(progress)))
 
 
 def _assemble(kind, root, names, labels, results, refs, num_classes) -> Inventory:
@@ -285,9 +290,12 @@ def epoch_draws(data_cfg, handle, *, mode: str, batch_size: int, seed: int,
   n = handle.num_examples['train']
   it = loader.train_iterator(cfg, handle, local_batch_size=batch_size, seed=seed)
   got = []
-  for _ in tqdm.trange(math.ceil(n / batch_size), desc=f'Epoch draws ({mode})', unit='batch',
-                       disable=not progress):
-    got.append(np.asarray(next(it)['label']))
+  try:
+    for _ in tqdm.trange(math.ceil(n / batch_size), desc=f'Epoch draws ({mode})', unit='batch',
+                         disable=_bar_off(progress)):
+      got.append(np.asarray(next(it)['label']))
+  finally:
+    it.close()
   drawn = np.concatenate(got)[:n].astype(np.int64)
   train_labels = handle.labels('train')
   idx = sampling.epoch_indices(train_labels, handle.num_classes, mode=mode, seed=seed, epoch=0)
@@ -613,7 +621,7 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
     batch_size: loader batch size for counting the epoch draws.
     seed: the training seed the epoch draws and augmentation come from (config.seed).
     dup_threshold: largest perceptual-hash distance (bits of 256) that links two images.
-    progress: tqdm bars.
+    progress: tqdm bars (on a terminal).
 
   Returns:
     The dict written to explore.json.

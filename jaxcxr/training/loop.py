@@ -383,6 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     checkpointer.wait()
     log.close()
+    train_iter.close()   # stops the Grain workers and unlinks their shared-memory batches
 
   # Final evaluation of the best checkpoint.
   best = checkpointer.restore_best(run.abstract_state)

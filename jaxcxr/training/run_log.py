@@ -1,4 +1,5 @@
-"""Run logging: `metrics.jsonl`, TensorBoard event files (tensorboardX) and a tqdm progress bar.
+"""Run logging: `metrics.jsonl`, TensorBoard event files (tensorboardX), a tqdm progress bar, and
+what a command prints besides them (`quiet_library_logs`).
 
 Only process 0 writes. Every row carries `kind` ('train', 'epoch', 'final', ...) and `step`; on
 resume, rows newer than the restored step are dropped so the log matches the resumed trajectory.
@@ -9,11 +10,27 @@ import os
 import sys
 from typing import Any
 
+from absl import logging as absl_logging
 import jax
 import numpy as np
+import tensorflow_datasets as tfds
 import tqdm
 
 METRICS_FILE = 'metrics.jsonl'
+
+
+def quiet_library_logs(verbose: bool = False) -> None:
+  """Keeps a command's output to its own lines: progress bar, epoch rows, summary and errors.
+
+  Orbax, TFDS and Grain log every step at INFO through absl (about 900 of the 950 lines of the
+  default run). Unless `verbose` (a launcher's absl --verbosity/-v flag was given), logging drops
+  to WARNING and TFDS draws its progress bars only on a terminal, like the training bar.
+  """
+  if verbose:
+    return
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if not sys.stderr.isatty():
+    tfds.display_progress_bar(False)
 
 
 def _jsonable(v: Any) -> Any:
