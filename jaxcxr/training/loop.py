@@ -187,14 +187,27 @@ def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter, i
 
 # ----------------------------------------------------------------------------- loop pieces
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag that the loop checks after each step."""
+class Preemption:
+  """Whether the run should checkpoint and stop for a SIGTERM (a preemption notice), per step.
 
-  def __init__(self):
+  One process: a Python SIGTERM handler sets a flag that `reached(step)` returns. Several
+  processes: JAX's preemption sync (`multihost_utils.reached_preemption_sync_point`); the
+  coordination service catches SIGTERM on any process, tells the others, and all agree on the
+  same step to stop at, so no step waits on a collective. Its SIGTERM handler is installed by
+  `jax.distributed.initialize`, so no Python handler may replace it. With the preemption service
+  turned off (`jax_enable_preemption_service=False`), the processes exchange their flags instead,
+  only every `fallback_every` steps.
+  """
+
+  def __init__(self, fallback_every: int):
     self.raised = False
     self._old = None
+    self._sync = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+    self._fallback_every = max(1, fallback_every)
 
   def __enter__(self):
+    if self._sync:
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
@@ -205,15 +218,19 @@ class _SigtermFlag:
     del signum, frame
     self.raised = True
 
+  def reached(self, step: int) -> bool:
+    """True at the step every process stops at (call it after every step, on every process)."""
+    if self._sync:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if jax.process_count() == 1:
+      return self.raised
+    if step % self._fallback_every:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
-
-
-def _any_process(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def check_finite(pending, config, log) -> None:
@@ -284,7 +301,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
   pending = None   # (step, metrics) of the previous step, checked one step late: no stall
   epoch_sums = []
   last_train = {}
-  with _SigtermFlag() as sigterm:
+  with Preemption(fallback_every=config.train.log_every_steps) as preemption:
     while step < run.total_steps and not loop.stopper.should_stop:
       batch = sharding.global_batch(next(train_iter), run.mesh)
       state, metrics = run.train_step(state, batch, dropout_key)
@@ -321,7 +338,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
         pending = None
         checkpointer.save(step, state, train_iter, loop.to_checkpoint())
 
-      if _any_process(sigterm.raised):
+      if preemption.reached(step):
         check_finite(pending, config, log)
         checkpointer.save(step, state, train_iter, loop.to_checkpoint())
         checkpointer.wait()
