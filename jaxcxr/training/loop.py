@@ -25,6 +25,7 @@ from jaxcxr import data as data_lib
 from jaxcxr.data import loader
 from jaxcxr.training import checkpoint as ckpt_lib
 from jaxcxr.training import optim
+from jaxcxr.training import prefetch
 from jaxcxr.training import run_log
 from jaxcxr.training import sharding
 from jaxcxr.training import state as state_lib
@@ -36,6 +37,8 @@ from jaxcxr.training.errors import EXIT_PREEMPTED, NonFiniteError, Preempted
 
 # (workdir, config, labels, probs, class_names, history, summary) -> None; writes the report.
 Reporter = Callable[..., None]
+# Global batches placed on the devices ahead of the step: the next one is copied while a step runs.
+DEVICE_PREFETCH = 2
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -303,7 +306,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
   last_train = {}
   with Preemption(fallback_every=config.train.log_every_steps) as preemption:
     while step < run.total_steps and not loop.stopper.should_stop:
-      batch = sharding.global_batch(next(train_iter), run.mesh)
+      batch = next(train_iter)   # already on the devices (DevicePrefetch)
       state, metrics = run.train_step(state, batch, dropout_key)
       step += 1
       if step == start_step + 1:
@@ -380,9 +383,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   prepare_workdir(config, workdir)
   run = make_run(config, workdir)
-  train_iter = loader.train_iterator(
-      config.data, run.handle, local_batch_size=config.train.batch_size // jax.process_count(),
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = prefetch.DevicePrefetch(
+      loader.train_iterator(
+          config.data, run.handle,
+          local_batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+          process_index=jax.process_index(), process_count=jax.process_count()),
+      functools.partial(sharding.global_batch, mesh=run.mesh), size=DEVICE_PREFETCH)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
