@@ -31,6 +31,7 @@ from jaxcxr.training import sharding
 from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps
 from jaxcxr.training import validation
+from jaxcxr.training import workdir_lock
 from jaxcxr.training.config_checks import validate_config
 from jaxcxr.training.early_stopping import EarlyStopping
 from jaxcxr.training.errors import EXIT_PREEMPTED, NonFiniteError, Preempted
@@ -372,16 +373,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: the experiment config (`configs/*.py`).
-    workdir: where checkpoints, logs and results go; re-running on it resumes.
+    workdir: where checkpoints, logs and results go; re-running on it resumes. One run at a time:
+      the run holds `workdir/run.lock` (`workdir_lock`) until it returns or raises.
     reporter: called on process 0 as `reporter(workdir, config, labels, probs, class_names,
       history, summary)` to write the evaluation report (`jaxcxr.evaluation.report.write_run_report`
       via `jaxcxr.evaluation.train_and_report`); None writes only results.json.
 
   Returns:
     The final summary (also written to `workdir/results.json`).
+
+  Raises:
+    WorkdirInUse: another live run holds `workdir` (the message names its host and pid).
   """
   t_start = time.time()
   prepare_workdir(config, workdir)
+  with workdir_lock.one_run(workdir):
+    return _train_and_evaluate(config, workdir, reporter, t_start)
+
+
+def _train_and_evaluate(config, workdir: str, reporter: Reporter | None, t_start: float) -> dict:
+  """`train_and_evaluate` after the workdir is prepared and locked."""
   run = make_run(config, workdir)
   train_iter = prefetch.DevicePrefetch(
       loader.train_iterator(
