@@ -140,6 +140,32 @@ def test_resume_with_other_config_is_refused(data_dir, tmp_path):
     loop.train_and_evaluate(other, str(tmp_path))
 
 
+def test_preemption_check_needs_no_per_step_collective(monkeypatch):
+  """With several processes the SIGTERM check is JAX's preemption sync (a local query, no
+  collective); without the preemption service, flags are all-gathered every N steps only."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathers, queried = [], []
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: gathers.append(x) or np.stack([x, x]))
+  monkeypatch.setattr(multihost_utils, 'reached_preemption_sync_point',
+                      lambda step: queried.append(step) or step == 7)
+  with loop.Preemption(fallback_every=10) as preemption:
+    stops = [s for s in range(1, 31) if preemption.reached(s)]
+  assert stops == [7] and queried == list(range(1, 31)) and not gathers
+
+  queried.clear()
+  jax.config.update('jax_enable_preemption_service', False)
+  try:
+    with loop.Preemption(fallback_every=10) as preemption:
+      assert not any(preemption.reached(s) for s in range(1, 31))
+      os.kill(os.getpid(), signal.SIGTERM)   # the Python handler is installed in this mode
+      assert [s for s in range(31, 41) if preemption.reached(s)] == [40]
+  finally:
+    jax.config.update('jax_enable_preemption_service', True)
+  assert len(gathers) == 4 and not queried
+
+
 # ----------------------------------------------------------------------------- subprocess runs
 
 def _wait_for(predicate, proc, timeout=300):
@@ -246,3 +272,31 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
     assert p.returncode == 0, err
   assert '2 processes' in outs[0][1]
   np.testing.assert_allclose(th.losses(work), th.losses(tmp_path / 'single'), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp_path):
+  """SIGTERM to process 1 only: JAX's preemption sync tells process 0 (no per-step collective);
+  both write the checkpoint of the same step and exit 75."""
+  import portpicker  # pylint: disable=g-import-not-at-top
+  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 200, 'checkpoint.every_steps': 1000}
+  work = tmp_path / 'multi'
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      th.train_cmd(overrides, work), cwd=th.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=th.env(1, JAXCXR_COORDINATOR=f'127.0.0.1:{port}', JAXCXR_NUM_PROCESSES=2,
+                            JAXCXR_PROCESS_ID=i, JAXCXR_CPU_COLLECTIVES=1))
+           for i in range(2)]
+  try:
+    _wait_for(lambda: _train_steps_logged(work) >= 3, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == errors.EXIT_PREEMPTED, err
+  # Process 0 logs; an Orbax save of one step needs both processes, so both saved this step.
+  step = int(outs[0][1].split('SIGTERM: checkpoint of step ')[1].split()[0])
+  assert int(th.final_params(work)['step']) == step

@@ -16,3 +16,7 @@ class NonFiniteError(FloatingPointError):
 
 class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was written. Re-run the same command to resume."""
+
+
+class WorkdirInUse(ValueError):
+  """Another live run holds the workdir (`workdir_lock`); the message names its host and pid."""

@@ -25,17 +25,21 @@ from jaxcxr import data as data_lib
 from jaxcxr.data import loader
 from jaxcxr.training import checkpoint as ckpt_lib
 from jaxcxr.training import optim
+from jaxcxr.training import prefetch
 from jaxcxr.training import run_log
 from jaxcxr.training import sharding
 from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps
 from jaxcxr.training import validation
+from jaxcxr.training import workdir_lock
 from jaxcxr.training.config_checks import validate_config
 from jaxcxr.training.early_stopping import EarlyStopping
 from jaxcxr.training.errors import EXIT_PREEMPTED, NonFiniteError, Preempted
 
 # (workdir, config, labels, probs, class_names, history, summary) -> None; writes the report.
 Reporter = Callable[..., None]
+# Global batches placed on the devices ahead of the step: the next one is copied while a step runs.
+DEVICE_PREFETCH = 2
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -187,14 +191,27 @@ def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter, i
 
 # ----------------------------------------------------------------------------- loop pieces
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag that the loop checks after each step."""
+class Preemption:
+  """Whether the run should checkpoint and stop for a SIGTERM (a preemption notice), per step.
 
-  def __init__(self):
+  One process: a Python SIGTERM handler sets a flag that `reached(step)` returns. Several
+  processes: JAX's preemption sync (`multihost_utils.reached_preemption_sync_point`); the
+  coordination service catches SIGTERM on any process, tells the others, and all agree on the
+  same step to stop at, so no step waits on a collective. Its SIGTERM handler is installed by
+  `jax.distributed.initialize`, so no Python handler may replace it. With the preemption service
+  turned off (`jax_enable_preemption_service=False`), the processes exchange their flags instead,
+  only every `fallback_every` steps.
+  """
+
+  def __init__(self, fallback_every: int):
     self.raised = False
     self._old = None
+    self._sync = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+    self._fallback_every = max(1, fallback_every)
 
   def __enter__(self):
+    if self._sync:
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
@@ -205,15 +222,19 @@ class _SigtermFlag:
     del signum, frame
     self.raised = True
 
+  def reached(self, step: int) -> bool:
+    """True at the step every process stops at (call it after every step, on every process)."""
+    if self._sync:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if jax.process_count() == 1:
+      return self.raised
+    if step % self._fallback_every:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
-
-
-def _any_process(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def check_finite(pending, config, log) -> None:
@@ -284,9 +305,9 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
   pending = None   # (step, metrics) of the previous step, checked one step late: no stall
   epoch_sums = []
   last_train = {}
-  with _SigtermFlag() as sigterm:
+  with Preemption(fallback_every=config.train.log_every_steps) as preemption:
     while step < run.total_steps and not loop.stopper.should_stop:
-      batch = sharding.global_batch(next(train_iter), run.mesh)
+      batch = next(train_iter)   # already on the devices (DevicePrefetch)
       state, metrics = run.train_step(state, batch, dropout_key)
       step += 1
       if step == start_step + 1:
@@ -321,7 +342,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
         pending = None
         checkpointer.save(step, state, train_iter, loop.to_checkpoint())
 
-      if _any_process(sigterm.raised):
+      if preemption.reached(step):
         check_finite(pending, config, log)
         checkpointer.save(step, state, train_iter, loop.to_checkpoint())
         checkpointer.wait()
@@ -352,20 +373,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: the experiment config (`configs/*.py`).
-    workdir: where checkpoints, logs and results go; re-running on it resumes.
+    workdir: where checkpoints, logs and results go; re-running on it resumes. One run at a time:
+      the run holds `workdir/run.lock` (`workdir_lock`) until it returns or raises.
     reporter: called on process 0 as `reporter(workdir, config, labels, probs, class_names,
       history, summary)` to write the evaluation report (`jaxcxr.evaluation.report.write_run_report`
       via `jaxcxr.evaluation.train_and_report`); None writes only results.json.
 
   Returns:
     The final summary (also written to `workdir/results.json`).
+
+  Raises:
+    WorkdirInUse: another live run holds `workdir` (the message names its host and pid).
   """
   t_start = time.time()
   prepare_workdir(config, workdir)
+  with workdir_lock.one_run(workdir):
+    return _train_and_evaluate(config, workdir, reporter, t_start)
+
+
+def _train_and_evaluate(config, workdir: str, reporter: Reporter | None, t_start: float) -> dict:
+  """`train_and_evaluate` after the workdir is prepared and locked."""
   run = make_run(config, workdir)
-  train_iter = loader.train_iterator(
-      config.data, run.handle, local_batch_size=config.train.batch_size // jax.process_count(),
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = prefetch.DevicePrefetch(
+      loader.train_iterator(
+          config.data, run.handle,
+          local_batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+          process_index=jax.process_index(), process_count=jax.process_count()),
+      functools.partial(sharding.global_batch, mesh=run.mesh), size=DEVICE_PREFETCH)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
