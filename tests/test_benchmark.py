@@ -9,6 +9,7 @@ and the derived ratios follow from them, and the CLI's exit statuses.
 import cProfile
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from jaxcxr import models
 from jaxcxr.tools import benchmark
+from jaxcxr.tools import benchmark_accel
 from jaxcxr.tools import benchmark_compare as compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard as guard
@@ -355,3 +357,63 @@ def test_loop_main_measures_the_real_loop(tmp_path, capsys):
   assert r['overhead_pct'] == pytest.approx(
       100 * (r['bare_steps_per_s'] / np.median(r['loop_window_steps_per_s']) - 1))
   assert r['bare_steps_per_s'] > 0 and r['loader_next_ms'] > 0 and 'load_ok' in r
+
+
+# ----------------------------------------------------------------------------- accelerator
+
+def _fits_below(limit, calls):
+  def fits(b):
+    calls.append(b)
+    if b > limit:
+      raise RuntimeError(f'RESOURCE_EXHAUSTED: Out of memory while trying to allocate {b} MiB')
+    return {'b': b}
+  return fits
+
+
+@pytest.mark.parametrize('limit, start, max_batch, multiple, bisect, best, tried', [
+    (100, 32, 1024, 8, 2, 96, [32, 64, 128, 96, 112]),   # double to the first OOM, then bisect
+    (100, 32, 1024, 8, 0, 64, [32, 64, 128]),
+    (10_000, 32, 256, 8, 2, 256, [32, 64, 128, 256]),     # capped by max_batch, no OOM
+    (100, 30, 1024, 8, 1, 96, [32, 64, 128, 96]),         # rounded up to the device multiple
+])
+def test_search_batch(limit, start, max_batch, multiple, bisect, best, tried):
+  calls = []
+  b, result, trials = benchmark_accel.search_batch(
+      _fits_below(limit, calls), start=start, max_batch=max_batch, multiple=multiple,
+      bisect=bisect)
+  assert (b, result, calls) == (best, {'b': best}, tried)
+  assert [t for t, ok in trials if ok][-1] == best
+
+
+def test_search_batch_errors():
+  with pytest.raises(RuntimeError, match='batch 32 does not fit'):
+    benchmark_accel.search_batch(_fits_below(8, []), start=32, max_batch=64, multiple=1)
+
+  def broken(b):
+    raise ValueError(f'shape mismatch at {b}')
+  with pytest.raises(ValueError, match='shape mismatch'):   # not an OOM: never swallowed
+    benchmark_accel.search_batch(broken, start=32, max_batch=64, multiple=1)
+
+
+def test_accelerator_table_sets_published_figures_beside_ours():
+  header = {'device': '1 x NVIDIA H100 (gpu)', 'jax': '0.x', 'image_size': 224,
+            'dtype': 'bfloat16', 'steps': 10}
+  row = {'arch': 'resnet101', 'batch': 256, 'train_img_s': 1496.0, 'eval_img_s': 4000.0,
+         'compile_s': 30.0, 'published_img_s': 748, 'published_source': 'timm, RTX 3090, AMP',
+         'vs_published': 2.0}
+  table = benchmark_accel.format_table(header, [row])
+  assert '| resnet101 | 256 | 1496.0 | 4000.0 | 30.0 | 748 (timm, RTX 3090, AMP) | 2.00x |' in table
+  assert benchmark_accel.PUBLISHED['resnet50'][0] == 2470
+
+
+def test_accelerator_script_smoke_on_cpu(tmp_path):
+  out = tmp_path / 'accel.json'
+  proc = subprocess.run(['bash', str(REPO / 'scripts' / 'accelerator_bench.sh'), '--smoke'],
+                        cwd=tmp_path, env={**os.environ, 'OUT': str(out)}, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [(r['arch'], r['batch']) for r in rows] == [('cnn_small', 4)]
+  assert [b for b, _ in rows[0]['trials']] == [2, 4]
+  assert rows[0]['train_img_s'] > 0 and rows[0]['eval_img_s'] > 0 and rows[0]['compile_s'] > 0
+  assert '| cnn_small | 4 |' in proc.stdout
