@@ -417,3 +417,21 @@ def test_accelerator_script_smoke_on_cpu(tmp_path):
   assert [b for b, _ in rows[0]['trials']] == [2, 4]
   assert rows[0]['train_img_s'] > 0 and rows[0]['eval_img_s'] > 0 and rows[0]['compile_s'] > 0
   assert '| cnn_small | 4 |' in proc.stdout
+
+
+# ----------------------------------------------------------------------------- loader benchmark
+
+def test_benchmark_data_cli_on_phantom_data(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'launch.benchmark_data', '--config', str(REPO / 'configs' / 'tiny.py'),
+       f'--config.data.data_dir={tmp_path}', '--workers=0', '--num_batches=3', '--warmup=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  for stage in ('read + fast parse', 'augment: one warpAffine + LUT', 'batch: np.stack',
+                'device_put uint8 (1 B/px) + jit to_model_input'):
+    assert stage in out, stage
+  # One row for 0 workers: images/s, CPU ms per image, img/s if cores free, first batch s.
+  row = re.search(r'^\s+0\s+(\d+)\s+([\d.]+|nan)\s+', out, re.M)
+  assert row and int(row.group(1)) > 0, out
+  assert 'batch 8,' in out   # configs/tiny.py's train.batch_size
