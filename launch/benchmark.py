@@ -3,6 +3,10 @@ r"""Benchmarks (not tests). Run them on an otherwise idle machine; see docs/PERF
   # JAX vs torchvision, steps alternating, float32 and bfloat16, load-checked (exit 75 when busy):
   python -m launch.benchmark --archs=resnet18,resnet101,vgg19,densenet201 --torch --out=bench.json
   python -m launch.benchmark --archs=densenet201,densenet201:me --torch --dtypes=float32
+  # Loop overhead of train_and_evaluate vs its bare jitted step (last line: `loop overhead: N%`):
+  python -m launch.benchmark --loop
+  # bf16 224 px images/s at the largest batch that fits, vs published PyTorch AMP figures:
+  python -m launch.benchmark --accelerator            # (scripts/accelerator_bench.sh)
   # Isolated conv probes:
   python -m launch.benchmark --conv_probe
 
@@ -17,20 +21,26 @@ import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
+from jaxcxr.tools import benchmark_accel
 from jaxcxr.tools import benchmark_compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard
+from jaxcxr.tools import benchmark_loop
 from jaxcxr.tools import benchmark_worker
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'conv_probe'], 'What to measure.')
+_MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'conv_probe'],
+                          'What to measure.')
+_LOOP = flags.DEFINE_bool('loop', False, 'Same as --mode=loop.')
+_ACCEL = flags.DEFINE_bool('accelerator', False, 'Same as --mode=accelerator.')
 _CONV_PROBE = flags.DEFINE_bool('conv_probe', False, 'Same as --mode=conv_probe.')
 
 _ARCHS = flags.DEFINE_list('archs', None, 'Models; ":me" = DenseNet memory_efficient=True. '
                            'Default: vgg19,resnet101,densenet201.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input side (default 128).')
-_BATCH = flags.DEFINE_integer('batch', 16, 'Batch size.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input side (default 128; accelerator 224).')
+_BATCH = flags.DEFINE_integer('batch', 16, 'Batch size (compare).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per key and side (median); at least 5.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (compare).')
 _PARTS = flags.DEFINE_list('parts', ['train', 'eval'], "Any of train, eval, gradcam (JAX only).")
@@ -50,12 +60,26 @@ _MAX_FOREIGN = flags.DEFINE_float('max_foreign_per_core',
                                   'CPU other processes may use during a measurement, per core.')
 _SETTLE = flags.DEFINE_float('settle_s', 120.0, 'Seconds to wait for the load to drop first.')
 
+_CONFIG = config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'tiny.py'),
+                                          '--loop: the training config (data, loader, optimizer).')
+_LOOP_STEPS = flags.DEFINE_integer('loop_steps', 300, '--loop: timed steps.')
+_LOOP_LOG_EVERY = flags.DEFINE_integer('loop_log_every', 25, '--loop: steps per timing window.')
+_LOOP_MODEL = flags.DEFINE_string('loop_model', 'cnn_small', '--loop: the tiny model.')
+_LOOP_IMAGE_SIZE = flags.DEFINE_integer('loop_image_size', 16, '--loop: the tiny input side.')
+_LOOP_PROFILE = flags.DEFINE_bool('loop_profile', True, '--loop: add a cProfile breakdown.')
+
+_START_BATCH = flags.DEFINE_integer('start_batch', 32, '--accelerator: first batch tried.')
+_MAX_BATCH = flags.DEFINE_integer('max_batch', 1024, '--accelerator: largest batch tried.')
+_BISECT = flags.DEFINE_integer('bisect', 2, '--accelerator: halvings after the first OOM.')
+_ACCEL_DTYPE = flags.DEFINE_string('accel_dtype', 'bfloat16', '--accelerator: compute dtype.')
+
 _WORKER = flags.DEFINE_enum('worker', '', ['', 'jax'], 'internal: serve one JAX worker.')
 _SETUP = flags.DEFINE_string('setup', '', 'internal: the worker set-up (JSON).')
 
 
 def _mode() -> str:
-  chosen = [m for m, on in (('conv_probe', _CONV_PROBE.value),) if on]
+  chosen = [m for m, on in (('loop', _LOOP.value), ('accelerator', _ACCEL.value),
+                            ('conv_probe', _CONV_PROBE.value)) if on]
   if len(chosen) > 1 or (chosen and _MODE.value != 'compare'):
     raise app.UsageError(f'Choose one mode, got {chosen + [_MODE.value]}.')
   return chosen[0] if chosen else _MODE.value
@@ -76,7 +100,17 @@ def main(argv) -> int:
   if _STEPS.value < benchmark_compare.MIN_STEPS:
     raise app.UsageError(f'--steps={_STEPS.value}: at least {benchmark_compare.MIN_STEPS}.')
   archs = _ARCHS.value or ['vgg19', 'resnet101', 'densenet201']
-  size = _IMAGE_SIZE.value or 128
+  size = _IMAGE_SIZE.value or (224 if mode == 'accelerator' else 128)
+  if mode == 'loop':
+    return benchmark_loop.loop_main(
+        _CONFIG.value, steps=_LOOP_STEPS.value, log_every=_LOOP_LOG_EVERY.value,
+        model=_LOOP_MODEL.value, image_size=_LOOP_IMAGE_SIZE.value, profile=_LOOP_PROFILE.value,
+        out=_OUT.value, **_guard_kwargs())
+  if mode == 'accelerator':
+    return benchmark_accel.accel_main(
+        archs, image_size=size, dtype=_ACCEL_DTYPE.value, steps=_STEPS.value,
+        start_batch=_START_BATCH.value, max_batch=_MAX_BATCH.value, bisect=_BISECT.value,
+        out=_OUT.value)
   if mode == 'conv_probe':
     return benchmark_convs.probe_main(steps=_STEPS.value)
   torch_cmd = (benchmark_compare.python_cmd(os.path.join(_REPO, 'scripts', 'torch_reference.py'))

@@ -6,8 +6,11 @@ by its rules, jax and torch steps alternate after one warm-up each, the reported
 and the derived ratios follow from them, and the CLI's exit statuses.
 """
 
+import cProfile
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +22,11 @@ import pytest
 
 from jaxcxr import models
 from jaxcxr.tools import benchmark
+from jaxcxr.tools import benchmark_accel
 from jaxcxr.tools import benchmark_compare as compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard as guard
+from jaxcxr.tools import benchmark_loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -288,3 +293,145 @@ def test_worker_error_carries_the_stderr_tail():
 def test_worker_that_never_answers_times_out():
   with pytest.raises(compare.WorkerError, match='no answer within 1 s'):
     compare.Worker('jax', [sys.executable, '-c', 'import time; time.sleep(30)'], {}, timeout_s=1)
+
+
+# ----------------------------------------------------------------------------- loop overhead
+
+def _tiny(data_dir):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  c = tiny.get_config()
+  with c.unlocked():
+    c.data.data_dir = str(data_dir)
+  return c
+
+
+def test_loop_config_keeps_epoch_ends_out_of_the_timed_steps(tmp_path):
+  c = benchmark_loop.loop_config(_tiny(tmp_path), steps=300, log_every=25)
+  train = c.data.phantom.num_per_class * 3 * (1 - c.data.val_fraction - c.data.test_fraction)
+  assert train / c.train.batch_size > 300 + 1
+  assert (c.train.max_steps, c.train.num_epochs, c.train.log_every_steps) == (300, 1, 25)
+  assert c.checkpoint.every_steps > 300 and c.model.name == 'cnn_small'
+  assert c.data.image_size == 16 and c.data.phantom.image_size == 32
+  with pytest.raises(ValueError, match='two windows'):
+    benchmark_loop.loop_config(_tiny(tmp_path), steps=30, log_every=25)
+
+
+def test_window_rates_read_the_loop_log(tmp_path):
+  rows = [{'kind': 'train', 'step': 10, 'images_per_s': 80.0},
+          {'kind': 'epoch', 'step': 10, 'val_loss': 1.0},
+          {'kind': 'train', 'step': 20, 'images_per_s': 160.0}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  assert benchmark_loop.window_rates(str(tmp_path), 8) == [10.0, 20.0]
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps({'kind': 'train', 'step': 1}) + '\n')
+  with pytest.raises(ValueError, match='no images_per_s'):
+    benchmark_loop.window_rates(str(tmp_path), 8)
+
+
+def test_callees_of_train_loop_per_step(tmp_path, monkeypatch):
+  (tmp_path / 'loop.py').write_text(
+      'import time\n'
+      'def fetch():\n  time.sleep(0.002)\n'
+      'def train_loop(n):\n  for _ in range(n):\n    fetch()\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  spec = importlib.util.spec_from_file_location('loop', tmp_path / 'loop.py')
+  fake = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(fake)
+  prof = cProfile.Profile()
+  prof.runcall(fake.train_loop, 10)
+  callees = dict(benchmark_loop._callees(prof, 'train_loop', steps=10))
+  (name, ms), = [(k, v) for k, v in callees.items() if k.startswith('fetch')]
+  assert 2.0 <= ms < 50.0, (name, ms)
+
+
+def test_loop_main_measures_the_real_loop(tmp_path, capsys):
+  out = tmp_path / 'loop.json'
+  status = benchmark_loop.loop_main(
+      _tiny(tmp_path / 'tfds'), steps=20, log_every=10, model='cnn_small', image_size=16,
+      profile=False, out=str(out), allow_load=True, max_load_per_core=0.75,
+      max_foreign_per_core=0.1, settle_s=0)
+  assert status == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  assert re.fullmatch(r'loop overhead: -?\d+%', printed[-1]), printed[-3:]
+  r = json.loads(out.read_text())
+  assert len(r['loop_window_steps_per_s']) == 2   # steps 10 and 20
+  assert r['overhead_pct'] == pytest.approx(
+      100 * (r['bare_steps_per_s'] / np.median(r['loop_window_steps_per_s']) - 1))
+  assert r['bare_steps_per_s'] > 0 and r['loader_next_ms'] > 0 and 'load_ok' in r
+
+
+# ----------------------------------------------------------------------------- accelerator
+
+def _fits_below(limit, calls):
+  def fits(b):
+    calls.append(b)
+    if b > limit:
+      raise RuntimeError(f'RESOURCE_EXHAUSTED: Out of memory while trying to allocate {b} MiB')
+    return {'b': b}
+  return fits
+
+
+@pytest.mark.parametrize('limit, start, max_batch, multiple, bisect, best, tried', [
+    (100, 32, 1024, 8, 2, 96, [32, 64, 128, 96, 112]),   # double to the first OOM, then bisect
+    (100, 32, 1024, 8, 0, 64, [32, 64, 128]),
+    (10_000, 32, 256, 8, 2, 256, [32, 64, 128, 256]),     # capped by max_batch, no OOM
+    (100, 30, 1024, 8, 1, 96, [32, 64, 128, 96]),         # rounded up to the device multiple
+])
+def test_search_batch(limit, start, max_batch, multiple, bisect, best, tried):
+  calls = []
+  b, result, trials = benchmark_accel.search_batch(
+      _fits_below(limit, calls), start=start, max_batch=max_batch, multiple=multiple,
+      bisect=bisect)
+  assert (b, result, calls) == (best, {'b': best}, tried)
+  assert [t for t, ok in trials if ok][-1] == best
+
+
+def test_search_batch_errors():
+  with pytest.raises(RuntimeError, match='batch 32 does not fit'):
+    benchmark_accel.search_batch(_fits_below(8, []), start=32, max_batch=64, multiple=1)
+
+  def broken(b):
+    raise ValueError(f'shape mismatch at {b}')
+  with pytest.raises(ValueError, match='shape mismatch'):   # not an OOM: never swallowed
+    benchmark_accel.search_batch(broken, start=32, max_batch=64, multiple=1)
+
+
+def test_accelerator_table_sets_published_figures_beside_ours():
+  header = {'device': '1 x NVIDIA H100 (gpu)', 'jax': '0.x', 'image_size': 224,
+            'dtype': 'bfloat16', 'steps': 10}
+  row = {'arch': 'resnet101', 'batch': 256, 'train_img_s': 1496.0, 'eval_img_s': 4000.0,
+         'compile_s': 30.0, 'published_img_s': 748, 'published_source': 'timm, RTX 3090, AMP',
+         'vs_published': 2.0}
+  table = benchmark_accel.format_table(header, [row])
+  assert '| resnet101 | 256 | 1496.0 | 4000.0 | 30.0 | 748 (timm, RTX 3090, AMP) | 2.00x |' in table
+  assert benchmark_accel.PUBLISHED['resnet50'][0] == 2470
+
+
+def test_accelerator_script_smoke_on_cpu(tmp_path):
+  out = tmp_path / 'accel.json'
+  proc = subprocess.run(['bash', str(REPO / 'scripts' / 'accelerator_bench.sh'), '--smoke'],
+                        cwd=tmp_path, env={**os.environ, 'OUT': str(out)}, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [(r['arch'], r['batch']) for r in rows] == [('cnn_small', 4)]
+  assert [b for b, _ in rows[0]['trials']] == [2, 4]
+  assert rows[0]['train_img_s'] > 0 and rows[0]['eval_img_s'] > 0 and rows[0]['compile_s'] > 0
+  assert '| cnn_small | 4 |' in proc.stdout
+
+
+# ----------------------------------------------------------------------------- loader benchmark
+
+def test_benchmark_data_cli_on_phantom_data(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'launch.benchmark_data', '--config', str(REPO / 'configs' / 'tiny.py'),
+       f'--config.data.data_dir={tmp_path}', '--workers=0', '--num_batches=3', '--warmup=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  for stage in ('read + fast parse', 'augment: one warpAffine + LUT', 'batch: np.stack',
+                'device_put uint8 (1 B/px) + jit to_model_input'):
+    assert stage in out, stage
+  # One row for 0 workers: images/s, CPU ms per image, img/s if cores free, first batch s.
+  row = re.search(r'^\s+0\s+(\d+)\s+([\d.]+|nan)\s+', out, re.M)
+  assert row and int(row.group(1)) > 0, out
+  assert 'batch 8,' in out   # configs/tiny.py's train.batch_size
