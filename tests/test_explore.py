@@ -1,4 +1,4 @@
-"""jaxcxr.tools.explore / launch.explore: the numbers of the data exploration report.
+"""jaxcxr.tools.explore and .duplicates, launch.explore: the numbers of the exploration report.
 
 The main fixture is an imbalanced Kaggle-layout folder of 48 px phantoms (COVID 120, Normal 480,
 Viral Pneumonia 48) with planted files: exact copies (byte copy, RGB re-save), near copies (+1
@@ -20,6 +20,7 @@ from PIL import Image
 import pytest
 
 from configs import base
+from jaxcxr.tools import duplicates
 from jaxcxr.tools import explore
 import jaxcxr.data as data_lib
 from jaxcxr.data import phantom
@@ -225,13 +226,13 @@ def test_near_duplicates_on_hand_made_hashes():
   h[1, 0] = 0b111          # 3 bits from image 0
   h[2, 0] = 0b1111111111   # 10 bits from 0, 7 from 1: linked to the group through image 1
   h[3] = np.uint64(2**64 - 1)  # 256 bits from all
-  groups, nearest, partner = explore.near_duplicates(h, ['a', 'b', 'c', 'd'], 8, block=2)
+  groups, nearest, partner = duplicates.near_duplicates(h, ['a', 'b', 'c', 'd'], 8, block=2)
   assert groups == [[0, 1, 2]]
   assert nearest.tolist() == [3, 3, 7, 246]
   assert partner.tolist() == [1, 0, 1, 2]
-  assert explore.closest_pairs(nearest, partner, groups) == [(2, 3, 246)]
-  assert explore.closest_pairs(nearest, partner, []) == [(0, 1, 3), (1, 2, 7), (2, 3, 246)]
-  groups, _, _ = explore.near_duplicates(h, ['a', 'b', '', 'a'], 2)
+  assert duplicates.closest_pairs(nearest, partner, groups) == [(2, 3, 246)]
+  assert duplicates.closest_pairs(nearest, partner, []) == [(0, 1, 3), (1, 2, 7), (2, 3, 246)]
+  groups, _, _ = duplicates.near_duplicates(h, ['a', 'b', '', 'a'], 2)
   assert groups == [[0, 3]]  # equal content hashes link; unusable ('') images are left out
 
 

@@ -17,16 +17,8 @@ What is inspected: for a Kaggle folder (`source='folder'` with `manual_dir`) and
 generated folder) every file as found, including those prepare drops (exact copies, label conflicts,
 unusable files): header size/mode/format, then the pixels as `images.decode_grey` reads them. For a
 dataset opened from a data_dir alone (`fill_prepared_settings`), the stored records (stored size,
-8-bit grey; exact copies were already dropped by prepare).
-
-Near-duplicates: exact groups share `images.content_hash`; near groups are connected components of
-pairs whose 16x16 difference hash (dHash: 17x16 Lanczos thumbnail, bit = right neighbour brighter,
-256 bits) differs in <= `dup_threshold` bits. Why 16x16 rather than the usual 8x8: chest films share
-their layout, and on cxr_dev (1,200 real 224 px films) 64-bit hashes put 6 pairs of different
-pictures at distance 0 and 79 pairs at <= 1 (one COVID vs Normal), whereas with 256 bits the closest
-distinct pair is 19 bits apart. Measured moves of the same picture (256 bits, max over 30 films):
-brightness +1: 2, JPEG q95/q75/q50: 3/5/7, resample 224 -> 299 / 128: 2/4, gamma 0.9: 4, brightness
-+10 (clipping): 13; a 2 px shift (up to 29) or a 5 % crop (up to 40) is NOT caught. Default: 8 bits.
+8-bit grey; exact copies were already dropped by prepare). Duplicates are found by
+`jaxcxr.tools.duplicates`.
 """
 
 import collections
@@ -50,10 +42,9 @@ from jaxcxr.data import builder
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
 from jaxcxr.data import sampling
+from jaxcxr.tools import duplicates as dup_lib
 from jaxcxr.tools import explore_plots
 
-HASH_SIDE = 16  # dHash side: 16 x 16 = 256 bits
-DEFAULT_DUP_THRESHOLD = 8
 FIGURES = ('counts.png', 'samples.png', 'augmentation.png', 'intensity.png', 'duplicates.png',
            'duplicate_groups.png', 'closest_pairs.png')
 
@@ -61,93 +52,6 @@ FIGURES = ('counts.png', 'samples.png', 'augmentation.png', 'intensity.png', 'du
 def _bar_off(progress: bool):
   """tqdm's `disable`: bars only when asked for and on a terminal (None = off when not a TTY)."""
   return None if progress else True
-
-
-# ----------------------------------------------------------------------------- hashing
-
-def perceptual_hash(image: np.ndarray, side: int = HASH_SIDE) -> np.ndarray:
-  """Difference hash of uint8 grey (H, W): uint64 (side * side / 64,) packed bits.
-
-  The image is resampled to (side + 1) x side (Lanczos); bit (r, c) is set when pixel (r, c + 1) is
-  brighter than (r, c). Brightness offsets, re-encoding and resampling barely change it.
-  """
-  small = np.asarray(Image.fromarray(image).resize((side + 1, side), Image.LANCZOS), np.int16)
-  bits = (small[:, 1:] > small[:, :-1]).ravel()
-  return np.packbits(bits).view('>u8').astype(np.uint64)
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> int:
-  """Number of differing bits between two packed hashes."""
-  return int(np.bitwise_count(np.asarray(a) ^ np.asarray(b)).sum())
-
-
-def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, block: int = 512,
-                    progress: bool = False) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-  """Groups images whose hashes are within `threshold` bits (or whose content hashes are equal).
-
-  Args:
-    hashes: uint64 (n, words) packed perceptual hashes.
-    content: n exact content hashes ('' = unusable image, left out of everything).
-    threshold: largest Hamming distance that links two images.
-    block: rows compared at once (memory ~ block * n * 10 bytes).
-    progress: tqdm bar over the blocks.
-
-  Returns:
-    (groups: connected components with >= 2 members, each a sorted index list, sorted by first
-    index; nearest: int (n,) distance of each image to its closest other usable image, -1 if none;
-    partner: int (n,) the index of that closest image, -1 if none).
-  """
-  usable = np.flatnonzero([bool(c) for c in content])
-  h = np.asarray(hashes, np.uint64)[usable]
-  m = len(usable)
-  parent = list(range(m))
-
-  def find(i):
-    while parent[i] != i:
-      parent[i] = parent[parent[i]]
-      i = parent[i]
-    return i
-
-  def union(i, j):
-    ri, rj = find(i), find(j)
-    if ri != rj:
-      parent[max(ri, rj)] = min(ri, rj)
-
-  nearest = np.full(len(content), -1, np.int64)
-  partner = np.full(len(content), -1, np.int64)
-  starts = range(0, m, block)
-  for s in tqdm.tqdm(starts, desc='Comparing hashes', unit='block', disable=_bar_off(progress)):
-    rows = h[s:s + block]
-    d = np.zeros((len(rows), m), np.uint16)
-    for w in range(h.shape[1]):  # one word at a time: bounded temporaries
-      d += np.bitwise_count(rows[:, w, None] ^ h[None, :, w]).astype(np.uint16)
-    d[np.arange(len(rows)), s + np.arange(len(rows))] = np.iinfo(np.uint16).max  # self
-    if m > 1:
-      closest = d.argmin(axis=1)
-      nearest[usable[s:s + len(rows)]] = d[np.arange(len(rows)), closest]
-      partner[usable[s:s + len(rows)]] = usable[closest]
-    for i, j in zip(*np.nonzero(d <= threshold)):
-      if s + i < j:
-        union(s + i, int(j))
-  by_content: dict[str, int] = {}
-  for i, idx in enumerate(usable):
-    union(by_content.setdefault(content[idx], i), i)
-  comps: dict[int, list[int]] = collections.defaultdict(list)
-  for i in range(m):
-    comps[find(i)].append(int(usable[i]))
-  groups = sorted((sorted(g) for g in comps.values() if len(g) > 1), key=lambda g: g[0])
-  return groups, nearest, partner
-
-
-def closest_pairs(nearest: np.ndarray, partner: np.ndarray, groups: list[list[int]],
-                  k: int = 6) -> list[tuple[int, int, int]]:
-  """The k closest pairs (i, j, distance), i < j, of images not already in one duplicate group."""
-  group_of = {i: n for n, g in enumerate(groups) for i in g}
-  pairs = set()
-  for i, (d, j) in enumerate(zip(nearest.tolist(), partner.tolist())):
-    if d >= 0 and (i not in group_of or group_of.get(j) != group_of[i]):
-      pairs.add((min(i, j), max(i, j), d))
-  return sorted(pairs, key=lambda p: (p[2], p[0]))[:k]
 
 
 # ----------------------------------------------------------------------------- inventory
@@ -187,7 +91,7 @@ class Inventory:
 
 def _pixel_facts(grey: np.ndarray) -> tuple[str, np.ndarray, float, np.ndarray]:
   hist = np.bincount(grey.ravel(), minlength=256) / grey.size
-  return images_lib.content_hash(grey), perceptual_hash(grey), float(grey.mean()), hist
+  return images_lib.content_hash(grey), dup_lib.perceptual_hash(grey), float(grey.mean()), hist
 
 
 def _inspect_file(path: Path, max_pixels: int) -> dict:
@@ -220,7 +124,7 @@ def _map(fn: Callable, items: list, desc: str, progress: bool) -> list:
 
 def _assemble(kind, root, names, labels, results, refs, num_classes) -> Inventory:
   n = len(names)
-  words = HASH_SIDE * HASH_SIDE // 64
+  words = dup_lib.HASH_SIDE * dup_lib.HASH_SIDE // 64
   inv = Inventory(kind=kind, root=str(root), names=list(names), labels=np.asarray(labels, np.int64),
                   formats=[r['format'] for r in results], modes=[r['mode'] for r in results],
                   sizes=[r['size'] for r in results], errors=[r['error'] for r in results],
@@ -406,33 +310,6 @@ def intensity_table(inv: Inventory, class_names) -> dict:
   return out
 
 
-def describe_groups(inv: Inventory, groups: list[list[int]], class_names, split_of: dict,
-                    notes: dict) -> list[dict]:
-  """Duplicate groups as {'kind', 'cross_split', 'cross_class', 'splits', 'classes', 'members'}.
-
-  kind 'exact': all members have equal pixels; 'near': some differ (distance = hash bits from the
-  first member). Splits are those prepare put the members in; left-out members are 'not used'.
-  Sorted: cross-split groups first (leakage between splits), then cross-class, larger, by name.
-  """
-  out = []
-  for g in groups:
-    g = sorted(g, key=lambda i: inv.names[i])
-    ref = g[0]
-    members = [{'file': inv.names[i], 'class': class_names[inv.labels[i]],
-                'split': split_of.get(inv.names[i], 'not used'),
-                'note': notes.get(inv.names[i], ''),
-                'distance': hamming(inv.phash[i], inv.phash[ref]),
-                'same_pixels_as_first': inv.content[i] == inv.content[ref]} for i in g]
-    used = sorted({m['split'] for m in members} - {'not used'}, key=sampling.SPLITS.index)
-    classes = sorted({m['class'] for m in members}, key=list(class_names).index)
-    out.append({'kind': 'exact' if all(m['same_pixels_as_first'] for m in members) else 'near',
-                'cross_split': len(used) > 1, 'cross_class': len(classes) > 1,
-                'splits': used, 'classes': classes, 'members': members, '_index': g})
-  out.sort(key=lambda d: (not d['cross_split'], not d['cross_class'], -len(d['members']),
-                          d['members'][0]['file']))
-  return out
-
-
 # ----------------------------------------------------------------------------- the report
 
 def fill_prepared_settings(data_cfg) -> None:
@@ -476,36 +353,6 @@ def _group_rows(inv, handle, groups: list[dict], max_groups: int = 8, max_member
   return rows
 
 
-@dataclasses.dataclass
-class Duplicates:
-  """Exact and near-duplicate groups of an inventory and the closest pairs outside them.
-
-  Attributes:
-    groups: `describe_groups` dicts, cross-split first (each keeps its inventory indices in
-      '_index').
-    nearest: int (n,) hash distance of each image to its closest other usable image (-1: none).
-    pairs: the closest pairs not in one group: {'distance', 'members', '_index': (i, j)}.
-    threshold: the largest hash distance that links two images.
-  """
-  groups: list
-  nearest: np.ndarray
-  pairs: list
-  threshold: int
-
-
-def find_duplicates(inv: Inventory, class_names, split_of: dict, notes: dict, threshold: int, *,
-                    progress: bool = False) -> Duplicates:
-  """Groups the inventory's exact and near duplicates and lists the closest pairs left apart."""
-  raw_groups, nearest, partner = near_duplicates(inv.phash, inv.content, threshold,
-                                                 progress=progress)
-  groups = describe_groups(inv, raw_groups, class_names, split_of, notes)
-  pairs = [{'distance': d, 'members': [
-      {'file': inv.names[i], 'class': class_names[inv.labels[i]],
-       'split': split_of.get(inv.names[i], 'not used')} for i in (a, b)], '_index': (a, b)}
-           for a, b, d in closest_pairs(nearest, partner, raw_groups)]
-  return Duplicates(groups, nearest, pairs, threshold)
-
-
 def inventory(data_cfg, handle, *, progress: bool = True) -> Inventory:
   """What `explore` inspects: the phantom or Kaggle folder as found, else the stored records."""
   if data_cfg.source == 'phantom':
@@ -516,9 +363,9 @@ def inventory(data_cfg, handle, *, progress: bool = True) -> Inventory:
   return inspect_records(handle, progress=progress)
 
 
-def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict, dups: Duplicates, *,
-                  samples: int, aug_draws: int, batch_size: int, seed: int,
-                  split_of: dict) -> None:
+def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict,
+                  dups: dup_lib.Duplicates, *, samples: int, aug_draws: int, batch_size: int,
+                  seed: int, split_of: dict) -> None:
   """Writes the FIGURES that apply (duplicate figures only when there is something to show)."""
   names = handle.class_names
   usable = np.asarray([not e for e in inv.errors])
@@ -537,7 +384,7 @@ def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict, dups
       str(out / 'intensity.png'), what='files as decoded' if inv.kind == 'files' else 'stored')
   nearest = dups.nearest
   if (nearest >= 0).any():
-    explore_plots.nearest_distances(nearest[nearest >= 0], dups.threshold, HASH_SIDE ** 2,
+    explore_plots.nearest_distances(nearest[nearest >= 0], dups.threshold, dup_lib.HASH_SIDE ** 2,
                                     str(out / 'duplicates.png'))
   if dups.groups:
     explore_plots.image_rows(_group_rows(inv, handle, dups.groups),
@@ -555,10 +402,10 @@ def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict, dups
         f'<= {dups.threshold})')
 
 
-def _duplicates_section(dups: Duplicates) -> dict:
+def _duplicates_section(dups: dup_lib.Duplicates) -> dict:
   groups, near = dups.groups, dups.nearest[dups.nearest >= 0]
   return {
-      'hash': f'dHash {HASH_SIDE}x{HASH_SIDE}', 'hash_bits': HASH_SIDE ** 2,
+      'hash': f'dHash {dup_lib.HASH_SIDE}x{dup_lib.HASH_SIDE}', 'hash_bits': dup_lib.HASH_SIDE ** 2,
       'threshold_bits': dups.threshold, 'num_groups': len(groups),
       'exact_groups': sum(g['kind'] == 'exact' for g in groups),
       'near_groups': sum(g['kind'] == 'near' for g in groups),
@@ -572,8 +419,8 @@ def _duplicates_section(dups: Duplicates) -> dict:
                                        for p in dups.pairs]}
 
 
-def _report(data_cfg, handle, inv: Inventory, draws: dict, dups: Duplicates, *, batch_size: int,
-            seed: int, aug_draws: int) -> dict:
+def _report(data_cfg, handle, inv: Inventory, draws: dict, dups: dup_lib.Duplicates, *,
+            batch_size: int, seed: int, aug_draws: int) -> dict:
   """The numbers of explore.json (figures listed by the caller)."""
   names = handle.class_names
   meta = handle.metadata
@@ -607,7 +454,7 @@ def _report(data_cfg, handle, inv: Inventory, draws: dict, dups: Duplicates, *, 
 
 
 def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_size: int = 32,
-            seed: int = 0, dup_threshold: int = DEFAULT_DUP_THRESHOLD,
+            seed: int = 0, dup_threshold: int = dup_lib.DEFAULT_DUP_THRESHOLD,
             progress: bool = True) -> dict:
   """Prepares/opens the dataset of `data_cfg`, writes the report to `out_dir`, returns its numbers.
 
@@ -636,7 +483,7 @@ def explore(data_cfg, out_dir, *, samples: int = 8, aug_draws: int = 6, batch_si
   split_of, notes = split_membership(handle)
   draws = {m: epoch_draws(data_cfg, handle, mode=m, batch_size=batch_size, seed=seed,
                           progress=progress) for m in ('none', 'oversample')}
-  dups = find_duplicates(inv, handle.class_names, split_of, notes, dup_threshold,
+  dups = dup_lib.find_duplicates(inv, handle.class_names, split_of, notes, dup_threshold,
                          progress=progress)
   _draw_figures(out, data_cfg, handle, inv, draws, dups, samples=samples, aug_draws=aug_draws,
                 batch_size=batch_size, seed=seed, split_of=split_of)
