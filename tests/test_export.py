@@ -18,6 +18,14 @@ from tests.test_gradcam import numpy_variables
 NAMES = ('COVID', 'Normal', 'Viral Pneumonia')
 
 
+@pytest.fixture(autouse=True)
+def _highest_matmul_precision():
+  """JAX references in full float32: on GPU the default (TF32) alone could break the 1e-4/1e-5
+  parity checks, which must mean the same on every backend."""
+  with jax.default_matmul_precision('highest'):
+    yield
+
+
 def test_leaderboard_labels_in_input_order():
   assert export.to_leaderboard_labels([2, 0, 1, 1, 0], NAMES) == [
       'PNEUMONIA', 'COVID', 'NORMAL', 'NORMAL', 'COVID']
@@ -137,6 +145,21 @@ def test_onnx_parity_failure_raises(small_model, tmp_path, monkeypatch):
   monkeypatch.setattr(export, 'onnx_session', Wrong)
   with pytest.raises(RuntimeError, match='differs from JAX'):
     export.export_onnx(module, variables, 32, str(tmp_path / 'model.onnx'))
+
+
+def test_onnx_check_computes_its_jax_reference_at_highest_precision(small_model, tmp_path):
+  """Outside any precision context (the fixture's is undone here), as a library caller would be."""
+  module, variables = small_model
+  seen = []
+
+  class Recorder:   # the module, recording the matmul precision each time it is traced
+    def apply(self, *args, **kwargs):
+      seen.append(jax.config.jax_default_matmul_precision)
+      return module.apply(*args, **kwargs)
+
+  with jax.default_matmul_precision(None):
+    export.export_onnx(Recorder(), variables, 32, str(tmp_path / 'model.onnx'), check_batch=2)
+  assert seen[-1] == 'highest', seen   # the last trace is the jitted JAX reference
 
 
 @pytest.mark.slow

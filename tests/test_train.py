@@ -41,7 +41,12 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   rows = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
   epochs = [r for r in rows if r['kind'] == 'epoch']
   assert [r['epoch'] for r in epochs] == [1, 2]
-  assert len([r for r in rows if r['kind'] == 'train']) == summary['steps']
+  train_rows = [r for r in rows if r['kind'] == 'train']
+  assert len(train_rows) == summary['steps']
+  # The logged learning rate comes out of the jitted step: schedule(step - 1) of the head.
+  schedule = optim.make_schedule(config.optim, steps_per_epoch, summary['steps'])
+  np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
+                             [float(schedule(r['step'] - 1)) for r in train_rows], rtol=1e-5)
   # The final evaluation uses the best epoch's checkpoint.
   best = max(epochs, key=lambda r: r['val_macro_f1'])
   assert summary['best_step'] == best['step']

@@ -117,7 +117,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights,
-                        frozen_backbone_head=frozen_head),
+                        frozen_backbone_head=frozen_head, schedule=schedule),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),
@@ -323,7 +323,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
         m = jax.device_get(metrics)
         last_train = {'loss': float(m['loss']), 'accuracy': float(m['accuracy']),
                       'grad_norm': float(m['grad_norm']),
-                      'learning_rate': float(run.schedule(step - 1)) * float(state.lr_scale),
+                      'learning_rate': float(m['learning_rate']),
                       'images_per_s': speed.rate()}
         log.write('train', step, last_train)
         log.progress(step, loss=last_train['loss'], img_s=round(last_train['images_per_s'], 1),

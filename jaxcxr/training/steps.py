@@ -47,7 +47,8 @@ def _frozen_batch_norm(head: Sequence[str]):
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_smoothing: float,
                class_weights: jax.Array | None,
-               frozen_backbone_head: Sequence[str] | None = None) -> tuple[TrainState, dict]:
+               frozen_backbone_head: Sequence[str] | None = None,
+               schedule: optax.Schedule | None = None) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
 
   Args:
@@ -60,9 +61,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
     frozen_backbone_head: with a frozen backbone, the head's top-level parameter names: every
       other parameter gets a zero gradient (also left out of clipping and `grad_norm`) and every
       BatchNorm outside the head runs in inference mode. None trains everything.
+    schedule: the head's learning-rate schedule; with it, metrics include the step's
+      'learning_rate' (times the plateau factor), so logging it needs no host-side computation.
 
   Returns:
-    (new state, metrics: loss, accuracy, finite, grad_norm).
+    (new state, metrics: loss, accuracy, finite, grad_norm[, learning_rate]).
   """
   dropout_key = jax.random.fold_in(key, state.step)
   frozen = frozen_backbone_head is not None
@@ -99,8 +102,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   kept = kept.replace(step=state.step + 1)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  return kept, {'loss': loss, 'accuracy': accuracy, 'finite': finite,
-                'grad_norm': optax.tree.norm(grads)}
+  metrics = {'loss': loss, 'accuracy': accuracy, 'finite': finite,
+             'grad_norm': optax.tree.norm(grads)}
+  if schedule is not None:
+    metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32) * state.lr_scale
+  return kept, metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, dtype) -> jax.Array:
