@@ -38,6 +38,8 @@ def test_border_frame_and_shares_hand_computed():
   lungs[:, 2:8, 2:8] = True
   s = shortcut.cam_shares(cams, lungs, 0.1)
   np.testing.assert_allclose(s['border'], [1.0, 0.0, 0.36])
+  np.testing.assert_allclose(s['corners'], [1.0, 0.0, 0.36])    # 4 squares of 3 x 3 pixels
+  assert shortcut.corner_squares(10, 10).sum() == 36
   np.testing.assert_allclose(s['outside_lung'], [1.0, 0.0, 0.64])
   assert s['peak_outside_lung'].tolist() == [True, False, True]   # a flat map peaks at (0, 0)
   np.testing.assert_allclose(s['border_area'], 0.36)
@@ -61,7 +63,8 @@ def test_indicator_flags_a_corner_shortcut_only():
     cams[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0 ** 2))
   ind = shortcut.indicator(shortcut.cam_shares(cams, lungs), preds, NAMES)
   assert ind['flagged'] == ['COVID']
-  assert ind['per_class']['COVID']['reasons'] and not ind['per_class']['Normal']['reasons']
+  assert '% of the Grad-CAM mass in the corners' in ind['per_class']['COVID']['reason']
+  assert not ind['per_class']['Normal']['reason'] and ind['per_class']['COVID']['corners'] > 0.9
   assert ind['per_class']['Normal']['n'] == 10
   md = shortcut.markdown(ind, [('predicted COVID, wrong #1', 'shortcut/COVID_wrong_1.png')])
   assert '**Flagged: COVID.**' in md and '![predicted COVID, wrong #1](shortcut/COVID_wrong_1.png)' in md
