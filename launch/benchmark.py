@@ -7,7 +7,8 @@ r"""Benchmarks (not tests). Run them on an otherwise idle machine; see docs/PERF
   python -m launch.benchmark --loop
   # bf16 224 px images/s at the largest batch that fits, vs published PyTorch AMP figures:
   python -m launch.benchmark --accelerator            # (scripts/accelerator_bench.sh)
-  # Isolated conv probes:
+  # Per-op profile of the full train step (shares by category), and isolated conv probes:
+  python -m launch.benchmark --profile --archs=resnet18 --image_size=128 --batch=16
   python -m launch.benchmark --conv_probe
 
 The torchvision reference is scripts/torch_reference.py (library code never imports torch).
@@ -28,19 +29,21 @@ from jaxcxr.tools import benchmark_compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard
 from jaxcxr.tools import benchmark_loop
+from jaxcxr.tools import benchmark_profile
 from jaxcxr.tools import benchmark_worker
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'conv_probe'],
-                          'What to measure.')
+_MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'profile',
+                                              'conv_probe'], 'What to measure.')
 _LOOP = flags.DEFINE_bool('loop', False, 'Same as --mode=loop.')
 _ACCEL = flags.DEFINE_bool('accelerator', False, 'Same as --mode=accelerator.')
+_PROFILE = flags.DEFINE_bool('profile', False, 'Same as --mode=profile.')
 _CONV_PROBE = flags.DEFINE_bool('conv_probe', False, 'Same as --mode=conv_probe.')
 
 _ARCHS = flags.DEFINE_list('archs', None, 'Models; ":me" = DenseNet memory_efficient=True. '
-                           'Default: vgg19,resnet101,densenet201.')
+                           'Default: vgg19,resnet101,densenet201 (profile: resnet18).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input side (default 128; accelerator 224).')
-_BATCH = flags.DEFINE_integer('batch', 16, 'Batch size (compare).')
+_BATCH = flags.DEFINE_integer('batch', 16, 'Batch size (compare, profile).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per key and side (median); at least 5.')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (compare).')
 _PARTS = flags.DEFINE_list('parts', ['train', 'eval'], "Any of train, eval, gradcam (JAX only).")
@@ -79,7 +82,7 @@ _SETUP = flags.DEFINE_string('setup', '', 'internal: the worker set-up (JSON).')
 
 def _mode() -> str:
   chosen = [m for m, on in (('loop', _LOOP.value), ('accelerator', _ACCEL.value),
-                            ('conv_probe', _CONV_PROBE.value)) if on]
+                            ('profile', _PROFILE.value), ('conv_probe', _CONV_PROBE.value)) if on]
   if len(chosen) > 1 or (chosen and _MODE.value != 'compare'):
     raise app.UsageError(f'Choose one mode, got {chosen + [_MODE.value]}.')
   return chosen[0] if chosen else _MODE.value
@@ -99,7 +102,8 @@ def main(argv) -> int:
   mode = _mode()
   if _STEPS.value < benchmark_compare.MIN_STEPS:
     raise app.UsageError(f'--steps={_STEPS.value}: at least {benchmark_compare.MIN_STEPS}.')
-  archs = _ARCHS.value or ['vgg19', 'resnet101', 'densenet201']
+  archs = _ARCHS.value or (['resnet18'] if mode == 'profile' else
+                           ['vgg19', 'resnet101', 'densenet201'])
   size = _IMAGE_SIZE.value or (224 if mode == 'accelerator' else 128)
   if mode == 'loop':
     return benchmark_loop.loop_main(
@@ -111,6 +115,9 @@ def main(argv) -> int:
         archs, image_size=size, dtype=_ACCEL_DTYPE.value, steps=_STEPS.value,
         start_batch=_START_BATCH.value, max_batch=_MAX_BATCH.value, bisect=_BISECT.value,
         out=_OUT.value)
+  if mode == 'profile':
+    return benchmark_profile.profile_main(archs, image_size=size, batch=_BATCH.value,
+                                          dtypes=_DTYPES.value, out=_OUT.value)
   if mode == 'conv_probe':
     return benchmark_convs.probe_main(steps=_STEPS.value)
   torch_cmd = (benchmark_compare.python_cmd(os.path.join(_REPO, 'scripts', 'torch_reference.py'))

@@ -27,6 +27,7 @@ from jaxcxr.tools import benchmark_compare as compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard as guard
 from jaxcxr.tools import benchmark_loop
+from jaxcxr.tools import benchmark_profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -435,3 +436,67 @@ def test_benchmark_data_cli_on_phantom_data(tmp_path):
   row = re.search(r'^\s+0\s+(\d+)\s+([\d.]+|nan)\s+', out, re.M)
   assert row and int(row.group(1)) > 0, out
   assert 'batch 8,' in out   # configs/tiny.py's train.batch_size
+
+
+# ----------------------------------------------------------------------------- per-op profile
+
+_HLO = '''HloModule jit_train_step, entry_computation_layout={(f32[3,3,8,16]{3,2,1,0})->f32[]}
+
+%fused_computation.1 (param_0: f32[3,3,8,16]) -> f32[3,3,16,8] {
+  %param_0 = f32[3,3,8,16]{3,2,1,0} parameter(0)
+  %reverse.1 = f32[3,3,8,16]{3,2,1,0} reverse(%param_0), dimensions={0,1}
+  ROOT %transpose.1 = f32[3,3,16,8]{3,2,1,0} transpose(%reverse.1), dimensions={0,1,3,2}
+}
+
+%fused_computation.2 (param_0.1: f32[2,8,8,16], param_1: f32[16]) -> f32[2,8,8,16] {
+  %param_0.1 = f32[2,8,8,16]{3,2,1,0} parameter(0)
+  %param_1 = f32[16]{0} parameter(1)
+  %broadcast.1 = f32[2,8,8,16]{3,2,1,0} broadcast(%param_1), dimensions={3}
+  ROOT %multiply.1 = f32[2,8,8,16]{3,2,1,0} multiply(%param_0.1, %broadcast.1), metadata={op_name="jit(train_step)/transpose(jvp(ResNet))/layer1_0/bn1/mul"}
+}
+
+ENTRY %main.9 (p0: f32[3,3,8,16], p1: f32[2,8,8,8], /*index=2*/p2: f32[16]) -> f32[] {
+  %p0 = f32[3,3,8,16]{3,2,1,0} parameter(0)
+  %p1 = f32[2,8,8,8]{3,2,1,0} parameter(1)
+  %p2 = f32[16]{0} parameter(2)
+  %convolution.1 = f32[2,8,8,16]{3,2,1,0} convolution(%p1, %p0), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(train_step)/jvp(ResNet)/conv1/conv_general_dilated"}
+  %convolution.2 = f32[16,3,3,8]{3,2,1,0} convolution(%p1, %convolution.1), window={size=8x8 pad=1_1x1_1}, dim_labels=f01b_i01o->01bf
+  %convolution.3 = f32[2,8,8,8]{3,2,1,0} convolution(%convolution.1, %p0), window={size=3x3 pad=1_2x1_2 lhs_dilate=2x2}, dim_labels=b01f_01oi->b01f, metadata={op_name="jit(train_step)/transpose(jvp(ResNet))/conv1/conv_general_dilated"}
+  %copy_reverse_fusion = f32[3,3,16,8]{3,2,1,0} fusion(%p0), kind=kLoop, calls=%fused_computation.1
+  %multiply_fusion = f32[2,8,8,16]{3,2,1,0} fusion(%convolution.1, %p2), kind=kLoop, calls=%fused_computation.2
+  %subtract.1 = f32[16]{0} subtract(%p2, %p2), metadata={op_name="jit(train_step)/sub"}
+  ROOT %r = f32[] constant(0)
+}
+'''
+
+
+def test_profile_classifies_the_ops_of_a_train_step():
+  ops, comps = benchmark_profile.parse_hlo(_HLO)
+  assert set(comps) == {'fused_computation.1', 'fused_computation.2', 'main.9'}
+  assert ops['convolution.2'].shape == (16, 3, 3, 8) and 'size=8x8' in ops['convolution.2'].window
+  kernels = {(3, 3, 8, 16)}
+  got = {n: benchmark_profile.classify(ops[n], ops, comps, kernels)
+         for n in ('convolution.1', 'convolution.2', 'convolution.3', 'copy_reverse_fusion',
+                   'multiply_fusion', 'subtract.1')}
+  assert got == {'convolution.1': 'conv forward',
+                 'convolution.2': 'conv weight-grad',   # no metadata, a kernel's shape
+                 'convolution.3': 'conv input-grad (dilated: strided conv)',
+                 'copy_reverse_fusion': 'layout: transpose / reverse / copy',
+                 'multiply_fusion': 'BatchNorm (fwd + bwd)',
+                 'subtract.1': 'optimizer, finite check, state select'}
+  events = [{'name': 'convolution.2', 'dur': 3000.0}, {'name': 'convolution.2', 'dur': 1000.0},
+            {'name': 'convolution.1', 'dur': 2000.0}, {'name': 'ThunkExecutor::Execute',
+                                                       'dur': 9e9}]
+  s = benchmark_profile.summarise(events, ops, comps, kernels, steps=2)
+  assert s['summed_op_ms'] == pytest.approx(3.0)   # (3 + 1 + 2 ms) over 2 steps
+  assert s['categories'][0] == {'category': 'conv weight-grad', 'ms': 2.0, 'share': 2 / 3}
+  assert s['top_ops'][0]['op'] == 'convolution.2' and s['top_ops'][0]['window'].startswith('size=8x8')
+
+
+def test_profile_of_a_real_train_step():
+  r = benchmark_profile.profile_train_step('cnn_bn', 16, 2, steps=1)
+  assert r['ops_seen'] > 10 and r['summed_op_ms'] > 0 and r['step_ms'] > 0
+  shares = {c['category']: c['share'] for c in r['categories']}
+  assert sum(shares.values()) == pytest.approx(1.0)
+  assert shares.get('conv forward', 0) > 0 and shares.get('BatchNorm (fwd + bwd)', 0) > 0
+  assert '| category | ms/step | share |' in benchmark_profile.format_profile(r)
