@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jaxcxr.tools import duplicates
 from jaxcxr.tools import explore
 from jaxcxr.training import errors
 from launch import cli
@@ -28,7 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _OUT = flags.DEFINE_string('out', None, 'Report folder (explore.md, explore.json, figures).')
 _SAMPLES = flags.DEFINE_integer('samples', 8, 'Sample images per class.')
 _AUG_DRAWS = flags.DEFINE_integer('aug_draws', 6, 'Augmentation draws per previewed image.')
-_DUP = flags.DEFINE_integer('dup_threshold', explore.DEFAULT_DUP_THRESHOLD,
+_DUP = flags.DEFINE_integer('dup_threshold', duplicates.DEFAULT_DUP_THRESHOLD,
                             'Near-duplicate threshold (bits of 256).')
 flags.mark_flags_as_required(['config', 'out'])
 
