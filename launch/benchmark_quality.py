@@ -20,6 +20,8 @@ from absl import flags
 
 from jaxcxr.data import images as images_lib
 from jaxcxr.tools import benchmark_quality
+from jaxcxr.training import errors
+from launch import cli
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Kaggle-layout folder (COVID/, Normal/, '
                                   'Viral Pneumonia/).')
@@ -125,8 +127,7 @@ def main(argv):
       json.dump(result, f)
     return
   if not _MANUAL_DIR.value:
-    print('error: pass --manual_dir=<Kaggle-layout folder>', file=sys.stderr)
-    sys.exit(2)
+    cli.fail('pass --manual_dir=<Kaggle-layout folder>')
   print(f'budget {_BUDGET.value:.0f} s per side; load average {os.getloadavg()[0]:.2f}',
         flush=True)
   try:
@@ -134,8 +135,7 @@ def main(argv):
         _MANUAL_DIR.value, _OUT.value, budget_s=_BUDGET.value, config=_CONFIG.value,
         jax_overrides=_JAX_OVERRIDES.value, torch_command=_torch_command)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e, errors.EXIT_USAGE)
   print(summary['table'])
   load = summary['loadavg']
   print(f'load average: start {load["start"]:.2f}, after jaxcxr {load["after_jaxcxr"]:.2f}, '
@@ -143,4 +143,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

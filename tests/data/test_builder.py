@@ -121,7 +121,7 @@ def test_new_image_size_reuses_the_prepared_folder(tmp_path):
   # Larger than the stored side: that needs larger stored images, and the message says so.
   cfg.image_size = 256
   with pytest.raises(ValueError, match=r'stored_size: prepared 224, requested 256[\s\S]*smaller '
-                     r'than image_size=256[\s\S]*--stored_size=256'):
+                     r'than image_size=256[\s\S]*--config.data.stored_size=256'):
     data_lib.prepare(cfg, progress=False)
   # A folder prepared at an explicit larger side: the message says how to reuse it.
   cfg.image_size, cfg.stored_size = 128, 160
