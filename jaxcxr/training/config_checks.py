@@ -67,6 +67,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
   if not 0 <= config.optim.backbone_lr_mult:
     errors.append(f'config.optim.backbone_lr_mult={config.optim.backbone_lr_mult}: must be >= 0 '
                   '(0 freezes the backbone).')
+  if not 0 <= config.train.get('ema_decay', 0.0) < 1:
+    errors.append(f'config.train.ema_decay={config.train.ema_decay}: must be in [0, 1) (0 = off).')
   if not 0 <= config.train.label_smoothing < 1:
     errors.append(f'config.train.label_smoothing={config.train.label_smoothing}: must be in [0, 1).')
   if config.early_stopping.patience < 1:

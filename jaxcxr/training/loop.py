@@ -110,7 +110,8 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   dtype = jnp.dtype(config.model.dtype)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
-                        label_smoothing=config.train.label_smoothing, class_weights=class_weights),
+                        label_smoothing=config.train.label_smoothing, class_weights=class_weights,
+                        ema_decay=float(config.train.get('ema_decay', 0.0))),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),

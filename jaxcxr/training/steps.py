@@ -19,9 +19,19 @@ def _is_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay at `step`: min(decay, (1 + step) / (10 + step)), so early weights fade fast."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_smoothing: float,
-               class_weights: jax.Array | None) -> tuple[TrainState, dict]:
-  """One optimizer step on a global batch; a non-finite step leaves the state unchanged."""
+               class_weights: jax.Array | None, ema_decay: float = 0.0) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
+
+  With `ema_decay` > 0 (and `state.ema_params` set) it also updates the moving average of the
+  weights that `eval_step` evaluates.
+  """
   dropout_key = jax.random.fold_in(key, state.step)
 
   def loss_fn(params):
@@ -48,6 +58,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   finite = jnp.isfinite(loss) & _is_finite(updates)
   new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
                             batch_stats=new_stats)
+  if ema_decay > 0 and state.ema_params is not None:
+    d = ema_decay_at(state.step, ema_decay)
+    new_state = new_state.replace(ema_params=jax.tree.map(
+        lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params))
   # Keep the old state on a non-finite step (and still advance the step so keys stay in sync).
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   kept = kept.replace(step=state.step + 1)
@@ -57,9 +71,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
 
 
 def eval_step(state: TrainState, batch: dict, *, dtype) -> jax.Array:
-  """Float32 logits of a batch, BatchNorm in inference mode."""
+  """Float32 logits of a batch, BatchNorm in inference mode (the EMA weights when kept)."""
   x = to_model_input(batch['image'], dtype)
-  variables = {'params': state.params}
+  variables = {'params': state.params if state.ema_params is None else state.ema_params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
   return state.apply_fn(variables, x, train=False).astype(jnp.float32)
