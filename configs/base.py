@@ -75,6 +75,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32      # global batch over all devices and processes
   c.train.num_epochs = 10
   c.train.label_smoothing = 0.0
+  c.train.ema_decay = 0.0      # > 0: validate, select and evaluate an EMA of the weights
   c.train.log_every_steps = 10
   c.train.param_sharding = 'replicated'  # or 'fsdp'
   c.train.on_nonfinite = 'error'         # 'error' (stop, naming the step) or 'skip' (drop update)

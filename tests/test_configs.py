@@ -52,6 +52,7 @@ BAD = {
     'train.batch_size': 0,
     'train.num_epochs': 0,
     'train.label_smoothing': 1.0,
+    'train.ema_decay': 1.0,
     'train.log_every_steps': 0,
     'train.param_sharding': 'tp',
     'train.on_nonfinite': 'ignore',

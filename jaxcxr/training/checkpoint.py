@@ -306,7 +306,8 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
     raise ValueError(f'The {which!r} checkpoint {path} is unreadable (truncated or corrupted; '
                      f'{type(e).__name__}: {detail}). {fix}') from None
   _check_matches(abstract, tree, directory, config.model.name)
-  variables = {'params': tree['params']}
+  # A run with config.train.ema_decay > 0 validated and selected its EMA weights: infer with them.
+  variables = {'params': tree.get('ema_params') or tree['params']}
   if tree.get('batch_stats'):
     variables['batch_stats'] = tree['batch_stats']
   return InferenceBundle(config, module, variables, class_names, config.data.image_size, step)

@@ -67,6 +67,7 @@ _AT_LEAST = {
 # key -> (low, high, low inclusive, high inclusive).
 _IN_RANGE = {
     'train.label_smoothing': (0.0, 1.0, True, False),
+    'train.ema_decay': (0.0, 1.0, True, False),
     'optim.b1': (0.0, 1.0, True, False),
     'optim.b2': (0.0, 1.0, True, False),
     'optim.momentum': (0.0, 1.0, True, False),

@@ -117,7 +117,8 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights,
-                        frozen_backbone_head=frozen_head, schedule=schedule),
+                        frozen_backbone_head=frozen_head, schedule=schedule,
+                        ema_decay=float(config.train.ema_decay)),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),

@@ -26,6 +26,7 @@ from jaxcxr.models import weights
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   lr_scale: jax.Array = None   # host-driven plateau factor; multiplies every update
+  ema_params: Any = None       # exponential moving average of params (config.train.ema_decay > 0)
 
 
 def class_names_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -118,6 +119,7 @@ def create_train_state(config, module: nn.Module, tx: optax.GradientTransformati
   if pretrained is not None:
     variables = weights.load_pretrained(variables, pretrained,
                                         skip=head_names(config.model.name))
+  ema = variables['params'] if config.train.get('ema_decay', 0.0) > 0 else None
   return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,
                            batch_stats=variables.get('batch_stats', {}),
-                           lr_scale=jnp.ones((), jnp.float32))
+                           lr_scale=jnp.ones((), jnp.float32), ema_params=ema)

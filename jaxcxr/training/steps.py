@@ -45,10 +45,17 @@ def _frozen_batch_norm(head: Sequence[str]):
   return nn.intercept_methods(interceptor)
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay at `step`: min(decay, (1 + step) / (10 + step)), so early weights fade fast."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_smoothing: float,
                class_weights: jax.Array | None,
                frozen_backbone_head: Sequence[str] | None = None,
-               schedule: optax.Schedule | None = None) -> tuple[TrainState, dict]:
+               schedule: optax.Schedule | None = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
 
   Args:
@@ -63,6 +70,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
       BatchNorm outside the head runs in inference mode. None trains everything.
     schedule: the head's learning-rate schedule; with it, metrics include the step's
       'learning_rate' (times the plateau factor), so logging it needs no host-side computation.
+    ema_decay: > 0 (with `state.ema_params` set) also updates the moving average of the weights
+      that `eval_step` evaluates.
 
   Returns:
     (new state, metrics: loss, accuracy, finite, grad_norm[, learning_rate]).
@@ -98,6 +107,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   finite = jnp.isfinite(loss) & _is_finite(updates)
   new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
                             batch_stats=new_stats)
+  if ema_decay > 0 and state.ema_params is not None:
+    d = ema_decay_at(state.step, ema_decay)
+    new_state = new_state.replace(ema_params=jax.tree.map(
+        lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params))
   # Keep the old state on a non-finite step (and still advance the step so keys stay in sync).
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   kept = kept.replace(step=state.step + 1)
@@ -110,9 +123,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
 
 
 def eval_step(state: TrainState, batch: dict, *, dtype) -> jax.Array:
-  """Float32 logits of a batch, BatchNorm in inference mode."""
+  """Float32 logits of a batch, BatchNorm in inference mode (the EMA weights when kept)."""
   x = to_model_input(batch['image'], dtype)
-  variables = {'params': state.params}
+  variables = {'params': state.params if state.ema_params is None else state.ema_params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
   return state.apply_fn(variables, x, train=False).astype(jnp.float32)
