@@ -37,7 +37,6 @@ def test_rows_and_table_from_results(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known failure after the merge of the thin-launcher and recipe branches: the jaxcxr side exits while parsing its --config overrides; to fix next session (closing note)")
 def test_smoke_same_test_images(tmp_path):
   pytest.importorskip('torchvision')
   folder = phantom.write_folder(tmp_path / 'kaggle', num_per_class=12, image_size=32, seed=0)
