@@ -127,6 +127,10 @@ def classify(op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]],
   if names and not any('jvp(' in n for n in names):
     return 'optimizer, finite check, state select'
   if any(_BN_PATH.search(n) for n in names):
+    # XLA fuses BatchNorm's backward with the transpose into the layout its weight-gradient
+    # convolution wants ([C, H, W, N]): most of such a fusion's time is the transpose.
+    if 'transpose' in opcodes:
+      return 'BatchNorm fused with a layout transpose'
     return 'BatchNorm (fwd + bwd)'
   if in_conv and opcodes & {'concatenate', 'slice', 'pad'}:
     return 'conv weight-grad: im2col patches'
