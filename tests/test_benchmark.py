@@ -344,6 +344,18 @@ def test_callees_of_train_loop_per_step(tmp_path, monkeypatch):
   assert 2.0 <= ms < 50.0, (name, ms)
 
 
+def test_in_memory_loader_cycles_its_batches_with_a_state():
+  batches = [{'image': np.full((2, 4, 4, 1), i, np.uint8), 'label': np.zeros(2, np.int32)}
+             for i in range(3)]
+  it = benchmark_loop.in_memory_loader(batches)('data_cfg', 'handle', local_batch_size=2, seed=0)
+  seen = [int(next(it)['image'][0, 0, 0, 0]) for _ in range(7)]
+  assert seen == [0, 1, 2, 0, 1, 2, 0]
+  state = it.get_state()
+  nxt = int(next(it)['image'][0, 0, 0, 0])
+  it.set_state(state)
+  assert int(next(it)['image'][0, 0, 0, 0]) == nxt == 1
+
+
 def test_loop_main_measures_the_real_loop(tmp_path, capsys):
   out = tmp_path / 'loop.json'
   status = benchmark_loop.loop_main(
@@ -355,8 +367,12 @@ def test_loop_main_measures_the_real_loop(tmp_path, capsys):
   assert re.fullmatch(r'loop overhead: -?\d+%', printed[-1]), printed[-3:]
   r = json.loads(out.read_text())
   assert len(r['loop_window_steps_per_s']) == 2   # steps 10 and 20
-  assert r['overhead_pct'] == pytest.approx(
+  assert len(r['loop_memory_window_steps_per_s']) == 2
+  assert r['overhead_with_pipeline_pct'] == pytest.approx(
       100 * (r['bare_steps_per_s'] / np.median(r['loop_window_steps_per_s']) - 1))
+  assert r['overhead_pct'] == pytest.approx(
+      100 * (r['bare_steps_per_s'] / np.median(r['loop_memory_window_steps_per_s']) - 1))
+  assert printed[-2].startswith('with the real data pipeline on the same cores: ')
   assert r['bare_steps_per_s'] > 0 and r['loader_next_ms'] > 0 and 'load_ok' in r
 
 
