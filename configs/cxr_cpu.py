@@ -1,7 +1,22 @@
-r"""Real chest X-rays on a 2-core CPU in 10 minutes: ResNet-18 from scratch (draft; see RESULTS.md).
+r"""Real chest X-rays on a 2-core CPU in 10 minutes: a half-width ResNet-18 from scratch.
 
   python -m launch.train --config configs/cxr_cpu.py --workdir workdirs/cxr_cpu \
       --config.data.manual_dir=../shared/data/cxr_dev
+
+The recipe (docs/RESULTS.md has the ablations): `cnn_res18_half` (ResNet-18 layout at half width,
+1-channel 7x7 stem, 2.8M parameters) from scratch at 112 px (stored once at 224 px, so other
+resolutions need no re-preparation), class-balanced epochs drawn without replacement, the default
+affine + intensity augmentation, AdamW 1e-3 (weight decay 0.05) with one warm-up epoch and cosine
+decay, label smoothing 0.1, batch 32, 16 epochs, and an EMA of the weights (decay 0.99) that is
+validated, selected and evaluated. The best epoch is chosen on validation macro-F1; the test split
+is only scored at the end.
+
+Measured on ../shared/data/cxr_dev (1,200 films; test split 180 films, never used for selection),
+2-core x86-64 CPU, split seeds 0 / 1 / 2 (2026-11-30): test macro-F1 0.896 / 0.906 / 0.855, mean
+0.886; accuracy mean 0.885; 413-484 s wall per run, everything included (preparation,
+compilation, training, evaluation, report). The issue-#13 target (macro-F1 >= 0.95) is NOT
+reached yet. The dev set is confounded (every viral-pneumonia film is of a child from one
+hospital): read the report's shortcut indicator and Grad-CAM overlays before trusting a score.
 
 Args (after a colon): `runlocal` shrinks it to a seconds-long smoke run on phantom data.
 """
@@ -10,27 +25,29 @@ from configs import base
 
 
 def get_config(arg: str = ''):
+  args = base.parse_arg(arg, 'configs/cxr_cpu.py', allowed=('runlocal',))
   c = base.get_base_config()
-  c.model.name = 'resnet18'
+  c.model.name = 'cnn_res18_half'
   c.data.source = 'folder'
   c.data.builder_config = '3class'
-  c.data.image_size = 128
+  c.data.image_size = 112
   c.data.stored_size = 224
   c.data.sampling = 'balanced'
-  c.data.num_workers = 0
+  c.data.num_workers = 0          # on 2 cores, worker processes only compete with the step
   c.train.batch_size = 32
-  c.train.num_epochs = 10
+  c.train.num_epochs = 16
   c.train.label_smoothing = 0.1
+  c.train.ema_decay = 0.99
   c.train.log_every_steps = 13
   c.optim.name = 'adamw'
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.05
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
-  c.early_stopping.patience = 100
+  c.early_stopping.patience = 100  # keep every epoch of the short schedule; select the best
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1
-  if arg == 'runlocal':
+  if 'runlocal' in args:
     c.data.source = 'phantom'
     c.data.image_size = 32
     c.data.stored_size = 0
@@ -41,7 +58,5 @@ def get_config(arg: str = ''):
     c.train.max_steps = 3
     c.eval.batch_size = 8
     c.eval.bootstrap = 20
-  elif arg:
-    raise ValueError(f'configs/cxr_cpu.py: unknown arg {arg!r}; use "" or "runlocal".')
   c.lock()
   return c
