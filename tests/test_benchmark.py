@@ -74,9 +74,10 @@ def test_bf16_train_step_asks_for_bf16_convs_and_reports_what_xla_runs():
   state = benchmark.make_state(module, 16)
   _, timings = benchmark.compile_train_step(module, state, benchmark.random_batch(2, 16),
                                             jax.random.key(0), jnp.bfloat16)
-  # 4 forward convs, their input gradients (not the first) and weight gradients.
-  assert timings['lowered_convs'] == {'bf16': 11}, timings['lowered_convs']
-  assert sum(timings['compiled_convs'].values()) >= 8
+  # 4 forward convs and their input gradients (not the first); on CPU the 4 weight gradients are
+  # im2col matmuls (layers.conv2d), not convolutions.
+  assert timings['lowered_convs'] == {'bf16': 7}, timings['lowered_convs']
+  assert sum(timings['compiled_convs'].values()) >= 7
   assert state.params['conv1']['kernel'].dtype == jnp.float32
 
 
