@@ -173,6 +173,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.model.dtype = 'float32'
   c.data.source = 'phantom'
   c.data.image_size = 32
+  c.data.stored_size = 0
   c.data.phantom.image_size = 32
   c.data.phantom.num_per_class = 16
   c.data.num_workers = 0

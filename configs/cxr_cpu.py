@@ -48,15 +48,6 @@ def get_config(arg: str = ''):
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1
   if 'runlocal' in args:
-    c.data.source = 'phantom'
-    c.data.image_size = 32
-    c.data.stored_size = 0
-    c.data.phantom.image_size = 32
-    c.data.phantom.num_per_class = 16
-    c.train.batch_size = 8
-    c.train.num_epochs = 1
-    c.train.max_steps = 3
-    c.eval.batch_size = 8
-    c.eval.bootstrap = 20
+    base.shrink_for_cpu(c)
   c.lock()
   return c
