@@ -109,8 +109,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
                             batch_stats=new_stats)
   if ema_decay > 0 and state.ema_params is not None:
     d = ema_decay_at(state.step, ema_decay)
-    new_state = new_state.replace(ema_params=jax.tree.map(
-        lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params))
+    new_state = new_state.replace(
+        ema_params=optax.incremental_update(new_params, state.ema_params, 1.0 - d))
   # Keep the old state on a non-finite step (and still advance the step so keys stay in sync).
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   kept = kept.replace(step=state.step + 1)
