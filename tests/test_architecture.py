@@ -7,7 +7,10 @@ lower layer; `models` and `data` are independent of each other.
 """
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +149,25 @@ def test_checker_sees_upward_and_hidden_imports(tmp_path):
   assert len(upward) == 1 and 'training/bad.py:2' in upward[0], upward
   hidden = hidden_imports(tmp_path)
   assert len(hidden) == 1 and 'training/bad.py:5 imports jaxcxr.models' in hidden[0], hidden
+
+
+_NO_TORCH = '''
+import sys, tempfile
+import launch.train
+from jaxcxr.evaluation import gradcam, inference, report
+from jaxcxr.training import run_log
+log = run_log.RunLog(tempfile.mkdtemp(), total_steps=1)
+log.write('train', 1, {'loss': 1.0})
+log.close()
+assert log._tb is not None, 'no TensorBoard writer'
+print('torch loaded:', 'torch' in sys.modules)
+'''
+
+
+def test_training_and_its_tensorboard_writer_do_not_load_torch():
+  """torch is a test/conversion dependency: the training and evaluation CLIs never load it, not
+  even through tensorboardX (which imports torch whenever it is installed)."""
+  r = subprocess.run([sys.executable, '-c', _NO_TORCH], cwd=REPO, capture_output=True, text=True,
+                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip().splitlines()[-1] == 'torch loaded: False', r.stdout

@@ -39,6 +39,26 @@ def _jsonable(v: Any) -> Any:
   return v
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch (None when tensorboardX is missing).
+
+  tensorboardX imports torch at module level whenever torch is installed (3 s of start-up and
+  hundreds of MB, measured; training never needs torch), and falls back to numpy when that import
+  fails. Where torch is not loaded already, it is hidden from that one import.
+  """
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None   # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
+    return None
+  finally:
+    if hide:
+      del sys.modules['torch']
+  return SummaryWriter
+
+
 class RunLog:
   """Writes one training run's scalars."""
 
@@ -51,11 +71,8 @@ class RunLog:
       return
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-    except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
-      self._tb = None
+    writer = _summary_writer_class()
+    self._tb = writer(os.path.join(workdir, 'tensorboard')) if writer else None
     self._bar = tqdm.tqdm(total=total_steps, initial=resume_step, unit='step', dynamic_ncols=True,
                           file=sys.stderr, disable=None, mininterval=2.0)
 
