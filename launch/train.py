@@ -29,6 +29,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs
 _JIT_CACHE = flags.DEFINE_string(
     'jit_cache', os.environ.get('JAXCXR_JIT_CACHE', '~/.cache/jaxcxr/xla'),
     'Persistent XLA compilation cache (a resumed or repeated run skips recompiling); "" = off.')
+_JIT_CACHE_MIN_S = flags.DEFINE_float(
+    'jit_cache_min_compile_s', float(os.environ.get('JAXCXR_JIT_CACHE_MIN_COMPILE_S', '1.0')),
+    'Only compiles slower than this are stored in --jit_cache (the test suite stores all).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Exit statuses (jaxcxr.training.errors, docs/RELIABILITY.md): 0 done; 1 bad flags; 2 invalid
@@ -41,7 +44,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   distributed.maybe_initialize()
-  distributed.enable_compilation_cache(_JIT_CACHE.value)
+  distributed.enable_compilation_cache(_JIT_CACHE.value, _JIT_CACHE_MIN_S.value)
   try:
     summary = report.train_and_report(_CONFIG.value, _WORKDIR.value)
   except errors.Preempted:

@@ -81,7 +81,7 @@ def test_train_step_is_traced_once_and_keeps_state_on_nan(data_dir):
 
 @pytest.mark.parametrize('name, overrides', [
     ('cnn_small', {}),
-    ('resnet18', {}),
+    ('resnet18', {'stage_sizes': (1, 1)}),
     ('densenet121', {'growth_rate': 8, 'block_config': (2, 2), 'num_init_features': 16}),
     ('vgg11_bn', {'cfg': (8, 'M', 16, 'M'), 'classifier_width': 32}),
 ])
