@@ -155,31 +155,41 @@ def max_pool_grad_by_taps(x: jnp.ndarray, g: jnp.ndarray, window: int, stride: i
   return dxp[:, p:hp - p, p:wp - p, :] if p else dxp
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0) -> jnp.ndarray:
   """`torch.nn.MaxPool2d(window, stride, padding)`: padded cells are -inf, never selected.
 
-  On CPU its gradient is `max_pool_grad_by_taps` (the train step of `cnn_bn` at 64 px spent about
-  a sixth of its time in XLA:CPU's select-and-scatter expansion); elsewhere it is XLA's own.
+  Tiled windows (window == stride, no padding: VGG, the small CNNs) take `_tiled_max_pool`, whose
+  CPU gradient is `max_pool_grad_by_taps` (`cnn_bn`'s train step at 64 px spent about a sixth of
+  its time in XLA:CPU's select-and-scatter expansion; 147 -> 176 img/s measured). Each input cell
+  is in one window there, so the gradient is bitwise XLA's. Overlapping windows (the 3x3 stride-2
+  stems of ResNet / DenseNet) keep XLA's gradient: by taps it would sum a cell's shares in another
+  order (other rounding, so other training trajectories) for no measured gain (one pool per net).
   """
+  if window == stride and not padding:
+    return _tiled_max_pool(x, window)
   return _max_pool(x, window, stride, padding)
 
 
-def _max_pool_fwd(x, window, stride, padding):
-  return _max_pool(x, window, stride, padding), x
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
+  return _max_pool(x, window, window, 0)
 
 
-def _max_pool_bwd(window, stride, padding, x, g):
+def _tiled_max_pool_fwd(x, window):
+  return _max_pool(x, window, window, 0), x
+
+
+def _tiled_max_pool_bwd(window, x, g):
   def xla_grad(g):
-    return jax.vjp(lambda x: _max_pool(x, window, stride, padding), x)[1](g)[0]
+    return jax.vjp(lambda x: _max_pool(x, window, window, 0), x)[1](g)[0]
 
   def cpu_grad(g):
-    return max_pool_grad_by_taps(x, g, window, stride, padding).astype(x.dtype)
+    return max_pool_grad_by_taps(x, g, window, window, 0).astype(x.dtype)
 
   return (lax.platform_dependent(g, cpu=cpu_grad, default=xla_grad),)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
