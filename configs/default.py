@@ -2,8 +2,8 @@
 
 Needs no download: the phantom data set (400 images per class, 128 px, resized to 64) is generated
 on first use. On a 2-core CPU it finishes in a few minutes and writes the full evaluation report.
-Measured (seed 0, loaded 2-core CPU, 4.5 min): test accuracy 0.928, macro F1 0.928, macro AUC
-0.991 (chance: 0.333).
+Measured (seed 0, idle 2-core CPU, 89 s everything included, 2026-11-30): test accuracy 0.928,
+macro F1 0.928, macro AUC 0.991 (chance: 0.333).
 
   python -m launch.train --config configs/default.py --workdir workdirs/default
 
