@@ -34,6 +34,16 @@ def _conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> j
                                   dimension_numbers=_DIMENSION_NUMBERS)
 
 
+def _strided_taps(xp: jnp.ndarray, kh: int, kw: int, stride: int,
+                  out_hw: tuple[int, int]) -> list[jnp.ndarray]:
+  """The kh*kw strided views (N, Ho, Wo, C) of an already padded NHWC input, row-major: view
+  (i, j) holds the window element at offset (i, j) of every output position."""
+  n, _, _, c = xp.shape
+  ho, wo = out_hw
+  return [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                    (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+
+
 def im2col_weight_grad(x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, ...],
                        stride: int, padding: int) -> jnp.ndarray:
   """dL/dkernel (kh, kw, C, O) of `_conv2d` as one matmul over N*Ho*Wo.
@@ -43,11 +53,9 @@ def im2col_weight_grad(x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, 
   g (N, Ho, Wo, O): (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O).
   """
   kh, kw, c, o = kernel_shape
-  n, ho, wo, _ = g.shape
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                    (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+  taps = _strided_taps(x, kh, kw, stride, g.shape[1:3])
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   return jnp.einsum('nhwk,nhwo->ko', patches, g).reshape(kh, kw, c, o)
 
@@ -134,12 +142,11 @@ def max_pool_grad_by_taps(x: jnp.ndarray, g: jnp.ndarray, window: int, stride: i
   stride-1). Elementwise work only, instead of XLA:CPU's select-and-scatter expansion (a
   reduce-window that tracks the argmax with four int32 iotas of the input's size, then a scatter).
   """
-  n, ho, wo, c = g.shape
+  ho, wo = g.shape[1:3]
   p = padding
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf) if p else x
   hp, wp = xp.shape[1:3]
-  taps = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                    (1, stride, stride, 1)) for i in range(window) for j in range(window)]
+  taps = _strided_taps(xp, window, window, stride, (ho, wo))
   best = functools.reduce(jnp.maximum, taps)
   taken = jnp.zeros(g.shape, bool)
   dxp = jnp.zeros(xp.shape, g.dtype)
