@@ -3,8 +3,8 @@ loadgroup`).
 
 Each test file is one xdist group, so its module-scoped fixtures (a prepared dataset, a trained
 workdir, a batch of CLI runs) are built once, on the worker that runs the file. tests/reliability
-is one group as a whole: its session fixtures (the prepared data, the reference training run, the
-compile cache) are shared by all its files and must not be built once per worker. Without xdist
+is one group as a whole: its session fixtures (the prepared data, the reference training run)
+are shared by all its files and must not be built once per worker. Without xdist
 the marks do nothing.
 
 Compiled programs are shared through one persistent XLA cache per suite run (in-process compiles

@@ -1,4 +1,4 @@
-"""Session fixtures of the reliability suite: prepared data, a compile cache, the reference run,
+"""Session fixtures of the reliability suite: prepared data, the subprocess env, the reference run,
 and `record`, which tells scripts/reliability_report.py what each test injected and observed."""
 
 import json
@@ -24,9 +24,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def run_env(tmp_path_factory):
-  """Subprocess env: CPU, one device, and a JAX compilation cache shared by the session."""
-  return th.env(**harness.cache_env(tmp_path_factory.mktemp('jax_cache')))
+def run_env():
+  """Subprocess env: CPU, one device; the suite's XLA cache comes from tests/conftest.py."""
+  return th.env()
 
 
 @pytest.fixture(scope='session')

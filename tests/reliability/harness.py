@@ -21,18 +21,6 @@ STEPS_PER_EPOCH = 5
 TOTAL_STEPS = 15
 
 
-def cache_env(cache_dir) -> dict:
-  """Env of a JAX persistent compilation cache shared by every subprocess of the suite.
-
-  A loaded executable is the same binary as a freshly compiled one, so numerics are unchanged;
-  it saves ~20 s of XLA compilation per launch on a loaded 2-core machine.
-  """
-  return {'JAXCXR_JIT_CACHE': str(cache_dir),   # launch.train's --jit_cache default
-          'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': 0,
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': 0}
-
-
 class Run:
   """A background subprocess whose stderr/stdout go to files (a pipe could fill and block it)."""
 
