@@ -173,7 +173,8 @@ def run(archs: Sequence[str], *, image_size: int = 224, dtype: str = 'bfloat16',
   for arch in archs:
     row = bench(arch, image_size=image_size, dtype=jnp.dtype(dtype), steps=steps,
                 start_batch=start_batch, max_batch=max_batch, bisect=bisect)
-    log(f"{arch}: batch {row['batch']} (tried {row['trials']})")
+    log(f"{arch}: batch {row['batch']} (tried {row['trials']}): train {row['train_img_s']:.1f}, "
+        f"eval {row['eval_img_s']:.1f} img/s, compile {row['compile_s']:.1f} s")
     rows.append(row)
   return header, rows
 

@@ -1,0 +1,106 @@
+r"""torchvision on the same accelerator as `launch.benchmark --accelerator`: the PyTorch AMP side.
+
+The published figures that `jaxcxr.tools.benchmark_accel` prints beside ours come from other GPUs;
+this measures torchvision on *this* device, at the batch sizes the JAX run used, with the same step
+(uint8 grey images -> ImageNet-normalised 3-channel input inside the step, forward, cross-entropy,
+backward, SGD momentum 0.9) under `torch.autocast('cuda', torch.bfloat16)`, channels_last,
+`cudnn.benchmark`. Median of `--steps` timed steps after warm-up, CUDA-synchronised.
+
+  python scripts/torch_accel_reference.py --archs=resnet50:256,vgg19:256 --out=torch_gpu.json
+
+Standalone on purpose (library code never imports torch). scripts/accelerator_bench.sh runs it
+after the JAX side when torch sees a GPU.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torchvision
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def measure(arch: str, batch: int, image_size: int, steps: int, dtype: torch.dtype) -> dict:
+  """Train and eval images/s of one torchvision model on the current CUDA device."""
+  dev = torch.device('cuda')
+  model = getattr(torchvision.models, arch)(num_classes=3).to(dev, memory_format=torch.channels_last)
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  gen = torch.Generator().manual_seed(0)
+  images = torch.randint(0, 256, (batch, 1, image_size, image_size), dtype=torch.uint8,
+                         generator=gen).to(dev)
+  labels = torch.randint(0, 3, (batch,), generator=gen).to(dev)
+  mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1)
+  std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1)
+
+  def inputs():
+    x = (images.float().expand(-1, 3, -1, -1) / 255.0 - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
+
+  def train():
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=dtype):
+      loss = torch.nn.functional.cross_entropy(model(inputs()), labels)
+    loss.backward()
+    opt.step()
+
+  def evaluate():
+    model.eval()
+    with torch.inference_mode(), torch.autocast('cuda', dtype=dtype):
+      model(inputs())
+
+  def img_s(fn):
+    for _ in range(3):
+      fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      fn()
+      torch.cuda.synchronize()
+      times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+  torch.cuda.reset_peak_memory_stats()
+  row = {'arch': arch, 'batch': batch, 'train_img_s': img_s(train), 'eval_img_s': img_s(evaluate),
+         'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20}
+  del model, opt
+  torch.cuda.empty_cache()
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--archs', required=True, help='arch:batch,... (torchvision names)')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'])
+  parser.add_argument('--out', default='')
+  args = parser.parse_args()
+  torch.backends.cudnn.benchmark = True
+  dtype = getattr(torch, args.dtype)
+  header = {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__,
+            'torchvision': torchvision.__version__, 'dtype': args.dtype,
+            'image_size': args.image_size, 'steps': args.steps}
+  print(f"{header['device']}, torch {header['torch']}, autocast {args.dtype}, "
+        f"{args.image_size} px, channels_last, median of {args.steps} steps\n")
+  print('| arch | batch | torch train img/s | torch eval img/s | peak MiB |')
+  print('|---|---|---|---|---|')
+  rows = []
+  for spec in args.archs.split(','):
+    arch, batch = spec.split(':')
+    r = measure(arch, int(batch), args.image_size, args.steps, dtype)
+    rows.append(r)
+    print(f"| {arch} | {batch} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | "
+          f"{r['peak_mem_mb']:.0f} |", flush=True)
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({'header': header, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
