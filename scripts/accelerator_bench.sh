@@ -27,7 +27,7 @@ python -m launch.benchmark --accelerator --archs=vgg19,resnet101,densenet201,res
     --image_size=224 --accel_dtype=bfloat16 --steps=10 --out="$out" "$@"
 # torchvision AMP on the same GPU at the batch sizes the JAX side found (where torch sees a GPU).
 if python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-  specs=$(python -c 'import json, sys; print(",".join(f"{r[\"arch\"]}:{r[\"batch\"]}" for r in json.load(open(sys.argv[1]))["rows"]))' "$out")
+  specs=$(python -c 'import json, sys; print(",".join("%s:%d" % (r["arch"], r["batch"]) for r in json.load(open(sys.argv[1]))["rows"]))' "$out")
   python scripts/torch_accel_reference.py --archs="$specs" --image_size=224 --steps=10 \
       --out="${out%.json}_torch.json"
 fi

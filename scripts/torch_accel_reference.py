@@ -24,9 +24,11 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-def measure(arch: str, batch: int, image_size: int, steps: int, dtype: torch.dtype) -> dict:
-  """Train and eval images/s of one torchvision model on the current CUDA device."""
-  dev = torch.device('cuda')
+def measure(arch: str, batch: int, image_size: int, steps: int, dtype: torch.dtype,
+            device: str = 'cuda') -> dict:
+  """Train and eval images/s of one torchvision model on `device` ('cpu' only for smoke tests)."""
+  dev = torch.device(device)
+  cuda = dev.type == 'cuda'
   model = getattr(torchvision.models, arch)(num_classes=3).to(dev, memory_format=torch.channels_last)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   gen = torch.Generator().manual_seed(0)
@@ -43,33 +45,36 @@ def measure(arch: str, batch: int, image_size: int, steps: int, dtype: torch.dty
   def train():
     model.train()
     opt.zero_grad(set_to_none=True)
-    with torch.autocast('cuda', dtype=dtype):
+    with torch.autocast(dev.type, dtype=dtype):
       loss = torch.nn.functional.cross_entropy(model(inputs()), labels)
     loss.backward()
     opt.step()
 
   def evaluate():
     model.eval()
-    with torch.inference_mode(), torch.autocast('cuda', dtype=dtype):
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype):
       model(inputs())
 
   def img_s(fn):
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(3):
       fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(steps):
       t = time.perf_counter()
       fn()
-      torch.cuda.synchronize()
+      sync()
       times.append(time.perf_counter() - t)
     return batch / statistics.median(times)
 
-  torch.cuda.reset_peak_memory_stats()
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
   row = {'arch': arch, 'batch': batch, 'train_img_s': img_s(train), 'eval_img_s': img_s(evaluate),
-         'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20}
+         'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20 if cuda else float('nan')}
   del model, opt
-  torch.cuda.empty_cache()
+  if cuda:
+    torch.cuda.empty_cache()
   return row
 
 

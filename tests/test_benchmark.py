@@ -252,12 +252,15 @@ def test_measure_arch_with_the_launcher_worker_and_warm_compile():
   assert row['jax_peak_rss_mb'] > 0 and row['compiled_convs_float32']
 
 
-def _torch_reference():
-  spec = importlib.util.spec_from_file_location('torch_reference',
-                                                REPO / 'scripts' / 'torch_reference.py')
+def _load_script(name: str):
+  spec = importlib.util.spec_from_file_location(name, REPO / 'scripts' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _torch_reference():
+  return _load_script('torch_reference')
 
 
 def test_torch_reference_autocasts_bf16_and_trains():
@@ -517,3 +520,12 @@ def test_profile_of_a_real_train_step():
   assert sum(shares.values()) == pytest.approx(1.0)
   assert shares.get('conv forward', 0) > 0 and shares.get('BatchNorm (fwd + bwd)', 0) > 0
   assert '| category | ms/step | share |' in benchmark_profile.format_profile(r)
+
+
+def test_torch_accel_reference_runs_a_step_pair_on_cpu():
+  """The GPU-side torchvision reference (scripts/torch_accel_reference.py), smoke-run on CPU."""
+  pytest.importorskip('torchvision')
+  ref = _load_script('torch_accel_reference')
+  row = ref.measure('resnet18', 2, 32, steps=1, dtype=ref.torch.bfloat16, device='cpu')
+  assert row['arch'] == 'resnet18' and row['batch'] == 2
+  assert row['train_img_s'] > 0 and row['eval_img_s'] > 0
