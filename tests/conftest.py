@@ -9,7 +9,9 @@ the marks do nothing.
 
 Compiled programs are shared through one persistent XLA cache per suite run (in-process compiles
 and every `launch.train` subprocess, which reads JAXCXR_JIT_CACHE): the suite compiles the same
-tiny models hundreds of times, and a repeated tiny run takes 4 s instead of 14 s (measured).
+tiny models hundreds of times, and a repeated tiny run takes 4 s instead of 14 s (measured). The
+same programs compile with XLA's backend at -O0 (`train_helpers.FAST_COMPILE_XLA_FLAG`), except in
+runs that ask for the default optimisation.
 """
 
 import os
@@ -19,6 +21,8 @@ import tempfile
 
 import jax
 import pytest
+
+from tests import train_helpers
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -38,6 +42,8 @@ def pytest_configure(config):
     config._jaxcxr_jit_cache = tempfile.mkdtemp(prefix='jaxcxr_test_jit_cache_')  # pylint: disable=protected-access
     os.environ[_CACHE_ENV] = config._jaxcxr_jit_cache  # pylint: disable=protected-access
   os.environ['JAXCXR_JIT_CACHE_MIN_COMPILE_S'] = '0'
+  # Before any test initialises the backend (XLA reads XLA_FLAGS then); see train_helpers.
+  os.environ['XLA_FLAGS'] = train_helpers.with_fast_compile(os.environ.get('XLA_FLAGS', ''))
   jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

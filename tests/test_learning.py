@@ -42,8 +42,8 @@ MARGIN = 0.05
 def _train(config: str, workdir, overrides: dict, timeout: int = 1800) -> dict:
   cmd = [str(a) for a in train_helpers.train_cmd(overrides, workdir)]
   cmd[cmd.index('--config') + 1] = str(train_helpers.REPO / 'configs' / config)
-  r = subprocess.run(cmd, cwd=train_helpers.REPO, env=train_helpers.env(), capture_output=True,
-                     text=True, timeout=timeout)
+  r = subprocess.run(cmd, cwd=train_helpers.REPO, env=train_helpers.env(fast_compile=False),
+                     capture_output=True, text=True, timeout=timeout)
   assert r.returncode == 0, r.stderr[-3000:]
   with open(workdir / 'report.json') as f:
     return json.load(f)
