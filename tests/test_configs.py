@@ -95,6 +95,7 @@ UNCHECKED = {
     'optim.nesterov': 'bool',
     'checkpoint.async_save': 'bool',
     'eval.shortcut': 'bool',
+    'eval.tta': 'bool',
 }
 
 

@@ -18,8 +18,9 @@ jitted `to_model_input` 88 ms/batch; on an accelerator the uint8 path also moves
 """
 
 import os
-from typing import Union
+from typing import Callable, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -60,6 +61,41 @@ def to_model_input_np(images_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
     raise ValueError(f'to_model_input_np: expected 1 or 3 channels, got shape {x.shape}')
   scale, bias = _scale_bias(np, np.float32)
   return (x * scale + bias).astype(dtype)
+
+
+# Test-time augmentation (config.eval.tta): (zoom, shift x, shift y), shifts as fractions of the
+# side. The input itself, four shifts and two zooms: milder versions of the training augmentation
+# (translate 0.06, zoom 0.9-1.1). docs/RESULTS.md has what they bought on real X-rays.
+TTA_VIEWS = ((1.0, 0.0, 0.0), (1.0, 0.04, 0.0), (1.0, -0.04, 0.0), (1.0, 0.0, 0.04),
+             (1.0, 0.0, -0.04), (1.08, 0.0, 0.0), (0.93, 0.0, 0.0))
+
+
+def tta_views(images, views=TTA_VIEWS) -> jax.Array:
+  """(B, H, W, C) images -> float32 (V * B, H, W, C): view v is rows v*B ... (v+1)*B - 1.
+
+  Each view zooms about the image centre and shifts (bilinear, zeros where the view leaves the
+  image); the identity view is the input exactly. Runs inside jit.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  _, h, w, _ = x.shape
+  out = []
+  for zoom, dx, dy in views:
+    if (zoom, dx, dy) == (1.0, 0.0, 0.0):
+      out.append(x)
+      continue
+    scale = jnp.array([zoom, zoom], jnp.float32)
+    shift = jnp.array([(1 - zoom) * h / 2 + dy * h, (1 - zoom) * w / 2 + dx * w], jnp.float32)
+    out.append(jax.image.scale_and_translate(x, x.shape, (1, 2), scale, shift, 'linear'))
+  return jnp.concatenate(out, axis=0)
+
+
+def view_averaged_probs(logits_fn: Callable[[jax.Array], jax.Array], images,
+                        views=TTA_VIEWS) -> jax.Array:
+  """Softmax of `logits_fn` (model input -> logits) averaged over `tta_views`: float32 (B, C)."""
+  b = images.shape[0]
+  logits = logits_fn(tta_views(images, views)).astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jnp.mean(probs.reshape((len(views), b) + probs.shape[1:]), axis=0)
 
 
 def prepare_grey(image: np.ndarray, image_size: int, stored_size: int = 0) -> np.ndarray:

@@ -25,21 +25,24 @@ from jaxcxr.training import validation
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
-def make_predict_fn(module, variables: dict, *, dtype=jnp.float32) -> Callable:
+def make_predict_fn(module, variables: dict, *, dtype=jnp.float32, tta: bool = False) -> Callable:
   """fn(images uint8 (B, S, S, 1)) -> probabilities float32 (B, C), jitted.
 
   Args:
     module: the Flax module (`jaxcxr.models.build`).
     variables: {'params', 'batch_stats' (if any)}; other collections are dropped.
     dtype: model input dtype (`to_model_input`); the softmax is float32 whatever it is.
+    tta: average the softmax over `preprocess.tta_views` (a run's `config.eval.tta`).
   """
   variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
 
   @jax.jit
   def predict(variables, images):
-    x = preprocess.to_model_input(images, dtype)
-    logits = module.apply(variables, x, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    def logits(x):
+      return module.apply(variables, preprocess.to_model_input(x, dtype), train=False)
+    if tta:
+      return preprocess.view_averaged_probs(logits, images)
+    return jax.nn.softmax(logits(images).astype(jnp.float32), axis=-1)
 
   # Variables are an argument, not closed-over constants, so they are not baked into the HLO.
   return functools.partial(predict, variables)
@@ -138,7 +141,7 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
   cfg = bundle.config
   names = list(bundle.class_names)
   batch_size = batch_size or int(cfg.eval.batch_size)
-  predict = make_predict_fn(bundle.module, bundle.variables)
+  predict = make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
   failed, true_labels = [], None
   if split:
     handle = data.prepare(cfg.data)

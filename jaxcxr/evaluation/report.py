@@ -186,7 +186,7 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
   batch_size = batch_size or int(cfg.eval.batch_size)
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
   handle = data.prepare(cfg.data)
-  predict = inference.make_predict_fn(bundle.module, bundle.variables)
+  predict = inference.make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
   labels, probs, _ = validation.predict_split(predict, cfg.data, handle, split,
                                               local_batch_size=batch_size,
                                               mesh=sharding.make_mesh(jax.devices()[:1]))

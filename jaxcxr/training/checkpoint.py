@@ -277,6 +277,11 @@ class InferenceBundle:
   image_size: int
   step: int
 
+  @property
+  def tta(self) -> bool:
+    """Whether the run evaluates with test-time augmentation (config.eval.tta; older runs: no)."""
+    return bool(self.config.eval.get('tta', False))
+
 
 def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
   """Loads the model of a training workdir ('best' checkpoint, or 'latest' periodic one).

@@ -60,14 +60,16 @@ class Run:
   init_state: Callable[[jax.Array, Any], Any]   # (key, pretrained or None) -> fresh TrainState
   train_step: Callable
   eval_step: Callable
+  final_eval_step: Callable      # eval_step, or its test-time-augmented twin (config.eval.tta)
 
   @property
   def eval_local_batch(self) -> int:
     return self.config.eval.batch_size // jax.process_count()
 
-  def predict(self, state, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probs) of a split with the current state."""
-    probs_fn = lambda images: jax.nn.softmax(self.eval_step(state, {'image': images}))
+  def predict(self, state, split: str, final: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probs) of a split with the current state (`final`: the final evaluation's step)."""
+    step = self.final_eval_step if final else self.eval_step
+    probs_fn = lambda images: jax.nn.softmax(step(state, {'image': images}))
     labels, probs, _ = validation.predict_split(
         probs_fn, self.config.data, self.handle, split, local_batch_size=self.eval_local_batch,
         mesh=self.mesh)
@@ -121,10 +123,13 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                         ema_decay=float(config.train.ema_decay)),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps.eval_step, dtype=dtype),
-                      in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
+  def jit_eval(tta):
+    return jax.jit(functools.partial(steps.eval_step, dtype=dtype, tta=tta),
+                   in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
+  eval_step = jit_eval(False)
+  final_eval_step = jit_eval(True) if config.eval.tta else eval_step
   return Run(config, workdir, mesh, handle, steps_per_epoch, total_steps, class_names, schedule,
-             abstract_state, state_sharding, init_state, train_step, eval_step)
+             abstract_state, state_sharding, init_state, train_step, eval_step, final_eval_step)
 
 
 # ----------------------------------------------------------------------------- host-side state
@@ -427,7 +432,7 @@ def _train_and_evaluate(config, workdir: str, reporter: Reporter | None, t_start
     best_step, state, _ = best
   checkpointer.close()
   split = config.eval.split
-  labels, probs = run.predict(state, split)
+  labels, probs = run.predict(state, split, final=True)
   summary = {'model': config.model.name, 'best_step': int(best_step),
              'best_epoch': int(loop.stopper.best_epoch), 'steps': int(step),
              'stopped_early': bool(loop.stopper.should_stop), 'split': split,

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcxr.data import preprocess
 from jaxcxr.data.preprocess import to_model_input
 from jaxcxr.training.state import TrainState
 
@@ -122,10 +123,19 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   return kept, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, dtype) -> jax.Array:
-  """Float32 logits of a batch, BatchNorm in inference mode (the EMA weights when kept)."""
-  x = to_model_input(batch['image'], dtype)
+def eval_step(state: TrainState, batch: dict, *, dtype, tta: bool = False) -> jax.Array:
+  """Float32 logits of a batch, BatchNorm in inference mode (the EMA weights when kept).
+
+  With `tta`, the log of the softmax averaged over `preprocess.tta_views` (so a softmax of the
+  result is that average; probabilities are floored at 1e-30 to keep the log finite).
+  """
   variables = {'params': state.params if state.ema_params is None else state.ema_params}
   if state.batch_stats:
     variables['batch_stats'] = state.batch_stats
-  return state.apply_fn(variables, x, train=False).astype(jnp.float32)
+
+  def logits(images):
+    return state.apply_fn(variables, to_model_input(images, dtype), train=False)
+
+  if tta:
+    return jnp.log(jnp.maximum(preprocess.view_averaged_probs(logits, batch['image']), 1e-30))
+  return logits(batch['image']).astype(jnp.float32)
