@@ -45,6 +45,7 @@ def get_config(arg: str = ''):
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
   c.early_stopping.patience = 100  # keep every epoch of the short schedule; select the best
+  c.eval.tta = True                # the final test score: softmax over 7 shifted / zoomed views
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1
   if 'runlocal' in args:

@@ -15,10 +15,11 @@ indicator stopped working; do not just lower the number.
   Measured: 0.62 of the COVID Grad-CAM mass in the corner squares (36% of the area; flag above
   1.5 x 0.35 = 0.53); the clean model's largest class share was 0.34.
 - A short run on the real dev set (../shared/data/cxr_dev, `shared_data`): configs/cxr_cpu.py at
-  64 px, 4 epochs, everything else as the recipe (EMA 0.99 included; 1,200 images; split seed 0:
-  840 train / 180 validation / 180 test). Measured 2026-11-30: test macro-F1 0.872, accuracy
-  0.872 (108 s wall including dataset preparation, 2-core CPU). Asserted: macro-F1 >= 0.822
-  (measured - 0.05).
+  64 px, 4 epochs, everything else as the recipe (EMA 0.99 and the test-time augmentation
+  included; 1,200 images; split seed 0: 840 train / 180 validation / 180 test). Measured
+  2026-11-30: test macro-F1 0.865, accuracy 0.867 (0.872 / 0.872 without the test-time
+  augmentation: at 64 px and 4 epochs it does not help; 74 s wall including dataset preparation,
+  2-core CPU). Asserted: macro-F1 >= 0.815 (measured - 0.05).
 """
 
 import json
@@ -89,7 +90,7 @@ def test_corner_marker_shortcut_is_flagged(tmp_path):
 
 
 CXR_DEV_SHORT = {'model.name': 'cnn_res18_half', 'data.image_size': 64, 'train.num_epochs': 4}
-CXR_DEV_SHORT_F1 = 0.872    # measured, seed 0, split seed 0
+CXR_DEV_SHORT_F1 = 0.865    # measured, seed 0, split seed 0 (with config.eval.tta)
 
 
 @pytest.mark.slow

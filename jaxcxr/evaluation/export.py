@@ -8,6 +8,8 @@ Python preprocessor. What we export:
   (N, S, S, 3) by default (the competition's Keras starter models are NHWC; `layout='NCHW'` gives
   (N, 3, S, S) for PyTorch-style pipelines; jax2onnx inserts the transpose); output
   'probabilities' float32 (N, C) softmax in `class_names` order. The batch dimension is dynamic.
+  One view per image: a run's test-time augmentation (`config.eval.tta`, which `launch.predict`
+  and `launch.evaluate` apply) is not part of the ONNX graph.
 - `preprocessing.json`: the preprocessing as data (grey conversion, resizes, grey->3 channels,
   mean/std, layout, dtype, class order and leaderboard labels).
 - `preprocessor.py`: a self-contained numpy + Pillow `preprocessor(data)` (file path, bytes or
