@@ -9,13 +9,14 @@ resolutions need no re-preparation), class-balanced epochs drawn without replace
 affine + intensity augmentation, AdamW 1e-3 (weight decay 0.05) with one warm-up epoch and cosine
 decay, label smoothing 0.1, batch 32, 16 epochs, and an EMA of the weights (decay 0.99) that is
 validated, selected and evaluated. The best epoch is chosen on validation macro-F1; the test split
-is only scored at the end.
+is only scored at the end, with test-time augmentation (softmax averaged over 7 shifted / zoomed
+views; `launch.predict` and `launch.evaluate` do the same).
 
 Measured on ../shared/data/cxr_dev (1,200 films; test split 180 films, never used for selection),
-2-core x86-64 CPU, split seeds 0 / 1 / 2 (2026-11-30): test macro-F1 0.896 / 0.906 / 0.855, mean
-0.886; accuracy mean 0.885; 413-484 s wall per run, everything included (preparation,
-compilation, training, evaluation, report). The issue-#13 target (macro-F1 >= 0.95) is NOT
-reached yet. The dev set is confounded (every viral-pneumonia film is of a child from one
+2-core CPU, split seeds 0 / 1 / 2 (2026-11-30): test macro-F1 0.905 / 0.912 / 0.878, mean 0.899
+(0.886 without the test-time augmentation); 404-484 s wall per run, everything included
+(preparation, compilation, training, evaluation, report). The issue-#13 target (macro-F1 >= 0.95)
+is NOT reached. The dev set is confounded (every viral-pneumonia film is of a child from one
 hospital): read the report's shortcut indicator and Grad-CAM overlays before trusting a score.
 
 Args (after a colon): `runlocal` shrinks it to a seconds-long smoke run on phantom data.
