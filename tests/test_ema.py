@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxcxr import models
+from jaxcxr.data import preprocess
 from jaxcxr.training import checkpoint
 from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps
@@ -41,7 +42,7 @@ def test_ema_update_and_eval_use_it():
   # eval_step evaluates the EMA weights (with the live BatchNorm statistics).
   logits = steps.eval_step(s2, batch, dtype=jnp.float32)
   want = s2.apply_fn({'params': s2.ema_params, 'batch_stats': s2.batch_stats},
-                     steps.to_model_input(batch['image']), train=False)
+                     preprocess.to_model_input(batch['image']), train=False)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
   # Without EMA nothing changes: no average is kept, eval uses the params.
   plain, _ = jax.jit(functools.partial(steps.train_step, dtype=jnp.float32, label_smoothing=0.0,

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxcxr.data import preprocess
-from jaxcxr.data.preprocess import to_model_input
 from jaxcxr.training.state import TrainState
 
 
@@ -81,7 +80,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   frozen = frozen_backbone_head is not None
 
   def loss_fn(params):
-    x = to_model_input(batch['image'], dtype)
+    x = preprocess.to_model_input(batch['image'], dtype)
     if frozen:   # no backbone gradients: XLA drops their computation
       params = {k: v if k in frozen_backbone_head else jax.lax.stop_gradient(v)
                 for k, v in params.items()}
@@ -134,7 +133,7 @@ def eval_step(state: TrainState, batch: dict, *, dtype, tta: bool = False) -> ja
     variables['batch_stats'] = state.batch_stats
 
   def logits(images):
-    return state.apply_fn(variables, to_model_input(images, dtype), train=False)
+    return state.apply_fn(variables, preprocess.to_model_input(images, dtype), train=False)
 
   if tta:
     return jnp.log(jnp.maximum(preprocess.view_averaged_probs(logits, batch['image']), 1e-30))
