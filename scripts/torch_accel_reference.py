@@ -3,8 +3,9 @@ r"""torchvision on the same accelerator as `launch.benchmark --accelerator`: the
 The published figures that `jaxcxr.tools.benchmark_accel` prints beside ours come from other GPUs;
 this measures torchvision on *this* device, at the batch sizes the JAX run used, with the same step
 (uint8 grey images -> ImageNet-normalised 3-channel input inside the step, forward, cross-entropy,
-backward, SGD momentum 0.9) under `torch.autocast('cuda', torch.bfloat16)`, channels_last,
-`cudnn.benchmark`. Median of `--steps` timed steps after warm-up, CUDA-synchronised.
+backward, SGD momentum 0.9: scripts/torch_reference.py's `TorchArch`, on the GPU) under
+`torch.autocast('cuda', torch.bfloat16)`, channels_last, `cudnn.benchmark`. Median of `--steps`
+timed steps after warm-up, CUDA-synchronised.
 
   python scripts/torch_accel_reference.py --archs=resnet50:256,vgg19:256 --out=torch_gpu.json
 
@@ -15,64 +16,31 @@ after the JAX side when torch sees a GPU.
 import argparse
 import json
 import statistics
-import time
 
 import torch
 import torchvision
 
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+from torch_reference import TorchArch   # the same model set-up and step as the CPU comparison
 
 
-def measure(arch: str, batch: int, image_size: int, steps: int, dtype: torch.dtype,
+def measure(arch: str, batch: int, image_size: int, steps: int, dtype: str,
             device: str = 'cuda') -> dict:
   """Train and eval images/s of one torchvision model on `device` ('cpu' only for smoke tests)."""
-  dev = torch.device(device)
-  cuda = dev.type == 'cuda'
-  model = getattr(torchvision.models, arch)(num_classes=3).to(dev, memory_format=torch.channels_last)
-  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  gen = torch.Generator().manual_seed(0)
-  images = torch.randint(0, 256, (batch, 1, image_size, image_size), dtype=torch.uint8,
-                         generator=gen).to(dev)
-  labels = torch.randint(0, 3, (batch,), generator=gen).to(dev)
-  mean = torch.tensor(_MEAN, device=dev).view(1, 3, 1, 1)
-  std = torch.tensor(_STD, device=dev).view(1, 3, 1, 1)
-
-  def inputs():
-    x = (images.float().expand(-1, 3, -1, -1) / 255.0 - mean) / std
-    return x.contiguous(memory_format=torch.channels_last)
-
-  def train():
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(dev.type, dtype=dtype):
-      loss = torch.nn.functional.cross_entropy(model(inputs()), labels)
-    loss.backward()
-    opt.step()
-
-  def evaluate():
-    model.eval()
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype):
-      model(inputs())
-
-  def img_s(fn):
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(3):
-      fn()
-    sync()
-    times = []
-    for _ in range(steps):
-      t = time.perf_counter()
-      fn()
-      sync()
-      times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
-
+  model = TorchArch({'arch': arch, 'batch': batch, 'image_size': image_size,
+                     'channels_last': True, 'device': device})
+  cuda = model.device.type == 'cuda'
   if cuda:
     torch.cuda.reset_peak_memory_stats()
-  row = {'arch': arch, 'batch': batch, 'train_img_s': img_s(train), 'eval_img_s': img_s(evaluate),
+
+  def img_s(part):
+    for _ in range(3):
+      getattr(model, part)(dtype)
+    model.sync()
+    return batch / statistics.median(model.run(f'{part}/{dtype}') for _ in range(steps))
+
+  row = {'arch': arch, 'batch': batch, 'train_img_s': img_s('train'), 'eval_img_s': img_s('eval'),
          'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20 if cuda else float('nan')}
-  del model, opt
+  del model
   if cuda:
     torch.cuda.empty_cache()
   return row
@@ -83,11 +51,10 @@ def main() -> None:
   parser.add_argument('--archs', required=True, help='arch:batch,... (torchvision names)')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--steps', type=int, default=10)
-  parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'])
+  parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float32'])
   parser.add_argument('--out', default='')
   args = parser.parse_args()
   torch.backends.cudnn.benchmark = True
-  dtype = getattr(torch, args.dtype)
   header = {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__,
             'torchvision': torchvision.__version__, 'dtype': args.dtype,
             'image_size': args.image_size, 'steps': args.steps}
@@ -98,7 +65,7 @@ def main() -> None:
   rows = []
   for spec in args.archs.split(','):
     arch, batch = spec.split(':')
-    r = measure(arch, int(batch), args.image_size, args.steps, dtype)
+    r = measure(arch, int(batch), args.image_size, args.steps, args.dtype)
     rows.append(r)
     print(f"| {arch} | {batch} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | "
           f"{r['peak_mem_mb']:.0f} |", flush=True)

@@ -38,16 +38,18 @@ class TorchArch:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     torch.set_num_threads(threads)
     overrides = dict(setup.get('overrides', {}))
+    self.device = torch.device(setup.get('device', 'cpu'))   # scripts/torch_accel_reference.py
     self.model = getattr(torchvision.models, setup['arch'])(num_classes=3, **overrides)
     self.fmt = torch.channels_last if setup.get('channels_last') else torch.contiguous_format
-    self.model = self.model.to(memory_format=self.fmt)
+    self.model = self.model.to(self.device, memory_format=self.fmt)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
     b, s = int(setup['batch']), int(setup['image_size'])
     gen = torch.Generator().manual_seed(0)
-    self.images = torch.randint(0, 256, (b, 1, s, s), dtype=torch.uint8, generator=gen)
-    self.labels = torch.randint(0, 3, (b,), generator=gen)
-    self.mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
-    self.std = torch.tensor(_STD).view(1, 3, 1, 1)
+    self.images = torch.randint(0, 256, (b, 1, s, s), dtype=torch.uint8,
+                                generator=gen).to(self.device)
+    self.labels = torch.randint(0, 3, (b,), generator=gen).to(self.device)
+    self.mean = torch.tensor(_MEAN, device=self.device).view(1, 3, 1, 1)
+    self.std = torch.tensor(_STD, device=self.device).view(1, 3, 1, 1)
     self.info = {'torch': torch.__version__, 'torchvision': torchvision.__version__,
                  'torch_threads': threads, 'channels_last': bool(setup.get('channels_last'))}
     parts = setup.get('parts', ['train', 'eval'])
@@ -59,7 +61,7 @@ class TorchArch:
     return x.contiguous(memory_format=self.fmt)
 
   def _autocast(self, dtype: str):
-    return torch.autocast('cpu', dtype=torch.bfloat16, enabled=(dtype == 'bfloat16'))
+    return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=(dtype == 'bfloat16'))
 
   def train(self, dtype: str) -> None:
     self.model.train()
@@ -74,10 +76,16 @@ class TorchArch:
     with torch.inference_mode(), self._autocast(dtype):
       self.model(self._input())
 
+  def sync(self) -> None:
+    """Waits for queued GPU work (CPU steps are synchronous)."""
+    if self.device.type == 'cuda':
+      torch.cuda.synchronize()
+
   def run(self, key: str) -> float:
     part, dtype = key.split('/')
     t = time.perf_counter()
     getattr(self, part)(dtype)
+    self.sync()
     return time.perf_counter() - t
 
 

@@ -522,10 +522,11 @@ def test_profile_of_a_real_train_step():
   assert '| category | ms/step | share |' in benchmark_profile.format_profile(r)
 
 
-def test_torch_accel_reference_runs_a_step_pair_on_cpu():
+def test_torch_accel_reference_runs_a_step_pair_on_cpu(monkeypatch):
   """The GPU-side torchvision reference (scripts/torch_accel_reference.py), smoke-run on CPU."""
   pytest.importorskip('torchvision')
+  monkeypatch.syspath_prepend(str(REPO / 'scripts'))   # it imports torch_reference beside it
   ref = _load_script('torch_accel_reference')
-  row = ref.measure('resnet18', 2, 32, steps=1, dtype=ref.torch.bfloat16, device='cpu')
+  row = ref.measure('resnet18', 2, 32, steps=1, dtype='bfloat16', device='cpu')
   assert row['arch'] == 'resnet18' and row['batch'] == 2
   assert row['train_img_s'] > 0 and row['eval_img_s'] > 0

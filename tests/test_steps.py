@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxcxr.training import config_checks
-from jaxcxr.training import optim
 from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps
 from tests import train_helpers as th
@@ -19,14 +18,6 @@ def _batch(n=16, size=32, seed=0):
   labels = rng.integers(0, 3, (n,)).astype(np.int32)
   images = (rng.integers(0, 120, (n, size, size, 1)) + 60 * labels[:, None, None, None])
   return {'image': images.astype(np.uint8), 'label': labels}
-
-
-def _init(config):
-  """(module, jitted fresh state) of `config` (jitted: eager init dispatches op by op, slowly)."""
-  module, _ = state_lib.build_model(config)
-  tx, _ = optim.make_optimizer(config.optim, 10, 100, state_lib.head_names(config.model.name))
-  init = functools.partial(state_lib.create_train_state, config, module, tx)
-  return module, jax.jit(init)(jax.random.key(0))
 
 
 def _run(config, state, num_steps, batch=None):
@@ -68,7 +59,7 @@ def test_bf16_train_steps_follow_the_float32_trajectory():
   """
   f32_config, _ = th.tiny_config('/tmp/unused', **{'model.dtype': 'float32'})
   bf16_config, _ = th.tiny_config('/tmp/unused', **{'model.dtype': 'bfloat16'})
-  _, state = _init(f32_config)   # params are float32 in both: one init serves both runs
+  _, state = th.init_state(f32_config)   # params are float32 in both: one init serves both runs
   bf16_module, _ = state_lib.build_model(bf16_config)
   _, f32 = _run(f32_config, state, 12)
   _, bf16 = _run(bf16_config, state.replace(apply_fn=bf16_module.apply), 12)
@@ -89,7 +80,7 @@ def test_frozen_backbone_keeps_params_and_batch_norm_statistics_bitwise():
   config, _ = th.tiny_config('/tmp/unused', **{'optim.backbone_lr_mult': 0.0,
                                                'model.dropout': 0.0, 'optim.learning_rate': 0.05})
   head = state_lib.head_names(config.model.name)
-  _, state = _init(config)
+  _, state = th.init_state(config)
   before = _flat({'params': state.params, 'batch_stats': state.batch_stats})
   batch = _batch()
   logits = steps.eval_step(state, batch, dtype=np.float32)

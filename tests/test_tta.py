@@ -8,8 +8,6 @@ import numpy as np
 
 from jaxcxr.data import preprocess
 from jaxcxr.evaluation import inference
-from jaxcxr.training import optim
-from jaxcxr.training import state as state_lib
 from jaxcxr.training import steps
 from tests import train_helpers as th
 
@@ -38,16 +36,8 @@ def test_views_are_the_input_shifted_and_zoomed():
   assert far[0.93][1] < far[1.0][1] < far[1.08][1], far
 
 
-def _tiny_state():
-  config, _ = th.tiny_config('/tmp/unused', **{'model.dropout': 0.0})
-  module, _ = state_lib.build_model(config)
-  tx, _ = optim.make_optimizer(config.optim, 10, 100, state_lib.head_names(config.model.name))
-  init = functools.partial(state_lib.create_train_state, config, module, tx)
-  return module, jax.jit(init)(jax.random.key(0))
-
-
 def test_eval_step_and_predict_fn_average_the_same_views():
-  module, state = _tiny_state()
+  module, state = th.init_state(th.tiny_config('/tmp/unused', **{'model.dropout': 0.0})[0])
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (4, 32, 32, 1)).astype(np.uint8)
   tta_step = jax.jit(functools.partial(steps.eval_step, dtype=jnp.float32, tta=True))

@@ -6,9 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import functools
+
+import jax
 import numpy as np
 
 from configs import tiny
+from jaxcxr.training import optim
+from jaxcxr.training import state as state_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +30,14 @@ def tiny_config(data_dir: str, **overrides):
         node = node[p]
       node[last] = v
   return c, overrides
+
+
+def init_state(config):
+  """(module, jitted fresh TrainState) of `config` (jitted: eager init dispatches op by op)."""
+  module, _ = state_lib.build_model(config)
+  tx, _ = optim.make_optimizer(config.optim, 10, 100, state_lib.head_names(config.model.name))
+  init = functools.partial(state_lib.create_train_state, config, module, tx)
+  return module, jax.jit(init)(jax.random.key(0))
 
 
 def train_cmd(overrides: dict, workdir) -> list[str]:
@@ -93,5 +106,4 @@ def final_params(workdir) -> dict:
 
 
 def _flat_list(tree):
-  import jax  # pylint: disable=g-import-not-at-top
   return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
