@@ -25,6 +25,7 @@ from jaxcxr.tools import benchmark
 from jaxcxr.tools import benchmark_accel
 from jaxcxr.tools import benchmark_compare as compare
 from jaxcxr.tools import benchmark_convs
+from jaxcxr.tools import benchmark_data
 from jaxcxr.tools import benchmark_guard as guard
 from jaxcxr.tools import benchmark_loop
 from jaxcxr.tools import benchmark_profile
@@ -456,6 +457,14 @@ def test_benchmark_data_cli_on_phantom_data(tmp_path):
   row = re.search(r'^\s+0\s+(\d+)\s+([\d.]+|nan)\s+', out, re.M)
   assert row and int(row.group(1)) > 0, out
   assert 'batch 8,' in out   # configs/tiny.py's train.batch_size
+
+
+def test_benchmark_data_row_survives_zero_cpu_time():
+  # Process CPU time ticks in 10 ms steps; a few tiny batches can measure 0 (CI hit a
+  # ZeroDivisionError there). The row then says nan instead of crashing the benchmark.
+  row = benchmark_data.throughput_row(0, 812.0, 0.0, 0.25, cores=2)
+  assert row.split() == ['0', '812', '0.000', 'nan', '0.25']
+  assert benchmark_data.throughput_row(4, 100.0, 2.0, 1.0, cores=2).split()[3] == '1000'
 
 
 # ----------------------------------------------------------------------------- per-op profile

@@ -92,7 +92,7 @@ def throughput(d: ml_collections.ConfigDict, handle, *, workers: int, batch: int
     next(it)
   n = num_batches * batch
   rate = n / (time.perf_counter() - t)
-  cpu_ms = (_cpu_seconds() - c) / n * 1e3
+  cpu_ms = (_cpu_seconds() - c) / n * 1e3   # 0.0 when under the clock's 10 ms tick
   if hasattr(it, 'close'):
     it.close()
   return rate, cpu_ms, first
@@ -124,6 +124,16 @@ def normalisation(d: ml_collections.ConfigDict, batch: int,
   return out
 
 
+def throughput_row(workers: int, rate: float, cpu_ms: float, first: float, cores: int) -> str:
+  """One row of the end-to-end table; the CPU columns are nan when the CPU time measured 0."""
+  # What the measured CPU cost allows when the pipeline can use every core (workers > 0) or
+  # the main process's threads (0 workers, ~1 core: the GIL serialises the Python parts).
+  usable = min(cores, max(1, workers))
+  # Process CPU time ticks in 10 ms steps: a short run can measure 0 (printed as nan).
+  allowed = usable * 1e3 / cpu_ms if cpu_ms > 0 else float('nan')
+  return f'  {workers:>8} {rate:10.0f} {cpu_ms:11.3f} {allowed:20.0f} {first:14.2f}'
+
+
 def data_main(config: ml_collections.ConfigDict, *, workers: Sequence[int], num_batches: int,
               warmup: int) -> int:
   """`launch.benchmark_data`: prints the three sections of the module docstring."""
@@ -145,10 +155,7 @@ def data_main(config: ml_collections.ConfigDict, *, workers: Sequence[int], num_
   for w in workers:
     rate, cpu_ms, first = throughput(d, handle, workers=int(w), batch=batch, warmup=warmup,
                                      num_batches=num_batches)
-    # What the measured CPU cost allows when the pipeline can use every core (workers > 0) or
-    # the main process's threads (0 workers, ~1 core: the GIL serialises the Python parts).
-    usable = min(cores, max(1, int(w)))
-    print(f'  {w:>8} {rate:10.0f} {cpu_ms:11.3f} {usable * 1e3 / cpu_ms:20.0f} {first:14.2f}')
+    print(throughput_row(int(w), rate, cpu_ms, first, cores))
   print(f'  (load average after: {os.getloadavg()[0]:.2f} on {cores} cores; other processes on '
         'the machine share the cores)')
   print('\nNormalisation per batch (uint8 input):')
