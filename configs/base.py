@@ -70,6 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'auto'       # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU), 'float32', 'bfloat16'
   c.model.dropout = -1.0       # -1 keeps the architecture's default (VGG: 0.5)
   c.model.memory_efficient = False  # DenseNet: rematerialise concat+bottleneck
+  c.model.scan_chunk = 0       # DenseNet: dense layers as a lax.scan over chunks of N (0: unrolled)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32      # global batch over all devices and processes

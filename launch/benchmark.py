@@ -40,7 +40,8 @@ _ACCEL = flags.DEFINE_bool('accelerator', False, 'Same as --mode=accelerator.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Same as --mode=profile.')
 _CONV_PROBE = flags.DEFINE_bool('conv_probe', False, 'Same as --mode=conv_probe.')
 
-_ARCHS = flags.DEFINE_list('archs', None, 'Models; ":me" = DenseNet memory_efficient=True. '
+_ARCHS = flags.DEFINE_list('archs', None, 'Models; ":me" = DenseNet memory_efficient=True, '
+                           '":scanN" = DenseNet scan_chunk=N (compare, accelerator). '
                            'Default: vgg19,resnet101,densenet201 (profile: resnet18).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input side (default 128; accelerator 224).')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Batch size (compare, profile).')

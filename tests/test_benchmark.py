@@ -219,9 +219,11 @@ def test_derive_and_table():
 
 def test_parse_spec():
   assert compare.parse_spec('densenet201:me') == ('densenet201', {'memory_efficient': True})
+  assert compare.parse_spec('densenet201:scan8') == ('densenet201', {'scan_chunk': 8})
   assert compare.parse_spec('vgg19') == ('vgg19', {})
-  with pytest.raises(ValueError, match='only suffix'):
-    compare.parse_spec('vgg19:fast')
+  for bad in ('vgg19:fast', 'densenet201:scan0', 'densenet201:scan'):
+    with pytest.raises(ValueError, match='the suffixes are'):
+      compare.parse_spec(bad)
 
 
 def test_measure_arch_needs_five_steps():

@@ -50,6 +50,7 @@ BAD = {
     'model.pretrained': '/nonexistent/weights',
     'model.dtype': 'float16',
     'model.dropout': 1.0,
+    'model.scan_chunk': 8,   # cnn_bn is not a DenseNet
     'train.batch_size': 0,
     'train.num_epochs': 0,
     'train.label_smoothing': 1.0,

@@ -60,8 +60,23 @@ def im2col_weight_grad(x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, 
   return jnp.einsum('nhwk,nhwo->ko', patches, g).reshape(kh, kw, c, o)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> jnp.ndarray:
+def input_grad_by_forward_conv(g: jnp.ndarray, kernel: jnp.ndarray, padding: int) -> jnp.ndarray:
+  """dL/dx of a stride-1 `_conv2d` as a forward conv of `g` with the flipped, transposed kernel.
+
+  The flipped kernel is materialised behind an optimisation barrier, so XLA sees a plain forward
+  convolution. Inside a `lax.scan` body (the scanned DenseNet blocks), where the kernel is a slice
+  of the stacked layer kernels, XLA:CPU lowers its own input gradient to a generic convolution
+  that made a DenseNet-121 train step 2.3x slower (docs/PERFORMANCE.md); this form keeps it on
+  the fast forward-convolution path.
+  """
+  kh = kernel.shape[0]
+  flipped = lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  return _conv2d(g, flipped, 1, kh - 1 - padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
+           input_grad_as_conv: bool = False) -> jnp.ndarray:
   """NHWC x HWIO convolution; on CPU its weight gradient is `im2col_weight_grad`.
 
   Why (docs/PERFORMANCE.md): XLA:CPU lowers a conv's weight gradient to a convolution whose window
@@ -71,16 +86,18 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> jn
   The forward pass and the input gradient are XLA's own, so outputs (and torchvision parity) are
   unchanged. On GPU / TPU the weight gradient stays XLA's (cuDNN / the TPU convolution units do it
   well, and the im2col patches would cost accelerator memory): `lax.platform_dependent` picks the
-  branch when the step is lowered.
+  branch when the step is lowered. With `input_grad_as_conv` (convs inside a `lax.scan` body), a
+  stride-1 conv's input gradient on CPU is `input_grad_by_forward_conv`.
   """
   return _conv2d(x, kernel, stride, padding)
 
 
-def _conv2d_fwd(x, kernel, stride, padding):
+def _conv2d_fwd(x, kernel, stride, padding, input_grad_as_conv):
+  del input_grad_as_conv
   return _conv2d(x, kernel, stride, padding), (x, kernel)
 
 
-def _conv2d_bwd(stride, padding, residuals, g):
+def _conv2d_bwd(stride, padding, input_grad_as_conv, residuals, g):
   x, kernel = residuals
   _, vjp = jax.vjp(lambda x, k: _conv2d(x, k, stride, padding), x, kernel)
 
@@ -89,6 +106,8 @@ def _conv2d_bwd(stride, padding, residuals, g):
 
   def cpu_grads(g):
     dkernel = im2col_weight_grad(x, g, kernel.shape, stride, padding).astype(kernel.dtype)
+    if input_grad_as_conv and stride == 1:
+      return input_grad_by_forward_conv(g, kernel, padding).astype(x.dtype), dkernel
     return vjp(g)[0], dkernel
 
   return lax.platform_dependent(g, cpu=cpu_grads, default=xla_grads)
@@ -109,6 +128,7 @@ class Conv2d(nn.Module):
   padding: int = 0
   use_bias: bool = False
   dtype: Dtype = jnp.float32
+  input_grad_as_conv: bool = False   # inside a lax.scan body: see `conv2d`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -118,14 +138,14 @@ class Conv2d(nn.Module):
     bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, self.strides, self.padding)
+    y = conv2d(x, kernel, self.strides, self.padding, self.input_grad_as_conv)
     return y if bias is None else y + bias
 
 
 def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1,
-         padding: int = 0, use_bias: bool = False) -> Conv2d:
+         padding: int = 0, use_bias: bool = False, input_grad_as_conv: bool = False) -> Conv2d:
   """`torch.nn.Conv2d(..., kernel, stride, padding)` on NHWC with explicit symmetric padding."""
-  return Conv2d(features, kernel, stride, padding, use_bias, dtype, name=name)
+  return Conv2d(features, kernel, stride, padding, use_bias, dtype, input_grad_as_conv, name=name)
 
 
 def _max_pool(x: jnp.ndarray, window: int, stride: int, padding: int) -> jnp.ndarray:
@@ -240,7 +260,8 @@ def mark_cam_features(module: nn.Module, fmap: jnp.ndarray) -> jnp.ndarray:
   return fmap
 
 
-__all__ = ['batch_norm', 'conv', 'conv2d', 'Conv2d', 'im2col_weight_grad', 'max_pool',
+__all__ = ['batch_norm', 'conv', 'conv2d', 'Conv2d', 'im2col_weight_grad',
+           'input_grad_by_forward_conv', 'max_pool',
            'max_pool_grad_by_taps',
            'adaptive_avg_pool', 'global_avg_pool', 'mark_cam_features', 'BN_EPSILON',
            'BN_MOMENTUM']

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxcxr import models
 from jaxcxr.tools import benchmark
+from jaxcxr.tools import benchmark_compare
 from jaxcxr.training import sharding
 from jaxcxr.training import steps as steps_lib
 
@@ -106,9 +107,11 @@ def _median_img_s(fn: Callable[[], Any], batch: int, steps: int) -> float:
 
 
 def trial(arch: str, batch: int, *, image_size: int, dtype, steps: int) -> dict[str, Any]:
-  """Compiles and times one architecture at one global batch on all local devices."""
+  """Compiles and times one architecture (a `benchmark_compare.parse_spec` spec, e.g.
+  'densenet201:scan8') at one global batch on all local devices."""
   mesh = sharding.make_mesh(jax.local_devices())
-  module = models.build(arch, benchmark.NUM_CLASSES, dtype=dtype)
+  name, overrides = benchmark_compare.parse_spec(arch)
+  module = models.build(name, benchmark.NUM_CLASSES, dtype=dtype, **overrides)
   state = benchmark.make_state(module, image_size)
   state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), state)
   state = jax.device_put(state, state_sh)

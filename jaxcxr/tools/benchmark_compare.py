@@ -86,11 +86,15 @@ class Worker:
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-  """'densenet201:me' -> ('densenet201', {'memory_efficient': True}); plain names pass through."""
+  """'densenet201:me' -> ('densenet201', {'memory_efficient': True}), 'densenet201:scan8' ->
+  ('densenet201', {'scan_chunk': 8}); plain names pass through."""
   name, _, suffix = spec.partition(':')
-  if suffix not in ('', 'me'):
-    raise ValueError(f'arch {spec!r}: the only suffix is ":me" (DenseNet memory_efficient=True).')
-  return name, ({'memory_efficient': True} if suffix == 'me' else {})
+  if suffix in ('', 'me'):
+    return name, ({'memory_efficient': True} if suffix == 'me' else {})
+  if suffix.startswith('scan') and suffix[4:].isdigit() and int(suffix[4:]) > 0:
+    return name, {'scan_chunk': int(suffix[4:])}
+  raise ValueError(f'arch {spec!r}: the suffixes are ":me" (DenseNet memory_efficient=True) and '
+                   '":scanN" (DenseNet scan_chunk=N, N > 0).')
 
 
 def alternate(workers: Sequence[Worker], key: str, steps: int) -> dict[str, list[float]]:

@@ -130,6 +130,11 @@ def _model_checks(config) -> list[str]:
   if not (config.model.dropout == -1 or 0 <= config.model.dropout < 1):
     errors.append(f'config.model.dropout={config.model.dropout}: must be in [0, 1), or -1 for the '
                   "architecture's default.")
+  if config.model.scan_chunk < 0 or (
+      config.model.scan_chunk and config.model.name in models.NAMES
+      and models.family(config.model.name) != 'densenet'):
+    errors.append(f'config.model.scan_chunk={config.model.scan_chunk}: DenseNet only, >= 0 (dense '
+                  'layers per scanned chunk, e.g. 8; 0 keeps the block unrolled).')
   if config.model.pretrained and not os.path.isdir(os.path.expanduser(config.model.pretrained)):
     errors.append(
         f'config.model.pretrained={config.model.pretrained!r} does not exist. Convert torchvision '

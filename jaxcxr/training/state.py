@@ -57,6 +57,8 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, tuple[str
     overrides['dropout_rate'] = config.model.dropout
   if config.model.memory_efficient:
     overrides['memory_efficient'] = True
+  if config.model.scan_chunk:
+    overrides['scan_chunk'] = config.model.scan_chunk
   return models.build(config.model.name, len(names), **overrides), names
 
 

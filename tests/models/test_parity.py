@@ -93,6 +93,15 @@ def test_densenet121_parity(densenet121):
   _check(densenet121)
 
 
+def test_densenet121_scanned_blocks_parity(densenet121):
+  """The scanned blocks (`scan_chunk`) on the same converted weights match torchvision too."""
+  c = Converted.__new__(Converted)
+  c.name, c.x = densenet121.name, densenet121.x
+  c.torch_logits, c.torch_fmap = densenet121.torch_logits, densenet121.torch_fmap
+  c.logits, c.fmap = jax_forward(c.name, densenet121.variables, c.x, scan_chunk=8)
+  _check(c)
+
+
 def test_float64_parity(resnet18, vgg11_bn):
   """In float64 the only difference left is rounding: the architectures are exact."""
   for c, size in ((resnet18, 224), (vgg11_bn, 100)):
