@@ -164,6 +164,23 @@ print('torch loaded:', 'torch' in sys.modules)
 '''
 
 
+_SLOW_IMPORTS = ('sklearn', 'matplotlib', 'scipy', 'torch')
+
+
+def test_clis_start_without_the_slow_libraries():
+  """scikit-learn, matplotlib and scipy are imported where they are used (metrics, figures), not
+  at start-up: they were 2.2 s of launch.train's 5.5 s start, paid even by a mistyped flag. (Every
+  jaxcxr module is imported: the launchers are thin layers over them.)"""
+  code = ('import importlib, pkgutil, sys, jaxcxr, launch.train\n'
+          "for m in pkgutil.walk_packages(jaxcxr.__path__, 'jaxcxr.'):\n"
+          '  importlib.import_module(m.name)\n'
+          f'print(sorted(m for m in {_SLOW_IMPORTS} if m in sys.modules))')
+  r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.strip().splitlines()[-1] == '[]', r.stdout
+
+
 def test_training_and_its_tensorboard_writer_do_not_load_torch():
   """torch is a test/conversion dependency: the training and evaluation CLIs never load it, not
   even through tensorboardX (which imports torch whenever it is installed)."""

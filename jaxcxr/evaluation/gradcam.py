@@ -25,12 +25,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
-from scipy import stats
 
 from jaxcxr import data
 from jaxcxr.data import builder
@@ -138,6 +136,7 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
   Returns:
     (H, W, 3) uint8 RGB.
   """
+  import matplotlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   gray = np.asarray(gray)
   if gray.ndim == 3 and gray.shape[-1] == 1:
     gray = gray[..., 0]
@@ -269,6 +268,7 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray) -> float:
 
 def rank_correlation(cams_a: np.ndarray, cams_b: np.ndarray) -> float:
   """Mean over images of the Spearman rank correlation of two maps (constant maps skipped)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   cams_a = np.asarray(cams_a)
   cams_b = np.asarray(cams_b)
   rhos = []

@@ -13,7 +13,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
@@ -168,6 +167,7 @@ def compute_metrics(labels, probs, class_names: Sequence[str], *, n_bootstrap: i
     'ci95' (see `bootstrap_ci`) and 'notes' (e.g. a class absent from the labels: its AUC is NaN
     and the macro AUC averages the other classes).
   """
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   class_names = tuple(class_names)
   labels, probs = check_inputs(labels, probs, class_names)
   c = len(class_names)

@@ -8,24 +8,30 @@ import math
 from typing import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from sklearn import metrics as skm
 
 DPI = 120
 
 
-def _save(fig: Figure, path: str):
+def new_figure(**kwargs):
+  """A matplotlib `Figure` (object API); matplotlib is imported on first use, not at start-up
+  (it and scikit-learn were 40 % of every CLI's start, errors included)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return Figure(**kwargs)
+
+
+def _save(fig, path: str):
   fig.savefig(path, dpi=DPI, bbox_inches='tight')
 
 
 def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
                      split: str = 'test'):
   """Counts (left) and row-normalised rates (right; rows are true classes, sum to 1)."""
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   cm = np.asarray(cm)
   rows = cm.sum(axis=1, keepdims=True)
   normalised = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
   side = 3.0 + 1.1 * len(class_names)
-  fig = Figure(figsize=(2 * side + 1, side), layout='constrained')
+  fig = new_figure(figsize=(2 * side + 1, side), layout='constrained')
   ax_count, ax_norm = fig.subplots(1, 2)
   skm.ConfusionMatrixDisplay(cm, display_labels=list(class_names)).plot(
       ax=ax_count, cmap='Blues', values_format='d', xticks_rotation=30)
@@ -44,7 +50,8 @@ def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
 def roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str, *,
                split: str = 'test'):
   """One-vs-rest ROC curve per class with its AUC; classes absent from the labels are skipped."""
-  fig = Figure(figsize=(6.5, 6), layout='constrained')
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  fig = new_figure(figsize=(6.5, 6), layout='constrained')
   ax = fig.subplots()
   for k, name in enumerate(class_names):
     positive = np.asarray(labels) == k
@@ -74,7 +81,7 @@ def reliability_diagram(calibration: dict, path: str, *, split: str = 'test'):
   conf = np.asarray(calibration['bin_confidence'], np.float64)
   count = np.asarray(calibration['bin_count'])
   filled = count > 0
-  fig = Figure(figsize=(6, 7), layout='constrained')
+  fig = new_figure(figsize=(6, 7), layout='constrained')
   ax, ax_hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
   ax.bar(centres[filled], acc[filled], width=width, edgecolor='black', color='tab:blue',
          label='accuracy')
@@ -115,7 +122,7 @@ def training_curves(history: Sequence[dict], path: str):
       ('Learning rate', 'learning rate', [('learning_rate', 'learning rate'),
                                           ('lr', 'learning rate')], True),
   ]
-  fig = Figure(figsize=(15, 4.5), layout='constrained')
+  fig = new_figure(figsize=(15, 4.5), layout='constrained')
   axes = fig.subplots(1, 3)
   for ax, (title, ylabel, keys, log) in zip(axes, panels):
     drawn = False
@@ -151,7 +158,7 @@ def image_grid(images: Sequence[np.ndarray | None], titles: Sequence[str], path:
     raise ValueError('image_grid needs at least one image.')
   ncols = ncols or min(n, 4)
   nrows = math.ceil(n / ncols)
-  fig = Figure(figsize=(3 * ncols, 3.2 * nrows + 0.4), layout='constrained')
+  fig = new_figure(figsize=(3 * ncols, 3.2 * nrows + 0.4), layout='constrained')
   axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False))
   for i, ax in enumerate(axes.flat):
     ax.set_xticks([])

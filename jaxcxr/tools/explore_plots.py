@@ -9,14 +9,15 @@ renders the report dict (explore.json) as explore.md with the figures embedded.
 from typing import Optional, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from jaxcxr.evaluation import plots as report_plots
 
 DPI = 110
 SPLIT_COLOURS = {'train': '#4c72b0', 'validation': '#dd8452', 'test': '#55a868'}
 CLASS_COLOURS = ('#c44e52', '#4c72b0', '#55a868', '#8172b3', '#937860', '#da8bc3')
 
 
-def _save(fig: Figure, path: str) -> None:
+def _save(fig, path: str) -> None:
   fig.savefig(path, dpi=DPI, bbox_inches='tight')
 
 
@@ -55,7 +56,7 @@ def counts(class_names: Sequence[str], split_counts: dict[str, Sequence[int]],
     path: PNG path.
     batch_size: the loader's batch size (in the title).
   """
-  fig = Figure(figsize=(6 + 2.2 * len(class_names), 4.3), layout='constrained')
+  fig = report_plots.new_figure(figsize=(6 + 2.2 * len(class_names), 4.3), layout='constrained')
   ax_split, ax_epoch = fig.subplots(1, 2)
   _bars(ax_split, class_names, split_counts, SPLIT_COLOURS)
   ax_split.set_ylabel('records')
@@ -80,7 +81,7 @@ def image_rows(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str]]]], pat
   Row titles are drawn as y labels (class names); empty cells are left blank.
   """
   ncols = max([len(r) for _, r in rows] + [1])
-  fig = Figure(figsize=(cell * ncols + 1.2, (cell + 0.35) * len(rows) + 0.6),
+  fig = report_plots.new_figure(figsize=(cell * ncols + 1.2, (cell + 0.35) * len(rows) + 0.6),
                layout='constrained')
   axes = np.asarray(fig.subplots(len(rows), ncols, squeeze=False))
   for r, (row_title, cells) in enumerate(rows):
@@ -111,7 +112,7 @@ def intensity(class_names: Sequence[str], hists: np.ndarray, image_means: Sequen
   Right: distribution of the per-image mean grey level per class (exposure differences between
   classes are a shortcut a model can learn).
   """
-  fig = Figure(figsize=(12, 4.3), layout='constrained')
+  fig = report_plots.new_figure(figsize=(12, 4.3), layout='constrained')
   ax_h, ax_m = fig.subplots(1, 2)
   levels = np.arange(256)
   for k, name in enumerate(class_names):
@@ -138,7 +139,7 @@ def intensity(class_names: Sequence[str], hists: np.ndarray, image_means: Sequen
 
 def nearest_distances(nearest: np.ndarray, threshold: int, bits: int, path: str) -> None:
   """Histogram of each image's Hamming distance to its closest other image, threshold marked."""
-  fig = Figure(figsize=(7.5, 4), layout='constrained')
+  fig = report_plots.new_figure(figsize=(7.5, 4), layout='constrained')
   ax = fig.subplots()
   nearest = np.asarray(nearest)
   hi = int(max(nearest.max(initial=0), threshold)) + 2

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
-from sklearn import metrics as skm
 
 from jaxcxr.data import loader
 from jaxcxr.training import sharding
@@ -68,6 +67,7 @@ def predict_split(probs_fn: Callable[[jax.Array], jax.Array], data_cfg, handle, 
 
 def epoch_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
   """Cheap per-epoch validation metrics (the full report comes from jaxcxr.evaluation.report)."""
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   pred = probs.argmax(-1)
   n = probs.shape[1]
   eps = 1e-12
