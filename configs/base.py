@@ -77,6 +77,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.num_epochs = 10
   c.train.label_smoothing = 0.0
   c.train.ema_decay = 0.0      # > 0: validate, select and evaluate an EMA of the weights
+  c.train.mixup_alpha = 0.0    # > 0: Mixup, lam ~ Beta(alpha, alpha) (jaxcxr.training.mixing)
+  c.train.cutmix_alpha = 0.0   # > 0: CutMix; both > 0: one of the two per batch, 50 / 50
   c.train.log_every_steps = 10
   c.train.param_sharding = 'replicated'  # or 'fsdp'
   c.train.on_nonfinite = 'error'         # 'error' (stop, naming the step) or 'skip' (drop update)

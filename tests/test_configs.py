@@ -55,6 +55,8 @@ BAD = {
     'train.num_epochs': 0,
     'train.label_smoothing': 1.0,
     'train.ema_decay': 1.0,
+    'train.mixup_alpha': -0.2,
+    'train.cutmix_alpha': -1.0,
     'train.log_every_steps': 0,
     'train.param_sharding': 'tp',
     'train.on_nonfinite': 'ignore',

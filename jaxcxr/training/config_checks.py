@@ -52,6 +52,8 @@ _AT_LEAST = {
     'data.phantom.seed': (0, 'numpy seeds are non-negative'),
     'train.num_epochs': (1, ''),
     'train.log_every_steps': (1, 'steps between train rows'),
+    'train.mixup_alpha': (0, '0 = off'),
+    'train.cutmix_alpha': (0, '0 = off'),
     'optim.weight_decay': (0, ''),
     'optim.warmup_epochs': (0, ''),
     'optim.grad_clip_norm': (0, '0 = off'),

@@ -120,7 +120,9 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights,
                         frozen_backbone_head=frozen_head, schedule=schedule,
-                        ema_decay=float(config.train.ema_decay)),
+                        ema_decay=float(config.train.ema_decay),
+                        mixup_alpha=float(config.train.mixup_alpha),
+                        cutmix_alpha=float(config.train.cutmix_alpha)),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   def jit_eval(tta):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcxr.data import preprocess
+from jaxcxr.training import mixing
 from jaxcxr.training.state import TrainState
 
 
@@ -55,7 +56,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
                class_weights: jax.Array | None,
                frozen_backbone_head: Sequence[str] | None = None,
                schedule: optax.Schedule | None = None,
-               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
+               ema_decay: float = 0.0, mixup_alpha: float = 0.0,
+               cutmix_alpha: float = 0.0) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
 
   Args:
@@ -72,6 +74,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
       'learning_rate' (times the plateau factor), so logging it needs no host-side computation.
     ema_decay: > 0 (with `state.ema_params` set) also updates the moving average of the weights
       that `eval_step` evaluates.
+    mixup_alpha, cutmix_alpha: > 0 mix each batch with its mirror (`mixing.mix`); the loss
+      targets and class weights are mixed alike, `accuracy` stays against the unmixed labels.
 
   Returns:
     (new state, metrics: loss, accuracy, finite, grad_norm[, learning_rate]).
@@ -80,7 +84,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   frozen = frozen_backbone_head is not None
 
   def loss_fn(params):
-    x = preprocess.to_model_input(batch['image'], dtype)
+    x, lam = mixing.mix(jax.random.fold_in(dropout_key, 1), preprocess.to_model_input(
+        batch['image'], dtype), mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
     if frozen:   # no backbone gradients: XLA drops their computation
       params = {k: v if k in frozen_backbone_head else jax.lax.stop_gradient(v)
                 for k, v in params.items()}
@@ -91,9 +96,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
     logits = logits.astype(jnp.float32)
     n = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], n), label_smoothing)
-    per_example = optax.softmax_cross_entropy(logits, targets)
+    per_example = optax.softmax_cross_entropy(logits, lam * targets + (1 - lam) * targets[::-1])
     if class_weights is not None:
       w = class_weights[batch['label']]
+      w = lam * w + (1 - lam) * w[::-1]
       loss = jnp.sum(per_example * w) / jnp.sum(w)
     else:
       loss = jnp.mean(per_example)
