@@ -1,6 +1,6 @@
 r"""Evaluates a trained workdir on a split and writes the report.
 
-  python -m launch.evaluate --workdir workdirs/default [--split test] [--which best]
+  python -m launch.evaluate --workdir workdirs/default [--split test] [--which best] [--shortcut]
 
 Writes report.json, report.md and the figures (confusion matrix, ROC curves, reliability diagram,
 training curves) into <workdir>/eval_<split>/ (or --out) and prints the per-class table.
@@ -23,6 +23,9 @@ _OUT = flags.DEFINE_string('out', '', 'Report folder; default <workdir>/eval_<sp
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Batch size; 0 = config.eval.batch_size.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', -1,
                                   'Bootstrap resamples for the CIs; -1 = config.eval.bootstrap.')
+_SHORTCUT = flags.DEFINE_bool('shortcut', None,
+                              'Add the Grad-CAM shortcut indicator and example panels to the '
+                              'report; default: the run\'s config.eval.shortcut.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -32,7 +35,7 @@ def main(argv):
   try:
     result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
                                        out=_OUT.value, batch_size=_BATCH.value,
-                                       bootstrap=_BOOTSTRAP.value)
+                                       bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value)
   except (FileNotFoundError, ValueError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train

@@ -195,11 +195,14 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
               str(work), f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=1')
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = _cli('launch.evaluate', '--workdir', str(work), '--split', 'validation',
-              '--bootstrap', '20')
+              '--bootstrap', '20', '--shortcut')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| **macro** |' in proc.stdout and 'validation: n=6 accuracy=' in proc.stdout
   report = json.loads((work / 'eval_validation' / 'report.json').read_text())
   assert report['metrics']['num_examples'] == 6 and report['extra']['checkpoint'] == 'best'
+  # --shortcut adds the indicator (tiny.py's config has it off) and its source-resolution panels.
+  assert report['shortcut']['indicator'] and report['shortcut']['figures']
+  assert all((work / 'eval_validation' / p).exists() for p in report['shortcut']['figures'])
   assert (work / 'eval_validation' / 'training_curves.png').exists()
   result = inference.predict_workdir(str(work), str(tmp_path / 'p.csv'), split='test',
                                      leaderboard_labels=True)
