@@ -15,7 +15,9 @@ views; `launch.predict` and `launch.evaluate` do the same).
 Measured on ../shared/data/cxr_dev (1,200 films; test split 180 films, never used for selection),
 2-core CPU, split seeds 0 / 1 / 2 (2026-11-30): test macro-F1 0.905 / 0.912 / 0.878, mean 0.899
 (0.886 without the test-time augmentation); 404-484 s wall per run, everything included
-(preparation, compilation, training, evaluation, report). The issue-#13 target (macro-F1 >= 0.95)
+(preparation, compilation, training, evaluation, report). On another 2-core Xeon (model 207) the
+next day, same command and seeds: 0.889 / 0.878 / 0.872, mean 0.879, 266-287 s (XLA:CPU's rounding
+differs per CPU and training amplifies it). The issue-#13 target (macro-F1 >= 0.95)
 is NOT reached. The dev set is confounded (every viral-pneumonia film is of a child from one
 hospital): read the report's shortcut indicator and Grad-CAM overlays before trusting a score.
 
