@@ -73,6 +73,35 @@ def test_indicator_flags_a_corner_shortcut_only():
   assert ind['per_class']['COVID']['n'] == 0 and ind['flagged'] == []
 
 
+def test_indicator_flags_evidence_off_the_lungs_outside_the_corners():
+  n, size = 20, 32
+  lungs = np.zeros((n, size, size), bool)
+  lungs[:, 6:26, 4:14] = lungs[:, 6:26, 18:28] = True
+  yy, xx = np.mgrid[0:size, 0:size]
+  preds = np.repeat([1, 2], 10)
+  cams = np.zeros((n, size, size))
+  for i in range(n):
+    # Normal: a blob below the lungs, bottom centre (no corner); VP: inside a lung, except for
+    # two images of ten (peak outside on 20%: under the 90% rule).
+    cy, cx = (30.0, 16.0) if preds[i] == 1 or i in (10, 11) else (15.0, 8.0)
+    cams[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
+  ind = shortcut.indicator(shortcut.cam_shares(cams, lungs), preds, NAMES)
+  normal = ind['per_class']['Normal']
+  assert normal['corners'] < ind['corner_flag'] * normal['corners_area']   # not the corner rule
+  assert normal['peak_outside_lung'] == 1.0 and ind['flagged'] == ['Normal']
+  assert normal['reason'].startswith('peak outside the lungs on 100% of the images')
+  assert ind['per_class']['Viral Pneumonia']['peak_outside_lung'] == pytest.approx(0.2)
+  # Peaks outside on >= 90% but less mass outside than a uniform map: not flagged.
+  spread = cams + 0.2 * lungs
+  for i in range(n):
+    spread[i] /= spread[i].max()
+    spread[i][30, 16] = 2.0   # the peak stays off the lungs
+  ind = shortcut.indicator(shortcut.cam_shares(spread, lungs), preds, NAMES)
+  assert ind['per_class']['Normal']['peak_outside_lung'] == 1.0
+  assert ind['per_class']['Normal']['outside_lung'] < ind['per_class']['Normal']['outside_lung_area']
+  assert ind['flagged'] == []
+
+
 def test_select_examples_most_confident_first():
   labels = np.array([0, 0, 0, 1, 1, 2])
   probs = np.array([[0.9, 0.05, 0.05], [0.6, 0.2, 0.2], [0.95, 0.03, 0.02],
