@@ -21,14 +21,22 @@ differs per CPU and training amplifies it). The issue-#13 target (macro-F1 >= 0.
 is NOT reached. The dev set is confounded (every viral-pneumonia film is of a child from one
 hospital): read the report's shortcut indicator and Grad-CAM overlays before trusting a score.
 
-Args (after a colon): `runlocal` shrinks it to a seconds-long smoke run on phantom data.
+Args (after a colon): `runlocal` shrinks it to a seconds-long smoke run on phantom data;
+`pretrained` fine-tunes torchvision's ImageNet ResNet-18 instead (full width, 3-channel stem,
+112 px, 6 epochs, backbone at 0.1x the head's learning rate), from the weights that
+`python -m launch.convert --arch resnet18 --source torchvision --out ~/.cache/jaxcxr/weights/resnet18`
+writes (`$JAXCXR_WEIGHTS_DIR/resnet18`). Its quality is NOT measured: no ImageNet weights can be
+downloaded on the development machines. Its time is: 2026-12-01, 2-core Xeon (model 207),
+stand-in weights converted from a randomly initialised torchvision ResNet-18: 309 s everything
+included (the default recipe: 266-287 s on that CPU, 404-484 s on the slower one the day before,
+so expect ~450 s there). 128 px and 8 epochs took 510 s on the fast CPU: too close to the budget.
 """
 
 from configs import base
 
 
 def get_config(arg: str = ''):
-  args = base.parse_arg(arg, 'configs/cxr_cpu.py', allowed=('runlocal',))
+  args = base.parse_arg(arg, 'configs/cxr_cpu.py', allowed=('runlocal', 'pretrained'))
   c = base.get_base_config()
   c.model.name = 'cnn_res18_half'
   c.data.source = 'folder'
@@ -51,6 +59,11 @@ def get_config(arg: str = ''):
   c.eval.tta = True                # the final test score: softmax over 7 shifted / zoomed views
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1
+  if 'pretrained' in args:
+    c.model.name = 'resnet18'
+    c.model.pretrained = base.weights_dir('resnet18')
+    c.train.num_epochs = 6
+    c.optim.backbone_lr_mult = 0.1
   if 'runlocal' in args:
     base.shrink_for_cpu(c)
   c.lock()

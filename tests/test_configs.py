@@ -13,7 +13,7 @@ from jaxcxr.training import config_checks
 # File -> the args its docstring documents (each must build; anything else must be refused).
 CONFIG_ARGS = {
     'default': ['', 'runlocal'],
-    'cxr_cpu': ['', 'runlocal'],
+    'cxr_cpu': ['', 'runlocal', 'pretrained'],
     'tiny': [''],
     'densenet201': ['', 'runlocal', 'bf16', 'runlocal,bf16'],
     'resnet101': ['', 'runlocal', 'bf16'],
