@@ -145,8 +145,7 @@ def indicator(shares: dict[str, np.ndarray], preds: Sequence[int],
     {'per_class': {name: {'n', 'corners', 'corners_area', 'border', 'border_area',
      'outside_lung', 'outside_lung_area', 'peak_outside_lung', 'flagged', 'reason'}},
      'flagged': [names], 'corner_fraction', 'corner_flag', 'peak_flag', 'frame_fraction'};
-    classes never
-    predicted have n = 0 and NaN shares.
+    classes never predicted have n = 0 and NaN shares.
   """
   preds = np.asarray(preds)
   per_class, flagged = {}, []
@@ -160,8 +159,8 @@ def indicator(shares: dict[str, np.ndarray], preds: Sequence[int],
     if sel.any() and row['corners'] > CORNER_FLAG * row['corners_area']:
       reasons.append(f'{row["corners"]:.0%} of the Grad-CAM mass in the corners '
                      f'({row["corners_area"]:.0%} of the area)')
-    if (sel.any() and row['peak_outside_lung'] >= PEAK_FLAG
-        and row['outside_lung'] > row['outside_lung_area']):
+    if sel.any() and (row['peak_outside_lung'] >= PEAK_FLAG
+                      and row['outside_lung'] > row['outside_lung_area']):
       reasons.append(f'peak outside the lungs on {row["peak_outside_lung"]:.0%} of the images, '
                      f'{row["outside_lung"]:.0%} of the mass outside them '
                      f'({row["outside_lung_area"]:.0%} of the area)')

@@ -88,8 +88,8 @@ class DenseBlock(nn.Module):
   and every layer of the chunk reads the whole buffer (the channels not yet written are zeros, and
   the layer's input-side parameters are zero-padded to match, `_padded_layer_variables`). XLA then
   compiles one layer body per chunk instead of one per layer (DenseNet-201 with `scan_chunk=8`:
-  13 bodies instead of 98), which is what makes its compile short; the price is the 1x1 bottleneck over up to
-  `scan_chunk - 1` layers' worth of zero channels. Parameter names, shapes and initialisation are
+  13 bodies instead of 98), which is what makes its compile short; the price is the 1x1
+  bottleneck over up to `scan_chunk - 1` layers' worth of zero channels. Parameter names, shapes and initialisation are
   the unrolled block's (the unrolled path declares them at init), so checkpoints, converted
   torchvision weights and `scan_chunk` are independent. Training with dropout > 0 runs unrolled.
   """

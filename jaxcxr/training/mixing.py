@@ -28,22 +28,29 @@ def cutmix_mask(key: jax.Array, lam: jax.Array, height: int, width: int) -> jax.
   return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
 
 
+def blend(values: jax.Array, lam: jax.Array | None) -> jax.Array:
+  """`lam * v + (1 - lam) * v[::-1]` along the batch axis (in float32); `values` when lam is None."""
+  if lam is None:
+    return values
+  v = values.astype(jnp.float32)
+  return (lam * v + (1.0 - lam) * v[::-1]).astype(values.dtype)
+
+
 def mix(key: jax.Array, images: jax.Array, *, mixup_alpha: float,
-        cutmix_alpha: float) -> tuple[jax.Array, jax.Array]:
+        cutmix_alpha: float) -> tuple[jax.Array, jax.Array | None]:
   """(mixed images, lam): images (B, H, W, C) mixed with `images[::-1]`.
 
-  The caller mixes its targets as `lam * t + (1 - lam) * t[::-1]`. With both alphas 0 this is the
-  identity with lam = 1.
+  The caller mixes its targets with `blend(targets, lam)`. With both alphas 0 the images are
+  returned as they are and lam is None (nothing to mix: the step traces no mixing at all).
   """
   if mixup_alpha <= 0 and cutmix_alpha <= 0:
-    return images, jnp.ones((), jnp.float32)
+    return images, None
   k_choice, k_mixup, k_cutmix, k_box = jax.random.split(key, 4)
   other = images[::-1]
   candidates = []
   if mixup_alpha > 0:
     lam = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha)
-    blended = lam * images.astype(jnp.float32) + (1.0 - lam) * other.astype(jnp.float32)
-    candidates.append((blended.astype(images.dtype), lam))
+    candidates.append((blend(images, lam), lam))
   if cutmix_alpha > 0:
     lam = jax.random.beta(k_cutmix, cutmix_alpha, cutmix_alpha)
     h, w = images.shape[1:3]

@@ -96,10 +96,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
     logits = logits.astype(jnp.float32)
     n = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], n), label_smoothing)
-    per_example = optax.softmax_cross_entropy(logits, lam * targets + (1 - lam) * targets[::-1])
+    per_example = optax.softmax_cross_entropy(logits, mixing.blend(targets, lam))
     if class_weights is not None:
-      w = class_weights[batch['label']]
-      w = lam * w + (1 - lam) * w[::-1]
+      w = mixing.blend(class_weights[batch['label']], lam)
       loss = jnp.sum(per_example * w) / jnp.sum(w)
     else:
       loss = jnp.mean(per_example)
