@@ -31,7 +31,6 @@ from jaxcxr.tools import benchmark_guard
 from jaxcxr.tools import benchmark_loop
 from jaxcxr.tools import benchmark_profile
 from jaxcxr.tools import benchmark_worker
-from jaxcxr.training import cpu_flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'profile',
@@ -133,5 +132,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  cpu_flags.apply()   # as launch.cli.run; JAXCXR_XLA_CPU_DEFAULTS=0 measures without
   app.run(lambda argv: sys.exit(main(argv)))

@@ -16,7 +16,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr.tools import benchmark_data
-from jaxcxr.training import cpu_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain worker counts to time.')
@@ -32,5 +31,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  cpu_flags.apply()   # as launch.cli.run; JAXCXR_XLA_CPU_DEFAULTS=0 measures without
   app.run(lambda argv: sys.exit(main(argv)))

@@ -1,6 +1,6 @@
-"""What every launcher shares: how it starts (jaxcxr's XLA:CPU flags, `cpu_flags`; library INFO
-logs off unless --verbosity/-v is given; one-line errors for a mistyped --config key) and how it
-fails (`error: ...` on stderr and an exit status from `jaxcxr.training.errors`).
+"""What every launcher shares: how it starts (library INFO logs off unless --verbosity/-v is
+given; one-line errors for a mistyped --config key) and how it fails (`error: ...` on stderr and an
+exit status from `jaxcxr.training.errors`).
 
   if __name__ == '__main__':
     cli.run(main)                  # or cli.run(main, flags_parser=...) for pass-through flags
@@ -15,7 +15,6 @@ from typing import Callable, NoReturn, Optional
 from absl import app
 from absl import flags
 
-from jaxcxr.training import cpu_flags
 from jaxcxr.training import errors
 from jaxcxr.training import run_log
 
@@ -49,8 +48,6 @@ def run(main: Callable[[list[str]], None],
     main: the launcher's main(argv).
     flags_parser: absl flags parser; default `parse_flags`.
   """
-
-  cpu_flags.apply()   # before any computation: XLA reads XLA_FLAGS when the backend starts
 
   def quiet_main(argv):
     run_log.quiet_library_logs(verbose=bool(flags.FLAGS['verbosity'].present))

@@ -22,7 +22,6 @@ import tempfile
 import jax
 import pytest
 
-from jaxcxr.training import cpu_flags
 from tests import train_helpers
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -43,9 +42,7 @@ def pytest_configure(config):
     config._jaxcxr_jit_cache = tempfile.mkdtemp(prefix='jaxcxr_test_jit_cache_')  # pylint: disable=protected-access
     os.environ[_CACHE_ENV] = config._jaxcxr_jit_cache  # pylint: disable=protected-access
   os.environ['JAXCXR_JIT_CACHE_MIN_COMPILE_S'] = '0'
-  # Before any test initialises the backend (XLA reads XLA_FLAGS then): the launchers' XLA:CPU
-  # flags (in-process tests compute what launch.train computes), then see train_helpers.
-  cpu_flags.apply()
+  # Before any test initialises the backend (XLA reads XLA_FLAGS then); see train_helpers.
   os.environ['XLA_FLAGS'] = train_helpers.with_fast_compile(os.environ.get('XLA_FLAGS', ''))
   jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

@@ -95,6 +95,7 @@ UNCHECKED = {
     'data.augment.enabled': 'bool: the locked config refuses other types',
     'data.augment.hflip': 'bool',
     'model.memory_efficient': 'bool',
+    'model.cpu_ynn_fusion': 'bool',
     'optim.nesterov': 'bool',
     'checkpoint.async_save': 'bool',
     'eval.shortcut': 'bool',
