@@ -19,7 +19,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr.evaluation import report
-from jaxcxr.training import cpu_flags
 from jaxcxr.training import distributed
 from jaxcxr.training import errors
 from launch import cli
@@ -44,7 +43,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cpu_flags.apply(_CONFIG.value.model.cpu_ynn_fusion)   # before the backend starts
   distributed.maybe_initialize()
   distributed.enable_compilation_cache(_JIT_CACHE.value, _JIT_CACHE_MIN_S.value)
   try:

@@ -1,56 +1,58 @@
-"""`config.model.cpu_ynn_fusion`: the XLA:CPU flag is added once, never over the user's, and is in
-effect in launch.train (whose imports must not start the backend)."""
+"""`config.model.cpu_ynn_fusion`: XLA:CPU compiler options of the steps, given only where they
+apply, and in effect in the jitted train and eval steps of a run."""
 
-import subprocess
-import sys
+import jax
+import jax.numpy as jnp
+import pytest
 
+from jaxcxr import data
 from jaxcxr.training import cpu_flags
-from tests import train_helpers
-
-YNN = '--xla_cpu_experimental_ynn_fusion_type'
-
-
-def test_with_flag_adds_it_once_for_a_tested_jaxlib():
-  flags = cpu_flags.with_flag('--xla_force_host_platform_device_count=8',
-                              cpu_flags.YNN_FUSION_FLAG, '0.10.2')
-  assert flags.split() == ['--xla_force_host_platform_device_count=8', cpu_flags.YNN_FUSION_FLAG]
-  assert cpu_flags.with_flag(flags, cpu_flags.YNN_FUSION_FLAG, '0.10.2') == flags
+from jaxcxr.training import loop
+from tests import train_helpers as th
 
 
-def test_with_flag_keeps_the_users_value_and_skips_untested_jaxlibs():
-  mine = f'{YNN}=dot'
-  assert cpu_flags.with_flag(mine, cpu_flags.YNN_FUSION_FLAG, '0.10.2') == mine
-  # An unknown flag aborts XLA: a jaxlib not known to have the flag gets nothing.
-  assert cpu_flags.with_flag('', cpu_flags.YNN_FUSION_FLAG, '0.11.0') == ''
+def test_options_only_when_asked_on_cpu_with_a_tested_jaxlib():
+  assert cpu_flags.compiler_options(True, 'cpu', '0.10.2') == cpu_flags.YNN_FUSION
+  assert cpu_flags.compiler_options(False, 'cpu', '0.10.2') is None
+  assert cpu_flags.compiler_options(True, 'gpu', '0.10.2') is None
+  # XLA rejects an unknown option: a jaxlib not known to have it gets none.
+  assert cpu_flags.compiler_options(True, 'cpu', '0.11.0') is None
 
 
-# Import launch.train, do what its main() does first, then compile a dot followed by elementwise
-# ops. Under the flag XLA:CPU fuses the elementwise ops into the dot's YNNPACK fusion (the root).
-_PROBE = """
-import os, sys, launch.train, jax, jax.numpy as jnp
-from jaxcxr.training import cpu_flags
-applied = cpu_flags.apply(sys.argv[1] == 'on')
-hlo = jax.jit(lambda a, b: jnp.tanh(a @ b) + 1).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile()
-root = [l for l in hlo.as_text().splitlines() if l.strip().startswith('ROOT')][-1]
-print(applied, root.split()[1] == '%ynn_fusion', os.environ['XLA_FLAGS'])
-"""
+def _ynn_fusions(hlo: str) -> int:
+  return hlo.count('"kind":"__ynn_fusion"')
 
 
-def _probe(setting: str) -> list[str]:
-  env = train_helpers.env()
-  env['XLA_FLAGS'] = ' '.join(f for f in env['XLA_FLAGS'].split() if not f.startswith(YNN))
-  out = subprocess.run([sys.executable, '-c', _PROBE, setting], cwd=train_helpers.REPO, env=env,
-                       capture_output=True, text=True, timeout=120, check=True)
-  return out.stdout.split()
+def test_the_option_fuses_elementwise_ops_into_the_dot():
+  """Under the option XLA:CPU fuses the tanh and add into the dot's YNNPACK fusion (the root)."""
+  f = lambda a, b: jnp.tanh(a @ b) + 1
+  x = jnp.ones((64, 64))
+  roots = {}
+  for on in (False, True):
+    hlo = jax.jit(f, compiler_options=cpu_flags.compiler_options(on)).lower(x, x).compile()
+    roots[on] = [l for l in hlo.as_text().splitlines() if l.strip().startswith('ROOT')][-1]
+  assert roots[True].split()[1] == '%ynn_fusion'
+  assert roots[False].split()[1] != '%ynn_fusion'
 
 
-def test_on_puts_the_flag_in_effect_after_launch_train_imports():
-  applied, fused, *flags = _probe('on')
-  assert (applied, fused) == ('True', 'True')
-  assert cpu_flags.YNN_FUSION_FLAG in flags
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('tfds')
+  data.prepare(th.tiny_config(d)[0].data)
+  return str(d)
 
 
-def test_off_leaves_xla_flags_alone():
-  applied, fused, *flags = _probe('off')
-  assert (applied, fused) == ('False', 'False')
-  assert not any(f.startswith(YNN) for f in flags)
+def test_a_runs_steps_are_compiled_with_it(data_dir, tmp_path):
+  counts = {}
+  for on in (False, True):
+    config, _ = th.tiny_config(data_dir, **{'model.name': 'resnet18', 'data.image_size': 32,
+                                            'model.cpu_ynn_fusion': on})
+    run = loop.make_run(config, str(tmp_path / str(on)))
+    batch = {'image': jax.ShapeDtypeStruct((config.train.batch_size, 32, 32, 1), jnp.uint8),
+             'label': jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
+    counts[on] = [_ynn_fusions(step.lower(*args).compile().as_text()) for step, args in (
+        (run.train_step, (run.abstract_state, batch, jax.random.key(0))),
+        (run.eval_step, (run.abstract_state, batch)))]
+  (train_off, eval_off), (train_on, eval_on) = counts[False], counts[True]
+  assert train_on > train_off, counts       # more of the step's ops in YNNPACK fusions
+  assert eval_on != eval_off, counts        # fewer, larger ones here: compiled differently

@@ -1,46 +1,39 @@
-"""`config.model.cpu_ynn_fusion`: an XLA:CPU flag a training run may start with.
+"""`config.model.cpu_ynn_fusion`: XLA:CPU compiler options of the train and eval steps.
 
-`--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce` lets XLA:CPU put elementwise ops and
-reductions into the YNNPACK fusions of the dots and convolutions next to them. Measured idle on a
-2-core Xeon, 128 px, batch 16, float32, one binary A/B (docs/PERFORMANCE.md), it is a trade-off
-by model, hence a config key and not a default: train steps resnet101 1.91x, densenet201 1.13x,
-resnet18 1.06x faster, but the small CPU recipe model (cnn_res18_half, 112 px, batch 32) 0.83x and
-vgg19 0.92x. torchvision parity, the ONNX export and the gradient tests pass under it.
+`xla_cpu_experimental_ynn_fusion_type` (dot, eltwise, reduce) lets XLA:CPU put elementwise ops and
+reductions into the YNNPACK fusions of the dots and convolutions next to them. It is a trade-off by
+model, hence a config key and not a default. Measured idle on a 2-core Xeon (docs/PERFORMANCE.md;
+in one process, the two compiled train steps alternating): resnet101 at 128 px, batch 16: 4.80 ->
+2.68 s per step (1.79x); resnet18 0.84 -> 0.88 s and the CPU recipe's cnn_res18_half (112 px, batch
+32) 0.50 -> 0.53 s, i.e. 5-6 % slower. torchvision parity, the ONNX export and the gradient tests
+pass under it.
 
-XLA reads XLA_FLAGS once, when the first backend starts, and an unknown flag aborts the process.
-So `apply()` runs at the start of `launch.train`, before any computation; it adds the flag only
-for a jaxlib known to have it (`TESTED_JAXLIB`), never over a value the user set in XLA_FLAGS, and
-only touches the host CPU compiler on GPU / TPU hosts.
+The options go to `jax.jit(..., compiler_options=...)` of the steps, so they need no XLA_FLAGS and
+touch nothing else in the process. They are given only on a CPU backend and for a jaxlib known
+to have the option (`TESTED_JAXLIB`): XLA rejects an unknown option.
 """
 
 import importlib.metadata
-import os
+from typing import Optional
 
-from jax._src import xla_bridge
+import jax
 
-YNN_FUSION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce'
-TESTED_JAXLIB = ('0.10.',)   # jaxlib versions whose XLA has YNN_FUSION_FLAG
-
-
-def with_flag(xla_flags: str, flag: str, jaxlib_version: str) -> str:
-  """`xla_flags` plus `flag` unless a flag of that name is set or the jaxlib is not a tested one."""
-  flags = xla_flags.split()
-  name = flag.split('=')[0]
-  if not jaxlib_version.startswith(TESTED_JAXLIB) or any(f.split('=')[0] == name for f in flags):
-    return xla_flags
-  return ' '.join(flags + [flag])
+YNN_FUSION = {'xla_cpu_experimental_ynn_fusion_type':
+              'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'}
+TESTED_JAXLIB = ('0.10.',)   # jaxlib versions whose XLA has the option
 
 
-def apply(ynn_fusion: bool) -> bool:
-  """With `ynn_fusion`, adds YNN_FUSION_FLAG to os.environ['XLA_FLAGS'] before the backend starts.
+def compiler_options(ynn_fusion: bool, backend: Optional[str] = None,
+                     jaxlib_version: Optional[str] = None) -> Optional[dict[str, str]]:
+  """The `compiler_options` of the jitted steps: YNN_FUSION when asked for and applicable, else None.
 
-  Returns:
-    True when XLA_FLAGS now sets the fusion types (ours or the user's); False when not asked, the
-    jaxlib is not a tested one, or a backend already started (XLA would ignore a change now).
+  Args:
+    ynn_fusion: `config.model.cpu_ynn_fusion`.
+    backend: default `jax.default_backend()`; other than 'cpu' gives None.
+    jaxlib_version: default the installed one; not a TESTED_JAXLIB version gives None.
   """
-  if not ynn_fusion or xla_bridge.backends_are_initialized():
-    return False
-  flags = with_flag(os.environ.get('XLA_FLAGS', ''), YNN_FUSION_FLAG,
-                    importlib.metadata.version('jaxlib'))
-  os.environ['XLA_FLAGS'] = flags
-  return YNN_FUSION_FLAG.split('=')[0] in flags
+  backend = backend or jax.default_backend()
+  jaxlib_version = jaxlib_version or importlib.metadata.version('jaxlib')
+  if not ynn_fusion or backend != 'cpu' or not jaxlib_version.startswith(TESTED_JAXLIB):
+    return None
+  return dict(YNN_FUSION)

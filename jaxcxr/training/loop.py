@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from jaxcxr import data as data_lib
 from jaxcxr.data import loader
 from jaxcxr.training import checkpoint as ckpt_lib
+from jaxcxr.training import cpu_flags
 from jaxcxr.training import optim
 from jaxcxr.training import prefetch
 from jaxcxr.training import run_log
@@ -116,6 +117,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   dtype = state_lib.compute_dtype(config)
   frozen_head = (state_lib.head_names(config.model.name)
                  if float(config.optim.backbone_lr_mult) == 0.0 else None)
+  options = cpu_flags.compiler_options(config.model.cpu_ynn_fusion)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights,
@@ -124,10 +126,12 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                         mixup_alpha=float(config.train.mixup_alpha),
                         cutmix_alpha=float(config.train.cutmix_alpha)),
       in_shardings=(state_sharding, batch_sh, sharding.replicated(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0,
+      compiler_options=options)
   def jit_eval(tta):
     return jax.jit(functools.partial(steps.eval_step, dtype=dtype, tta=tta),
-                   in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh)
+                   in_shardings=(state_sharding, batch_sh), out_shardings=batch_sh,
+                   compiler_options=options)
   eval_step = jit_eval(False)
   final_eval_step = jit_eval(True) if config.eval.tta else eval_step
   return Run(config, workdir, mesh, handle, steps_per_epoch, total_steps, class_names, schedule,
