@@ -51,6 +51,5 @@ ARCH = 'densenet201'
 
 def get_config(arg: str = ''):
   c = base.fine_tune_config(ARCH, base.parse_arg(arg, 'configs/densenet201.py'))
-  c.model.cpu_ynn_fusion = True   # CPU: faster densenet201 steps (docs/PERFORMANCE.md)
   c.lock()
   return c

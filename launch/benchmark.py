@@ -10,6 +10,8 @@ r"""Benchmarks (not tests). Run them on an otherwise idle machine; see docs/PERF
   # Per-op profile of the full train step (shares by category), and isolated conv probes:
   python -m launch.benchmark --profile --archs=resnet18 --image_size=128 --batch=16
   python -m launch.benchmark --conv_probe
+  # XLA:CPU compiler options (config.model.cpu_ynn_fusion) A/B'd in one process, steps alternating:
+  python -m launch.benchmark --option_ab --archs=resnet18,resnet101 --steps=8
 
 The torchvision reference is scripts/torch_reference.py (library code never imports torch).
 Exit status: 0 done; 1 bad flags or a failed measurement; 75 refused because the machine was busy
@@ -29,16 +31,18 @@ from jaxcxr.tools import benchmark_compare
 from jaxcxr.tools import benchmark_convs
 from jaxcxr.tools import benchmark_guard
 from jaxcxr.tools import benchmark_loop
+from jaxcxr.tools import benchmark_options
 from jaxcxr.tools import benchmark_profile
 from jaxcxr.tools import benchmark_worker
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'profile',
-                                              'conv_probe'], 'What to measure.')
+                                              'conv_probe', 'option_ab'], 'What to measure.')
 _LOOP = flags.DEFINE_bool('loop', False, 'Same as --mode=loop.')
 _ACCEL = flags.DEFINE_bool('accelerator', False, 'Same as --mode=accelerator.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Same as --mode=profile.')
 _CONV_PROBE = flags.DEFINE_bool('conv_probe', False, 'Same as --mode=conv_probe.')
+_OPTION_AB = flags.DEFINE_bool('option_ab', False, 'Same as --mode=option_ab.')
 
 _ARCHS = flags.DEFINE_list('archs', None, 'Models; ":me" = DenseNet memory_efficient=True, '
                            '":scanN" = DenseNet scan_chunk=N (compare, accelerator). '
@@ -83,7 +87,8 @@ _SETUP = flags.DEFINE_string('setup', '', 'internal: the worker set-up (JSON).')
 
 def _mode() -> str:
   chosen = [m for m, on in (('loop', _LOOP.value), ('accelerator', _ACCEL.value),
-                            ('profile', _PROFILE.value), ('conv_probe', _CONV_PROBE.value)) if on]
+                            ('profile', _PROFILE.value), ('conv_probe', _CONV_PROBE.value),
+                            ('option_ab', _OPTION_AB.value)) if on]
   if len(chosen) > 1 or (chosen and _MODE.value != 'compare'):
     raise app.UsageError(f'Choose one mode, got {chosen + [_MODE.value]}.')
   return chosen[0] if chosen else _MODE.value
@@ -121,6 +126,9 @@ def main(argv) -> int:
                                           dtypes=_DTYPES.value, out=_OUT.value)
   if mode == 'conv_probe':
     return benchmark_convs.probe_main(steps=_STEPS.value)
+  if mode == 'option_ab':
+    return benchmark_options.option_ab_main(archs, image_size=size, batch=_BATCH.value,
+                                            rounds=_STEPS.value, out=_OUT.value)
   torch_cmd = (benchmark_compare.python_cmd(os.path.join(_REPO, 'scripts', 'torch_reference.py'))
                if _TORCH.value else None)
   return benchmark_compare.compare_main(

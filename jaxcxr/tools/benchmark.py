@@ -134,11 +134,13 @@ def conv_dtypes(text: str) -> dict[str, int]:
   return dict(collections.Counter(found))
 
 
-def compile_train_step(module, state, batch, key, dtype=None) -> tuple[Any, dict]:
+def compile_train_step(module, state, batch, key, dtype=None,
+                       compiler_options=None) -> tuple[Any, dict]:
   """Traces, lowers and compiles the donated train step; returns (executable, timings).
 
   `dtype` is the compute dtype of the input (`to_model_input`); default float32. The module's own
-  `dtype` sets the compute dtype of its layers. Timings: `trace_lower_s`, `compile_s`,
+  `dtype` sets the compute dtype of its layers. `compiler_options`: XLA options of this compile
+  (e.g. `cpu_flags.YNN_FUSION`). Timings: `trace_lower_s`, `compile_s`,
   `train_flops`, `train_temp_mb`, and the conv dtypes asked for (`lowered_convs`) and run
   (`compiled_convs`).
   """
@@ -148,7 +150,7 @@ def compile_train_step(module, state, batch, key, dtype=None) -> tuple[Any, dict
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, key)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options)
   t2 = time.perf_counter()
   return compiled, {'trace_lower_s': t1 - t0, 'compile_s': t2 - t1,
                     'train_flops': cost_flops(compiled), 'train_temp_mb': temp_mb(compiled),

@@ -4,8 +4,8 @@
 reductions into the YNNPACK fusions of the dots and convolutions next to them. It is a trade-off by
 model, hence a config key and not a default. Measured idle on a 2-core Xeon (docs/PERFORMANCE.md;
 in one process, the two compiled train steps alternating): resnet101 at 128 px, batch 16: 4.80 ->
-2.68 s per step (1.79x); resnet18 0.84 -> 0.88 s and the CPU recipe's cnn_res18_half (112 px, batch
-32) 0.50 -> 0.53 s, i.e. 5-6 % slower. torchvision parity, the ONNX export and the gradient tests
+2.68 s per step (1.79x); densenet201 2.99 -> 3.05 s, resnet18 0.84 -> 0.88 s and the CPU recipe's
+cnn_res18_half (112 px, batch 32) 0.50 -> 0.53 s, i.e. 2-6 % slower. torchvision parity, the ONNX export and the gradient tests
 pass under it.
 
 The options go to `jax.jit(..., compiler_options=...)` of the steps, so they need no XLA_FLAGS and
