@@ -140,7 +140,7 @@ def compile_train_step(module, state, batch, key, dtype=None,
 
   `dtype` is the compute dtype of the input (`to_model_input`); default float32. The module's own
   `dtype` sets the compute dtype of its layers. `compiler_options`: XLA options of this compile
-  (e.g. `cpu_flags.YNN_FUSION`). Timings: `trace_lower_s`, `compile_s`,
+  (e.g. `cpu_options.YNN_FUSION`). Timings: `trace_lower_s`, `compile_s`,
   `train_flops`, `train_temp_mb`, and the conv dtypes asked for (`lowered_convs`) and run
   (`compiled_convs`).
   """

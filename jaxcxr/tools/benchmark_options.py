@@ -3,7 +3,7 @@ process.
 
 Separate benchmark processes on a 2-core VM differ by 10-25 % for the same build (measured: one
 model's train img/s ranged 55.7-71.5 over six runs in 15 minutes), too much to judge an option
-worth 5 %. Here the train step is compiled twice, without and with `cpu_flags.YNN_FUSION` (as the
+worth 5 %. Here the train step is compiled twice, without and with `cpu_options.YNN_FUSION` (as the
 steps of a run with `config.model.cpu_ynn_fusion` are), and the two executables run alternately,
 step by step, on the same batch; the medians are compared.
 """
@@ -19,7 +19,7 @@ import jax
 from jaxcxr import models
 from jaxcxr.tools import benchmark
 from jaxcxr.tools import benchmark_guard
-from jaxcxr.training import cpu_flags
+from jaxcxr.training import cpu_options
 
 
 def option_ab(arch: str, image_size: int, batch_size: int, rounds: int,
@@ -64,11 +64,11 @@ def format_rows(rows: Sequence[dict]) -> str:
 
 def option_ab_main(archs: Sequence[str], *, image_size: int, batch: int, rounds: int,
                    out: str = '') -> int:
-  """Prints the table of `option_ab` over `archs` for `cpu_flags.YNN_FUSION`."""
-  print(f'options: {cpu_flags.YNN_FUSION}', flush=True)
+  """Prints the table of `option_ab` over `archs` for `cpu_options.YNN_FUSION`."""
+  print(f'options: {cpu_options.YNN_FUSION}', flush=True)
   rows = []
   for arch in archs:
-    rows.append(option_ab(arch, image_size, batch, rounds, dict(cpu_flags.YNN_FUSION)))
+    rows.append(option_ab(arch, image_size, batch, rounds, dict(cpu_options.YNN_FUSION)))
     print(f"{arch}: {rows[-1]['speedup']:.2f}x", flush=True)
   print(format_rows(rows))
   busy = [r['arch'] for r in rows if max(r['loadavg']) > benchmark_guard.max_load()]

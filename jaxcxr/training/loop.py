@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jaxcxr import data as data_lib
 from jaxcxr.data import loader
 from jaxcxr.training import checkpoint as ckpt_lib
-from jaxcxr.training import cpu_flags
+from jaxcxr.training import cpu_options
 from jaxcxr.training import optim
 from jaxcxr.training import prefetch
 from jaxcxr.training import run_log
@@ -117,7 +117,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   dtype = state_lib.compute_dtype(config)
   frozen_head = (state_lib.head_names(config.model.name)
                  if float(config.optim.backbone_lr_mult) == 0.0 else None)
-  options = cpu_flags.compiler_options(config.model.cpu_ynn_fusion)
+  options = cpu_options.compiler_options(config.model.cpu_ynn_fusion)
   train_step = jax.jit(
       functools.partial(steps.train_step, dtype=dtype,
                         label_smoothing=config.train.label_smoothing, class_weights=class_weights,

@@ -6,17 +6,17 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcxr import data
-from jaxcxr.training import cpu_flags
+from jaxcxr.training import cpu_options
 from jaxcxr.training import loop
 from tests import train_helpers as th
 
 
 def test_options_only_when_asked_on_cpu_with_a_tested_jaxlib():
-  assert cpu_flags.compiler_options(True, 'cpu', '0.10.2') == cpu_flags.YNN_FUSION
-  assert cpu_flags.compiler_options(False, 'cpu', '0.10.2') is None
-  assert cpu_flags.compiler_options(True, 'gpu', '0.10.2') is None
+  assert cpu_options.compiler_options(True, 'cpu', '0.10.2') == cpu_options.YNN_FUSION
+  assert cpu_options.compiler_options(False, 'cpu', '0.10.2') is None
+  assert cpu_options.compiler_options(True, 'gpu', '0.10.2') is None
   # XLA rejects an unknown option: a jaxlib not known to have it gets none.
-  assert cpu_flags.compiler_options(True, 'cpu', '0.11.0') is None
+  assert cpu_options.compiler_options(True, 'cpu', '0.11.0') is None
 
 
 def _ynn_fusions(hlo: str) -> int:
@@ -29,7 +29,7 @@ def test_the_option_fuses_elementwise_ops_into_the_dot():
   x = jnp.ones((64, 64))
   roots = {}
   for on in (False, True):
-    hlo = jax.jit(f, compiler_options=cpu_flags.compiler_options(on)).lower(x, x).compile()
+    hlo = jax.jit(f, compiler_options=cpu_options.compiler_options(on)).lower(x, x).compile()
     roots[on] = [l for l in hlo.as_text().splitlines() if l.strip().startswith('ROOT')][-1]
   assert roots[True].split()[1] == '%ynn_fusion'
   assert roots[False].split()[1] != '%ynn_fusion'

@@ -5,8 +5,8 @@ reductions into the YNNPACK fusions of the dots and convolutions next to them. I
 model, hence a config key and not a default. Measured idle on a 2-core Xeon (docs/PERFORMANCE.md;
 in one process, the two compiled train steps alternating): resnet101 at 128 px, batch 16: 4.80 ->
 2.68 s per step (1.79x); densenet201 2.99 -> 3.05 s, resnet18 0.84 -> 0.88 s and the CPU recipe's
-cnn_res18_half (112 px, batch 32) 0.50 -> 0.53 s, i.e. 2-6 % slower. torchvision parity, the ONNX export and the gradient tests
-pass under it.
+cnn_res18_half (112 px, batch 32) 0.50 -> 0.53 s, i.e. 2-6 % slower. torchvision parity, the ONNX
+export and the gradient tests passed under the same option set through XLA_FLAGS (2026-11-30).
 
 The options go to `jax.jit(..., compiler_options=...)` of the steps, so they need no XLA_FLAGS and
 touch nothing else in the process. They are given only on a CPU backend and for a jaxlib known
@@ -25,7 +25,7 @@ TESTED_JAXLIB = ('0.10.',)   # jaxlib versions whose XLA has the option
 
 def compiler_options(ynn_fusion: bool, backend: Optional[str] = None,
                      jaxlib_version: Optional[str] = None) -> Optional[dict[str, str]]:
-  """The `compiler_options` of the jitted steps: YNN_FUSION when asked for and applicable, else None.
+  """The jitted steps' `compiler_options`: YNN_FUSION when asked for and applicable, else None.
 
   Args:
     ynn_fusion: `config.model.cpu_ynn_fusion`.
