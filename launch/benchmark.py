@@ -26,14 +26,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcxr.tools import benchmark_accel
-from jaxcxr.tools import benchmark_compare
-from jaxcxr.tools import benchmark_convs
-from jaxcxr.tools import benchmark_guard
-from jaxcxr.tools import benchmark_loop
-from jaxcxr.tools import benchmark_options
-from jaxcxr.tools import benchmark_profile
-from jaxcxr.tools import benchmark_worker
+from jaxcxr.benchmarks import accel as benchmark_accel
+from jaxcxr.benchmarks import compare as benchmark_compare
+from jaxcxr.benchmarks import convs as benchmark_convs
+from jaxcxr.benchmarks import guard as benchmark_guard
+from jaxcxr.benchmarks import loop as benchmark_loop
+from jaxcxr.benchmarks import options as benchmark_options
+from jaxcxr.benchmarks import profile as benchmark_profile
+from jaxcxr.benchmarks import worker as benchmark_worker
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODE = flags.DEFINE_enum('mode', 'compare', ['compare', 'loop', 'accelerator', 'profile',

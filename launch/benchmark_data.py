@@ -6,7 +6,7 @@ r"""Loader throughput benchmark (not a test): images/s of a config's training pi
       --config.train.batch_size=64 --workers=0,2
 
 The data settings (source, sizes, augmentation, read threads, data_dir) come from the config, as in
-`launch.train`; the batch is `config.train.batch_size`. See jaxcxr/tools/benchmark_data.py.
+`launch.train`; the batch is `config.train.batch_size`. See jaxcxr/benchmarks/data.py.
 """
 
 import sys
@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcxr.tools import benchmark_data
+from jaxcxr.benchmarks import data as benchmark_data
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain worker counts to time.')

@@ -6,7 +6,7 @@ r"""Quality benchmark: the jaxcxr recipe vs a plain torchvision ResNet-18, same 
 Runs jaxcxr (`launch.train` with the recipe: dataset preparation, compilation, training,
 evaluation, all timed) and then the torch baseline of issue #13 on the training files of the split
 jaxcxr prepared, scores both on the same test images and prints one table (macro-F1, accuracy,
-per-class recall, wall time, images/s). See `jaxcxr.tools.benchmark_quality` and docs/RESULTS.md.
+per-class recall, wall time, images/s). See `jaxcxr.benchmarks.quality` and docs/RESULTS.md.
 torch is needed only here (requirements-test.txt); the library never imports it.
 """
 
@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 from jaxcxr.data import images as images_lib
-from jaxcxr.tools import benchmark_quality
+from jaxcxr.benchmarks import quality as benchmark_quality
 from jaxcxr.training import errors
 from launch import cli
 

@@ -1,6 +1,6 @@
 r"""torchvision on the same accelerator as `launch.benchmark --accelerator`: the PyTorch AMP side.
 
-The published figures that `jaxcxr.tools.benchmark_accel` prints beside ours come from other GPUs;
+The published figures that `jaxcxr.benchmarks.accel` prints beside ours come from other GPUs;
 this measures torchvision on *this* device, at the batch sizes the JAX run used, with the same step
 (uint8 grey images -> ImageNet-normalised 3-channel input inside the step, forward, cross-entropy,
 backward, SGD momentum 0.9: scripts/torch_reference.py's `TorchArch`, on the GPU) under

@@ -2,9 +2,9 @@ r"""torchvision reference for `python -m launch.benchmark --torch`: same model, 
 
 Why a standalone script: library code (`jaxcxr/`) never imports torch, and the reference should be
 readable on its own, with nothing from jaxcxr between torch and the numbers. The launcher passes
-`[python, scripts/torch_reference.py]` to `jaxcxr.tools.benchmark_compare`, which starts it as a
+`[python, scripts/torch_reference.py]` to `jaxcxr.benchmarks.compare`, which starts it as a
 worker and drives it step by step, alternating with the JAX worker (protocol in
-jaxcxr/tools/benchmark_worker.py):
+jaxcxr/benchmarks/worker.py):
 
   python scripts/torch_reference.py --setup='{"arch": "resnet18", "image_size": 128, "batch": 16}'
 

@@ -16,7 +16,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RANK = {'jaxcxr': 0, 'jaxcxr.models': 1, 'jaxcxr.data': 1, 'jaxcxr.training': 2,
-        'jaxcxr.evaluation': 3, 'jaxcxr.tools': 4, 'launch': 5}
+        'jaxcxr.evaluation': 3, 'jaxcxr.tools': 4, 'jaxcxr.benchmarks': 4, 'launch': 5}
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:

@@ -1,4 +1,4 @@
-"""The benchmark tools (jaxcxr.tools.benchmark*, launch.benchmark, scripts/torch_reference.py).
+"""The benchmark tools (jaxcxr.benchmarks.*, launch.benchmark, scripts/torch_reference.py).
 
 No timing assertions on throughput: the numbers depend on the machine and its load. What is
 checked: the real train step runs (and in bfloat16 when asked), the load guard refuses or flags
@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 
 from jaxcxr import models
-from jaxcxr.tools import benchmark
-from jaxcxr.tools import benchmark_accel
-from jaxcxr.tools import benchmark_compare as compare
-from jaxcxr.tools import benchmark_convs
-from jaxcxr.tools import benchmark_data
-from jaxcxr.tools import benchmark_guard as guard
-from jaxcxr.tools import benchmark_loop
-from jaxcxr.tools import benchmark_options
-from jaxcxr.tools import benchmark_profile
+from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import accel as benchmark_accel
+from jaxcxr.benchmarks import compare as compare
+from jaxcxr.benchmarks import convs as benchmark_convs
+from jaxcxr.benchmarks import data as benchmark_data
+from jaxcxr.benchmarks import guard as guard
+from jaxcxr.benchmarks import loop as benchmark_loop
+from jaxcxr.benchmarks import options as benchmark_options
+from jaxcxr.benchmarks import profile as benchmark_profile
 from jaxcxr.training import cpu_options
 
 REPO = Path(__file__).resolve().parents[1]

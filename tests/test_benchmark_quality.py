@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxcxr.data import phantom
-from jaxcxr.tools import benchmark_quality
+from jaxcxr.benchmarks import quality as benchmark_quality
 from tests import train_helpers
 
 NAMES = ('COVID', 'Normal', 'Viral Pneumonia')

@@ -1,1 +1,1 @@
-"""Tools on top of everything: sweeps, run comparison, accelerator-VM launch, benchmarks, exploration."""
+"""What a user runs on top of everything: sweeps, run comparison, accelerator-VM launch, data exploration."""

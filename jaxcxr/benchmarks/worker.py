@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxcxr import models
 from jaxcxr.data.preprocess import to_model_input
 from jaxcxr.evaluation import gradcam
-from jaxcxr.tools import benchmark
+from jaxcxr.benchmarks import common as benchmark
 from jaxcxr.training import distributed
 from jaxcxr.training import steps as steps_lib
 

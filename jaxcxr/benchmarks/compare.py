@@ -20,8 +20,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from jaxcxr.tools import benchmark
-from jaxcxr.tools import benchmark_guard as guard
+from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import guard as guard
 
 MIN_STEPS = 5
 

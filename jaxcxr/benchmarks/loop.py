@@ -40,8 +40,8 @@ import jax
 import ml_collections
 
 from jaxcxr.data import loader
-from jaxcxr.tools import benchmark
-from jaxcxr.tools import benchmark_guard as guard
+from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import guard as guard
 from jaxcxr.training import loop
 from jaxcxr.training import run_log
 from jaxcxr.training import sharding

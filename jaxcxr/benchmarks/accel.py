@@ -7,7 +7,7 @@ train step, median train and eval images/s over `steps` steps (after warm-up), n
 PyTorch AMP training figures. Data parallel over every local device (the training mesh: batch
 split, state replicated), donated state, the real `train_step` / `eval_step`.
 
-Runs on CPU too, for smoke tests (`jaxcxr.tools.benchmark_accel.run(..., image_size=32)`): there
+Runs on CPU too, for smoke tests (`jaxcxr.benchmarks.accel.run(..., image_size=32)`): there
 the search stops at `max_batch` unless memory really runs out.
 """
 
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcxr import models
-from jaxcxr.tools import benchmark
-from jaxcxr.tools import benchmark_compare
+from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import compare as benchmark_compare
 from jaxcxr.training import sharding
 from jaxcxr.training import steps as steps_lib
 

@@ -1,7 +1,7 @@
 """Per-op profile of the full jitted train step on XLA:CPU: where a step's time goes, by category.
 
 `profile_train_step` compiles `jaxcxr.training.steps.train_step` for one architecture (as
-`jaxcxr.tools.benchmark` does), runs a few steps under `jax.profiler.trace(...,
+`jaxcxr.benchmarks.common` does), runs a few steps under `jax.profiler.trace(...,
 create_perfetto_trace=True)`, and joins the trace's per-thunk events (XLA:CPU names each thunk after
 its HLO instruction) with the optimised HLO text of the same executable. Every instruction gets a
 category from its opcode, the opcodes of the computation it calls (fusions), its output shape and
@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import jax
 
 from jaxcxr import models
-from jaxcxr.tools import benchmark
+from jaxcxr.benchmarks import common as benchmark
 
 # Ops that only move data: a fusion made of nothing else is a layout change (kernel reversal for
 # the input gradient, NHWC <-> HWIO transposes for weight gradients, copies).

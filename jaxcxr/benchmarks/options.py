@@ -17,8 +17,8 @@ from typing import Sequence
 import jax
 
 from jaxcxr import models
-from jaxcxr.tools import benchmark
-from jaxcxr.tools import benchmark_guard
+from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import guard as benchmark_guard
 from jaxcxr.training import cpu_options
 
 
