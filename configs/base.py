@@ -33,6 +33,8 @@ def get_data_config() -> ml_collections.ConfigDict:
   d.split_seed = 0
   d.val_fraction = 0.15
   d.test_fraction = 0.15
+  d.lookalike_threshold = 8    # look-alike films (16x16 dHash within this many of 256 bits) share a
+                               # split; -1: film by film
   d.on_bad_image = 'error'     # 'error' or 'skip' (skips are counted and reported)
   d.max_image_pixels = 64_000_000  # larger images are refused (decompression-bomb guard)
   # 'oversample': WeightedRandomSampler(1/class count, replacement=True) semantics;
@@ -105,10 +107,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.backbone_lr_mult = 1.0  # 0 freezes the backbone (BatchNorm too); 0.1 = discriminative
 
   c.early_stopping = ml_collections.ConfigDict()
-  c.early_stopping.metric = 'val_macro_f1'  # any key of the per-epoch validation metrics
-  c.early_stopping.mode = 'max'
+  # Early stopping reads `metric`; the run ships (best/) the checkpoint `select` names: 'last' epoch,
+  # 'best' epoch by `metric`, or 'auto' = last for annealing schedules (cosine, step), else best
+  # (jaxcxr/training/early_stopping.py says why; docs/RESULTS.md has the measurements).
+  c.early_stopping.metric = 'val_loss'  # any key of the per-epoch validation metrics
+  c.early_stopping.mode = 'min'
   c.early_stopping.patience = 5
   c.early_stopping.min_delta = 1e-4
+  c.early_stopping.select = 'auto'
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 200  # plus one at every epoch end
@@ -163,8 +169,6 @@ def fine_tune_config(arch: str, args: set[str]) -> ml_collections.ConfigDict:
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
   c.optim.min_lr_ratio = 0.01
-  c.early_stopping.metric = 'val_macro_f1'
-  c.early_stopping.mode = 'max'
   c.early_stopping.patience = 5
   c.checkpoint.every_steps = 500
   c.eval.batch_size = 64

@@ -44,9 +44,14 @@ def get_config(arg: str = ''):
   c.data.image_size = 112
   c.data.stored_size = 224
   c.data.sampling = 'balanced'
+  # The shipped model trains on 90 % of the films: no internal test split (the recipe is scored on
+  # external films: launch.evaluate --eval_dir), 10 % validation for monitoring and the
+  # out-of-distribution threshold; the last epoch ships (the cosine schedule anneals).
+  c.data.val_fraction = 0.1
+  c.data.test_fraction = 0.0
   c.data.num_workers = 0          # on 2 cores, worker processes only compete with the step
   c.train.batch_size = 32
-  c.train.num_epochs = 16
+  c.train.num_epochs = 20
   c.train.label_smoothing = 0.1
   c.train.ema_decay = 0.99
   c.train.log_every_steps = 13
@@ -55,7 +60,7 @@ def get_config(arg: str = ''):
   c.optim.weight_decay = 0.05
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
-  c.early_stopping.patience = 100  # keep every epoch of the short schedule; select the best
+  c.early_stopping.patience = 100  # never stop the short schedule early
   c.eval.tta = True                # the final test score: softmax over 7 shifted / zoomed views
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1

@@ -10,8 +10,9 @@ r"""Benchmarks (not tests). Run them on an otherwise idle machine; see docs/PERF
   # Per-op profile of the full train step (shares by category), and isolated conv probes:
   python -m launch.benchmark --profile --archs=resnet18 --image_size=128 --batch=16
   python -m launch.benchmark --conv_probe
-  # XLA:CPU compiler options (config.model.cpu_ynn_fusion) A/B'd in one process, steps alternating:
-  python -m launch.benchmark --option_ab --archs=resnet18,resnet101 --steps=8
+  # Variants of the train step A/B'd in one process, steps alternating (compiler options of
+  # config.model.cpu_options, workarounds swapped for XLA's own; jaxcxr/benchmarks/options.py):
+  python -m launch.benchmark --option_ab --archs=resnet18,resnet101 --variants=base,onednn --steps=8
 
 The torchvision reference is scripts/torch_reference.py (library code never imports torch).
 Exit status: 0 done; 1 bad flags or a failed measurement; 75 refused because the machine was busy
@@ -57,6 +58,9 @@ _CHANNELS_LAST = flags.DEFINE_bool('channels_last', False, 'torch: channels_last
 _WARM = flags.DEFINE_bool('warm_compile', True, 'Re-compile from the persistent cache.')
 _MATMUL_N = flags.DEFINE_integer('matmul_n', 2048, 'Side of the float32 matmul FLOP/s probe.')
 _TIMEOUT = flags.DEFINE_integer('timeout', 3600, 'Seconds a worker may take to answer.')
+_VARIANTS = flags.DEFINE_list('variants', ['base', 'onednn'],
+                              '--option_ab: variants (jaxcxr.benchmarks.options.VARIANTS, '
+                              "'+' combines); speed-ups are against the first.")
 _OUT = flags.DEFINE_string('out', '', 'JSON output path (empty: none).')
 
 _ALLOW_LOAD = flags.DEFINE_bool('allow_load', False,
@@ -128,7 +132,8 @@ def main(argv) -> int:
     return benchmark_convs.probe_main(steps=_STEPS.value)
   if mode == 'option_ab':
     return benchmark_options.option_ab_main(archs, image_size=size, batch=_BATCH.value,
-                                            rounds=_STEPS.value, out=_OUT.value)
+                                            rounds=_STEPS.value, variants=_VARIANTS.value,
+                                            out=_OUT.value)
   torch_cmd = (benchmark_compare.python_cmd(os.path.join(_REPO, 'scripts', 'torch_reference.py'))
                if _TORCH.value else None)
   return benchmark_compare.compare_main(

@@ -2,6 +2,9 @@ r"""Quality benchmark: the jaxcxr recipe vs a plain torchvision ResNet-18, same 
 
   python -m launch.benchmark_quality --manual_dir ../shared/data/cxr_dev [--budget_s 600] \
       [--out /tmp/benchmark_quality] [--config configs/cxr_cpu.py] [--jax_override=--config.x=y]
+  # Both train on the whole training folder; both are scored on the same external films:
+  python -m launch.benchmark_quality --manual_dir ../shared/data/cxr_dev \
+      --eval_dir ../shared/data/cxr_eval
 
 Runs jaxcxr (`launch.train` with the recipe: dataset preparation, compilation, training,
 evaluation, all timed) and then the torch baseline of issue #13 on the training files of the split
@@ -25,6 +28,8 @@ from launch import cli
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Kaggle-layout folder (COVID/, Normal/, '
                                   'Viral Pneumonia/).')
+_EVAL_DIR = flags.DEFINE_string('eval_dir', '', 'External Kaggle-layout folder to score both '
+                                'sides on (both then train on the whole --manual_dir).')
 _BUDGET = flags.DEFINE_float('budget_s', 600.0, 'Wall-clock budget of each side, seconds.')
 _OUT = flags.DEFINE_string('out', '/tmp/jaxcxr_benchmark_quality', 'Output folder (rewritten).')
 _CONFIG = flags.DEFINE_string('config', 'configs/cxr_cpu.py', 'jaxcxr config file[:arg].')
@@ -133,7 +138,8 @@ def main(argv):
   try:
     summary = benchmark_quality.run(
         _MANUAL_DIR.value, _OUT.value, budget_s=_BUDGET.value, config=_CONFIG.value,
-        jax_overrides=_JAX_OVERRIDES.value, torch_command=_torch_command)
+        jax_overrides=_JAX_OVERRIDES.value, torch_command=_torch_command,
+        eval_dir=_EVAL_DIR.value)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   print(summary['table'])

@@ -1,9 +1,15 @@
-r"""Evaluates a trained workdir on a split and writes the report.
+r"""Evaluates a trained workdir on a split, or on any labelled folder, and writes the report.
 
   python -m launch.evaluate --workdir workdirs/default [--split test] [--which best] [--shortcut]
+  python -m launch.evaluate --workdir workdirs/default --eval_dir /data/new_hospital [--out DIR]
 
-Writes report.json, report.md and the figures (confusion matrix, ROC curves, reliability diagram,
-training curves) into <workdir>/eval_<split>/ (or --out) and prints the per-class table.
+With --split: the prepared split of the run's data config; report in <workdir>/eval_<split>/.
+With --eval_dir: a Kaggle-layout folder (COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a
+4-class model; names matched case-insensitively]) scored as it is, without preparing a dataset:
+report in <workdir>/eval_folder_<folder name>/, with predictions.csv and unreadable.csv (files that
+could not be read are listed and skipped). Either way: report.json, report.md, the figures
+(confusion matrix, ROC curves, reliability diagram, training curves) and, with the shortcut
+indicator, Grad-CAM example panels in shortcut/; the per-class table is printed.
 """
 
 import os
@@ -12,30 +18,50 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr.evaluation import folder_eval
 from jaxcxr.evaluation import report
 from jaxcxr.training import errors
 from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], 'Split to evaluate.')
+_EVAL_DIR = flags.DEFINE_string(
+    'eval_dir', '', 'A labelled Kaggle-layout folder to score instead of a split (one subfolder '
+    'per class: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/]); no dataset is prepared.')
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to evaluate.')
-_OUT = flags.DEFINE_string('out', '', 'Report folder; default <workdir>/eval_<split>.')
+_OUT = flags.DEFINE_string('out', '', 'Report folder; default <workdir>/eval_<split> (with '
+                           '--eval_dir: <workdir>/eval_folder_<folder name>).')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Batch size; 0 = config.eval.batch_size.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', -1,
                                   'Bootstrap resamples for the CIs; -1 = config.eval.bootstrap.')
 _SHORTCUT = flags.DEFINE_bool('shortcut', None,
                               'Add the Grad-CAM shortcut indicator and example panels to the '
-                              'report; default: the run\'s config.eval.shortcut.')
+                              'report; default: on with --eval_dir, else the run\'s '
+                              'config.eval.shortcut.')
 flags.mark_flags_as_required(['workdir'])
+
+
+def _evaluate() -> tuple[dict, str]:
+  """(result, title) of the evaluation the flags ask for."""
+  if _EVAL_DIR.value:
+    if flags.FLAGS['split'].present:
+      raise ValueError('Give either --split (a prepared split) or --eval_dir (a folder), not both.')
+    result = folder_eval.evaluate_folder(
+        _WORKDIR.value, _EVAL_DIR.value, which=_WHICH.value, out=_OUT.value,
+        batch_size=_BATCH.value, bootstrap=_BOOTSTRAP.value,
+        shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value)
+    return result, result['name']
+  result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
+                                   out=_OUT.value, batch_size=_BATCH.value,
+                                   bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value)
+  return result, _SPLIT.value
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
-                                       out=_OUT.value, batch_size=_BATCH.value,
-                                       bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value)
+    result, title = _evaluate()
   except (FileNotFoundError, ValueError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
@@ -43,7 +69,7 @@ def main(argv):
   m = result['metrics']
   print(report.summary_table(m))
   ci = m.get('ci95', {})
-  line = f'{_SPLIT.value}: n={m["num_examples"]} accuracy={m["accuracy"]:.4f}'
+  line = f'{title}: n={m["num_examples"]} accuracy={m["accuracy"]:.4f}'
   if ci:
     line += f' [{ci["accuracy"][0]:.4f}, {ci["accuracy"][1]:.4f}]'
   line += f' macro_f1={m["macro"]["f1"]:.4f} macro_auc={m["macro"]["auc"]:.4f} '
@@ -51,6 +77,16 @@ def main(argv):
   print(line)
   for note in m['notes']:
     print(f'note: {note}')
+  if result.get('shortcut'):
+    flagged = result['shortcut']['indicator']['flagged']
+    print('shortcut indicator: ' + (f'flagged {", ".join(flagged)} (evidence outside the lungs; '
+                                    'see the panels in shortcut/)' if flagged else
+                                    'no class flagged'))
+  unreadable = result.get('unreadable', [])
+  for name, reason in unreadable[:20]:
+    print(f'unreadable: {name}: {reason}', file=sys.stderr)
+  if len(unreadable) > 20:
+    print(f'... and {len(unreadable) - 20} more unreadable files (unreadable.csv)', file=sys.stderr)
   print(f'Report in {os.path.abspath(result["out_dir"])}', file=sys.stderr)
 
 

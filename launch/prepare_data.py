@@ -7,8 +7,10 @@ r"""Prepares a config's TFDS ArrayRecord dataset ahead of training and prints it
 
 Prepares exactly what `launch.train` with the same `--config` and `--config.data.*` flags prepares
 on first use (class set, split, stored size), or opens it when it exists, then prints a per-class,
-per-split summary table with the skipped files, duplicates and label conflicts. Exit status 2 (and
-a message naming the file or setting and the fix) for bad data or settings.
+per-split summary table with the skipped files, duplicates, label conflicts and the look-alike
+films (near duplicates: re-uploads, re-encodings) it kept together in one split. Exit status 2 (and
+a message naming the file or setting and the fix) for bad data or settings, or for a dataset an
+older jaxcxr prepared whose splits this version would change (--overwrite replaces it).
 """
 
 from absl import app
@@ -22,7 +24,8 @@ from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg]; its '
                                           'config.data is prepared.', lock_config=True)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete and rebuild an existing dataset.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete and rebuild an existing dataset (and '
+                                'one an older jaxcxr version prepared).')
 flags.mark_flags_as_required(['config'])
 
 

@@ -38,7 +38,8 @@ class TorchArch:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     torch.set_num_threads(threads)
     overrides = dict(setup.get('overrides', {}))
-    overrides.pop('scan_chunk', None)   # a JAX-side compile option; torchvision's model is the same
+    for jax_only in ('scan_chunk', 'cpu_options'):   # JAX-side compile options: same model
+      overrides.pop(jax_only, None)
     self.device = torch.device(setup.get('device', 'cpu'))   # scripts/torch_accel_reference.py
     self.model = getattr(torchvision.models, setup['arch'])(num_classes=3, **overrides)
     self.fmt = torch.channels_last if setup.get('channels_last') else torch.contiguous_format

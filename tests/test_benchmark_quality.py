@@ -30,34 +30,40 @@ def test_rows_and_table_from_results(tmp_path):
   assert not killed['within_budget'] and killed['status'] == 'killed at the budget'
   table = benchmark_quality.format_table([killed, row], NAMES)
   lines = table.splitlines()
-  assert lines[0].startswith('| run | macro-F1 | accuracy | recall COVID |')
+  assert lines[0].startswith('| run | macro-F1 [95% CI] | accuracy | recall COVID |')
   assert lines[2].startswith('| jaxcxr | - | - |') and '| NO | killed at the budget |' in lines[2]
   assert lines[3].startswith('| torchvision | ') and '| 0.750 | 1.000 | 1.000 | 0.500 | 4 | 42 |' \
       in lines[3]
 
 
 @pytest.mark.slow
-def test_smoke_same_test_images(tmp_path):
+def test_smoke_same_external_images(tmp_path):
+  """--eval_dir: both sides train on the whole training folder (jaxcxr: its recipe's train and
+  validation films) and are scored on the same external films, macro-F1 with a bootstrap CI."""
   pytest.importorskip('torchvision')
   folder = phantom.write_folder(tmp_path / 'kaggle', num_per_class=12, image_size=32, seed=0)
+  external = phantom.write_folder(tmp_path / 'external', num_per_class=3, image_size=32, seed=1)
   out = tmp_path / 'out'
   jax = ['--config.data.image_size=32', '--config.data.stored_size=32', '--config.model.name=cnn_bn',
          '--config.train.batch_size=8', '--config.train.num_epochs=1', '--config.train.max_steps=2',
          '--config.eval.batch_size=8', '--config.eval.bootstrap=20', '--config.eval.shortcut=False',
-         '--config.checkpoint.async_save=False', '--config.optim.warmup_epochs=0']
+         '--config.eval.tta=False', '--config.checkpoint.async_save=False',
+         '--config.optim.warmup_epochs=0']
   cmd = [sys.executable, '-m', 'launch.benchmark_quality', f'--manual_dir={folder}',
-         f'--out={out}', '--budget_s=400', '--torch_epochs=1', '--torch_image_size=32',
-         '--torch_batch=8'] + [f'--jax_override={a}' for a in jax]
+         f'--eval_dir={external}', f'--out={out}', '--budget_s=400', '--torch_epochs=1',
+         '--torch_image_size=32', '--torch_batch=8'] + [f'--jax_override={a}' for a in jax]
   r = subprocess.run(cmd, cwd=train_helpers.REPO, env=train_helpers.env(), capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:] + (out / 'jaxcxr.log').read_text()[-2000:]
   summary = json.loads((out / 'benchmark_quality.json').read_text())
   jax_r, torch_r = summary['rows']
   assert (jax_r['name'], torch_r['name']) == ('jaxcxr', 'torchvision')
-  # Same held-out images: 12 per class x 15% = 2 per class.
-  assert jax_r['num_test'] == torch_r['num_test'] == 6
+  assert jax_r['num_test'] == torch_r['num_test'] == 9   # the external films, 3 per class
   splits = json.loads((out / 'splits.json').read_text())
-  assert len(splits['train']) == 3 * (12 - 2 - 2) and len(splits['test']) == 6
+  assert len(splits['train']) == 3 * 12 and len(splits['test']) == 9
+  assert all(p.startswith(str(external)) for p, _ in splits['test'])
   for r_ in (jax_r, torch_r):
     assert 0.0 <= r_['macro_f1'] <= 1.0 and r_['within_budget'] and r_['train_img_s'] > 0
+    lo, hi = r_['macro_f1_ci']
+    assert lo <= r_['macro_f1'] <= hi
   assert '| jaxcxr |' in r.stdout and '| torchvision |' in r.stdout

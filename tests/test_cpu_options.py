@@ -12,11 +12,11 @@ from tests import train_helpers as th
 
 
 def test_options_only_when_asked_on_cpu_with_a_tested_jaxlib():
-  assert cpu_options.compiler_options(True, 'cpu', '0.10.2') == cpu_options.YNN_FUSION
-  assert cpu_options.compiler_options(False, 'cpu', '0.10.2') is None
-  assert cpu_options.compiler_options(True, 'gpu', '0.10.2') is None
+  assert cpu_options.compiler_options(True, 'cpu', '0.12.0.1') == cpu_options.YNN_FUSION
+  assert cpu_options.compiler_options(False, 'cpu', '0.12.0.1') is None
+  assert cpu_options.compiler_options(True, 'gpu', '0.12.0.1') is None
   # XLA rejects an unknown option: a jaxlib not known to have it gets none.
-  assert cpu_options.compiler_options(True, 'cpu', '0.11.0') is None
+  assert cpu_options.compiler_options(True, 'cpu', '0.13.0') is None
 
 
 def _ynn_fusions(hlo: str) -> int:

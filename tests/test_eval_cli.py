@@ -9,6 +9,7 @@ checks the real error path, and a slow test runs the real chain train -> evaluat
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from jaxcxr.training import checkpoint
 from jaxcxr import data
 from jaxcxr.evaluation import report
 from jaxcxr.evaluation import export
+from jaxcxr.evaluation import folder_eval
 from jaxcxr.evaluation import gradcam
 from jaxcxr.evaluation import inference
 from jaxcxr import models
@@ -172,6 +174,97 @@ def test_export_onnx_run(workdir, tmp_path):
   assert spec['leaderboard_labels'] == ['COVID', 'NORMAL', 'PNEUMONIA']
 
 
+def _hospital_folder(root: Path, handle) -> tuple[Path, dict]:
+  """The 12 validation and test phantoms in a Kaggle layout as a new hospital might spell it:
+  covid/ (films directly inside), Normal/images/, VIRAL PNEUMONIA/; plus Lung_Opacity/ (no class
+  of a 3-class model), masks/ inside a class folder, a hidden file and two unreadable files.
+
+  Returns:
+    (folder, {relative name of each readable film: its source file}).
+  """
+  where = {'COVID': 'covid', 'Normal': 'Normal/images', 'Viral Pneumonia': 'VIRAL PNEUMONIA'}
+  films = {}
+  for split in ('validation', 'test'):
+    for name in handle.filenames(split):
+      cls, _, base = name.split('/')
+      rel = f'{where[cls]}/{split}-{base}'
+      (root / rel).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(Path(handle.phantom_dir) / name, root / rel)
+      films[rel] = Path(handle.phantom_dir) / name
+  (root / 'Lung_Opacity').mkdir()
+  shutil.copyfile(next(iter(films.values())), root / 'Lung_Opacity' / 'LO-1.png')
+  (root / 'covid' / 'masks').mkdir()
+  shutil.copyfile(next(iter(films.values())), root / 'covid' / 'masks' / 'm.png')
+  (root / 'Normal' / 'images' / '.DS_Store').write_bytes(b'\0')
+  (root / 'covid' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnope')
+  (root / 'covid' / 'notes.txt').write_text('reading list')
+  return root, dict(sorted(films.items()))
+
+
+def test_evaluate_folder(setup, workdir, tmp_path):
+  bundle, handle = setup
+  folder, films = _hospital_folder(tmp_path / 'hospital', handle)
+  result = folder_eval.evaluate_folder(workdir, str(folder), bootstrap=50, batch_size=4)
+  out = Path(workdir) / 'eval_folder_hospital'
+  assert result['out_dir'] == str(out) and result['name'] == 'hospital'
+  for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
+               'reliability_diagram.png', 'training_curves.png', 'predictions.csv',
+               'unreadable.csv'):
+    assert (out / name).exists(), name
+  # Unreadable files are listed with the reason and counted, not fatal.
+  assert [n for n, _ in result['unreadable']] == ['covid/broken.png', 'covid/notes.txt']
+  assert 'not an image' in result['unreadable'][1][1]
+  with open(out / 'unreadable.csv') as f:
+    assert [r['file'] for r in csv.DictReader(f)] == ['covid/broken.png', 'covid/notes.txt']
+  assert result['files_found'] == 14 and result['ignored_folders'] == ['Lung_Opacity']
+  rep = json.loads((out / 'report.json').read_text())
+  m = rep['metrics']
+  assert m['num_examples'] == 12 and rep['extra']['unreadable_files'] == 2
+  assert rep['extra']['eval_dir'] == str(folder.resolve())
+  # Labels come from the folders: the confusion matrix rows are the per-class film counts.
+  truth = [f.parts[-3] for f in films.values()]
+  assert [sum(r) for r in m['confusion_matrix']] == [truth.count(c) for c in bundle.class_names]
+  assert any(n.startswith('Not scored: Lung_Opacity/ (no class of this model') for n in m['notes'])
+  assert any('2 unreadable file(s)' in n for n in m['notes'])
+  # The probabilities are launch.predict's for the same files (same decode, resizes, model).
+  with open(out / 'predictions.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert sorted(r['file'] for r in rows) == list(films)
+  ref, paths, _ = inference.predict_files(
+      inference.make_predict_fn(bundle.module, bundle.variables),
+      [str(folder / r['file']) for r in rows], 32, 4)
+  assert len(paths) == 12
+  got = np.array([[float(r[f'prob_{c}']) for c in bundle.class_names] for r in rows])
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+  assert [r['true_label'] for r in rows] == [films[r['file']].parts[-3] for r in rows]
+  # Shortcut indicator over all 12 films, with source-resolution panels.
+  ind = rep['shortcut']['indicator']
+  assert sum(r['n'] for r in ind['per_class'].values()) == 12
+  assert rep['shortcut']['figures'] and all((out / p).exists() for p in rep['shortcut']['figures'])
+  assert '## Shortcut indicator' in (out / 'report.md').read_text()
+  # A class without a folder is left out (and noted in the report); the others are scored.
+  shutil.rmtree(folder / 'VIRAL PNEUMONIA')
+  two = folder_eval.scan_labelled_folder(folder, bundle.class_names)
+  assert two.missing == ['Viral Pneumonia'] and len(two.files) == 14 - truth.count('Viral Pneumonia')
+  assert two.class_folders == {'COVID': 'covid', 'Normal': 'Normal/images'}
+
+
+def test_evaluate_folder_errors(workdir, tmp_path):
+  films = tmp_path / 'films'
+  (films / 'xrays').mkdir(parents=True)
+  with pytest.raises(FileNotFoundError) as e:
+    folder_eval.evaluate_folder(workdir, str(films))
+  msg = str(e.value)
+  assert f'{films.resolve()} has no class subfolders (found: [\'xrays\'])' in msg
+  assert 'COVID/, Normal/, Viral Pneumonia/' in msg
+  with pytest.raises(FileNotFoundError, match='is not a folder'):
+    folder_eval.evaluate_folder(workdir, str(tmp_path / 'nowhere'))
+  (films / 'Normal').mkdir()
+  (films / 'Normal' / 'a.png').write_text('not a picture')
+  with pytest.raises(ValueError, match=r'None of the 1 files .* could be read'):
+    folder_eval.evaluate_folder(workdir, str(films))
+
+
 def _cli(module, *args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
@@ -204,6 +297,18 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   assert report['shortcut']['indicator'] and report['shortcut']['figures']
   assert all((work / 'eval_validation' / p).exists() for p in report['shortcut']['figures'])
   assert (work / 'eval_validation' / 'training_curves.png').exists()
+  # A labelled folder, one command: the same report for a new hospital's films.
+  _, handle = setup
+  folder, _ = _hospital_folder(tmp_path / 'hospital', handle)
+  proc = _cli('launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder),
+              '--bootstrap', '20')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'hospital: n=12 accuracy=' in proc.stdout and 'shortcut indicator: ' in proc.stdout
+  assert 'unreadable: covid/notes.txt: ' in proc.stderr
+  assert (work / 'eval_folder_hospital' / 'shortcut').is_dir()
+  proc = _cli('launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--split',
+              'test')
+  assert proc.returncode == 2 and 'not both' in proc.stderr
   result = inference.predict_workdir(str(work), str(tmp_path / 'p.csv'), split='test',
                                      leaderboard_labels=True)
   assert result['rows'] == 6 and not result['failed']

@@ -47,12 +47,31 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   schedule = optim.make_schedule(config.optim, steps_per_epoch, summary['steps'])
   np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
                              [float(schedule(r['step'] - 1)) for r in train_rows], rtol=1e-5)
-  # The final evaluation uses the best epoch's checkpoint.
-  best = max(epochs, key=lambda r: r['val_macro_f1'])
-  assert summary['best_step'] == best['step']
+  # The cosine schedule anneals, so the run ships (and evaluates) its last epoch.
+  assert summary['selected']['rule'] == 'last' and summary['selected']['epoch'] == 2
+  assert summary['best_step'] == summary['steps'] == epochs[-1]['step']
+  assert 'last epoch' in summary['selected']['why']
   assert 0.0 <= summary['test_accuracy'] <= 1.0
   assert (tmp_path / 'results.json').exists() and (tmp_path / 'config.json').exists()
   assert list((tmp_path / 'tensorboard').iterdir())
+
+
+@pytest.mark.parametrize('select, schedule', [('best', 'cosine'), ('auto', 'constant')])
+def test_best_epoch_by_metric_is_shipped_when_selected(data_dir, tmp_path, select, schedule):
+  """select='best' (or 'auto' with a schedule that does not anneal) ships the best epoch by the
+  early-stopping metric, not the last: with mode 'max' on the validation loss the "best" epoch is
+  the least trained one, so the two rules cannot coincide."""
+  config, _ = th.tiny_config(data_dir, **{'early_stopping.select': select,
+                                          'optim.schedule': schedule, 'train.num_epochs': 3,
+                                          'early_stopping.metric': 'val_loss',
+                                          'early_stopping.mode': 'max'})
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  epochs = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
+  epochs = [r for r in epochs if r['kind'] == 'epoch']
+  best = max(epochs, key=lambda r: r['val_loss'])
+  assert best['epoch'] < epochs[-1]['epoch']
+  assert summary['selected']['rule'] == 'best'
+  assert summary['best_step'] == best['step'] and summary['selected']['epoch'] == best['epoch']
 
 
 def test_train_step_is_traced_once_and_keeps_state_on_nan(data_dir):

@@ -111,6 +111,7 @@ def trial(arch: str, batch: int, *, image_size: int, dtype, steps: int) -> dict[
   'densenet201:scan8') at one global batch on all local devices."""
   mesh = sharding.make_mesh(jax.local_devices())
   name, overrides = benchmark_compare.parse_spec(arch)
+  overrides, _ = benchmark_compare.split_options(overrides)   # XLA:CPU options: not on a GPU
   module = models.build(name, benchmark.NUM_CLASSES, dtype=dtype, **overrides)
   state = benchmark.make_state(module, image_size)
   state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), state)

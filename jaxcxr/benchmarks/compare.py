@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from jaxcxr.benchmarks import common as benchmark
 from jaxcxr.benchmarks import guard as guard
+from jaxcxr.training import cpu_options
 
 MIN_STEPS = 5
 
@@ -87,14 +88,30 @@ class Worker:
 
 def parse_spec(spec: str) -> tuple[str, dict]:
   """'densenet201:me' -> ('densenet201', {'memory_efficient': True}), 'densenet201:scan8' ->
-  ('densenet201', {'scan_chunk': 8}); plain names pass through."""
-  name, _, suffix = spec.partition(':')
-  if suffix in ('', 'me'):
-    return name, ({'memory_efficient': True} if suffix == 'me' else {})
-  if suffix.startswith('scan') and suffix[4:].isdigit() and int(suffix[4:]) > 0:
-    return name, {'scan_chunk': int(suffix[4:])}
-  raise ValueError(f'arch {spec!r}: the suffixes are ":me" (DenseNet memory_efficient=True) and '
-                   '":scanN" (DenseNet scan_chunk=N, N > 0).')
+  ('densenet201', {'scan_chunk': 8}), 'resnet101:ynn' -> ('resnet101', {'cpu_options': 'ynn'})
+  (XLA:CPU compiler options of `jaxcxr.training.cpu_options.OPTIONS`, as the model's config sets
+  them); suffixes combine ('densenet201:scan8:ynn'); plain names pass through."""
+  name, *suffixes = spec.split(':')
+  overrides = {}
+  for suffix in suffixes:
+    if suffix == 'me':
+      overrides['memory_efficient'] = True
+    elif suffix.startswith('scan') and suffix[4:].isdigit() and int(suffix[4:]) > 0:
+      overrides['scan_chunk'] = int(suffix[4:])
+    elif suffix in cpu_options.OPTIONS:
+      overrides['cpu_options'] = suffix
+    else:
+      raise ValueError(f'arch {spec!r}: the suffixes are ":me" (DenseNet memory_efficient=True), '
+                       f'":scanN" (DenseNet scan_chunk=N, N > 0) and the XLA:CPU option sets '
+                       f'{", ".join(":" + k for k in cpu_options.OPTIONS)}.')
+  return name, overrides
+
+
+def split_options(overrides: dict) -> tuple[dict, dict | None]:
+  """(model overrides, compiler options) of a `parse_spec` result."""
+  overrides = dict(overrides)
+  name = overrides.pop('cpu_options', '')
+  return overrides, (dict(cpu_options.OPTIONS[name]) if name else None)
 
 
 def alternate(workers: Sequence[Worker], key: str, steps: int) -> dict[str, list[float]]:

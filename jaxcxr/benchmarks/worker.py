@@ -26,6 +26,7 @@ from jaxcxr import models
 from jaxcxr.data.preprocess import to_model_input
 from jaxcxr.evaluation import gradcam
 from jaxcxr.benchmarks import common as benchmark
+from jaxcxr.benchmarks import compare as benchmark_compare
 from jaxcxr.training import distributed
 from jaxcxr.training import steps as steps_lib
 
@@ -52,7 +53,7 @@ class JaxArch:
                                  'device': str(jax.devices()[0].device_kind)}
     self._steps: dict[str, Callable[[], Any]] = {}
     arch, size, batch = setup['arch'], int(setup['image_size']), int(setup['batch'])
-    overrides = dict(setup.get('overrides', {}))
+    overrides, options = benchmark_compare.split_options(setup.get('overrides', {}))
     self.batch = benchmark.random_batch(batch, size)
     key = jax.random.key(0)
     parts = setup.get('parts', ['train', 'eval'])
@@ -62,14 +63,15 @@ class JaxArch:
       # The train step donates its state: every part reads the current one from this holder.
       holder = [benchmark.make_state(module, size)]
       if 'train' in parts or setup.get('compile_only'):
-        compiled, timings = benchmark.compile_train_step(module, holder[0], self.batch, key, dtype)
+        compiled, timings = benchmark.compile_train_step(module, holder[0], self.batch, key, dtype,
+                                                         compiler_options=options)
         self.info.update({f'{k}_{name}': v for k, v in timings.items()})
         self._steps[f'train/{name}'] = functools.partial(self._train, compiled, holder, key)
       if setup.get('compile_only'):
         continue
       if 'eval' in parts:
         ev = jax.jit(functools.partial(steps_lib.eval_step, dtype=dtype))
-        ev_c = ev.lower(holder[0], self.batch).compile()
+        ev_c = ev.lower(holder[0], self.batch).compile(options)
         self.info[f'eval_flops_{name}'] = benchmark.cost_flops(ev_c)
         self._steps[f'eval/{name}'] = lambda ev_c=ev_c, h=holder: ev_c(h[0], self.batch)
       if 'gradcam' in parts and name == 'float32':

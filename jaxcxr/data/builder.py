@@ -17,9 +17,20 @@ compresses its chunks anyway).
 
 Splits `train` / `validation` / `test` are stratified per class and deterministic
 (`sampling.stratified_split`); pictures whose decoded pixels are equal are kept once
-(`sampling.dedupe`), so one picture never lands in two splits. Per-split per-class counts, the
-duplicates, skipped bad files and the prepare settings are stored in the dataset metadata
-(`metadata.json`), which `jaxcxr.data.prepare` reads back and checks against the config.
+(`sampling.dedupe`), so one picture never lands in two splits, and look-alike films (re-uploads,
+re-encodings, resamples: 16x16 dHash within `lookalike_threshold` bits, `jaxcxr.data.lookalikes`,
+the grouping `launch.explore` shows) are kept whole in one split, so they cannot flatter a test
+score either. Per-split per-class counts, the duplicates, the look-alike groups, skipped bad files
+and the prepare settings are stored in the dataset metadata (`metadata.json`), which
+`jaxcxr.data.prepare` reads back and checks against the config.
+
+Versions: 1.0.0 split film by film (look-alikes could straddle splits); 1.1.0 keeps look-alike
+groups in one split (without look-alikes, its split is 1.0.0's). A dataset prepared by 1.0.0 sits
+in its own version folder and is never opened. `prepare` re-prepares the folder as 1.1.0 when
+every film keeps its 1.0.0 split (checked before any record is written); otherwise, or with no
+manual folder to check against, it refuses with the command that replaces it
+(`launch.prepare_data ... --overwrite`), so a run trained on the old splits is not silently
+resumed or evaluated on new ones.
 """
 
 import concurrent.futures
@@ -36,6 +47,7 @@ import tensorflow_datasets as tfds
 
 from jaxcxr import CLASS_NAMES_3, CLASS_NAMES_4
 from jaxcxr.data import images as images_lib
+from jaxcxr.data import lookalikes
 from jaxcxr.data import phantom
 from jaxcxr.data import sampling
 
@@ -77,12 +89,25 @@ class PrepareSettings:
   stored_size: int = DEFAULT_STORED_SIZE
   on_bad_image: str = 'error'
   max_image_pixels: int = images_lib.DEFAULT_MAX_PIXELS
+  lookalike_threshold: int = lookalikes.DEFAULT_THRESHOLD  # < 0: no grouping (film by film)
   num_threads: int = 0  # 0 -> os.cpu_count(); not part of the content
   progress: bool = True  # tqdm progress bar while checking images; not part of the content
+  # A dataset an older builder version prepared from the same folder: the new splits must equal
+  # its splits (else `SplitsChangedError`, before any record is written). Not part of the content.
+  previous_version: str = ''
+
 
 
 class BadImagesError(ValueError):
   """One or more unusable files in the manual folder (`on_bad_image='error'`)."""
+
+
+class SplitsChangedError(ValueError):
+  """This version would put films in other splits than an older version's prepared dataset."""
+
+  def __init__(self, moved: int, total: int):
+    self.moved, self.total = moved, total
+    super().__init__(f'{moved} of {total} films would change split')
 
 
 @dataclasses.dataclass
@@ -92,12 +117,56 @@ class _Entry:
   name: str  # relative to the manual folder, posix
 
 
+def _class_dir(root: Path, class_name: str) -> Optional[Path]:
+  """`root`'s folder of `class_name`: an alias (FOLDER_ALIASES) spelled exactly, else the one
+  subfolder whose name matches an alias case-insensitively ('covid/', 'VIRAL PNEUMONIA/'); None.
+
+  Raises:
+    ValueError: several subfolders match case-insensitively and none exactly.
+  """
+  aliases = FOLDER_ALIASES.get(class_name, (class_name,))
+  for alias in aliases:
+    if (root / alias).is_dir():
+      return root / alias
+  wanted = {a.lower() for a in aliases}
+  found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted)
+  if len(found) > 1:
+    raise ValueError(f"{len(found)} folders in {root} could hold the '{class_name}' images: "
+                     f'{[p.name for p in found]}. Merge them into one {class_name}/ folder.')
+  return found[0] if found else None
+
+
+def class_folders(root: Path, class_names: tuple[str, ...]) -> dict[str, Path]:
+  """The image folder (`<Class>/images/` when present, else `<Class>/`) of each class present.
+
+  Class folders are found as `find_class_folder` finds them; absent classes are left out.
+  """
+  out = {}
+  if not root.is_dir():
+    return out
+  for name in class_names:
+    folder = _class_dir(root, name)
+    if folder is not None:
+      out[name] = folder / 'images' if (folder / 'images').is_dir() else folder
+  return out
+
+
+def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
+  """(candidate files sorted, hidden files) of a class folder; subfolders (masks/) are skipped."""
+  files = sorted(p for p in folder.iterdir() if p.is_file())
+  return ([p for p in files if not p.name.startswith('.')],
+          [p for p in files if p.name.startswith('.')])
+
+
 def find_class_folder(manual_dir: Path, class_name: str) -> Path:
-  """The folder holding `class_name`'s images (`<Class>/images/` when present, else `<Class>/`)."""
-  for alias in FOLDER_ALIASES.get(class_name, (class_name,)):
-    folder = manual_dir / alias
-    if folder.is_dir():
-      return folder / 'images' if (folder / 'images').is_dir() else folder
+  """The folder holding `class_name`'s images (`<Class>/images/` when present, else `<Class>/`).
+
+  The class folder is an alias of FOLDER_ALIASES ('COVID' or 'COVID-19', ...) spelled exactly or,
+  failing that, matched case-insensitively ('covid', 'viral pneumonia').
+  """
+  folder = class_folders(manual_dir, (class_name,)).get(class_name)
+  if folder is not None:
+    return folder
   found = sorted(p.name for p in manual_dir.iterdir() if p.is_dir()) if manual_dir.is_dir() else []
   raise FileNotFoundError(
       f"Class folder '{class_name}/' is missing in {manual_dir} (found folders: {found}). Put the "
@@ -115,10 +184,8 @@ def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[_E
   entries, ignored = [], []
   for label, name in enumerate(class_names):
     folder = find_class_folder(manual_dir, name)
-    files = sorted(p for p in folder.iterdir() if p.is_file())  # subfolders (masks/) skipped
-    hidden = [p for p in files if p.name.startswith('.')]
+    files, hidden = class_files(folder)
     ignored += [p.relative_to(manual_dir).as_posix() for p in hidden]
-    files = [p for p in files if not p.name.startswith('.')]
     if not files:
       raise FileNotFoundError(
           f"Class folder {folder} contains no image files. Put the '{name}' images there, or use "
@@ -136,13 +203,13 @@ def folder_fingerprint(manual_dir: Path, class_names: tuple[str, ...]) -> dict:
   return {'num_files': len(entries), 'hash': h.hexdigest()}
 
 
-def _check(entry: _Entry, settings: PrepareSettings) -> tuple[Optional[str], Optional[str]]:
-  """(content hash, None) for a usable image, (None, reason) for a bad one."""
+def _check(entry: _Entry, settings: PrepareSettings) -> tuple[Optional[tuple], Optional[str]]:
+  """((content hash, perceptual hash), None) for a usable image, (None, reason) for a bad one."""
   try:
     img = images_lib.load_grey(entry.path, max_pixels=settings.max_image_pixels)
   except images_lib.ImageError as e:
     return None, e.reason
-  return images_lib.content_hash(img), None
+  return (images_lib.content_hash(img), lookalikes.perceptual_hash(img)), None
 
 
 def _map_threads(fn: Callable, items: list, num_threads: int, desc: str, progress: bool):
@@ -164,8 +231,12 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Kaggle COVID-19 Radiography Database from a manual folder, as ArrayRecord."""
 
   name = 'covid19_radiography'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Stratified deduplicated splits, uint8 grey stored at a fixed size.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Stratified deduplicated splits, uint8 grey stored at a fixed size.',
+      '1.1.0': ('Look-alike films (16x16 dHash within lookalike_threshold bits) kept in one '
+                'split; 1.0.0 split film by film, so near copies could sit in train and test.'),
+  }
   BUILDER_CONFIGS = [
       CxrConfig(name='3class', class_names=CLASS_NAMES_3,
                 description='COVID, Normal, Viral Pneumonia (as in the paper).'),
@@ -221,11 +292,12 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f'{images_lib.PREPARE_REMEDY}')
     good = [(e, h) for e, (h, _) in zip(entries, checked) if h]
     keep, duplicates, conflicts = sampling.dedupe(
-        [h for _, h in good], [e.label for e, _ in good], [e.name for e, _ in good])
+        [h for _, (h, _) in good], [e.label for e, _ in good], [e.name for e, _ in good])
     kept = [e for (e, _), k in zip(good, keep) if k]
+    groups = self._lookalike_groups(good, keep)
     assign = sampling.stratified_split([e.label for e in kept], [e.name for e in kept],
                                        val_fraction=s.val_fraction, test_fraction=s.test_fraction,
-                                       seed=s.split_seed)
+                                       seed=s.split_seed, groups=groups)
     by_split = {split: [e for e, a in zip(kept, assign) if a == split] for split in sampling.SPLITS}
     counts = {split: np.bincount([e.label for e in es], minlength=len(class_names)).tolist()
               for split, es in by_split.items()}
@@ -240,11 +312,33 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'ignored_hidden_files': ignored,
         'duplicates': duplicates,
         'label_conflicts': conflicts,
+        'lookalikes': lookalikes.describe(groups, [e.name for e in kept],
+                                          [class_names[e.label] for e in kept],
+                                          s.lookalike_threshold),
     })
+    if s.previous_version:
+      moved, total = _moved_films(Path(s.previous_version), by_split)
+      if moved:
+        raise SplitsChangedError(moved, total)
     marker = manual_dir / 'PHANTOM.json'
     if marker.exists():
       self.info.metadata['phantom'] = json.loads(marker.read_text())
     return {split: self._generate_examples(es) for split, es in by_split.items() if es}
+
+  def _lookalike_groups(self, good: list[tuple[_Entry, tuple]],
+                        keep: np.ndarray) -> list[list[int]]:
+    """Look-alike groups of the kept files (indices into them), found among all usable files.
+
+    Grouping runs before exact copies are dropped (as in `launch.explore`), so a film and a near
+    copy of its dropped exact copy still share a group.
+    """
+    s = self._settings
+    if s.lookalike_threshold < 0 or len(good) < 2:
+      return []
+    hashes = np.stack([p for _, (_, p) in good])
+    groups, _, _ = lookalikes.near_duplicates(hashes, [c for _, (c, _) in good],
+                                              s.lookalike_threshold, progress=s.progress)
+    return lookalikes.restrict(groups, np.asarray(keep, bool))
 
   def _generate_examples(self, entries: list[_Entry]) -> Iterator[tuple[str, dict]]:
     s = self._settings
@@ -269,10 +363,27 @@ class CxrPhantom(CovidRadiography, skip_registration=True):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Generated by jaxcxr.data.phantom.write_folder.'
 
 
+def _moved_films(previous: Path, by_split: dict[str, list[_Entry]]) -> tuple[int, int]:
+  """(films whose split differs from the dataset in `previous`, or that only one of them has;
+  films in either)."""
+  builder = tfds.builder_from_directory(str(previous))
+  before = {}
+  for split in builder.info.splits:
+    src = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+    for start in range(0, len(src), 1024):
+      for r in src.__getitems__(list(range(start, min(len(src), start + 1024)))):
+        f = r['filename']
+        before[f.decode() if isinstance(f, bytes) else str(f)] = split
+  after = {e.name: split for split, es in by_split.items() for e in es}
+  names = set(before) | set(after)
+  return sum(before.get(n) != after.get(n) for n in names), len(names)
+
+
 def content_settings(s: PrepareSettings) -> dict:
   """The settings that decide the prepared content (compared when a dataset is reused)."""
   return {'split_seed': int(s.split_seed), 'val_fraction': float(s.val_fraction),
-          'test_fraction': float(s.test_fraction), 'stored_size': int(s.stored_size)}
+          'test_fraction': float(s.test_fraction), 'stored_size': int(s.stored_size),
+          'lookalike_threshold': int(s.lookalike_threshold)}
 
 
 BUILDERS = {'folder': CovidRadiography, 'phantom': CxrPhantom}
@@ -427,6 +538,10 @@ def validate_data_config(data_cfg) -> None:
                      f'stored_size={data_cfg.stored_size} >= 0 (0 = automatic: '
                      f'max(image_size, {DEFAULT_STORED_SIZE}) for a folder, image_size for '
                      'phantoms).')
+  threshold = int(data_cfg.get('lookalike_threshold', lookalikes.DEFAULT_THRESHOLD))
+  if not -1 <= threshold <= lookalikes.HASH_BITS:
+    raise ValueError(f'config.data.lookalike_threshold={threshold}; expected -1 (no grouping) to '
+                     f'{lookalikes.HASH_BITS} bits (default {lookalikes.DEFAULT_THRESHOLD}).')
   if data_cfg.source == 'phantom' and int(data_cfg.phantom.num_per_class) < 3:
     raise ValueError(f'config.data.phantom.num_per_class={data_cfg.phantom.num_per_class}; need '
                      '>= 3 so every split gets examples.')
@@ -454,6 +569,7 @@ def settings_from_config(data_cfg, *, progress: bool = True) -> PrepareSettings:
       test_fraction=float(data_cfg.test_fraction), stored_size=stored_size(data_cfg),
       on_bad_image=str(data_cfg.on_bad_image),
       max_image_pixels=int(data_cfg.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
+      lookalike_threshold=int(data_cfg.get('lookalike_threshold', lookalikes.DEFAULT_THRESHOLD)),
       progress=progress)
 
 
@@ -473,6 +589,8 @@ def prepare_command(data_cfg, data_dir: Path) -> str:
   settings.update(split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
                   test_fraction=data_cfg.test_fraction, stored_size=stored_size(data_cfg),
                   on_bad_image=data_cfg.on_bad_image)
+  if 'lookalike_threshold' in data_cfg:  # configs without the key prepare with the default
+    settings['lookalike_threshold'] = data_cfg.lookalike_threshold
   return ' '.join(['python -m launch.prepare_data --config configs/default.py',
                    *(f'--config.data.{k}={v}' for k, v in settings.items()), '--overwrite'])
 
@@ -544,19 +662,60 @@ def _tfds_dir(data_cfg, data_dir: Path, expected: dict) -> Path:
   return data_dir / 'phantom_tfds' / key[:12]
 
 
-def _open_or_build(make: Callable[[], tfds.core.DatasetBuilder], expected: dict,
+def _older_versions(dataset_dir: Path) -> list[Path]:
+  """Prepared datasets of earlier builder versions beside `dataset_dir` (same name and config)."""
+  try:
+    here = tfds.core.Version(dataset_dir.name)
+  except ValueError:
+    return []
+  out = []
+  for d in dataset_dir.parent.glob('*') if dataset_dir.parent.is_dir() else []:
+    try:
+      version = tfds.core.Version(d.name)
+    except ValueError:
+      continue  # TFDS's incomplete.* folders
+    if version < here and (d / 'dataset_info.json').exists():
+      out.append((version, d))
+  return [d for _, d in sorted(out)]
+
+
+def _older_version_message(older: Path, dataset_dir: Path, data_cfg, data_dir: Path, *,
+                           moved: Optional[SplitsChangedError] = None) -> str:
+  """Why a dataset prepared by an older jaxcxr is not reused, and the command that replaces it."""
+  old, new = older.name, dataset_dir.name
+  if moved is None:  # no manual folder to check the new splits against the old ones
+    change = ('That can move films between train, validation and test (config.data.manual_dir '
+              'is empty, so this was not checked)')
+  else:
+    change = (f'Here {moved.moved} of {moved.total} films would not be in the split they were '
+              'in')
+  return (
+      f'The dataset in {older} was prepared by an older jaxcxr (dataset version {old}); this '
+      f'one prepares version {new}: {CovidRadiography.RELEASE_NOTES.get(new, "")} {change}, so '
+      f'the old dataset is not reused: a run trained on the {old} splits could be resumed or '
+      'evaluated on films it has seen. Re-prepare it (--overwrite replaces the '
+      f'{old} dataset) with:\n  '
+      f'{prepare_command(data_cfg, data_dir)}\nthen retrain the runs whose scores you compare, '
+      'or point config.data.data_dir at another folder.')
+
+
+def _open_or_build(make: Callable[[str], tfds.core.DatasetBuilder], expected: dict,
                    manual_dir: Optional[Path], *, overwrite: bool, data_cfg, data_dir: Path):
   """The builder of a prepared dataset that matches `expected`, preparing it if absent.
 
   Raises:
     ValueError: the prepared dataset differs from `expected` (names each mismatch and the command
-      that re-prepares it), or there is none and no folder to prepare it from.
+      that re-prepares it), there is none and no folder to prepare it from, or only an older
+      version is prepared (`overwrite` replaces it).
   """
-  builder = make()
+  builder = make('')
   dataset_dir = Path(builder.data_dir)
-  if (dataset_dir / 'dataset_info.json').exists() and overwrite:
-    shutil.rmtree(dataset_dir)
-    builder = make()
+  older = _older_versions(dataset_dir)
+  if overwrite and ((dataset_dir / 'dataset_info.json').exists() or older):
+    for d in [dataset_dir, *older]:
+      shutil.rmtree(d, ignore_errors=True)
+    older = []
+    builder = make('')
   if (dataset_dir / 'dataset_info.json').exists():
     meta = dict(builder.info.metadata)
     bad = _mismatches(meta, expected)
@@ -568,14 +727,22 @@ def _open_or_build(make: Callable[[], tfds.core.DatasetBuilder], expected: dict,
           f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
           'values, or point config.data.data_dir at another folder.')
     return builder
+  if older and manual_dir is None:
+    raise ValueError(_older_version_message(older[-1], dataset_dir, data_cfg, data_dir))
   if manual_dir is None:
     raise ValueError(
         f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
         'config.data.manual_dir (--config.data.manual_dir=PATH) to the Kaggle folder, or '
         "use config.data.source='phantom'.")
   scan_folder(manual_dir, tuple(expected['class_names']))  # our messages for missing/empty
-  builder.download_and_prepare(                               # folders, before TFDS's
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  if older:                                                   # folders, before TFDS's
+    builder = make(str(older[-1]))  # re-prepared only if the films keep their splits
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  except SplitsChangedError as e:
+    raise ValueError(_older_version_message(older[-1], dataset_dir, data_cfg, data_dir,
+                                            moved=e)) from None
   return builder
 
 
@@ -590,15 +757,17 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
 
   Args:
     data_cfg: `config.data` (see configs/base.py).
-    overwrite: delete and rebuild an existing dataset (needed after changing split settings).
+    overwrite: delete and rebuild an existing dataset (needed after changing split settings),
+      and delete the datasets older jaxcxr versions prepared beside it.
     progress: show a tqdm bar (on a terminal) while checking images.
 
   Returns:
     The DatasetHandle.
 
   Raises:
-    ValueError: invalid config, or the existing dataset was prepared with other settings (the
-      message names each mismatch and the command that re-prepares it).
+    ValueError: invalid config, the existing dataset was prepared with other settings (the
+      message names each mismatch and the command that re-prepares it), or only by an older
+      jaxcxr version (`overwrite` replaces it).
     FileNotFoundError: missing manual folder / class folder / empty class folder.
     BadImagesError: unusable files with `on_bad_image='error'`.
   """
@@ -612,8 +781,9 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
     manual_dir, identity = _source_folder(data_cfg, data_dir, class_names)
     expected.update(identity)
     tfds_dir = _tfds_dir(data_cfg, data_dir, expected)
-    make = lambda: cls(config=data_cfg.builder_config, data_dir=str(tfds_dir),
-                       file_format='array_record', settings=settings)
+    make = lambda previous: cls(
+        config=data_cfg.builder_config, data_dir=str(tfds_dir), file_format='array_record',
+        settings=dataclasses.replace(settings, previous_version=previous))
     builder = _open_or_build(make, expected, manual_dir, overwrite=overwrite, data_cfg=data_cfg,
                              data_dir=data_dir)
   meta = dict(builder.info.metadata)
@@ -627,7 +797,7 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
 
 
 def summary_table(handle: DatasetHandle) -> str:
-  """Per-class, per-split counts plus skipped files, duplicates and conflicts, as text."""
+  """Per-class, per-split counts plus skipped files, duplicates, conflicts and look-alike groups."""
   splits = sampling.SPLITS
   w = max(12, *(len(c) for c in handle.class_names))
   lines = [f'{handle.name}/{handle.builder_config} in {handle.dataset_dir}',
@@ -644,10 +814,16 @@ def summary_table(handle: DatasetHandle) -> str:
                f'{sum(len(g) - 1 for g in dups)} (in {len(dups)} groups); label conflicts dropped: '
                f"{sum(len(g) for g in m.get('label_conflicts', []))}; hidden files ignored: "
                f"{len(m.get('ignored_hidden_files', []))}")
+  look = m.get('lookalikes') or {}
+  lines.append(lookalikes.summary_line(look))
   for s in m.get('skipped', [])[:20]:
     lines.append(f"  skipped {s['file']}: {s['reason']}")
   for g in dups[:10]:
     lines.append(f'  duplicate: kept {g[0]}, dropped {", ".join(g[1:])}')
   for g in m.get('label_conflicts', [])[:10]:
     lines.append(f'  label conflict (all dropped): {", ".join(g)}')
+  for g in look.get('groups', [])[:10]:
+    lines.append(f'  look-alikes (one split): {", ".join(g)}')
+  for g in look.get('mixed_label_groups', [])[:10]:
+    lines.append(f'  look-alikes with different labels (kept, one split): {", ".join(g)}')
   return '\n'.join(lines)

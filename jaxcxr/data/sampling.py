@@ -1,4 +1,4 @@
-"""Index bookkeeping: content de-duplication, stratified splits, epoch draws and host sharding.
+"""Index bookkeeping: de-duplication, stratified (group-keeping) splits, epoch draws, host sharding.
 
 The training stream is a Grain `MapDataset` of infinite length whose position `g` is
 `(epoch, pos) = divmod(g, N)` with N = number of training examples; epoch e is one array of N record
@@ -22,6 +22,7 @@ hosts read disjoint data, their local batches concatenate (in process order) to 
 and the global batch does not depend on how many hosts there are.
 """
 
+import collections
 import sys
 from typing import Sequence
 
@@ -63,25 +64,81 @@ def dedupe(hashes: Sequence[str], labels: Sequence[int],
   return keep, duplicates, conflicts
 
 
-def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fraction: float,
-                     test_fraction: float, seed: int) -> list[str]:
-  """Assigns each example to 'train' / 'validation' / 'test', class by class.
+_GROUP_STREAM = 1 << 20  # random stream of the group placement; class c's is (seed, c)
 
-  Per class (its examples sorted by name, then permuted by `default_rng([seed, class])`), the first
-  round(n * test_fraction) go to test, the next round(n * val_fraction) to validation, the rest to
-  train. The result depends only on the names, labels, fractions and seed.
+
+def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fraction: float,
+                     test_fraction: float, seed: int,
+                     groups: Sequence[Sequence[int]] = ()) -> list[str]:
+  """Assigns each example to 'train' / 'validation' / 'test', class by class, groups whole.
+
+  Per class, round(n * test_fraction) examples go to test, round(n * val_fraction) to validation
+  and the rest to train (n: the class's examples, grouped or not).
+
+  `groups` (index lists, e.g. look-alike films from `lookalikes.near_duplicates`) are placed
+  first, each whole into one split: largest first (then by first name), into a split where every
+  one of its classes still has room for its members, drawn with probability proportional to that
+  room (so groups land in test about as often as single films do); a group that fits nowhere goes
+  where it overflows least (train on ties). A group whose members carry different labels is
+  placed the same way, each member counting against its own class. The other examples of each
+  class (sorted by name, then permuted by `default_rng([seed, class])`) fill what is left: the
+  first go to test, the next to validation, the rest to train. So the per-class counts are the
+  targets above unless a group overflowed, and without groups the split is the one of jaxcxr's
+  first dataset version (1.0.0). The result depends only on the names, labels, groups, fractions
+  and seed.
+
+  Raises:
+    ValueError: an example is in two groups.
   """
   labels = np.asarray(labels)
   out = [''] * len(labels)
-  for c in np.unique(labels):
-    idx = sorted(np.flatnonzero(labels == c), key=lambda i: names[i])
-    perm = np.random.default_rng([seed, int(c)]).permutation(len(idx))
-    n_test = int(round(len(idx) * test_fraction))
-    n_val = int(round(len(idx) * val_fraction))
+  classes = [int(c) for c in np.unique(labels)]
+  room = {'test': {}, 'validation': {}, 'train': {}}
+  for c in classes:
+    n = int(np.sum(labels == c))
+    room['test'][c] = int(round(n * test_fraction))
+    room['validation'][c] = int(round(n * val_fraction))
+    room['train'][c] = n - room['test'][c] - room['validation'][c]
+  grouped = _place_groups(labels, names, groups, room, seed, out)
+  for c in classes:
+    idx = sorted((i for i in np.flatnonzero(labels == c) if i not in grouped),
+                 key=lambda i: names[i])
+    perm = np.random.default_rng([seed, c]).permutation(len(idx))
+    n_test = max(room['test'][c], 0)
+    n_val = max(room['validation'][c], 0)
     for rank, j in enumerate(perm):
       split = 'test' if rank < n_test else 'validation' if rank < n_test + n_val else 'train'
       out[idx[j]] = split
   return out
+
+
+def _place_groups(labels: np.ndarray, names: Sequence[str], groups: Sequence[Sequence[int]],
+                  room: dict, seed: int, out: list[str]) -> set[int]:
+  """Puts each group whole into one split (see `stratified_split`); updates `room` and `out`.
+
+  Returns:
+    The indices placed.
+  """
+  placed: set[int] = set()
+  for g in groups:
+    if placed & set(g):
+      raise ValueError(f'Example(s) {sorted(placed & set(g))} belong to more than one group.')
+    placed |= set(int(i) for i in g)
+  rng = np.random.default_rng([seed, _GROUP_STREAM])
+  for g in sorted(groups, key=lambda g: (-len(g), min(names[i] for i in g))):
+    need = collections.Counter(int(labels[i]) for i in g)
+    fits = [s for s in SPLITS if all(room[s][c] >= k for c, k in need.items())]
+    if fits:
+      weight = np.array([sum(room[s][c] for c in need) for s in fits], np.float64)
+      split = fits[rng.choice(len(fits), p=weight / weight.sum())]
+    else:
+      split = min(SPLITS, key=lambda s: (sum(max(k - room[s][c], 0) for c, k in need.items()),
+                                         SPLITS.index(s)))
+    for c, k in need.items():
+      room[split][c] -= k
+    for i in g:
+      out[i] = split
+  return placed
 
 
 def class_quota(num_draws: int, num_classes: int, c: int, epoch: int) -> int:

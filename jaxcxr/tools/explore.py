@@ -18,7 +18,7 @@ generated folder) every file as found, including those prepare drops (exact copi
 unusable files): header size/mode/format, then the pixels as `images.decode_grey` reads them. For a
 dataset opened from a data_dir alone (`fill_prepared_settings`), the stored records (stored size,
 8-bit grey; exact copies were already dropped by prepare). Duplicates are found by
-`jaxcxr.tools.duplicates`.
+`jaxcxr.tools.duplicates` (hashes and grouping: `jaxcxr.data.lookalikes`).
 """
 
 import collections
@@ -41,6 +41,7 @@ from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import builder
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
+from jaxcxr.data import lookalikes
 from jaxcxr.data import sampling
 from jaxcxr.tools import duplicates as dup_lib
 from jaxcxr.tools import explore_plots
@@ -91,7 +92,7 @@ class Inventory:
 
 def _pixel_facts(grey: np.ndarray) -> tuple[str, np.ndarray, float, np.ndarray]:
   hist = np.bincount(grey.ravel(), minlength=256) / grey.size
-  return images_lib.content_hash(grey), dup_lib.perceptual_hash(grey), float(grey.mean()), hist
+  return images_lib.content_hash(grey), lookalikes.perceptual_hash(grey), float(grey.mean()), hist
 
 
 def _inspect_file(path: Path, max_pixels: int) -> dict:
@@ -124,7 +125,7 @@ def _map(fn: Callable, items: list, desc: str, progress: bool) -> list:
 
 def _assemble(kind, root, names, labels, results, refs, num_classes) -> Inventory:
   n = len(names)
-  words = dup_lib.HASH_SIDE * dup_lib.HASH_SIDE // 64
+  words = lookalikes.HASH_BITS // 64
   inv = Inventory(kind=kind, root=str(root), names=list(names), labels=np.asarray(labels, np.int64),
                   formats=[r['format'] for r in results], modes=[r['mode'] for r in results],
                   sizes=[r['size'] for r in results], errors=[r['error'] for r in results],
@@ -333,6 +334,8 @@ def fill_prepared_settings(data_cfg) -> None:
   settings = json.loads((folder / 'metadata.json').read_text())['settings']
   data_cfg.source = 'folder'
   data_cfg.split_seed = int(settings['split_seed'])
+  if 'lookalike_threshold' in settings and 'lookalike_threshold' in data_cfg:
+    data_cfg.lookalike_threshold = int(settings['lookalike_threshold'])
   data_cfg.val_fraction = float(settings['val_fraction'])
   data_cfg.test_fraction = float(settings['test_fraction'])
   data_cfg.stored_size = int(settings['stored_size'])
@@ -384,7 +387,7 @@ def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict,
       str(out / 'intensity.png'), what='files as decoded' if inv.kind == 'files' else 'stored')
   nearest = dups.nearest
   if (nearest >= 0).any():
-    explore_plots.nearest_distances(nearest[nearest >= 0], dups.threshold, dup_lib.HASH_SIDE ** 2,
+    explore_plots.nearest_distances(nearest[nearest >= 0], dups.threshold, lookalikes.HASH_BITS,
                                     str(out / 'duplicates.png'))
   if dups.groups:
     explore_plots.image_rows(_group_rows(inv, handle, dups.groups),
@@ -405,7 +408,8 @@ def _draw_figures(out: Path, data_cfg, handle, inv: Inventory, draws: dict,
 def _duplicates_section(dups: dup_lib.Duplicates) -> dict:
   groups, near = dups.groups, dups.nearest[dups.nearest >= 0]
   return {
-      'hash': f'dHash {dup_lib.HASH_SIDE}x{dup_lib.HASH_SIDE}', 'hash_bits': dup_lib.HASH_SIDE ** 2,
+      'hash': f'dHash {lookalikes.HASH_SIDE}x{lookalikes.HASH_SIDE}',
+      'hash_bits': lookalikes.HASH_BITS,
       'threshold_bits': dups.threshold, 'num_groups': len(groups),
       'exact_groups': sum(g['kind'] == 'exact' for g in groups),
       'near_groups': sum(g['kind'] == 'near' for g in groups),

@@ -17,6 +17,7 @@ from jaxcxr.data import augment
 from jaxcxr.data import builder
 from jaxcxr.data import sampling
 from jaxcxr.models import weights
+from jaxcxr.training import early_stopping
 from jaxcxr.training import optim
 
 # The per-epoch validation metrics early stopping can follow (`validation.epoch_metrics`).
@@ -34,6 +35,7 @@ _CHOICES = {
     'train.on_nonfinite': ('error', 'skip'),
     'early_stopping.mode': ('max', 'min'),
     'early_stopping.metric': EPOCH_METRICS,
+    'early_stopping.select': early_stopping.SELECT,
     'eval.split': sampling.SPLITS,
 }
 
@@ -111,9 +113,10 @@ def _generic_checks(config) -> list[str]:
 def _data_checks(d) -> list[str]:
   errors = []
   fractions = (d.val_fraction, d.test_fraction)
-  if min(fractions) <= 0 or sum(fractions) >= 1:
+  if min(fractions) < 0 or sum(fractions) >= 1:
     errors.append(f'config.data.val_fraction={fractions[0]} and config.data.test_fraction='
-                  f'{fractions[1]}: each must be > 0 and together < 1 (the rest is train).')
+                  f'{fractions[1]}: each must be >= 0 and together < 1 (the rest is train; 0 '
+                  'trains on those films too: no validation / no final test evaluation).')
   if d.source == 'folder' and not d.manual_dir and not d.data_dir:
     errors.append('config.data.source=folder needs --config.data.manual_dir=PATH (a Kaggle-layout '
                   'folder) or --config.data.data_dir of an already prepared dataset.')
@@ -158,6 +161,15 @@ def _schedule_checks(config) -> list[str]:
   if not (config.train.max_steps == -1 or config.train.max_steps >= 1):
     errors.append(f'config.train.max_steps={config.train.max_steps}: must be -1 (num_epochs * '
                   'steps_per_epoch) or >= 1.')
+  es = config.early_stopping
+  if config.data.val_fraction == 0 and es.select in early_stopping.SELECT and (
+      early_stopping.selection_rule(es.select, config.optim.schedule) == 'best'
+      or config.optim.schedule == 'plateau'):
+    errors.append(f'config.data.val_fraction=0 (no validation split) with '
+                  f"config.early_stopping.select={es.select!r} and config.optim.schedule="
+                  f"{config.optim.schedule!r}: nothing to pick a best epoch or a plateau on. Use "
+                  "an annealing schedule (cosine, step) with select 'auto' or 'last', or keep a "
+                  'validation split.')
   return errors
 
 

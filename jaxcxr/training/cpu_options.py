@@ -2,11 +2,15 @@
 
 `xla_cpu_experimental_ynn_fusion_type` (dot, eltwise, reduce) lets XLA:CPU put elementwise ops and
 reductions into the YNNPACK fusions of the dots and convolutions next to them. It is a trade-off by
-model, hence a config key and not a default. Measured idle on a 2-core Xeon (docs/PERFORMANCE.md;
-in one process, the two compiled train steps alternating): resnet101 at 128 px, batch 16: 4.80 ->
-2.68 s per step (1.79x); densenet201 2.99 -> 3.05 s, resnet18 0.84 -> 0.88 s and the CPU recipe's
-cnn_res18_half (112 px, batch 32) 0.50 -> 0.53 s, i.e. 2-6 % slower. torchvision parity, the ONNX
-export and the gradient tests passed under the same option set through XLA_FLAGS (2026-11-30).
+model, hence a config key and not a default. Measured again under jaxlib 0.12.0.1 on an idle 2-core
+AMD EPYC (docs/PERFORMANCE.md, 2026-12-04; one process, the compiled train steps alternating,
+128 px, batch 16): resnet101 6.49 -> 3.81 s per step (1.70x; 1.79x under jaxlib 0.10), resnet18
+1.05 -> 0.95 s (1.11x), the CPU recipe's cnn_res18_half (112 px, batch 32) 0.52 -> 0.53 s (1 %
+slower). On in configs/resnet101.py.
+
+`OPTIONS['onednn']` (`xla_cpu_experimental_onednn_custom_call`, new in jaxlib 0.12: oneDNN
+convolutions as custom calls) is there for the benchmarks' A/Bs (`launch.benchmark --option_ab
+--variants=base,onednn`): alone it was 0-5 % faster on every model measured, not enough for a key.
 
 The options go to `jax.jit(..., compiler_options=...)` of the steps, so they need no XLA_FLAGS and
 touch nothing else in the process. They are given only on a CPU backend and for a jaxlib known
@@ -20,7 +24,10 @@ import jax
 
 YNN_FUSION = {'xla_cpu_experimental_ynn_fusion_type':
               'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'}
-TESTED_JAXLIB = ('0.10.',)   # jaxlib versions whose XLA has the option
+OPTIONS = {'ynn': YNN_FUSION,
+           # oneDNN convolutions (forward and both gradients) as custom calls
+           'onednn': {'xla_cpu_experimental_onednn_custom_call': True}}
+TESTED_JAXLIB = ('0.12.',)   # jaxlib versions whose XLA has the options (measured on)
 
 
 def compiler_options(ynn_fusion: bool, backend: Optional[str] = None,

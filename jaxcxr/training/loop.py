@@ -25,6 +25,7 @@ from jaxcxr import data as data_lib
 from jaxcxr.data import loader
 from jaxcxr.training import checkpoint as ckpt_lib
 from jaxcxr.training import cpu_options
+from jaxcxr.training import early_stopping
 from jaxcxr.training import optim
 from jaxcxr.training import prefetch
 from jaxcxr.training import run_log
@@ -34,7 +35,6 @@ from jaxcxr.training import steps
 from jaxcxr.training import validation
 from jaxcxr.training import workdir_lock
 from jaxcxr.training.config_checks import validate_config
-from jaxcxr.training.early_stopping import EarlyStopping
 from jaxcxr.training.errors import EXIT_PREEMPTED, NonFiniteError, Preempted
 
 # (workdir, config, labels, probs, class_names, history, summary) -> None; writes the report.
@@ -143,21 +143,21 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
 @dataclasses.dataclass
 class LoopState:
   """Host-side state saved with every checkpoint: early stopping, plateau scaler, history."""
-  stopper: EarlyStopping
+  stopper: early_stopping.EarlyStopping
   plateau: optim.PlateauScaler
   history: list[dict]
 
   @classmethod
   def fresh(cls, config) -> 'LoopState':
     es = config.early_stopping
-    return cls(EarlyStopping(es.patience, es.min_delta, es.mode),
+    return cls(early_stopping.EarlyStopping(es.patience, es.min_delta, es.mode),
                optim.PlateauScaler(config.optim.plateau_factor, config.optim.plateau_patience,
                                    mode=es.mode), [])
 
   @classmethod
   def from_checkpoint(cls, host: dict) -> 'LoopState':
-    return cls(EarlyStopping(**host['early_stopping']), optim.PlateauScaler(**host['plateau']),
-               host['history'])
+    return cls(early_stopping.EarlyStopping(**host['early_stopping']),
+               optim.PlateauScaler(**host['plateau']), host['history'])
 
   def to_checkpoint(self) -> dict:
     return {'early_stopping': vars(self.stopper).copy(), 'plateau': vars(self.plateau).copy(),
@@ -202,6 +202,16 @@ def restore_or_init(run: Run, checkpointer: ckpt_lib.Checkpointer, train_iter, i
 
 
 # ----------------------------------------------------------------------------- loop pieces
+
+def has_split(run: 'Run', split: str) -> bool:
+  """False for an empty split (e.g. `config.data.val_fraction=0`: those films train instead)."""
+  return run.handle.num_examples.get(split, 0) > 0
+
+
+def selection_rule(config) -> str:
+  """'last' or 'best': which epoch's checkpoint the run ships in best/ (early_stopping.py)."""
+  return early_stopping.selection_rule(config.early_stopping.select, config.optim.schedule)
+
 
 class Preemption:
   """Whether the run should checkpoint and stop for a SIGTERM (a preemption notice), per step.
@@ -289,16 +299,18 @@ def end_of_epoch(run: Run, state, step: int, epoch_sums: list, loop: LoopState, 
   """Validates, updates early stopping / plateau, logs the epoch row. Returns (state, improved)."""
   config = run.config
   epoch = math.ceil(step / run.steps_per_epoch)
-  labels, probs = run.predict(state, 'validation')
   # Train metrics are means over the epoch's steps (of this run segment when resumed).
   sums = np.asarray(jax.device_get(epoch_sums), np.float64).mean(axis=0)
-  row = {'epoch': epoch, **validation.epoch_metrics(labels, probs, 'val'),
-         'train_loss': float(sums[0]), 'train_accuracy': float(sums[1]),
+  row = {'epoch': epoch, 'train_loss': float(sums[0]), 'train_accuracy': float(sums[1]),
          'learning_rate': float(run.schedule(step - 1)) * float(state.lr_scale)}
-  improved = loop.stopper.update(epoch, row[config.early_stopping.metric])
-  if config.optim.schedule == 'plateau':
-    scale = np.float32(loop.plateau.update(row[config.early_stopping.metric]))
-    state = state.replace(lr_scale=jax.device_put(scale, run.state_sharding.lr_scale))
+  improved = False
+  if has_split(run, 'validation'):   # val_fraction=0: no validation, those films train
+    labels, probs = run.predict(state, 'validation')
+    row.update(validation.epoch_metrics(labels, probs, 'val'))
+    improved = loop.stopper.update(epoch, row[config.early_stopping.metric])
+    if config.optim.schedule == 'plateau':
+      scale = np.float32(loop.plateau.update(row[config.early_stopping.metric]))
+      state = state.replace(lr_scale=jax.device_put(scale, run.state_sharding.lr_scale))
   row['best_epoch'] = loop.stopper.best_epoch
   loop.history.append(row)
   log.write('epoch', step, row)
@@ -311,6 +323,7 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
                checkpointer: ckpt_lib.Checkpointer, log, dropout_key) -> tuple[Any, int, dict]:
   """Steps until `total_steps` or early stopping. Returns (state, last step, last train row)."""
   config = run.config
+  ship_last = selection_rule(config) == 'last'
   global_batch = config.train.batch_size
   step = start_step
   speed = _Throughput()
@@ -346,7 +359,9 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
         pending = None
         state, improved = end_of_epoch(run, state, step, epoch_sums, loop, log)
         epoch_sums = []
-        if improved:
+        # best/ holds the checkpoint the run ships: the best epoch, or the one it ends on.
+        ends = step == run.total_steps or loop.stopper.should_stop
+        if (ends if ship_last else improved):
           checkpointer.save_best(step, state, loop.to_checkpoint())
         checkpointer.save(step, state, train_iter, loop.to_checkpoint())
       elif step % config.checkpoint.every_steps == 0:
@@ -381,7 +396,7 @@ def write_results(workdir: str, config, summary: dict) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        reporter: Reporter | None = None) -> dict:
-  """Trains (or resumes) the run in `workdir`, then evaluates the best checkpoint.
+  """Trains (or resumes) the run in `workdir`, then evaluates the checkpoint it ships (best/).
 
   Args:
     config: the experiment config (`configs/*.py`).
@@ -431,24 +446,36 @@ def _train_and_evaluate(config, workdir: str, reporter: Reporter | None, t_start
     log.close()
     train_iter.close()   # stops the Grain workers and unlinks their shared-memory batches
 
-  # Final evaluation of the best checkpoint.
+  # Final evaluation of the checkpoint the run ships (best/: the selected epoch).
   best = checkpointer.restore_best(run.abstract_state)
   best_step = step
   if best is not None:
     best_step, state, _ = best
   checkpointer.close()
   split = config.eval.split
-  labels, probs = run.predict(state, split, final=True)
+  labels = probs = None
+  if has_split(run, split):
+    labels, probs = run.predict(state, split, final=True)
+  else:
+    log.message(f'No {split} split (its fraction is 0: those films trained). Score the run on '
+                f'external films: python -m launch.evaluate --workdir {workdir} --eval_dir DIR')
+  rule = selection_rule(config)
+  es = config.early_stopping
   summary = {'model': config.model.name, 'best_step': int(best_step),
              'best_epoch': int(loop.stopper.best_epoch), 'steps': int(step),
+             'selected': {'rule': rule, 'step': int(best_step),
+                          'epoch': math.ceil(best_step / run.steps_per_epoch),
+                          'why': early_stopping.selection_reason(rule, es.select,
+                                                                 config.optim.schedule, es.metric)},
              'stopped_early': bool(loop.stopper.should_stop), 'split': split,
              'num_params': int(n_params),
              'train_step_compilations': int(run.train_step._cache_size()),  # pylint: disable=protected-access
              'images_per_s': last_train.get('images_per_s'),
-             'wall_time_s': time.time() - t_start,
-             **validation.epoch_metrics(labels, probs, split)}
+             'wall_time_s': time.time() - t_start}
+  if labels is not None:
+    summary.update(validation.epoch_metrics(labels, probs, split))
   if jax.process_index() == 0:
-    if reporter is not None:
+    if reporter is not None and labels is not None:
       reporter(workdir, config, labels, probs, run.class_names, loop.history, summary)
     write_results(workdir, config, summary)
   return summary

@@ -1,6 +1,8 @@
 """TFDS builder + prepare(): splits, dedupe, metadata, mismatch detection, bad input."""
 
+import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import jaxcxr.data as data_lib
 from jaxcxr.data import builder
 from jaxcxr.data import images
 from tests.data import helpers
+from tests import test_lookalikes as looks
 
 THREE = {'COVID': 10, 'Normal': 10, 'Viral Pneumonia': 10}
 
@@ -37,8 +40,9 @@ def test_prepare_counts_splits_metadata(tmp_path):
   meta = tfds.builder_from_directory(h.dataset_dir).info.metadata
   assert meta['class_counts']['validation'] == [2, 2, 2]
   assert meta['settings'] == {'split_seed': 0, 'val_fraction': 0.2, 'test_fraction': 0.2,
-                              'stored_size': 32}
+                              'stored_size': 32, 'lookalike_threshold': 8}
   assert meta['num_files_found'] == 30 and meta['skipped'] == [] and meta['duplicates'] == []
+  assert meta['lookalikes']['num_groups'] == 0  # distinct random pictures
   # Records: uint8 (32, 32), labels match the class folder of the filename.
   recs = _all_records(h, 'train')
   assert all(r['image'].shape == (32, 32) and r['image'].dtype == np.uint8 for r in recs)
@@ -83,6 +87,138 @@ def test_splits_deterministic_and_duplicates_never_cross(tmp_path):
   h3 = data_lib.prepare(cfg3, progress=False)
   assert h3.class_counts == h.class_counts
   assert sorted(h3.filenames('test')) != sorted(h.filenames('test'))
+
+
+def _lookalike_folder(root):
+  """12 smooth 224 px films per class and planted look-alikes (names: what they are)."""
+  rng = np.random.default_rng(4)
+  for name in THREE:
+    for i in range(1, 13):
+      helpers.save_png(root / name / 'images' / f'{name}-{i}.png', looks.film(rng, 224))
+  cov, nor, vir = (root / name / 'images' for name in THREE)
+  load = lambda path: images.load_grey(path)
+  helpers.save_png(cov / 'COVID-1-rescan.png', looks.noised(load(cov / 'COVID-1.png'), 1))
+  helpers.save_png(nor / 'Normal-2-rescan.png', looks.noised(load(nor / 'Normal-2.png'), 2))
+  helpers.save_png(nor / 'Normal-2-small.png', looks.resampled(load(nor / 'Normal-2.png'), 48))
+  helpers.save_png(nor / 'Normal-5-shifted.png', looks.shifted(load(nor / 'Normal-5.png')))
+  helpers.save_png(vir / 'Viral Pneumonia-3-jpeg.png',
+                   looks.jpeg(load(vir / 'Viral Pneumonia-3.png')))
+  # An exact copy (dropped) and a near copy of it: the near copy stays with the kept film.
+  helpers.save_png(cov / 'COVID-4-copy.png', load(cov / 'COVID-4.png'))
+  helpers.save_png(cov / 'COVID-4-rescan.png', looks.noised(load(cov / 'COVID-4.png'), 3))
+  # A Normal film with a look-alike in Viral Pneumonia: different labels, kept, one split.
+  helpers.save_png(vir / 'Normal-6-as-VP.png', looks.noised(load(nor / 'Normal-6.png'), 4))
+  return root
+
+
+LOOKALIKES = [{'COVID-1.png', 'COVID-1-rescan.png'},
+              {'Normal-2.png', 'Normal-2-rescan.png', 'Normal-2-small.png'},
+              {'Normal-5.png', 'Normal-5-shifted.png'},
+              {'Viral Pneumonia-3.png', 'Viral Pneumonia-3-jpeg.png'},
+              {'COVID-4-copy.png', 'COVID-4-rescan.png'},   # COVID-4.png: the dropped copy
+              {'Normal-6.png', 'Normal-6-as-VP.png'}]
+
+
+def _split_of(handle):
+  return {n.split('/')[-1]: s for s in ('train', 'validation', 'test')
+          for n in handle.filenames(s)}
+
+
+def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
+  folder = _lookalike_folder(tmp_path / 'kaggle')
+  kw = dict(val_fraction=0.2, test_fraction=0.2, stored_size=32)
+  _, h = _prepare(tmp_path, folder, **kw)
+  look = h.metadata['lookalikes']
+  assert {frozenset(n.split('/')[-1] for n in g) for g in look['groups']} == \
+      set(map(frozenset, LOOKALIKES))
+  assert (look['num_groups'], look['num_files'], look['threshold_bits']) == (6, 13, 8)
+  assert look['mixed_label_groups'] == [['Normal/images/Normal-6.png (Normal)',
+                                         'Viral Pneumonia/images/Normal-6-as-VP.png '
+                                         '(Viral Pneumonia)']]
+  assert h.metadata['duplicates'] == [['COVID/images/COVID-4-copy.png',
+                                       'COVID/images/COVID-4.png']]
+  split_of = _split_of(h)
+  for g in LOOKALIKES:
+    assert len({split_of[n] for n in g}) == 1, g  # no group spans splits
+  # Stratified as without groups: round(n * 0.2) per class in test and validation
+  # (COVID 12 + 3 - 1 dropped = 14, Normal 12 + 3 = 15, Viral Pneumonia 12 + 2 = 14).
+  assert h.class_counts == {'train': [8, 9, 8], 'validation': [3, 3, 3], 'test': [3, 3, 3]}
+  table = builder.summary_table(h)
+  assert ('look-alike films kept in one split: 13 films in 6 groups (dHash 16x16 within 8 bits; '
+          'groups with different labels: 1)') in table
+  assert 'look-alikes with different labels (kept, one split): Normal/images/Normal-6.png' in table
+  # Film by film (lookalike_threshold=-1, version 1.0.0's split) lets some groups straddle splits.
+  _, old = _prepare(tmp_path / 'v1', folder, lookalike_threshold=-1, **kw)
+  assert old.class_counts == h.class_counts
+  assert any(len({_split_of(old)[n] for n in g}) > 1 for g in LOOKALIKES)
+  assert 'look-alike films: not grouped' in builder.summary_table(old)
+
+
+def _as_version_1_0(handle) -> Path:
+  """Renames a prepared dataset's folder to 1.0.0: what the previous jaxcxr left in a data_dir."""
+  here = Path(handle.dataset_dir)
+  assert here.name == '1.1.0' == str(builder.CovidRadiography.VERSION)
+  return here.rename(here.with_name('1.0.0'))
+
+
+def test_older_version_reused_only_when_its_splits_hold(tmp_path):
+  # Without look-alikes, version 1.1.0 splits as 1.0.0 did: the folder is re-prepared quietly.
+  folder = helpers.make_folder(tmp_path / 'kaggle', THREE)
+  cfg, h = _prepare(tmp_path, folder)
+  old_dir = _as_version_1_0(h)
+  h2 = data_lib.prepare(cfg, progress=False)
+  assert h2.dataset_dir == h.dataset_dir and old_dir.exists()
+  for split in ('train', 'validation', 'test'):
+    assert h2.filenames(split) == h.filenames(split)
+  # A data_dir alone (no manual folder to check the splits against) is refused with the command.
+  shutil.rmtree(h2.dataset_dir)
+  cfg.manual_dir = ''
+  with pytest.raises(ValueError) as e:
+    data_lib.prepare(cfg, progress=False)
+  msg = str(e.value)
+  assert f'The dataset in {old_dir} was prepared by an older jaxcxr (dataset version 1.0.0)' in msg
+  assert 'was not checked' in msg and 'python -m launch.prepare_data' in msg
+  assert '--overwrite' in msg
+
+  # With look-alikes the film-by-film split differs: refused, naming how many films move.
+  folder = _lookalike_folder(tmp_path / 'kaggle2')
+  cfg, v1 = _prepare(tmp_path / 'second', folder, lookalike_threshold=-1)
+  old_dir = _as_version_1_0(v1)
+  cfg.lookalike_threshold = 8
+  with pytest.raises(ValueError, match=r'\(dataset version 1.0.0\)[\s\S]*Here [1-9]\d* of 43 films '
+                     r'would not be in the split they were in[\s\S]*--overwrite'):
+    data_lib.prepare(cfg, progress=False)
+  assert not Path(v1.dataset_dir).exists()  # nothing half-written
+  h = data_lib.prepare(cfg, overwrite=True, progress=False)  # --overwrite replaces it
+  assert Path(h.dataset_dir).name == '1.1.0' and not old_dir.exists()
+  assert h.metadata['lookalikes']['num_groups'] == 6
+
+
+def test_lookalike_threshold_checked_and_recorded(tmp_path):
+  folder = helpers.make_folder(tmp_path / 'kaggle', THREE)
+  cfg, _ = _prepare(tmp_path, folder, lookalike_threshold=4)
+  cfg.lookalike_threshold = 8
+  with pytest.raises(ValueError, match=r'settings.lookalike_threshold: prepared 4, requested 8'
+                     r'[\s\S]*--config.data.lookalike_threshold=8'):
+    data_lib.prepare(cfg, progress=False)
+  cfg.lookalike_threshold = 300
+  with pytest.raises(ValueError, match=r'lookalike_threshold=300; expected -1'):
+    data_lib.prepare(cfg, progress=False)
+
+
+def test_class_folders_match_case_insensitively(tmp_path):
+  root = tmp_path / 'kaggle'
+  for name in ('covid', 'NORMAL', 'viral pneumonia', 'Lung_Opacity', 'notes'):
+    (root / name).mkdir(parents=True)
+  (root / 'covid' / 'images').mkdir()
+  found = builder.class_folders(root, ('COVID', 'Normal', 'Viral Pneumonia'))
+  assert found == {'COVID': root / 'covid' / 'images', 'Normal': root / 'NORMAL',
+                   'Viral Pneumonia': root / 'viral pneumonia'}
+  if (root / 'COVID').is_dir():
+    return  # a case-insensitive file system: 'Covid' below would be 'covid'
+  (root / 'Covid').mkdir()
+  with pytest.raises(ValueError, match=r"2 folders in .* could hold the 'COVID' images"):
+    builder.class_folders(root, ('COVID',))
 
 
 def test_mismatched_settings_detected_with_command(tmp_path):

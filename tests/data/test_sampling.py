@@ -160,3 +160,84 @@ def test_stratified_split_counts_and_determinism():
   assert rev[::-1] == a
   assert a != sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.2,
                                         seed=4)
+
+
+def _v1_split(labels, names, *, val_fraction, test_fraction, seed):
+  """Dataset version 1.0.0's split (film by film), kept here to pin `groups=()` to it."""
+  labels = np.asarray(labels)
+  out = [''] * len(labels)
+  for c in np.unique(labels):
+    idx = sorted(np.flatnonzero(labels == c), key=lambda i: names[i])
+    perm = np.random.default_rng([seed, int(c)]).permutation(len(idx))
+    n_test, n_val = int(round(len(idx) * test_fraction)), int(round(len(idx) * val_fraction))
+    for rank, j in enumerate(perm):
+      out[idx[j]] = 'test' if rank < n_test else 'validation' if rank < n_test + n_val else 'train'
+  return out
+
+
+def test_split_without_groups_is_the_version_1_0_split():
+  # Folders without look-alikes (cxr_dev) keep the splits earlier results were measured on.
+  labels = [0] * 400 + [1] * 400 + [2] * 400
+  names = [f'{c}/{i}.png' for c, i in zip(labels, range(1200))]
+  for seed in (0, 1, 2):
+    assert sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.15,
+                                     seed=seed) == _v1_split(labels, names, val_fraction=0.15,
+                                                              test_fraction=0.15, seed=seed)
+
+
+def _grouped_case():
+  """300 films of 3 classes (150 / 100 / 50); 40 groups of 2-3 look-alikes within a class and one
+  group of a Normal film with a Viral Pneumonia look-alike."""
+  labels = np.array([0] * 150 + [1] * 100 + [2] * 50)
+  names = [f'{c}/{i:03d}.png' for i, c in enumerate(labels)]
+  rng = np.random.default_rng(0)
+  free = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in range(3)}
+  groups = [[int(free[1].pop()), int(free[2].pop())]]  # mixed labels
+  for k in range(40):
+    c = k % 3
+    groups.append([int(free[c].pop()) for _ in range(2 + k % 2)])
+  return labels, names, groups
+
+
+def test_groups_stay_whole_and_classes_stay_stratified():
+  labels, names, groups = _grouped_case()
+  kw = dict(val_fraction=0.15, test_fraction=0.15)
+  a = sampling.stratified_split(labels, names, seed=3, groups=groups, **kw)
+  for g in groups:
+    assert len({a[i] for i in g}) == 1, g  # no group spans splits
+  # Per-class counts are those of the film-by-film split: round(n * fraction) per class.
+  for c, n in [(0, 150), (1, 100), (2, 50)]:
+    got = [s for s, l in zip(a, labels) if l == c]
+    assert (got.count('test'), got.count('validation')) == (round(n * 0.15), round(n * 0.15))
+  # Groups land in every split, about as often as single films do (not parked in train).
+  grouped = [a[g[0]] for g in groups]
+  assert grouped.count('test') >= 2 and grouped.count('validation') >= 2
+  assert grouped.count('train') >= 20
+  # Deterministic; independent of the input order; the seed decides.
+  assert a == sampling.stratified_split(labels, names, seed=3, groups=groups, **kw)
+  n = len(labels)
+  rev = sampling.stratified_split(labels[::-1], names[::-1], seed=3,
+                                  groups=[[n - 1 - i for i in g] for g in groups], **kw)
+  assert rev[::-1] == a
+  assert a != sampling.stratified_split(labels, names, seed=4, groups=groups, **kw)
+
+
+def test_group_too_large_for_test_goes_to_train():
+  labels = [0] * 20
+  names = [f'{i:02d}' for i in range(20)]
+  groups = [[0, 1, 2, 3]]  # test and validation hold 3 films each
+  for seed in range(5):
+    a = sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.15,
+                                  seed=seed, groups=groups)
+    assert {a[i] for i in groups[0]} == {'train'}
+    assert (a.count('test'), a.count('validation'), a.count('train')) == (3, 3, 14)
+  # A group no split can hold overflows the split it overflows least (train on ties).
+  a = sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.15, seed=0,
+                                groups=[list(range(18))])
+  assert {a[i] for i in range(18)} == {'train'} and a.count('train') == 18
+
+
+def test_overlapping_groups_refused():
+  with pytest.raises(ValueError, match='more than one group'):
+    sampling.stratified_split([0] * 10, [str(i) for i in range(10)], val_fraction=0.2,
+                              test_fraction=0.2, seed=0, groups=[[0, 1], [1, 2]])
