@@ -5,8 +5,8 @@
 # train step's compile time, next to published PyTorch AMP training figures:
 #   timm on an RTX 3090: resnet101 748, densenet201 563, vgg19 457 img/s;
 #   NVIDIA DeepLearningExamples ResNet-50 on an A100, AMP: 2,470 img/s;
-# then, where torch sees a GPU, torchvision AMP on the same GPU at the same batch sizes
-# (scripts/torch_accel_reference.py; its JSON beside ours, *_torch.json).
+# then, where torch sees a GPU, torchvision AMP on the same GPU at the same batch sizes, eager and
+# under torch.compile (scripts/torch_accel_reference.py; its JSON beside ours, *_torch.json).
 #
 #   scripts/accelerator_bench.sh                 # on the GPU/TPU VM, from anywhere
 #   scripts/accelerator_bench.sh --smoke         # CPU-sized check of the same path (tests use it)
@@ -29,5 +29,5 @@ python -m launch.benchmark --accelerator --archs=vgg19,resnet101,densenet201,res
 if python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   specs=$(python -c 'import json, sys; print(",".join("%s:%d" % (r["arch"], r["batch"]) for r in json.load(open(sys.argv[1]))["rows"]))' "$out")
   python scripts/torch_accel_reference.py --archs="$specs" --image_size=224 --steps=10 \
-      --out="${out%.json}_torch.json"
+      --modes=eager,compiled --out="${out%.json}_torch.json"
 fi

@@ -83,9 +83,9 @@ def main() -> None:
       rows.append(r)
       print(f"| {arch} | {batch} | {mode} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | "
             f"{r['first_call_s']['train']:.1f} | {r['peak_mem_mb']:.0f} |", flush=True)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump({'header': header, 'rows': rows}, f, indent=1)
+      if args.out:   # after every row: a run cut short by its time limit keeps what it measured
+        with open(args.out, 'w') as f:
+          json.dump({'header': header, 'rows': rows}, f, indent=1)
 
 
 if __name__ == '__main__':

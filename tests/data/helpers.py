@@ -11,6 +11,7 @@ from PIL import Image
 from configs import base
 
 CXR_DEV = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'cxr_dev'
+CXR_EVAL = CXR_DEV.parent / 'cxr_eval'   # external films: scored, never trained or tuned on
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:
