@@ -259,7 +259,14 @@ def read_state_numpy(step_dir: str) -> dict:
   """
   _drop_closed_loop_reports()
   path = os.path.join(os.path.abspath(step_dir), 'state')
-  checkpointer = ocp.PyTreeCheckpointer()
+  # A host-local read: no barrier with the other processes of a multi-host run (the end-of-run
+  # report and the OOD fit read the shipped checkpoint on process 0 alone; Orbax's default
+  # restore would wait there for processes that never come).
+  me = jax.process_index()
+  local = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                             barrier_sync_key_prefix=f'jaxcxr_local_read_{me}')
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
+                                  multiprocessing_options=local)
   meta = checkpointer.metadata(path)
   tree = getattr(meta, 'item_metadata', meta)
   tree = getattr(tree, 'tree', tree)
