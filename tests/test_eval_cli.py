@@ -108,7 +108,8 @@ def test_predict_files_and_split_agree(setup, workdir, tmp_path):
   with open(out_files) as f:
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == ['file', 'predicted_label', 'prob_COVID', 'prob_Normal',
-                           'prob_Viral Pneumonia', 'leaderboard_label']
+                           'prob_Viral Pneumonia', 'leaderboard_label', 'ood_score',
+                           'in_distribution', 'ood_reason']   # tests/test_ood.py: the OOD ones
   assert [r['file'] for r in rows] == files
   lb = {'COVID': 'COVID', 'Normal': 'NORMAL', 'Viral Pneumonia': 'PNEUMONIA'}
   for r in rows:

@@ -8,6 +8,7 @@
 import json
 import math
 import os
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -15,6 +16,8 @@ import numpy as np
 
 from jaxcxr import data
 from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import ood as ood_lib
+from jaxcxr.evaluation import ood_eval
 from jaxcxr.evaluation import plots
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import check_inputs, compute_metrics
@@ -72,7 +75,7 @@ def summary_table(metrics: dict) -> str:
 
 
 def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
-              shortcut: dict | None = None) -> str:
+              shortcut: dict | None = None, ood: dict | None = None) -> str:
   names = metrics['class_names']
   ci = metrics.get('ci95')
 
@@ -85,8 +88,13 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
   lines = [f'# Evaluation report: {split} split', '',
            f'{metrics["num_examples"]} examples, classes: {", ".join(names)}.', '']
   if extra:
+    selected = extra.get('selected')
+    if selected:
+      lines += [f'Checkpoint: epoch {selected["epoch"]} (step {selected["step"]}). '
+                f'{selected["why"]}', '']
     lines += ['| run | |', '|---|---|'] + [
-        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |' for k, v in extra.items()] + ['']
+        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |' for k, v in extra.items()
+        if k != 'selected'] + ['']
   lines += ['## Summary', '', '| metric | value |', '|---|---|',
             f'| accuracy | {with_ci(metrics["accuracy"], "accuracy")} |',
             f'| macro F1 | {with_ci(metrics["macro"]["f1"], "macro_f1")} |',
@@ -107,6 +115,8 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
   lines.append('')
   if shortcut:
     lines += [shortcut_lib.markdown(shortcut['indicator'], shortcut['figures'])]
+  if ood:
+    lines += [ood_eval.markdown(ood)]
   if metrics['notes']:
     lines += ['## Notes', ''] + [f'- {n}' for n in metrics['notes']] + ['']
   lines += ['## Figures', ''] + [f'![{k}]({v})' for k, v in figures.items()] + ['']
@@ -115,7 +125,8 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
 
 def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequence[str], *,
                  history: list[dict] | None = None, split: str = 'test',
-                 extra: dict | None = None, shortcut: dict | None = None) -> dict[str, str]:
+                 extra: dict | None = None, shortcut: dict | None = None,
+                 ood: dict | None = None) -> dict[str, str]:
   """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
 
   Args:
@@ -128,6 +139,7 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
     split: name of the evaluated split (titles).
     extra: run facts for the report header (workdir, step, model, ...), JSON-able.
     shortcut: `shortcut.analyse_split(...)` (its panels already in `out_dir/shortcut/`), or None.
+    ood: `ood_eval.evaluate(...)` / `ood_eval.run_section(...)` (the OOD section), or None.
 
   Returns:
     {file kind: path} of everything written.
@@ -154,10 +166,12 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
   if shortcut:
     report['shortcut'] = {'indicator': shortcut['indicator'],
                           'figures': [p for _, p in shortcut['figures']]}
+  if ood:
+    report['ood'] = ood
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(_json_safe(report), f, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(_markdown(metrics, split, figures, extra, shortcut))
+    f.write(_markdown(metrics, split, figures, extra, shortcut, ood))
   written = {k: os.path.join(out_dir, v) for k, v in figures.items()}
   written['json'] = os.path.join(out_dir, 'report.json')
   written['markdown'] = os.path.join(out_dir, 'report.md')
@@ -166,7 +180,7 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
 
 def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', out: str = '',
                      batch_size: int = 0, bootstrap: int = -1,
-                     shortcut: bool | None = None) -> dict:
+                     shortcut: bool | None = None, ood: bool | None = None) -> dict:
   """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
 
   Args:
@@ -177,6 +191,8 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
     batch_size: 0 = config.eval.batch_size.
     bootstrap: CI resamples; -1 = config.eval.bootstrap.
     shortcut: add the Grad-CAM shortcut indicator and example panels; None = config.eval.shortcut.
+    ood: add the out-of-distribution section (`ood_eval`) with the workdir's fitted score, fitting
+      it first if needed; None = when a score is fitted for this checkpoint.
 
   Returns:
     {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir'}.
@@ -201,9 +217,13 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
   if shortcut:
     analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, cfg.data, handle, split,
                                           out_dir, bundle.class_names, batch_size=batch_size)
+  if ood is None:
+    ood = ood_lib.load_for(workdir, bundle)[0] is not None
+  ood_section = (ood_eval.run_section(workdir, bundle, handle, split, which=which, refit=False)
+                 if ood else None)
   files = write_report(out_dir, metrics, labels, probs, bundle.class_names,
                        history=run_log.read_rows(workdir, 'epoch'), split=split, extra=extra,
-                       shortcut=analysis)
+                       shortcut=analysis, ood=ood_section)
   return {'metrics': metrics, 'files': files, 'out_dir': out_dir, 'shortcut': analysis}
 
 
@@ -212,20 +232,29 @@ def write_run_report(workdir: str, config, labels, probs, class_names: Sequence[
   """The report at the end of a training run (the `reporter` of `train_and_evaluate`)."""
   metrics = compute_metrics(labels, probs, class_names, n_bootstrap=config.eval.bootstrap,
                             seed=config.seed)
+  # The checkpoint the summary evaluated (the best one; the latest when none was kept as best).
+  bundle, which = ood_eval.restore_shipped(workdir)
+  handle = data.prepare(config.data)
   analysis = None
   if config.eval.get('shortcut', False):
-    # The checkpoint the summary evaluated (the best one; the latest when none was kept as best).
-    try:
-      bundle = checkpoint.restore_for_inference(workdir, which='best')
-    except FileNotFoundError:
-      bundle = checkpoint.restore_for_inference(workdir, which='latest')
     analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, config.data,
-                                          data.prepare(config.data), summary['split'], workdir,
+                                          handle, summary['split'], workdir,
                                           class_names, batch_size=config.eval.batch_size)
+  # The out-of-distribution score: fitted on this run's train split, saved for launch.predict.
+  ood_section = ood_eval.run_section(workdir, bundle, handle, summary['split'], which=which)
   return write_report(workdir, metrics, labels, probs, class_names, history=history,
-                      split=summary['split'], extra=summary, shortcut=analysis)
+                      split=summary['split'], extra=summary, shortcut=analysis, ood=ood_section)
 
 
 def train_and_report(config, workdir: str) -> dict:
-  """`launch.train`: trains (or resumes) the run in `workdir`, then writes its evaluation report."""
-  return loop.train_and_evaluate(config, workdir, reporter=write_run_report)
+  """`launch.train`: trains (or resumes) the run in `workdir`, then writes its evaluation report.
+
+  The report fits the out-of-distribution score (`ood_eval`); a run without a test split writes
+  no report, so its score is fitted here, on process 0.
+  """
+  summary = loop.train_and_evaluate(config, workdir, reporter=write_run_report)
+  if jax.process_index() == 0:
+    line = ood_eval.ensure_fitted(workdir, summary.get('best_step'))
+    if line:
+      print(line, file=sys.stderr)
+  return summary

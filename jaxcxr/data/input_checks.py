@@ -1,0 +1,190 @@
+"""Cheap, explainable checks that an image file could be a chest X-ray, before any model runs.
+
+Each check has a name (the `ood_reason` of `launch.predict`'s CSV) and a number it is decided on:
+
+- `colour`: the picture is not grey. Mean over pixels of (largest - smallest channel), in grey
+  levels, on the file's own colours (before `images.decode_grey` turns it grey; transparent pixels
+  composited onto black as there). Radiographs are grey (R = G = B, or a mode without colour); a
+  grey film saved as JPEG keeps ~1 level of chroma noise. Flagged above `Thresholds.colour`.
+- `near_constant`: almost no contrast. Spread between the 1st and 99th percentile of the grey
+  pixels; blank, transparent and single-colour files have ~0. Flagged below
+  `Thresholds.min_spread`.
+- `aspect_ratio`: long side / short side; chest films are 1.0-1.3 (14 x 17 inch cassettes).
+  Flagged above `Thresholds.max_aspect` (the model's square resize would distort it badly).
+- `too_small`: short side far below the model's input side (upsampling invents detail). Flagged
+  below `Thresholds.min_side_fraction` x image_size.
+
+A file that cannot be decoded stays an `images.ImageError` (the checks need pixels). The checks
+never change the pixels the model sees: `inspect_bytes` returns the same grey array as
+`images.decode_grey`. The feature-space score (`jaxcxr.evaluation.ood`) catches what they cannot.
+"""
+
+import dataclasses
+import io
+import os
+import warnings
+from typing import Union
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+
+from jaxcxr.data import images as images_lib
+
+PathLike = Union[str, os.PathLike]
+
+REASONS = ('colour', 'near_constant', 'aspect_ratio', 'too_small')
+
+# Colour statistics are computed on a copy at most this many pixels on a side (a 4000 px photo
+# costs a thumbnail, not 48 MB of RGB).
+_COLOUR_SIDE = 256
+# Pixels sampled for the percentile spread (a regular subsample of larger images).
+_SPREAD_SAMPLES = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+  """Where each check flags an image (module docstring; docs/OOD.md has the measurements).
+
+  Attributes:
+    colour: mean channel spread (grey levels, 0-255) above which an image is colour.
+    min_spread: 1st-99th percentile grey spread (grey levels) below which it is near-constant.
+    max_aspect: long / short side above which the aspect ratio is extreme.
+    min_side_fraction: short side below this fraction of the model's input side is too small.
+  """
+  colour: float = 6.0
+  min_spread: float = 10.0
+  max_aspect: float = 2.0
+  min_side_fraction: float = 0.5
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclasses.dataclass
+class Inspection:
+  """What the checks saw in one image.
+
+  Attributes:
+    grey: uint8 (H, W), exactly `images.decode_grey` of the file.
+    reasons: names (of `REASONS`) of the checks that flagged it, in `REASONS` order; empty = passed.
+    measures: the number each check decided on: {'colour', 'spread', 'aspect', 'short_side'}.
+  """
+  grey: np.ndarray
+  reasons: list[str]
+  measures: dict[str, float]
+
+  @property
+  def passed(self) -> bool:
+    return not self.reasons
+
+
+def colour_spread(rgb: np.ndarray) -> float:
+  """Mean over pixels of (max - min) over the channels of uint8 (H, W, 3): 0 for grey."""
+  rgb = np.asarray(rgb)
+  if rgb.ndim != 3 or rgb.shape[-1] < 3:
+    return 0.0
+  rgb = rgb[..., :3].astype(np.int16)
+  return float(np.mean(rgb.max(axis=-1) - rgb.min(axis=-1)))
+
+
+def grey_spread(grey: np.ndarray) -> float:
+  """99th minus 1st percentile of the pixels of uint8 (H, W), in grey levels."""
+  flat = np.asarray(grey).reshape(-1)
+  if flat.size > _SPREAD_SAMPLES:
+    flat = flat[::flat.size // _SPREAD_SAMPLES]
+  lo, hi = np.percentile(flat, [1.0, 99.0])
+  return float(hi - lo)
+
+
+def _colour_pixels(im: Image.Image) -> np.ndarray | None:
+  """uint8 (h, w, 3) of an opened colour-capable image (alpha composited onto black), None if grey.
+
+  `im` is freshly opened (not loaded), so a JPEG decodes at a reduced scale (`draft`).
+  """
+  if im.mode in ('L', '1', 'LA', 'La', 'I', 'F') or im.mode.startswith('I;'):
+    return None
+  im.draft('RGB', (_COLOUR_SIDE, _COLOUR_SIDE))   # a no-op for formats without reduced decoding
+  im = ImageOps.exif_transpose(im)
+  im.thumbnail((_COLOUR_SIDE, _COLOUR_SIDE))
+  im = im.convert('RGBA')
+  black = Image.new('RGBA', im.size, (0, 0, 0, 255))
+  return np.asarray(Image.alpha_composite(black, im).convert('RGB'))
+
+
+def file_colour(data: bytes) -> float:
+  """`colour_spread` of an encoded image's own colours (0 for grey modes); decode errors -> 0.
+
+  Only the colour statistic: `images.decode_grey` reports unreadable files.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      pixels = _colour_pixels(Image.open(io.BytesIO(data)))
+  except Exception:  # pylint: disable=broad-except  (decode_grey names the real problem)
+    return 0.0
+  return 0.0 if pixels is None else colour_spread(pixels)
+
+
+def check(grey: np.ndarray, colour: float, image_size: int,
+          thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[list[str], dict[str, float]]:
+  """Runs the checks on a decoded grey image and its colour statistic.
+
+  Args:
+    grey: uint8 (H, W) as `images.decode_grey` returns it.
+    colour: `colour_spread` of the file's colours (0 for a grey file).
+    image_size: the model's input side.
+    thresholds: where each check flags.
+
+  Returns:
+    (reasons in `REASONS` order, measures {'colour', 'spread', 'aspect', 'short_side'}).
+  """
+  h, w = grey.shape[:2]
+  measures = {'colour': float(colour), 'spread': grey_spread(grey),
+              'aspect': max(h, w) / max(1, min(h, w)), 'short_side': float(min(h, w))}
+  flagged = {
+      'colour': measures['colour'] > thresholds.colour,
+      'near_constant': measures['spread'] < thresholds.min_spread,
+      'aspect_ratio': measures['aspect'] > thresholds.max_aspect,
+      'too_small': measures['short_side'] < thresholds.min_side_fraction * image_size,
+  }
+  return [r for r in REASONS if flagged[r]], measures
+
+
+def inspect_bytes(data: bytes, *, name: PathLike, image_size: int,
+                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+                  remedy: str = '') -> Inspection:
+  """Decodes encoded image bytes to grey (as `images.decode_grey`) and runs the checks.
+
+  Raises:
+    images.ImageError: the bytes are not a readable image (the checks need pixels).
+  """
+  grey = images_lib.decode_grey(data, name=name, max_pixels=max_pixels, remedy=remedy)
+  reasons, measures = check(grey, file_colour(data), image_size, thresholds)
+  return Inspection(grey, reasons, measures)
+
+
+def inspect_file(path: PathLike, *, image_size: int,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+                 remedy: str = '') -> Inspection:
+  """`inspect_bytes` of a file (read once).
+
+  Raises:
+    images.ImageError: unreadable or undecodable file, naming it.
+  """
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise images_lib.ImageError(path, f'it cannot be read ({e.strerror or e})', remedy) from None
+  return inspect_bytes(data, name=path, image_size=image_size, thresholds=thresholds,
+                       max_pixels=max_pixels, remedy=remedy)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+  """uint8 (H, W), (H, W, 3) or (H, W, 4) -> PNG bytes (L, RGB or RGBA)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format='PNG')
+  return buf.getvalue()
