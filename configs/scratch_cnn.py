@@ -45,7 +45,6 @@ def get_config(arg: str = ''):
   c.optim.weight_decay = 1e-4
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
-  c.early_stopping.metric = 'val_macro_f1'
   c.early_stopping.patience = 6
   c.checkpoint.every_steps = 500
   if 'runlocal' in args:

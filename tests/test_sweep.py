@@ -229,7 +229,7 @@ def test_model_configs_runlocal_validate_and_full_configs_match_the_recipe(name)
   assert full.is_locked
   assert (full.data.source, full.data.image_size, full.train.label_smoothing) == ('folder', 224,
                                                                                    0.1)
-  assert (full.data.sampling, full.early_stopping.metric) == ('oversample', 'val_macro_f1')
+  assert (full.data.sampling, full.early_stopping.metric) == ('oversample', 'val_loss')
   assert (full.optim.name, full.optim.schedule, full.optim.warmup_epochs) == ('adamw', 'cosine',
                                                                               1.0)
   if name == 'scratch_cnn':

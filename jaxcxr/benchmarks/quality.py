@@ -129,13 +129,14 @@ def jax_row(workdir: str, code: int | None, wall_s: float, budget_s: float) -> d
          wall_s <= budget_s, 'status': 'ok' if code == 0 else
          ('killed at the budget' if code is None else f'exit {code}')}
   report_path = os.path.join(workdir, 'report.json')
-  if code == 0 and os.path.exists(report_path):
-    with open(report_path) as f:
-      report = json.load(f)
-    with open(os.path.join(workdir, 'results.json')) as f:
+  results_path = os.path.join(workdir, 'results.json')
+  if code == 0 and os.path.exists(results_path):   # no report.json without a test split
+    with open(results_path) as f:
       summary = json.load(f)['summary']
     cfg = checkpoint.read_config(workdir)
-    row.update(_quality(report['metrics']))
+    if os.path.exists(report_path):
+      with open(report_path) as f:
+        row.update(_quality(json.load(f)['metrics']))
     row['train_img_s'] = summary.get('images_per_s')
     row['recipe'] = (f'{cfg.model.name} {cfg.data.image_size} px, {cfg.train.num_epochs} epochs, '
                      f'batch {cfg.train.batch_size}, sampling {cfg.data.sampling}')

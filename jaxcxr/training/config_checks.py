@@ -45,6 +45,7 @@ _AT_LEAST = {
     'data.image_size': (16, 'pixels'),
     'data.stored_size': (0, '0 = image_size'),
     'data.split_seed': (0, 'numpy seeds are non-negative'),
+    'data.lookalike_threshold': (-1, '-1 splits film by film'),
     'data.max_image_pixels': (1, 'larger images are refused'),
     'data.num_workers': (0, '0 = in-process'),
     'data.prefetch': (1, 'batches buffered per worker'),
