@@ -14,7 +14,6 @@ the search stops at `max_batch` unless memory really runs out.
 import functools
 import gc
 import os
-import statistics
 import time
 from typing import Any, Callable, Sequence
 
@@ -96,14 +95,7 @@ def search_batch(fits: Callable[[int], Any], *, start: int, max_batch: int, mult
 
 
 def _median_img_s(fn: Callable[[], Any], batch: int, steps: int) -> float:
-  jax.block_until_ready(fn())
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return batch / statistics.median(times)
+  return batch / benchmark.median_seconds(fn, steps, warmup=2)
 
 
 def trial(arch: str, batch: int, *, image_size: int, dtype, steps: int) -> dict[str, Any]:
