@@ -35,6 +35,8 @@ _OUT = flags.DEFINE_string('out', '/tmp/jaxcxr_benchmark_quality', 'Output folde
 _CONFIG = flags.DEFINE_string('config', 'configs/cxr_cpu.py', 'jaxcxr config file[:arg].')
 _JAX_OVERRIDES = flags.DEFINE_multi_string('jax_override', [], 'Extra --config.x=y flag for '
                                            'the jaxcxr side (repeatable).')
+_RUN_TORCH = flags.DEFINE_bool('torch', True, 'Run the torch side too (--notorch: the jaxcxr row '
+                                'alone, to try a recipe change before the side-by-side runs).')
 _TORCH_EPOCHS = flags.DEFINE_integer('torch_epochs', 8, 'torch: epochs (one-cycle length).')
 _TORCH_SIZE = flags.DEFINE_integer('torch_image_size', 128, 'torch: input side, pixels.')
 _TORCH_BATCH = flags.DEFINE_integer('torch_batch', 32, 'torch: batch size.')
@@ -138,14 +140,16 @@ def main(argv):
   try:
     summary = benchmark_quality.run(
         _MANUAL_DIR.value, _OUT.value, budget_s=_BUDGET.value, config=_CONFIG.value,
-        jax_overrides=_JAX_OVERRIDES.value, torch_command=_torch_command,
+        jax_overrides=_JAX_OVERRIDES.value,
+        torch_command=_torch_command if _RUN_TORCH.value else None,
         eval_dir=_EVAL_DIR.value)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   print(summary['table'])
   load = summary['loadavg']
-  print(f'load average: start {load["start"]:.2f}, after jaxcxr {load["after_jaxcxr"]:.2f}, '
-        f'after torch {load["after_torch"]:.2f}; logs and JSON in {os.path.abspath(_OUT.value)}')
+  after_torch = (f', after torch {load["after_torch"]:.2f}' if 'after_torch' in load else '')
+  print(f'load average: start {load["start"]:.2f}, after jaxcxr {load["after_jaxcxr"]:.2f}'
+        f'{after_torch}; logs and JSON in {os.path.abspath(_OUT.value)}')
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -205,7 +205,8 @@ def external_jax_row(workdir: str, code: int | None, wall_s: float, budget_s: fl
 
 
 def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
-        jax_overrides: Sequence[str], torch_command: Callable[[str, str, float], list[str]],
+        jax_overrides: Sequence[str],
+        torch_command: Optional[Callable[[str, str, float], list[str]]],
         env: dict | None = None, eval_dir: str = '', n_bootstrap: int = 1000) -> dict:
   """Runs both sides and returns {'rows', 'table', 'class_names', 'budget_s', 'loadavg'}.
 
@@ -216,7 +217,8 @@ def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
     budget_s: wall-clock budget of each side.
     config: the jaxcxr config file (default recipe: configs/cxr_cpu.py).
     jax_overrides: extra `--config.x=y` flags for the jaxcxr side.
-    torch_command: (splits.json, torch.json, budget_s) -> the torch worker's command line.
+    torch_command: (splits.json, torch.json, budget_s) -> the torch worker's command line; None
+      runs the jaxcxr side alone (recipe exploration: one row, no torch).
     env: subprocess environment.
     eval_dir: an external Kaggle-layout folder to score both sides on (module docstring).
     n_bootstrap: resamples of the macro-F1 interval with `eval_dir`.
@@ -254,11 +256,12 @@ def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
     json.dump(splits, f)
   result_path = out / 'torch.json'
   result_path.unlink(missing_ok=True)
-  code, wall = run_timed(torch_command(str(out / 'splits.json'), str(result_path), budget_s),
-                         budget_s, str(out / 'torch.log'), env)
-  loads['after_torch'] = _load()
-  rows.append(torch_row(str(result_path), code, wall, budget_s, splits['class_names'],
-                        splits['test'], n_bootstrap if eval_dir else 0))
+  if torch_command is not None:
+    code, wall = run_timed(torch_command(str(out / 'splits.json'), str(result_path), budget_s),
+                           budget_s, str(out / 'torch.log'), env)
+    loads['after_torch'] = _load()
+    rows.append(torch_row(str(result_path), code, wall, budget_s, splits['class_names'],
+                          splits['test'], n_bootstrap if eval_dir else 0))
   summary = {'rows': rows, 'class_names': splits['class_names'], 'budget_s': budget_s,
              'eval_dir': eval_dir,
              'loadavg': loads, 'table': format_table(rows, splits['class_names'])}

@@ -117,6 +117,10 @@ class Checkpointer:
       self.best.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
 
+  def best_step(self) -> int | None:
+    """The step best/ holds (the checkpoint the run ships), None when it holds none."""
+    return self.best.latest_step()
+
   def wait(self):
     """Waits for async saves; raises CheckpointWriteError when one failed."""
     with _writing(self.periodic.directory):

@@ -382,6 +382,23 @@ def train_loop(run: Run, state, start_step: int, loop: LoopState, train_iter,
   return state, step, last_train
 
 
+def ship_missing_final(run: Run, state, step: int, loop: LoopState,
+                       checkpointer: ckpt_lib.Checkpointer) -> None:
+  """Writes best/ for the final step when the run ships that step and best/ lacks it.
+
+  That happens when the save of best/ at the end of the run failed (a full disk) after the
+  periodic checkpoint of the same step was written: the re-run resumes at the last step, trains
+  nothing, and without this would evaluate and ship nothing.
+  """
+  if selection_rule(run.config) == 'last':
+    shipped = step
+  else:
+    shipped = min(loop.stopper.best_epoch * run.steps_per_epoch, run.total_steps)
+  if shipped == step and checkpointer.best_step() != step:
+    checkpointer.save_best(step, state, loop.to_checkpoint())
+    checkpointer.wait()
+
+
 def write_results(workdir: str, config, summary: dict) -> None:
   """results.json: the final summary and the resolved config (atomic write)."""
   path = os.path.join(workdir, 'results.json')
@@ -441,6 +458,7 @@ def _train_and_evaluate(config, workdir: str, reporter: Reporter | None, t_start
   try:
     state, step, last_train = train_loop(run, state, start_step, loop, train_iter, checkpointer,
                                          log, dropout_key)
+    ship_missing_final(run, state, step, loop, checkpointer)
   finally:
     checkpointer.wait()
     log.close()

@@ -13,6 +13,8 @@ Faults:
   enospc_save:<n>     the n-th checkpoint write of this process (periodic or best, counted by their
                       host-JSON item) writes half its file into Orbax's temporary directory and
                       then fails with OSError(ENOSPC), as a full disk does mid-save.
+  enospc_best:<n>     the same, at the n-th write into best/ (the shipped checkpoint; with
+                      early_stopping.select='last' the first is the one at the end of the run).
   nan_update:<k>      training step k (1-based) computes NaN updates (its learning-rate scale is
                       NaN for that step only): a NaN/inf gradient or optimizer overflow.
 """
@@ -50,12 +52,17 @@ def json_handler():
   return jh.JsonCheckpointHandler
 
 
-def enospc_save_fn(n: int):
-  """A replacement for JsonCheckpointHandler._save_fn whose n-th call fails with ENOSPC."""
+def enospc_save_fn(n: int, under: str = ''):
+  """A replacement for JsonCheckpointHandler._save_fn whose n-th call fails with ENOSPC.
+
+  With `under`, only writes below a folder of that name count (e.g. 'best').
+  """
   real = json_handler()._save_fn  # pylint: disable=protected-access
   calls = []
 
   async def _save_fn(self, x, directory):
+    if under and under not in directory.parts:
+      return await real(self, x, directory)
     calls.append(str(directory))
     if len(calls) != n:
       return await real(self, x, directory)
@@ -87,11 +94,13 @@ def install(spec: str) -> None:
     _hold_eval(arg)
   elif kind == 'enospc_save':
     json_handler()._save_fn = enospc_save_fn(int(arg))  # pylint: disable=protected-access
+  elif kind == 'enospc_best':
+    json_handler()._save_fn = enospc_save_fn(int(arg), under='best')  # pylint: disable=protected-access
   elif kind == 'nan_update':
     _nan_update(int(arg))
   else:
     raise SystemExit(f'{FAULT_ENV}={spec!r}: unknown fault (hold_eval:<marker>, '
-                     'enospc_save:<n>, nan_update:<k>)')
+                     'enospc_save:<n>, enospc_best:<n>, nan_update:<k>)')
 
 
 if __name__ == '__main__':

@@ -16,8 +16,8 @@ REPO = th.REPO
 # checkpoint every 3 steps plus one at each epoch end, async saves (so a save can be caught in
 # flight). Only data.data_dir is added per session.
 # select='best': the fault counts (the n-th checkpoint write) were laid out for a best/ save at
-# every improving epoch; the 'last' rule writes best/ once, at the end (see the closing note of
-# issue #23: a disk-full fault during that final save still needs its own test).
+# every improving epoch; the 'last' rule writes best/ once, at the end (a full disk during that
+# save: test_training_faults.py::test_disk_full_at_the_final_shipped_save_then_resume).
 CHAIN_OVERRIDES = {'train.num_epochs': 3, 'checkpoint.every_steps': 3,
                    'checkpoint.async_save': True, 'early_stopping.select': 'best',
                    'early_stopping.metric': 'val_macro_f1', 'early_stopping.mode': 'max'}

@@ -81,6 +81,35 @@ def test_disk_full_at_a_save_then_resume(disk, reference, chain_overrides, run_e
 
 
 @pytest.mark.slow
+def test_disk_full_at_the_final_shipped_save_then_resume(reference, chain_overrides, run_env,
+                                                         tmp_path, record):
+  """select='last' writes best/ once, at the end of the run: a full disk during that save stops
+  the run with the same clear message (exit 74), the periodic checkpoints are intact, and the
+  re-run resumes, writes the shipped checkpoint of the last step and ends bitwise equal."""
+  overrides = dict(chain_overrides, **{'early_stopping.select': 'last'})
+  work = tmp_path / 'work'
+  run = harness.train_run(overrides, work, tmp_path / 'full.log', run_env,
+                          driver_fault='enospc_best:1')
+  rc = run.wait()
+  out = run.output()
+  problems = harness.clear_failure(rc, out, EXIT_IO_ERROR, 'the disk is full',
+                                   str(work / 'best'), 'are intact', 're-run the same command')
+  kept = harness.committed_steps(work / 'checkpoints')
+  unreadable = [s for s in kept if not harness.readable(work / 'checkpoints' / str(s))]
+  record(fault='disk_full_final_best', bad_input='disk full at the final best/ save',
+         clear=not problems, problems=problems, data_lost=len(unreadable))
+  assert not problems, problems
+  assert kept and not unreadable, (kept, unreadable)
+  assert not harness.committed_steps(work / 'best'), 'a failed best/ save left a step behind'
+  again = harness.train_run(overrides, work, tmp_path / 'again.log', run_env)
+  rc = again.wait()
+  assert rc == 0, again.output()[-4000:]
+  assert harness.resumed_step(again.output()) == kept[-1]
+  assert harness.committed_steps(work / 'best') == [harness.TOTAL_STEPS]
+  _assert_same_as_reference(work, reference, record)
+
+
+@pytest.mark.slow
 def test_truncated_final_checkpoint_is_rewritten(trained_copy, reference, chain_overrides,
                                                  run_env, tmp_path, record):
   """Truncating the last checkpoint of a finished run: the re-run warns, resumes from the one
