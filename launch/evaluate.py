@@ -9,7 +9,9 @@ With --eval_dir: a Kaggle-layout folder (COVID/, Normal/, Viral Pneumonia/ [, Lu
 report in <workdir>/eval_folder_<folder name>/, with predictions.csv and unreadable.csv (files that
 could not be read are listed and skipped). Either way: report.json, report.md, the figures
 (confusion matrix, ROC curves, reliability diagram, training curves) and, with the shortcut
-indicator, Grad-CAM example panels in shortcut/; the per-class table is printed.
+indicator, Grad-CAM example panels in shortcut/; with the run's out-of-distribution score fitted
+(--ood, the default then), its section: how many of these films `launch.predict` would flag, and
+the score's AUROC against generated pictures. The per-class table is printed.
 """
 
 import os
@@ -38,6 +40,10 @@ _SHORTCUT = flags.DEFINE_bool('shortcut', None,
                               'Add the Grad-CAM shortcut indicator and example panels to the '
                               'report; default: on with --eval_dir, else the run\'s '
                               'config.eval.shortcut.')
+_OOD = flags.DEFINE_bool('ood', None,
+                         'Add the out-of-distribution section (the workdir\'s fitted score; the '
+                         'split or folder as the in-distribution films). Default: when a score is '
+                         'fitted for the checkpoint.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -49,11 +55,13 @@ def _evaluate() -> tuple[dict, str]:
     result = folder_eval.evaluate_folder(
         _WORKDIR.value, _EVAL_DIR.value, which=_WHICH.value, out=_OUT.value,
         batch_size=_BATCH.value, bootstrap=_BOOTSTRAP.value,
-        shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value)
+        shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value,
+        ood=_OOD.value is not False)
     return result, result['name']
   result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
                                    out=_OUT.value, batch_size=_BATCH.value,
-                                   bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value)
+                                   bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value,
+                                   ood=_OOD.value)
   return result, _SPLIT.value
 
 

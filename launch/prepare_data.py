@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import data as data_lib
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.training import errors
 from launch import cli
 
@@ -38,7 +38,7 @@ def main(argv):
     cli.fail(e, errors.EXIT_USAGE)
   except OSError as e:   # e.g. an unwritable data_dir
     cli.fail(e, errors.EXIT_IO_ERROR)
-  print(builder.summary_table(handle))
+  print(dataset.summary_table(handle))
 
 
 if __name__ == '__main__':

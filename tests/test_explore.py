@@ -27,6 +27,7 @@ from jaxcxr.data import lookalikes
 from jaxcxr.data import phantom
 from jaxcxr.data import sampling
 from jaxcxr.training import errors
+from tests import test_lookalikes
 
 CXR_DEV = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cxr_dev'
 CLASSES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -226,11 +227,8 @@ def test_augmentation_rows_follow_the_loader_transform(folder_report):
 
 
 def test_closest_pairs_on_hand_made_hashes():
-  h = np.zeros((4, 4), np.uint64)
-  h[1, 0] = 0b111          # 3 bits from image 0
-  h[2, 0] = 0b1111111111   # 10 bits from 0, 7 from 1: linked to the group through image 1
-  h[3] = np.uint64(2**64 - 1)  # 256 bits from all
-  groups, nearest, partner = lookalikes.near_duplicates(h, ['a', 'b', 'c', 'd'], 8, block=2)
+  groups, nearest, partner = lookalikes.near_duplicates(
+      test_lookalikes.hand_made_hashes(), ['a', 'b', 'c', 'd'], 8, block=2)
   assert groups == [[0, 1, 2]]  # tests/test_lookalikes.py has the grouping itself
   assert duplicates.closest_pairs(nearest, partner, groups) == [(2, 3, 246)]
   assert duplicates.closest_pairs(nearest, partner, []) == [(0, 1, 3), (1, 2, 7), (2, 3, 246)]

@@ -73,11 +73,17 @@ def test_shifts_are_caught_only_when_small():
   assert np.median(four) > lookalikes.DEFAULT_THRESHOLD
 
 
-def test_near_duplicates_on_hand_made_hashes():
+def hand_made_hashes() -> np.ndarray:
+  """Four 256-bit hashes: 0, 1 (3 bits from 0), 2 (10 from 0, 7 from 1), 3 (all bits set)."""
   h = np.zeros((4, 4), np.uint64)
   h[1, 0] = 0b111          # 3 bits from image 0
   h[2, 0] = 0b1111111111   # 10 bits from 0, 7 from 1: linked to the group through image 1
   h[3] = np.uint64(2**64 - 1)  # 256 bits from all
+  return h
+
+
+def test_near_duplicates_on_hand_made_hashes():
+  h = hand_made_hashes()
   groups, nearest, partner = lookalikes.near_duplicates(h, ['a', 'b', 'c', 'd'], 8, block=2)
   assert groups == [[0, 1, 2]]
   assert nearest.tolist() == [3, 3, 7, 246]

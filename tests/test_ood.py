@@ -24,6 +24,7 @@ from jaxcxr.data import images
 from jaxcxr.data import input_checks
 from jaxcxr.data import ood_material
 from jaxcxr.data import preprocess
+from jaxcxr.evaluation import folder_eval
 from jaxcxr.evaluation import inference
 from jaxcxr.evaluation import ood
 from jaxcxr.evaluation import ood_eval
@@ -215,6 +216,39 @@ def test_predict_without_a_fitted_score_uses_the_checks_only(run, tmp_path):
   assert 'launch.fit_ood' in result['ood_warning'] and result['ood_flagged'] == 1
   row = next(csv.DictReader(open(tmp_path / 'p.csv')))
   assert row['ood_score'] == '' and row['ood_reason'] == 'near_constant'
+
+
+def test_folder_evaluation_has_the_ood_section(run, tmp_path):
+  """launch.evaluate --eval_dir: the folder's films are the in-distribution set; their false-alarm
+  rate is the share that launch.predict flags for the same files. Without a fitted score, a note
+  says how to fit one."""
+  bundle = checkpoint.restore_for_inference(run)
+  handle = data.prepare(bundle.config.data)
+  folder = tmp_path / 'hospital'
+  files = []
+  for name, label in zip(handle.filenames('test'), handle.labels('test')):
+    dest = folder / bundle.class_names[int(label)] / os.path.basename(name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(handle.phantom_dir, name), dest)
+    files.append(str(dest))
+  result = folder_eval.evaluate_folder(run, str(folder), out=str(tmp_path / 'rep'), bootstrap=20,
+                                       shortcut=False)
+  section = result['ood']
+  assert section['in_distribution']['n'] == 6 and section['in_distribution']['name'] == (
+      'folder hospital')
+  assert [s['name'] for s in section['sets']][:3] == ['noise', 'blank', 'gradient']
+  inference.predict_workdir(run, str(tmp_path / 'p.csv'), images=files)
+  flagged = [r['in_distribution'] == 'false' for r in csv.DictReader(open(tmp_path / 'p.csv'))]
+  assert section['in_distribution']['false_alarm']['mahalanobis'] == pytest.approx(
+      np.mean(flagged))
+  assert '## Out-of-distribution inputs' in (tmp_path / 'rep' / 'report.md').read_text()
+  work = tmp_path / 'copy'
+  shutil.copytree(run, work)
+  os.remove(work / ood.FILE)
+  bare = folder_eval.evaluate_folder(str(work), str(folder), out=str(tmp_path / 'rep2'),
+                                     bootstrap=20, shortcut=False)
+  assert bare['ood'] is None
+  assert any('launch.fit_ood' in n for n in bare['metrics']['notes'])
 
 
 def test_fit_ood_cli_refits_and_reports(run, tmp_path):

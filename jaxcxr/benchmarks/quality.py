@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from jaxcxr import data as data_lib
-from jaxcxr.data import builder
+from jaxcxr.data import folders
 from jaxcxr.evaluation import metrics as metrics_lib
 from jaxcxr.training import checkpoint
 
@@ -92,7 +92,7 @@ def split_files(workdir: str, eval_dir: str = '') -> dict:
 
 def external_files(eval_dir: str, class_names: Sequence[str]) -> list[list]:
   """[[path, label], ...] of a Kaggle-layout folder, classes as `class_names` (sorted by path)."""
-  entries, _ = builder.scan_folder(Path(eval_dir).expanduser(), tuple(class_names))
+  entries, _ = folders.scan_folder(Path(eval_dir).expanduser(), tuple(class_names))
   return [[str(e.path), int(e.label)] for e in entries]
 
 

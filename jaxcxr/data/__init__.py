@@ -1,10 +1,12 @@
 """Chest X-ray data: phantoms, TFDS ArrayRecord builder, Grain loaders, shared preprocessing.
 
-`prepare(config.data) -> DatasetHandle` builds (first call) or opens the dataset; the Grain
+`prepare(config.data) -> DatasetHandle` (`jaxcxr.data.dataset`) builds (first call, with the TFDS
+builder of `jaxcxr.data.builder` over a Kaggle-layout folder, `jaxcxr.data.folders`) or opens the
+dataset; the Grain
 pipelines are in `jaxcxr.data.loader` and the shared preprocessing in `jaxcxr.data.preprocess`.
 """
 
-from jaxcxr.data.builder import DatasetHandle
-from jaxcxr.data.builder import prepare
+from jaxcxr.data.dataset import DatasetHandle
+from jaxcxr.data.dataset import prepare
 
 __all__ = ['DatasetHandle', 'prepare']

@@ -28,7 +28,7 @@ from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import sampling
 from jaxcxr.data import shm
-from jaxcxr.data.builder import DatasetHandle
+from jaxcxr.data.dataset import DatasetHandle
 
 
 class RecordSource:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.data import preprocess
 from jaxcxr.training import checkpoint
 
@@ -347,7 +347,7 @@ def export_workdir(workdir: str, out: str, *, layout: str = 'NHWC', which: str =
                        os.path.join(out, 'model.onnx'), layout=layout, atol=atol)
   spec = write_preprocessing_spec(
       os.path.join(out, 'preprocessing.json'), bundle.image_size,
-      stored_size=builder.stored_size(bundle.config.data), layout=layout,
+      stored_size=dataset.stored_size(bundle.config.data), layout=layout,
       class_names=bundle.class_names)
   result['preprocessing'] = os.path.join(out, 'preprocessing.json')
   result['preprocessor'] = write_preprocessor_py(os.path.join(out, 'preprocessor.py'), spec)

@@ -3,7 +3,7 @@
   python -m launch.evaluate --workdir W --eval_dir FOLDER [--out DIR]
 
 `evaluate_folder` finds the class folders of FOLDER as the dataset builder finds them
-(`builder.class_folders`: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a 4-class model],
+(`folders_lib.class_folders`: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a 4-class model],
 their aliases, matched case-insensitively, `<Class>/images/` when present; subfolders such as masks/
 and hidden files skipped), reads every file with the same decode and resizes as the run's
 evaluation (`preprocess.load_image_for_inference` through the run's stored size), predicts with the
@@ -12,6 +12,10 @@ run's model (test-time augmentation when the run used it) and writes the report 
 diagram, the Grad-CAM shortcut indicator with its example panels (source resolution), plus
 `predictions.csv` (one row per scored film) and `unreadable.csv` (file, reason). Nothing is
 prepared or written in the data_dir; nothing is deduplicated (every readable film counts).
+With the run's out-of-distribution score fitted (every run that trained; `launch.fit_ood` for older
+workdirs), the report has its section too, the folder's films as the in-distribution set: the
+share of them that `launch.predict` would flag (a new hospital's false-alarm rate) and the AUROC of
+the score against generated pictures (noise, photos, text, transformed films).
 
 Unreadable files are listed and counted, not fatal. Subfolders that are no class of the model
 (Lung_Opacity/ for a 3-class model, anything else) are named in the report and skipped; a class of
@@ -29,11 +33,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
+from jaxcxr.data import folders as folders_lib
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import preprocess
 from jaxcxr.evaluation import gradcam
 from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import ood as ood_lib
+from jaxcxr.evaluation import ood_eval
 from jaxcxr.evaluation import report
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import compute_metrics
@@ -82,7 +89,7 @@ def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder
   if not root.is_dir():
     raise FileNotFoundError(f'--eval_dir {root} is not a folder. Give a folder in the Kaggle '
                             f'layout, one subfolder per class: {expected}')
-  folders = builder.class_folders(root, tuple(class_names))
+  folders = folders_lib.class_folders(root, tuple(class_names))
   subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
   if not folders:
     raise FileNotFoundError(
@@ -94,7 +101,7 @@ def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder
   for k, name in enumerate(class_names):
     if name not in folders:
       continue
-    found, dot = builder.class_files(folders[name])
+    found, dot = folders_lib.class_files(folders[name])
     files += found
     labels += [k] * len(found)
     hidden += [p.relative_to(root).as_posix() for p in dot]
@@ -217,8 +224,23 @@ def _notes(folder: LabelledFolder, failed: list, class_names: Sequence[str]) -> 
   return notes
 
 
+def _ood_section(workdir: str, bundle, files: Sequence[Path], name: str,
+                 batch_size: int) -> dict | None:
+  """The OOD section with the folder's readable films as the in-distribution set (None when the
+  checkpoint has no fitted score)."""
+  model = ood_lib.load_for(workdir, bundle)[0]
+  if model is None:
+    return None
+  pictures = [Path(f).read_bytes() for f in files]
+  return ood_eval.evaluate(bundle, model, pictures, in_name=f'folder {name}',
+                           per_set=min(ood_eval.DEFAULT_PER_SET, max(16, len(pictures))),
+                           batch_size=batch_size,
+                           material_size=min(224, 2 * int(bundle.image_size)))
+
+
 def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: str = '',
-                    batch_size: int = 0, bootstrap: int = -1, shortcut: bool = True) -> dict:
+                    batch_size: int = 0, bootstrap: int = -1, shortcut: bool = True,
+                    ood: bool = True) -> dict:
   """Scores a training workdir's checkpoint on a labelled Kaggle-layout folder (launch.evaluate).
 
   Args:
@@ -229,9 +251,12 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
     batch_size: 0 = config.eval.batch_size.
     bootstrap: CI resamples; -1 = config.eval.bootstrap.
     shortcut: add the Grad-CAM shortcut indicator and example panels.
+    ood: add the out-of-distribution section when the checkpoint has a fitted score (else a note
+      says how to fit one).
 
   Returns:
-    {'metrics', 'files' (everything written), 'out_dir', 'shortcut', 'name' (the folder's name,
+    {'metrics', 'files' (everything written), 'out_dir', 'shortcut', 'ood' (the section or None),
+     'name' (the folder's name,
      the report's split title), 'files_found', 'unreadable': [(file relative to eval_dir,
      reason)], 'ignored_folders', 'missing_classes'}.
 
@@ -246,7 +271,7 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
   batch_size = batch_size or int(cfg.eval.batch_size)
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
   greys, ok, failed = load_films(
-      folder.files, bundle.image_size, stored_size=builder.stored_size(cfg.data),
+      folder.files, bundle.image_size, stored_size=dataset.stored_size(cfg.data),
       max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)))
   unreadable = [(folder.relative(folder.files[i]), reason) for i, reason in failed]
   if not len(ok):
@@ -268,6 +293,12 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
         bundle.module, bundle.variables, greys, labels,
         [folder.relative(folder.files[i]) for i in ok], [folder.files[i] for i in ok], out_dir,
         names, batch_size=batch_size)
+  ood_section = None
+  if ood:
+    ood_section = _ood_section(workdir, bundle, [folder.files[i] for i in ok], name, batch_size)
+    if ood_section is None:
+      metrics['notes'].append(f'No out-of-distribution section: no score is fitted for this '
+                              f'checkpoint (python -m launch.fit_ood --workdir {workdir}).')
   extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
            'model': cfg.model.name, 'image_size': int(bundle.image_size),
            'eval_dir': str(folder.root), 'files_found': len(folder.files),
@@ -276,7 +307,7 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
   written = _write_csvs(out_dir, folder, ok, probs, failed, names)
   written.update(report.write_report(out_dir, metrics, labels, probs, names,
                                      history=run_log.read_rows(workdir, 'epoch'), split=name,
-                                     extra=extra, shortcut=analysis))
+                                     extra=extra, shortcut=analysis, ood=ood_section))
   return {'metrics': metrics, 'files': written, 'out_dir': out_dir, 'shortcut': analysis,
-          'name': name, 'files_found': len(folder.files), 'unreadable': unreadable,
+          'ood': ood_section, 'name': name, 'files_found': len(folder.files), 'unreadable': unreadable,
           'ignored_folders': folder.ignored_folders, 'missing_classes': folder.missing}

@@ -31,7 +31,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 
 from jaxcxr import data
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
 from jaxcxr.data import phantom
@@ -461,7 +461,7 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
   for p in paths:
     try:
       greys.append(preprocess.load_image_for_inference(
-          p, size, stored_size=builder.stored_size(bundle.config.data)))
+          p, size, stored_size=dataset.stored_size(bundle.config.data)))
       ok.append(p)
     except (OSError, ValueError) as e:
       result['failed'].append((p, getattr(e, 'reason', None) or str(e)))

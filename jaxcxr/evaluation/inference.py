@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.data import input_checks
 from jaxcxr.data import preprocess
 from jaxcxr.evaluation import export
@@ -75,7 +75,7 @@ def predict_files(predict_fn: Callable, paths: Sequence[str], image_size: int,
     paths: image files, in output order.
     image_size: model input side.
     batch_size: static batch size (the last batch is zero-padded, so one compilation).
-    stored_size: side the training data was stored at (`jaxcxr.data.builder.stored_size`), to
+    stored_size: side the training data was stored at (`jaxcxr.data.dataset.stored_size`), to
       reproduce its two resamples; 0 resizes once.
 
   Returns:
@@ -235,7 +235,7 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
         failed.append((spec, 'no image files match'))
       paths += found
     result = predict_files_checked(predict, paths, bundle.image_size, batch_size,
-                                   stored_size=builder.stored_size(cfg.data),
+                                   stored_size=dataset.stored_size(cfg.data),
                                    feature_fn=feature_fn, thresholds=thresholds)
     probs, files, reasons, features = (result['probs'], result['files'], result['reasons'],
                                        result['features'])

@@ -17,7 +17,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import input_checks
 from jaxcxr.data import loader
@@ -162,7 +162,7 @@ def evaluate(bundle, model: ood.OodModel, in_pictures: Sequence[Picture], *, in_
 
   def run(pictures):
     return score_pictures(fn, model, pictures, image_size=int(bundle.image_size),
-                          stored_size=builder.stored_size(cfg.data), batch_size=batch_size)
+                          stored_size=dataset.stored_size(cfg.data), batch_size=batch_size)
 
   inside = run(in_pictures)
   in_flagged = np.array([bool(r) for r in inside['reasons']], bool)

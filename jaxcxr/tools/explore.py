@@ -39,6 +39,8 @@ import tqdm
 from jaxcxr import data as data_lib
 from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import builder
+from jaxcxr.data import dataset
+from jaxcxr.data import folders
 from jaxcxr.data import images as images_lib
 from jaxcxr.data import loader
 from jaxcxr.data import lookalikes
@@ -140,9 +142,9 @@ def _assemble(kind, root, names, labels, results, refs, num_classes) -> Inventor
 
 def inspect_folder(manual_dir, class_names, *, max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
                    progress: bool = True) -> Inventory:
-  """Every file of a Kaggle-layout folder, as `builder.scan_folder` finds them."""
+  """Every file of a Kaggle-layout folder, as `folders.scan_folder` finds them."""
   root = Path(manual_dir)
-  entries, _ = builder.scan_folder(root, tuple(class_names))
+  entries, _ = folders.scan_folder(root, tuple(class_names))
   results = _map(lambda e: _inspect_file(e.path, max_pixels), entries, 'Inspecting files', progress)
   return _assemble('files', root, [e.name for e in entries], [e.label for e in entries], results,
                    [e.path for e in entries], len(class_names))
@@ -322,7 +324,7 @@ def fill_prepared_settings(data_cfg) -> None:
   Raises:
     FileNotFoundError: no prepared `builder_config` dataset in the data_dir (names the command).
   """
-  data_dir = builder.resolve_data_dir(data_cfg.data_dir)
+  data_dir = dataset.resolve_data_dir(data_cfg.data_dir)
   folder = (data_dir / builder.CovidRadiography.name / data_cfg.builder_config /
             str(builder.CovidRadiography.VERSION))
   if not (folder / 'metadata.json').exists():

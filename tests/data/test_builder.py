@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 
 import jaxcxr.data as data_lib
 from jaxcxr.data import builder
+from jaxcxr.data import dataset
+from jaxcxr.data import folders
 from jaxcxr.data import images
 from tests.data import helpers
 from tests import test_lookalikes as looks
@@ -143,7 +145,7 @@ def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
   # Stratified as without groups: round(n * 0.2) per class in test and validation
   # (COVID 12 + 3 - 1 dropped = 14, Normal 12 + 3 = 15, Viral Pneumonia 12 + 2 = 14).
   assert h.class_counts == {'train': [8, 9, 8], 'validation': [3, 3, 3], 'test': [3, 3, 3]}
-  table = builder.summary_table(h)
+  table = dataset.summary_table(h)
   assert ('look-alike films kept in one split: 13 films in 6 groups (dHash 16x16 within 8 bits; '
           'groups with different labels: 1)') in table
   assert 'look-alikes with different labels (kept, one split): Normal/images/Normal-6.png' in table
@@ -151,7 +153,7 @@ def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
   _, old = _prepare(tmp_path / 'v1', folder, lookalike_threshold=-1, **kw)
   assert old.class_counts == h.class_counts
   assert any(len({_split_of(old)[n] for n in g}) > 1 for g in LOOKALIKES)
-  assert 'look-alike films: not grouped' in builder.summary_table(old)
+  assert 'look-alike films: not grouped' in dataset.summary_table(old)
 
 
 def _as_version_1_0(handle) -> Path:
@@ -211,14 +213,14 @@ def test_class_folders_match_case_insensitively(tmp_path):
   for name in ('covid', 'NORMAL', 'viral pneumonia', 'Lung_Opacity', 'notes'):
     (root / name).mkdir(parents=True)
   (root / 'covid' / 'images').mkdir()
-  found = builder.class_folders(root, ('COVID', 'Normal', 'Viral Pneumonia'))
+  found = folders.class_folders(root, ('COVID', 'Normal', 'Viral Pneumonia'))
   assert found == {'COVID': root / 'covid' / 'images', 'Normal': root / 'NORMAL',
                    'Viral Pneumonia': root / 'viral pneumonia'}
   if (root / 'COVID').is_dir():
     return  # a case-insensitive file system: 'Covid' below would be 'covid'
   (root / 'Covid').mkdir()
   with pytest.raises(ValueError, match=r"2 folders in .* could hold the 'COVID' images"):
-    builder.class_folders(root, ('COVID',))
+    folders.class_folders(root, ('COVID',))
 
 
 def test_mismatched_settings_detected_with_command(tmp_path):
@@ -250,7 +252,7 @@ def test_new_image_size_reuses_the_prepared_folder(tmp_path):
   assert h.source('train')[0]['image'].shape == (224, 224)
   for size in (128, 192, 32):
     cfg.image_size = size
-    assert builder.stored_size(cfg) == 224
+    assert dataset.stored_size(cfg) == 224
     h2 = data_lib.prepare(cfg, progress=False)
     assert h2.dataset_dir == h.dataset_dir and h2.stored_size == 224
     assert h2.filenames('test') == h.filenames('test')
@@ -265,7 +267,7 @@ def test_new_image_size_reuses_the_prepared_folder(tmp_path):
     data_lib.prepare(cfg, progress=False)
   # Phantoms stay stored at image_size (generated per setting; the default run is unchanged).
   pcfg = helpers.data_config(tmp_path / 'tfds', image_size=24)
-  assert builder.stored_size(pcfg) == 24
+  assert dataset.stored_size(pcfg) == 24
 
 
 def test_phantom_and_real_do_not_collide(tmp_path):
@@ -339,7 +341,7 @@ def test_bad_files_skipped_counted_and_reported(tmp_path):
   for name, reason in BAD.items():
     assert reason in skipped[name]
   assert [sum(c) for c in zip(*h.class_counts.values())] == [12, 10, 10]  # + rgba, sixteen
-  table = builder.summary_table(h)
+  table = dataset.summary_table(h)
   assert 'skipped bad files: 5' in table and 'skipped COVID/images/bomb.png' in table
   by_name = {n: r['image'] for s in ('train', 'validation', 'test')
              for n, r in zip(h.filenames(s), _all_records(h, s))}

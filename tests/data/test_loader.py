@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxcxr.data as data_lib
-from jaxcxr.data import builder
+from jaxcxr.data import dataset
 from jaxcxr.data import images
 from jaxcxr.data import loader
 from tests.data import helpers
@@ -185,7 +185,7 @@ def test_eval_resizes_stored_images(tmp_path):
   name = h.filenames('train')[int(b['index'][0])]
   np.testing.assert_array_equal(
       b['image'][0], preprocess.load_image_for_inference(folder / name, 16, stored_size=24))
-  assert builder.stored_size(cfg) == 24
+  assert dataset.stored_size(cfg) == 24
   t = next(loader.train_iterator(cfg, h, local_batch_size=2, seed=0))
   assert t['image'].shape == (2, 16, 16, 1)
 
