@@ -5,6 +5,9 @@ r"""Quality benchmark: the jaxcxr recipe vs a plain torchvision ResNet-18, same 
   # Both train on the whole training folder; both are scored on the same external films:
   python -m launch.benchmark_quality --manual_dir ../shared/data/cxr_dev \
       --eval_dir ../shared/data/cxr_eval
+  # A recipe change tried on the jaxcxr side alone (one row; the torch side is the same per seed):
+  python -m launch.benchmark_quality --notorch --manual_dir ../shared/data/cxr_dev \
+      --eval_dir ../shared/data/cxr_eval --jax_override=--config.data.image_size=128
 
 Runs jaxcxr (`launch.train` with the recipe: dataset preparation, compilation, training,
 evaluation, all timed) and then the torch baseline of issue #13 on the training files of the split

@@ -67,3 +67,12 @@ def test_smoke_same_external_images(tmp_path):
     lo, hi = r_['macro_f1_ci']
     assert lo <= r_['macro_f1'] <= hi
   assert '| jaxcxr |' in r.stdout and '| torchvision |' in r.stdout
+  # --notorch: the jaxcxr row alone, scored on the same films (a recipe change tried by itself).
+  r = subprocess.run(cmd + ['--notorch'], cwd=train_helpers.REPO, env=train_helpers.env(),
+                     capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  alone = json.loads((out / 'benchmark_quality.json').read_text())
+  assert [row['name'] for row in alone['rows']] == ['jaxcxr']
+  assert alone['rows'][0]['macro_f1'] == jax_r['macro_f1']   # deterministic on CPU
+  assert 'after_torch' not in alone['loadavg'] and not (out / 'torch.json').exists()
+  assert '| torchvision |' not in r.stdout and 'after torch' not in r.stdout
