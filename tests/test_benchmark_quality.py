@@ -1,6 +1,7 @@
 """launch.benchmark_quality: both sides on the same images, one table (tiny phantom smoke run)."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 from jaxcxr.data import phantom
 from jaxcxr.benchmarks import quality as benchmark_quality
+from jaxcxr.training import checkpoint
 from tests import train_helpers
 
 NAMES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -34,6 +36,36 @@ def test_rows_and_table_from_results(tmp_path):
   assert lines[2].startswith('| jaxcxr | - | - |') and '| NO | killed at the budget |' in lines[2]
   assert lines[3].startswith('| torchvision | ') and '| 0.750 | 1.000 | 1.000 | 0.500 | 4 | 42 |' \
       in lines[3]
+
+
+def test_without_torch_runs_the_jaxcxr_side_alone(tmp_path, monkeypatch):
+  """torch_command=None (--notorch): launch.train and launch.predict run, the torch worker does
+  not; one row, scored on the external films; no torch load average."""
+  ran = []
+
+  def run_timed(cmd, timeout_s, log_path, env=None):
+    ran.append(cmd[2])
+    if cmd[2] == 'launch.train':
+      workdir = Path(cmd[cmd.index('--workdir') + 1])
+      workdir.mkdir(parents=True)
+      (workdir / checkpoint.CONFIG_FILE).write_text('{}')
+    return 0, 1.5
+
+  splits = {'class_names': list(NAMES), 'train': [['t.png', 0]], 'test': [['e.png', 1]]}
+  monkeypatch.setattr(benchmark_quality, 'run_timed', run_timed)
+  monkeypatch.setattr(benchmark_quality, 'split_files', lambda workdir, eval_dir: splits)
+  monkeypatch.setattr(benchmark_quality, 'external_jax_row',
+                      lambda workdir, code, wall, budget, sp, csv, n: {'name': 'jaxcxr',
+                                                                      'wall_s': wall})
+  (tmp_path / 'train').mkdir()
+  (tmp_path / 'external').mkdir()
+  summary = benchmark_quality.run(str(tmp_path / 'train'), str(tmp_path / 'out'), budget_s=60,
+                                  config='configs/cxr_cpu.py', jax_overrides=[],
+                                  torch_command=None, eval_dir=str(tmp_path / 'external'))
+  assert ran == ['launch.train', 'launch.predict']
+  assert [r['name'] for r in summary['rows']] == ['jaxcxr'] and summary['rows'][0]['wall_s'] == 3.0
+  assert 'after_torch' not in summary['loadavg'] and '| torchvision |' not in summary['table']
+  assert not (tmp_path / 'out' / 'torch.json').exists()
 
 
 @pytest.mark.slow
@@ -67,12 +99,3 @@ def test_smoke_same_external_images(tmp_path):
     lo, hi = r_['macro_f1_ci']
     assert lo <= r_['macro_f1'] <= hi
   assert '| jaxcxr |' in r.stdout and '| torchvision |' in r.stdout
-  # --notorch: the jaxcxr row alone, scored on the same films (a recipe change tried by itself).
-  r = subprocess.run(cmd + ['--notorch'], cwd=train_helpers.REPO, env=train_helpers.env(),
-                     capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  alone = json.loads((out / 'benchmark_quality.json').read_text())
-  assert [row['name'] for row in alone['rows']] == ['jaxcxr']
-  assert alone['rows'][0]['macro_f1'] == jax_r['macro_f1']   # deterministic on CPU
-  assert 'after_torch' not in alone['loadavg'] and not (out / 'torch.json').exists()
-  assert '| torchvision |' not in r.stdout and 'after torch' not in r.stdout

@@ -111,7 +111,7 @@ def test_cxr_dev_short_run(tmp_path):
   assert f1 >= CXR_DEV_SHORT_F1 - MARGIN, f'test macro-F1 {f1:.3f} (measured {CXR_DEV_SHORT_F1})'
   external = folder_eval.evaluate_folder(str(tmp_path / 'w'), str(data_helpers.CXR_EVAL.resolve()),
                                          out=str(tmp_path / 'external'), bootstrap=0,
-                                         shortcut=False)
+                                         shortcut=False, ood=False)
   assert external['metrics']['num_examples'] == 1231 and not external['unreadable']
   f1 = external['metrics']['macro']['f1']
   assert f1 >= CXR_EVAL_SHORT_F1 - MARGIN, f'cxr_eval macro-F1 {f1:.3f} (measured {CXR_EVAL_SHORT_F1})'

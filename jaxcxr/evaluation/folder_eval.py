@@ -3,7 +3,7 @@
   python -m launch.evaluate --workdir W --eval_dir FOLDER [--out DIR]
 
 `evaluate_folder` finds the class folders of FOLDER as the dataset builder finds them
-(`folders_lib.class_folders`: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a 4-class model],
+(`jaxcxr.data.folders`: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a 4-class model],
 their aliases, matched case-insensitively, `<Class>/images/` when present; subfolders such as masks/
 and hidden files skipped), reads every file with the same decode and resizes as the run's
 evaluation (`preprocess.load_image_for_inference` through the run's stored size), predicts with the
@@ -256,9 +256,8 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
 
   Returns:
     {'metrics', 'files' (everything written), 'out_dir', 'shortcut', 'ood' (the section or None),
-     'name' (the folder's name,
-     the report's split title), 'files_found', 'unreadable': [(file relative to eval_dir,
-     reason)], 'ignored_folders', 'missing_classes'}.
+     'name' (the folder's name, the report's split title), 'files_found', 'unreadable': [(file
+     relative to eval_dir, reason)], 'ignored_folders', 'missing_classes'}.
 
   Raises:
     FileNotFoundError: no workdir checkpoint, or no usable folder (the message says what is
@@ -309,5 +308,6 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
                                      history=run_log.read_rows(workdir, 'epoch'), split=name,
                                      extra=extra, shortcut=analysis, ood=ood_section))
   return {'metrics': metrics, 'files': written, 'out_dir': out_dir, 'shortcut': analysis,
-          'ood': ood_section, 'name': name, 'files_found': len(folder.files), 'unreadable': unreadable,
-          'ignored_folders': folder.ignored_folders, 'missing_classes': folder.missing}
+          'ood': ood_section, 'name': name, 'files_found': len(folder.files),
+          'unreadable': unreadable, 'ignored_folders': folder.ignored_folders,
+          'missing_classes': folder.missing}

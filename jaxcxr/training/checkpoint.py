@@ -161,7 +161,7 @@ class Checkpointer:
     return None
 
   def restore_best(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-    step = self.best.latest_step()
+    step = self.best_step()
     if step is None:
       return None
     restored = self.best.restore(step, args=ocp.args.Composite(
