@@ -23,35 +23,35 @@ def get_data_config() -> ml_collections.ConfigDict:
   # 'phantom': synthetic chest radiographs generated on first use (no download);
   # 'folder': a Kaggle-layout folder given by `manual_dir` (prepared into TFDS on first use).
   d.source = 'phantom'
-  d.manual_dir = ''            # Kaggle layout: COVID/, Normal/, Viral Pneumonia/[, Lung_Opacity/]
-  d.data_dir = ''              # TFDS data_dir; '' -> $JAXCXR_DATA_DIR or ~/.cache/jaxcxr/tfds
+  d.manual_dir = ''  # Kaggle layout: COVID/, Normal/, Viral Pneumonia/[, Lung_Opacity/]
+  d.data_dir = ''  # TFDS data_dir; '' -> $JAXCXR_DATA_DIR or ~/.cache/jaxcxr/tfds
   d.builder_config = '3class'  # '3class' (paper) or '4class' (+ Lung_Opacity)
-  d.image_size = 224           # model input side, pixels
+  d.image_size = 224  # model input side, pixels
   # Side (pixels) images are resized to when the TFDS dataset is prepared; the loader resamples
   # stored -> image_size (train: inside the one augmentation warp). 0 -> image_size.
   d.stored_size = 0
   d.split_seed = 0
   d.val_fraction = 0.15
   d.test_fraction = 0.15
-  d.lookalike_threshold = 8    # look-alike films (16x16 dHash within this many of 256 bits) share a
-                               # split; -1: film by film
-  d.on_bad_image = 'error'     # 'error' or 'skip' (skips are counted and reported)
+  d.lookalike_threshold = 8  # look-alike films (16x16 dHash within this many of 256 bits) share a
+  # split; -1: film by film
+  d.on_bad_image = 'error'  # 'error' or 'skip' (skips are counted and reported)
   d.max_image_pixels = 64_000_000  # larger images are refused (decompression-bomb guard)
   # 'oversample': WeightedRandomSampler(1/class count, replacement=True) semantics;
   # 'none': plain shuffled epochs; 'class_weighted_loss': no resampling, loss weighted 1/count.
   d.sampling = 'oversample'
-  d.num_workers = 2            # Grain worker processes (0 = in-process)
-  d.prefetch = 2               # batches buffered per worker
-  d.read_threads = 2           # threads per loader process (reads and cv2 warps release the GIL)
+  d.num_workers = 2  # Grain worker processes (0 = in-process)
+  d.prefetch = 2  # batches buffered per worker
+  d.read_threads = 2  # threads per loader process (reads and cv2 warps release the GIL)
 
   d.augment = ml_collections.ConfigDict()
   d.augment.enabled = True
   d.augment.rotation_deg = 10.0
-  d.augment.zoom = (0.9, 1.1)       # scale range
-  d.augment.translate = 0.06        # fraction of the side
-  d.augment.brightness = 0.1        # +- fraction of the range
-  d.augment.contrast = 0.1          # +- fraction
-  d.augment.hflip = False           # chest anatomy is not left/right symmetric
+  d.augment.zoom = (0.9, 1.1)  # scale range
+  d.augment.translate = 0.06  # fraction of the side
+  d.augment.brightness = 0.1  # +- fraction of the range
+  d.augment.contrast = 0.1  # +- fraction
+  d.augment.hflip = False  # chest anatomy is not left/right symmetric
 
   d.phantom = ml_collections.ConfigDict()
   d.phantom.num_per_class = 300
@@ -67,35 +67,37 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = get_data_config()
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'cnn_bn'      # any of jaxcxr.models.NAMES
-  c.model.pretrained = ''      # dir written by `python -m launch.convert` ('' = random init)
-  c.model.dtype = 'auto'       # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU), 'float32', 'bfloat16'
-  c.model.dropout = -1.0       # -1 keeps the architecture's default (VGG: 0.5)
+  c.model.name = 'cnn_bn'  # any of jaxcxr.models.NAMES
+  c.model.pretrained = ''  # dir written by `python -m launch.convert` ('' = random init)
+  c.model.dtype = (
+    'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU), 'float32', 'bfloat16'
+  )
+  c.model.dropout = -1.0  # -1 keeps the architecture's default (VGG: 0.5)
   c.model.memory_efficient = False  # DenseNet: rematerialise concat+bottleneck
-  c.model.scan_chunk = 0       # DenseNet: dense layers as a lax.scan over chunks of N (0: unrolled)
+  c.model.scan_chunk = 0  # DenseNet: dense layers as a lax.scan over chunks of N (0: unrolled)
   c.model.cpu_ynn_fusion = False  # XLA:CPU: elementwise ops fused into YNNPACK convs / dots
-                                  # (resnet101's train step 1.8x faster, the others' 2-6 % slower)
+  # (resnet101's train step 1.8x faster, the others' 2-6 % slower)
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 32      # global batch over all devices and processes
+  c.train.batch_size = 32  # global batch over all devices and processes
   c.train.num_epochs = 10
   c.train.label_smoothing = 0.0
-  c.train.ema_decay = 0.0      # > 0: validate, select and evaluate an EMA of the weights
-  c.train.mixup_alpha = 0.0    # > 0: Mixup, lam ~ Beta(alpha, alpha) (jaxcxr.training.mixing)
-  c.train.cutmix_alpha = 0.0   # > 0: CutMix; both > 0: one of the two per batch, 50 / 50
+  c.train.ema_decay = 0.0  # > 0: validate, select and evaluate an EMA of the weights
+  c.train.mixup_alpha = 0.0  # > 0: Mixup, lam ~ Beta(alpha, alpha) (jaxcxr.training.mixing)
+  c.train.cutmix_alpha = 0.0  # > 0: CutMix; both > 0: one of the two per batch, 50 / 50
   c.train.log_every_steps = 10
   c.train.param_sharding = 'replicated'  # or 'fsdp'
-  c.train.on_nonfinite = 'error'         # 'error' (stop, naming the step) or 'skip' (drop update)
-  c.train.max_steps = -1       # >0 caps the run (smoke tests); -1 = num_epochs * steps_per_epoch
+  c.train.on_nonfinite = 'error'  # 'error' (stop, naming the step) or 'skip' (drop update)
+  c.train.max_steps = -1  # >0 caps the run (smoke tests); -1 = num_epochs * steps_per_epoch
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'adamw'       # 'adamw' or 'sgd'
+  c.optim.name = 'adamw'  # 'adamw' or 'sgd'
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 1e-4
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
-  c.optim.momentum = 0.9       # sgd
-  c.optim.nesterov = False     # sgd
+  c.optim.momentum = 0.9  # sgd
+  c.optim.nesterov = False  # sgd
   c.optim.schedule = 'cosine'  # 'constant', 'cosine', 'step' or 'plateau'
   c.optim.warmup_epochs = 1.0
   c.optim.min_lr_ratio = 0.01  # cosine floor, fraction of the peak
@@ -123,11 +125,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
-  c.eval.bootstrap = 1000       # resamples for the 95% confidence intervals
+  c.eval.bootstrap = 1000  # resamples for the 95% confidence intervals
   c.eval.split = 'test'
-  c.eval.shortcut = False       # report: Grad-CAM shortcut indicator + source-resolution examples
-  c.eval.tta = False            # final evaluation / predict: softmax averaged over 7 shifted and
-                                # zoomed views (data.preprocess.TTA_VIEWS); validation stays plain
+  c.eval.shortcut = False  # report: Grad-CAM shortcut indicator + source-resolution examples
+  c.eval.tta = False  # final evaluation / predict: softmax averaged over 7 shifted and
+  # zoomed views (data.preprocess.TTA_VIEWS); validation stays plain
   return c
 
 

@@ -54,7 +54,7 @@ def get_config(arg: str = ''):
   # out-of-distribution threshold; the last epoch ships (the cosine schedule anneals).
   c.data.val_fraction = 0.1
   c.data.test_fraction = 0.0
-  c.data.num_workers = 0          # on 2 cores, worker processes only compete with the step
+  c.data.num_workers = 0  # on 2 cores, worker processes only compete with the step
   c.train.batch_size = 32
   c.train.num_epochs = 20
   c.train.label_smoothing = 0.1
@@ -66,7 +66,7 @@ def get_config(arg: str = ''):
   c.optim.schedule = 'cosine'
   c.optim.warmup_epochs = 1.0
   c.early_stopping.patience = 100  # never stop the short schedule early
-  c.eval.tta = True                # the final test score: softmax over 7 shifted / zoomed views
+  c.eval.tta = True  # the final test score: softmax over 7 shifted / zoomed views
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 1
   if 'pretrained' in args:

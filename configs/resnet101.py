@@ -30,6 +30,6 @@ ARCH = 'resnet101'
 
 def get_config(arg: str = ''):
   c = base.fine_tune_config(ARCH, base.parse_arg(arg, 'configs/resnet101.py'))
-  c.model.cpu_ynn_fusion = True   # CPU: faster resnet101 steps (docs/PERFORMANCE.md)
+  c.model.cpu_ynn_fusion = True  # CPU: faster resnet101 steps (docs/PERFORMANCE.md)
   c.lock()
   return c

@@ -11,8 +11,7 @@ The data settings (source, sizes, augmentation, read threads, data_dir) come fro
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxcxr.benchmarks import data as benchmark_data
@@ -26,8 +25,12 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv) -> int:
   del argv
-  return benchmark_data.data_main(_CONFIG.value, workers=[int(w) for w in _WORKERS.value],
-                                  num_batches=_NUM_BATCHES.value, warmup=_WARMUP.value)
+  return benchmark_data.data_main(
+    _CONFIG.value,
+    workers=[int(w) for w in _WORKERS.value],
+    num_batches=_NUM_BATCHES.value,
+    warmup=_WARMUP.value,
+  )
 
 
 if __name__ == '__main__':

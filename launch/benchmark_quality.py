@@ -21,25 +21,34 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from jaxcxr.data import images as images_lib
 from jaxcxr.benchmarks import quality as benchmark_quality
+from jaxcxr.data import images as images_lib
 from jaxcxr.training import errors
 from launch import cli
 
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Kaggle-layout folder (COVID/, Normal/, '
-                                  'Viral Pneumonia/).')
-_EVAL_DIR = flags.DEFINE_string('eval_dir', '', 'External Kaggle-layout folder to score both '
-                                'sides on (both then train on the whole --manual_dir).')
+_MANUAL_DIR = flags.DEFINE_string(
+  'manual_dir', None, 'Kaggle-layout folder (COVID/, Normal/, Viral Pneumonia/).'
+)
+_EVAL_DIR = flags.DEFINE_string(
+  'eval_dir',
+  '',
+  'External Kaggle-layout folder to score both '
+  'sides on (both then train on the whole --manual_dir).',
+)
 _BUDGET = flags.DEFINE_float('budget_s', 600.0, 'Wall-clock budget of each side, seconds.')
 _OUT = flags.DEFINE_string('out', '/tmp/jaxcxr_benchmark_quality', 'Output folder (rewritten).')
 _CONFIG = flags.DEFINE_string('config', 'configs/cxr_cpu.py', 'jaxcxr config file[:arg].')
-_JAX_OVERRIDES = flags.DEFINE_multi_string('jax_override', [], 'Extra --config.x=y flag for '
-                                           'the jaxcxr side (repeatable).')
-_RUN_TORCH = flags.DEFINE_bool('torch', True, 'Run the torch side too (--notorch: the jaxcxr row '
-                                'alone, to try a recipe change before the side-by-side runs).')
+_JAX_OVERRIDES = flags.DEFINE_multi_string(
+  'jax_override', [], 'Extra --config.x=y flag for the jaxcxr side (repeatable).'
+)
+_RUN_TORCH = flags.DEFINE_bool(
+  'torch',
+  True,
+  'Run the torch side too (--notorch: the jaxcxr row '
+  'alone, to try a recipe change before the side-by-side runs).',
+)
 _TORCH_EPOCHS = flags.DEFINE_integer('torch_epochs', 8, 'torch: epochs (one-cycle length).')
 _TORCH_SIZE = flags.DEFINE_integer('torch_image_size', 128, 'torch: input side, pixels.')
 _TORCH_BATCH = flags.DEFINE_integer('torch_batch', 32, 'torch: batch size.')
@@ -58,6 +67,7 @@ def _torch_worker() -> dict:
   import torch
   import torchvision
   from torchvision.transforms import v2
+
   # pylint: enable=g-import-not-at-top
   t0 = time.perf_counter()
   budget = _BUDGET.value
@@ -74,13 +84,14 @@ def _torch_worker() -> dict:
   train_x, train_y = load(splits['train'])
   test_x, _ = load(splits['test'])
   model = torchvision.models.resnet18(num_classes=len(splits['class_names']))
-  model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)   # 1-channel stem
+  model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # 1-channel stem
   affine = v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1))
   batch, epochs = _TORCH_BATCH.value, _TORCH_EPOCHS.value
   steps_per_epoch = -(-len(train_x) // batch)
   opt = torch.optim.AdamW(model.parameters(), lr=_TORCH_LR.value)
-  sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=_TORCH_LR.value,
-                                              total_steps=epochs * steps_per_epoch)
+  sched = torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=_TORCH_LR.value, total_steps=epochs * steps_per_epoch
+  )
 
   def to_input(x_uint8):
     return (x_uint8.float() / 255.0 - 0.5) / 0.25
@@ -97,7 +108,7 @@ def _torch_worker() -> dict:
         stopped = True
         break
       t = time.perf_counter()
-      idx = perm[start:start + batch]
+      idx = perm[start : start + batch]
       x = torch.stack([affine(img) for img in train_x[idx]])
       loss = torch.nn.functional.cross_entropy(model(to_input(x)), train_y[idx])
       opt.zero_grad(set_to_none=True)
@@ -113,19 +124,35 @@ def _torch_worker() -> dict:
   probs = []
   with torch.inference_mode():
     for start in range(0, len(test_x), 64):
-      probs.append(torch.softmax(model(to_input(test_x[start:start + 64])), -1).numpy())
-  return {'probs': np.concatenate(probs).tolist(), 'train_img_s': seen / max(train_time, 1e-9),
-          'epochs_done': steps / steps_per_epoch, 'stopped_by_budget': stopped,
-          'torch_version': torch.__version__,
-          'recipe': (f'resnet18 1-ch stem {size} px, {epochs} epochs, batch {batch}, AdamW '
-                     f'{_TORCH_LR.value:g} one-cycle, RandomAffine(10, 0.06, 0.9-1.1), CE')}
+      probs.append(torch.softmax(model(to_input(test_x[start : start + 64])), -1).numpy())
+  return {
+    'probs': np.concatenate(probs).tolist(),
+    'train_img_s': seen / max(train_time, 1e-9),
+    'epochs_done': steps / steps_per_epoch,
+    'stopped_by_budget': stopped,
+    'torch_version': torch.__version__,
+    'recipe': (
+      f'resnet18 1-ch stem {size} px, {epochs} epochs, batch {batch}, AdamW '
+      f'{_TORCH_LR.value:g} one-cycle, RandomAffine(10, 0.06, 0.9-1.1), CE'
+    ),
+  }
 
 
 def _torch_command(splits: str, out: str, budget_s: float) -> list[str]:
-  return [sys.executable, '-m', 'launch.benchmark_quality', '--torch_worker', f'--splits={splits}',
-          f'--worker_out={out}', f'--budget_s={budget_s}', f'--torch_epochs={_TORCH_EPOCHS.value}',
-          f'--torch_image_size={_TORCH_SIZE.value}', f'--torch_batch={_TORCH_BATCH.value}',
-          f'--torch_lr={_TORCH_LR.value}', f'--seed={_SEED.value}']
+  return [
+    sys.executable,
+    '-m',
+    'launch.benchmark_quality',
+    '--torch_worker',
+    f'--splits={splits}',
+    f'--worker_out={out}',
+    f'--budget_s={budget_s}',
+    f'--torch_epochs={_TORCH_EPOCHS.value}',
+    f'--torch_image_size={_TORCH_SIZE.value}',
+    f'--torch_batch={_TORCH_BATCH.value}',
+    f'--torch_lr={_TORCH_LR.value}',
+    f'--seed={_SEED.value}',
+  ]
 
 
 def main(argv):
@@ -138,21 +165,26 @@ def main(argv):
     return
   if not _MANUAL_DIR.value:
     cli.fail('pass --manual_dir=<Kaggle-layout folder>')
-  print(f'budget {_BUDGET.value:.0f} s per side; load average {os.getloadavg()[0]:.2f}',
-        flush=True)
+  print(f'budget {_BUDGET.value:.0f} s per side; load average {os.getloadavg()[0]:.2f}', flush=True)
   try:
     summary = benchmark_quality.run(
-        _MANUAL_DIR.value, _OUT.value, budget_s=_BUDGET.value, config=_CONFIG.value,
-        jax_overrides=_JAX_OVERRIDES.value,
-        torch_command=_torch_command if _RUN_TORCH.value else None,
-        eval_dir=_EVAL_DIR.value)
+      _MANUAL_DIR.value,
+      _OUT.value,
+      budget_s=_BUDGET.value,
+      config=_CONFIG.value,
+      jax_overrides=_JAX_OVERRIDES.value,
+      torch_command=_torch_command if _RUN_TORCH.value else None,
+      eval_dir=_EVAL_DIR.value,
+    )
   except (FileNotFoundError, ValueError, RuntimeError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   print(summary['table'])
   load = summary['loadavg']
-  after_torch = (f', after torch {load["after_torch"]:.2f}' if 'after_torch' in load else '')
-  print(f'load average: start {load["start"]:.2f}, after jaxcxr {load["after_jaxcxr"]:.2f}'
-        f'{after_torch}; logs and JSON in {os.path.abspath(_OUT.value)}')
+  after_torch = f', after torch {load["after_torch"]:.2f}' if 'after_torch' in load else ''
+  print(
+    f'load average: start {load["start"]:.2f}, after jaxcxr {load["after_jaxcxr"]:.2f}'
+    f'{after_torch}; logs and JSON in {os.path.abspath(_OUT.value)}'
+  )
 
 
 if __name__ == '__main__':

@@ -10,38 +10,48 @@ import ast
 import logging
 import sys
 import threading
-from typing import Callable, NoReturn, Optional
+from collections.abc import Callable
+from typing import NoReturn
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from jaxcxr.training import errors
-from jaxcxr.training import run_log
+from jaxcxr.training import errors, run_log
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, plus a one-line error for a mistyped --config.<key> (not a traceback)."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:   # what absl's default parser prints
-    print(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.',
-          file=sys.stderr)
+  except flags.Error as e:  # what absl's default parser prints
+    print(
+      f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.',
+      file=sys.stderr,
+    )
     sys.exit(errors.EXIT_FAILED)
-  except (KeyError, AttributeError) as e:   # ml_collections: a field the locked config lacks
+  except (KeyError, AttributeError) as e:  # ml_collections: a field the locked config lacks
     text = str(e.args[0]) if e.args else str(e)
-    if text[:1] in '"\'' and '\\n' in text:   # AttributeError wraps the KeyError's repr
+    if text[:1] in '"\'' and '\\n' in text:  # AttributeError wraps the KeyError's repr
       text = ast.literal_eval(text)
     key, _, hint = text.partition('\n')
     key = key.strip('"\'')
-    flag = next((a.split('=')[0] for a in argv[1:]
-                 if a.startswith('--config.') and f'.{key}' in a.split('=')[0]), '--config')
-    print(f'FATAL Flags parsing error: {flag}: the config has no key {key!r}. {hint}'.rstrip(),
-          file=sys.stderr)
+    flag = next(
+      (
+        a.split('=')[0]
+        for a in argv[1:]
+        if a.startswith('--config.') and f'.{key}' in a.split('=')[0]
+      ),
+      '--config',
+    )
+    print(
+      f'FATAL Flags parsing error: {flag}: the config has no key {key!r}. {hint}'.rstrip(),
+      file=sys.stderr,
+    )
     sys.exit(errors.EXIT_FAILED)
 
 
-def run(main: Callable[[list[str]], None],
-        flags_parser: Optional[Callable[[list[str]], list[str]]] = None) -> None:
+def run(
+  main: Callable[[list[str]], None], flags_parser: Callable[[list[str]], list[str]] | None = None
+) -> None:
   """`app.run(main)`, quiet by default: `--verbosity=0` (INFO) or `1` (debug) shows library logs.
 
   Args:

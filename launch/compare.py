@@ -10,14 +10,15 @@ the paper's 97.9% 3-class accuracy as a reference line). Prints the markdown tab
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxcxr.tools import compare
 from jaxcxr.training import errors
 from launch import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory holding the runs (searched recursively).')
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Directory holding the runs (searched recursively).'
+)
 _PLOT = flags.DEFINE_bool('plot', True, 'Also write comparison.png.')
 flags.mark_flags_as_required(['workdir'])
 

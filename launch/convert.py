@@ -10,16 +10,16 @@ r"""Converts torchvision ImageNet weights into a jaxcxr converted-weights direct
 with `--config.model.pretrained=weights/densenet201`.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxcxr.models import weights
 from jaxcxr.training import errors
 from launch import cli
 
 _ARCH = flags.DEFINE_string('arch', None, 'Model name (jaxcxr.models.NAMES), e.g. densenet201.')
-_SOURCE = flags.DEFINE_string('source', None,
-                              '.pth/.safetensors file, http(s) URL or "torchvision".')
+_SOURCE = flags.DEFINE_string(
+  'source', None, '.pth/.safetensors file, http(s) URL or "torchvision".'
+)
 _OUT = flags.DEFINE_string('out', None, 'Output directory (Orbax checkpoint + meta.json).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Download cache (default $JAXCXR_WEIGHTS_DIR).')
 _SHA256 = flags.DEFINE_string('sha256', None, 'Expected full sha256 of the source file.')
@@ -33,13 +33,16 @@ def main(argv):
   if source == 'torchvision':
     source = f'torchvision:{_ARCH.value}'
   try:
-    summary = weights.convert(_ARCH.value, source, _OUT.value, cache_dir=_CACHE_DIR.value,
-                              expected_sha256=_SHA256.value)
+    summary = weights.convert(
+      _ARCH.value, source, _OUT.value, cache_dir=_CACHE_DIR.value, expected_sha256=_SHA256.value
+    )
   except (ValueError, OSError) as e:  # WeightsError and unknown arch are ValueErrors
     cli.fail(e, errors.EXIT_USAGE)
-  print(f'{summary["arch"]}: {summary["num_params"]:,} parameters, '
-        f'{summary["num_batch_stats"]:,} BatchNorm statistics, '
-        f'{summary["num_classes"]} classes; sha256 {summary["sha256"][:12]}...')
+  print(
+    f'{summary["arch"]}: {summary["num_params"]:,} parameters, '
+    f'{summary["num_batch_stats"]:,} BatchNorm statistics, '
+    f'{summary["num_classes"]} classes; sha256 {summary["sha256"][:12]}...'
+  )
   print(f'Wrote {summary["out"]}  (use --config.model.pretrained={summary["out"]})')
 
 

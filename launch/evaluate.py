@@ -17,33 +17,45 @@ the score's AUROC against generated pictures. The per-class table is printed.
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from jaxcxr.evaluation import folder_eval
-from jaxcxr.evaluation import report
+from jaxcxr.evaluation import folder_eval, report
 from jaxcxr.training import errors
 from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['train', 'validation', 'test'], 'Split to evaluate.')
 _EVAL_DIR = flags.DEFINE_string(
-    'eval_dir', '', 'A labelled Kaggle-layout folder to score instead of a split (one subfolder '
-    'per class: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/]); no dataset is prepared.')
+  'eval_dir',
+  '',
+  'A labelled Kaggle-layout folder to score instead of a split (one subfolder '
+  'per class: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/]); no dataset is prepared.',
+)
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to evaluate.')
-_OUT = flags.DEFINE_string('out', '', 'Report folder; default <workdir>/eval_<split> (with '
-                           '--eval_dir: <workdir>/eval_folder_<folder name>).')
+_OUT = flags.DEFINE_string(
+  'out',
+  '',
+  'Report folder; default <workdir>/eval_<split> (with '
+  '--eval_dir: <workdir>/eval_folder_<folder name>).',
+)
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Batch size; 0 = config.eval.batch_size.')
-_BOOTSTRAP = flags.DEFINE_integer('bootstrap', -1,
-                                  'Bootstrap resamples for the CIs; -1 = config.eval.bootstrap.')
-_SHORTCUT = flags.DEFINE_bool('shortcut', None,
-                              'Add the Grad-CAM shortcut indicator and example panels to the '
-                              'report; default: on with --eval_dir, else the run\'s '
-                              'config.eval.shortcut.')
-_OOD = flags.DEFINE_bool('ood', None,
-                         'Add the out-of-distribution section (the workdir\'s fitted score; the '
-                         'split or folder as the in-distribution films). Default: when a score is '
-                         'fitted for the checkpoint.')
+_BOOTSTRAP = flags.DEFINE_integer(
+  'bootstrap', -1, 'Bootstrap resamples for the CIs; -1 = config.eval.bootstrap.'
+)
+_SHORTCUT = flags.DEFINE_bool(
+  'shortcut',
+  None,
+  'Add the Grad-CAM shortcut indicator and example panels to the '
+  "report; default: on with --eval_dir, else the run's "
+  'config.eval.shortcut.',
+)
+_OOD = flags.DEFINE_bool(
+  'ood',
+  None,
+  "Add the out-of-distribution section (the workdir's fitted score; the "
+  'split or folder as the in-distribution films). Default: when a score is '
+  'fitted for the checkpoint.',
+)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -53,15 +65,26 @@ def _evaluate() -> tuple[dict, str]:
     if flags.FLAGS['split'].present:
       raise ValueError('Give either --split (a prepared split) or --eval_dir (a folder), not both.')
     result = folder_eval.evaluate_folder(
-        _WORKDIR.value, _EVAL_DIR.value, which=_WHICH.value, out=_OUT.value,
-        batch_size=_BATCH.value, bootstrap=_BOOTSTRAP.value,
-        shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value,
-        ood=_OOD.value is not False)
+      _WORKDIR.value,
+      _EVAL_DIR.value,
+      which=_WHICH.value,
+      out=_OUT.value,
+      batch_size=_BATCH.value,
+      bootstrap=_BOOTSTRAP.value,
+      shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value,
+      ood=_OOD.value is not False,
+    )
     return result, result['name']
-  result = report.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
-                                   out=_OUT.value, batch_size=_BATCH.value,
-                                   bootstrap=_BOOTSTRAP.value, shortcut=_SHORTCUT.value,
-                                   ood=_OOD.value)
+  result = report.evaluate_workdir(
+    _WORKDIR.value,
+    _SPLIT.value,
+    which=_WHICH.value,
+    out=_OUT.value,
+    batch_size=_BATCH.value,
+    bootstrap=_BOOTSTRAP.value,
+    shortcut=_SHORTCUT.value,
+    ood=_OOD.value,
+  )
   return result, _SPLIT.value
 
 
@@ -72,7 +95,9 @@ def main(argv):
     result, title = _evaluate()
   except (FileNotFoundError, ValueError) as e:
     cli.fail(e, errors.EXIT_USAGE)
-  except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
+  except (
+    OSError
+  ) as e:  # e.g. --out on a read-only disk or under a file: same status as launch.train
     cli.fail(e, errors.EXIT_IO_ERROR)
   m = result['metrics']
   print(report.summary_table(m))
@@ -87,9 +112,14 @@ def main(argv):
     print(f'note: {note}')
   if result.get('shortcut'):
     flagged = result['shortcut']['indicator']['flagged']
-    print('shortcut indicator: ' + (f'flagged {", ".join(flagged)} (evidence outside the lungs; '
-                                    'see the panels in shortcut/)' if flagged else
-                                    'no class flagged'))
+    print(
+      'shortcut indicator: '
+      + (
+        f'flagged {", ".join(flagged)} (evidence outside the lungs; see the panels in shortcut/)'
+        if flagged
+        else 'no class flagged'
+      )
+    )
   unreadable = result.get('unreadable', [])
   for name, reason in unreadable[:20]:
     print(f'unreadable: {name}: {reason}', file=sys.stderr)

@@ -15,22 +15,22 @@ configs inspect the generated folder. Epoch draws use config.train.batch_size an
 Writes explore.md, explore.json and PNG figures into --out (see jaxcxr/tools/explore.py).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcxr.tools import duplicates
-from jaxcxr.tools import explore
+from jaxcxr.tools import duplicates, explore
 from jaxcxr.training import errors
 from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg]; its '
-                                          'config.data is explored.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file[:arg]; its config.data is explored.', lock_config=True
+)
 _OUT = flags.DEFINE_string('out', None, 'Report folder (explore.md, explore.json, figures).')
 _SAMPLES = flags.DEFINE_integer('samples', 8, 'Sample images per class.')
 _AUG_DRAWS = flags.DEFINE_integer('aug_draws', 6, 'Augmentation draws per previewed image.')
-_DUP = flags.DEFINE_integer('dup_threshold', duplicates.DEFAULT_DUP_THRESHOLD,
-                            'Near-duplicate threshold (bits of 256).')
+_DUP = flags.DEFINE_integer(
+  'dup_threshold', duplicates.DEFAULT_DUP_THRESHOLD, 'Near-duplicate threshold (bits of 256).'
+)
 flags.mark_flags_as_required(['config', 'out'])
 
 
@@ -39,12 +39,18 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   try:
-    report = explore.explore(config.data, _OUT.value, samples=_SAMPLES.value,
-                             aug_draws=_AUG_DRAWS.value, batch_size=config.train.batch_size,
-                             seed=config.seed, dup_threshold=_DUP.value)
+    report = explore.explore(
+      config.data,
+      _OUT.value,
+      samples=_SAMPLES.value,
+      aug_draws=_AUG_DRAWS.value,
+      batch_size=config.train.batch_size,
+      seed=config.seed,
+      dup_threshold=_DUP.value,
+    )
   except (ValueError, FileNotFoundError) as e:  # messages name the file/setting and the fix
     cli.fail(e, errors.EXIT_USAGE)
-  except OSError as e:   # e.g. an unwritable --out
+  except OSError as e:  # e.g. an unwritable --out
     cli.fail(e, errors.EXIT_IO_ERROR)
   print(explore.summary_text(report))
   print(f'Report: {_OUT.value}/explore.md')

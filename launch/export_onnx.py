@@ -10,8 +10,7 @@ onnxruntime against JAX on random inputs and prints the largest difference.
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxcxr.evaluation import export
 from jaxcxr.training import errors
@@ -29,17 +28,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = export.export_workdir(_WORKDIR.value, _OUT.value, layout=_LAYOUT.value,
-                                   which=_WHICH.value, atol=_ATOL.value)
+    result = export.export_workdir(
+      _WORKDIR.value, _OUT.value, layout=_LAYOUT.value, which=_WHICH.value, atol=_ATOL.value
+    )
   except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
     cli.fail(e, errors.EXIT_USAGE)
-  print(f'ONNX parity: max |onnxruntime - JAX| = {result["max_abs_diff"]:.3g} '
-        f'(probabilities, {result["layout"]} input)')
+  print(
+    f'ONNX parity: max |onnxruntime - JAX| = {result["max_abs_diff"]:.3g} '
+    f'(probabilities, {result["layout"]} input)'
+  )
   for key in ('path', 'preprocessing', 'preprocessor'):
     print(f'wrote {result[key]}')
   if result['unmapped_classes']:
-    print(f'warning: classes {result["unmapped_classes"]} have no leaderboard label; this model '
-          'cannot be scored by the 3-label leaderboard.', file=sys.stderr)
+    print(
+      f'warning: classes {result["unmapped_classes"]} have no leaderboard label; this model '
+      'cannot be scored by the 3-label leaderboard.',
+      file=sys.stderr,
+    )
 
 
 if __name__ == '__main__':

@@ -19,13 +19,17 @@ from jaxcxr.training import errors
 from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
-_IMAGES = flags.DEFINE_multi_string('images', [], 'Image files, folders or globs (repeatable; '
-                                    'extra positional arguments are taken as images too).')
+_IMAGES = flags.DEFINE_multi_string(
+  'images',
+  [],
+  'Image files, folders or globs (repeatable; extra positional arguments are taken as images too).',
+)
 _SPLIT = flags.DEFINE_string('split', '', 'Explain a prepared split instead of --images.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.')
 _METHOD = flags.DEFINE_enum('method', 'gradcam', ['gradcam', 'gradcam++'], 'Saliency method.')
-_TARGET = flags.DEFINE_string('target', '', 'Class to explain (name or index); default: the '
-                              'predicted class of each image.')
+_TARGET = flags.DEFINE_string(
+  'target', '', 'Class to explain (name or index); default: the predicted class of each image.'
+)
 _ALPHA = flags.DEFINE_float('alpha', 0.4, 'Heat-map opacity.')
 _PER_CLASS = flags.DEFINE_integer('per_class', 3, '--split: correct and wrong examples per class.')
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to use.')
@@ -36,20 +40,32 @@ flags.mark_flags_as_required(['workdir', 'out'])
 def main(argv):
   images = list(_IMAGES.value) + list(argv[1:])
   try:
-    result = gradcam.explain_workdir(_WORKDIR.value, _OUT.value, images=images,
-                                     split=_SPLIT.value, method=_METHOD.value,
-                                     target=_TARGET.value, alpha=_ALPHA.value,
-                                     per_class=_PER_CLASS.value, which=_WHICH.value,
-                                     batch_size=_BATCH.value)
+    result = gradcam.explain_workdir(
+      _WORKDIR.value,
+      _OUT.value,
+      images=images,
+      split=_SPLIT.value,
+      method=_METHOD.value,
+      target=_TARGET.value,
+      alpha=_ALPHA.value,
+      per_class=_PER_CLASS.value,
+      which=_WHICH.value,
+      batch_size=_BATCH.value,
+    )
   except (FileNotFoundError, ValueError) as e:
     cli.fail(e, errors.EXIT_USAGE)
   for path, reason in result['failed']:
     print(f'failed: {path}: {reason}', file=sys.stderr)
   if 'pointing_game' in result:
-    print(f'pointing game ({result["pointing_game_images"]} images with lesions): '
-          f'{result["pointing_game"]:.3f}')
-  print(f'{len(result["written"])} overlay file(s) in {os.path.abspath(_OUT.value)}; '
-        f'{len(result["failed"])} failed.', file=sys.stderr)
+    print(
+      f'pointing game ({result["pointing_game_images"]} images with lesions): '
+      f'{result["pointing_game"]:.3f}'
+    )
+  print(
+    f'{len(result["written"])} overlay file(s) in {os.path.abspath(_OUT.value)}; '
+    f'{len(result["failed"])} failed.',
+    file=sys.stderr,
+  )
   if result['failed']:
     sys.exit(errors.EXIT_FAILED)
 

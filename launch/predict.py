@@ -19,25 +19,29 @@ failed (out-of-distribution images are not failures).
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxcxr.evaluation import inference
 from jaxcxr.training import errors
 from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
-_IMAGES = flags.DEFINE_multi_string('images', [], 'Image folder (recursive), glob or file; '
-                                    'repeatable.')
+_IMAGES = flags.DEFINE_multi_string(
+  'images', [], 'Image folder (recursive), glob or file; repeatable.'
+)
 _SPLIT = flags.DEFINE_string('split', '', 'Predict a prepared split instead of --images.')
 _OUT = flags.DEFINE_string('out', 'predictions.csv', 'Output CSV.')
-_LEADERBOARD = flags.DEFINE_bool('leaderboard_labels', False,
-                                 'Add the leaderboard label column (COVID / NORMAL / PNEUMONIA).')
+_LEADERBOARD = flags.DEFINE_bool(
+  'leaderboard_labels', False, 'Add the leaderboard label column (COVID / NORMAL / PNEUMONIA).'
+)
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to use.')
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Batch size; 0 = config.eval.batch_size.')
-_REJECT = flags.DEFINE_bool('reject_ood', False,
-                            'Label rows with in_distribution=false OUT_OF_DISTRIBUTION (predicted '
-                            'and leaderboard label) instead of a class.')
+_REJECT = flags.DEFINE_bool(
+  'reject_ood',
+  False,
+  'Label rows with in_distribution=false OUT_OF_DISTRIBUTION (predicted '
+  'and leaderboard label) instead of a class.',
+)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -45,23 +49,36 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = inference.predict_workdir(_WORKDIR.value, _OUT.value, images=_IMAGES.value,
-                                       split=_SPLIT.value, leaderboard_labels=_LEADERBOARD.value,
-                                       which=_WHICH.value, batch_size=_BATCH.value,
-                                       reject_ood=_REJECT.value)
+    result = inference.predict_workdir(
+      _WORKDIR.value,
+      _OUT.value,
+      images=_IMAGES.value,
+      split=_SPLIT.value,
+      leaderboard_labels=_LEADERBOARD.value,
+      which=_WHICH.value,
+      batch_size=_BATCH.value,
+      reject_ood=_REJECT.value,
+    )
   except (FileNotFoundError, ValueError) as e:
     cli.fail(e, errors.EXIT_USAGE)
-  except OSError as e:   # e.g. --out on a read-only disk or under a file: same status as launch.train
+  except (
+    OSError
+  ) as e:  # e.g. --out on a read-only disk or under a file: same status as launch.train
     cli.fail(e, errors.EXIT_IO_ERROR)
   if result['ood_warning']:
     print(f'warning: {result["ood_warning"]}', file=sys.stderr)
   for path, reason in result['failed']:
     print(f'failed: {path}: {reason}', file=sys.stderr)
-  print(f'{result["rows"]} predictions written to {result["out"]}; '
-        f'{len(result["failed"])} failed.', file=sys.stderr)
+  print(
+    f'{result["rows"]} predictions written to {result["out"]}; {len(result["failed"])} failed.',
+    file=sys.stderr,
+  )
   rejected = '; labelled OUT_OF_DISTRIBUTION' if _REJECT.value else ''
-  print(f'{result["ood_flagged"]} of {result["rows"]} images out of distribution '
-        f'(in_distribution=false{rejected}).', file=sys.stderr)
+  print(
+    f'{result["ood_flagged"]} of {result["rows"]} images out of distribution '
+    f'(in_distribution=false{rejected}).',
+    file=sys.stderr,
+  )
   if result['failed']:
     sys.exit(errors.EXIT_FAILED)
 

@@ -13,8 +13,7 @@ a message naming the file or setting and the fix) for bad data or settings, or f
 older jaxcxr prepared whose splits this version would change (--overwrite replaces it).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxcxr import data as data_lib
@@ -22,10 +21,14 @@ from jaxcxr.data import dataset
 from jaxcxr.training import errors
 from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg]; its '
-                                          'config.data is prepared.', lock_config=True)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete and rebuild an existing dataset (and '
-                                'one an older jaxcxr version prepared).')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file[:arg]; its config.data is prepared.', lock_config=True
+)
+_OVERWRITE = flags.DEFINE_bool(
+  'overwrite',
+  False,
+  'Delete and rebuild an existing dataset (and one an older jaxcxr version prepared).',
+)
 flags.mark_flags_as_required(['config'])
 
 
@@ -36,7 +39,7 @@ def main(argv):
     handle = data_lib.prepare(_CONFIG.value.data, overwrite=_OVERWRITE.value)
   except (ValueError, FileNotFoundError) as e:  # messages name the file/setting and the fix
     cli.fail(e, errors.EXIT_USAGE)
-  except OSError as e:   # e.g. an unwritable data_dir
+  except OSError as e:  # e.g. an unwritable data_dir
     cli.fail(e, errors.EXIT_IO_ERROR)
   print(dataset.summary_table(handle))
 

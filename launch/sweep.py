@@ -16,16 +16,17 @@ resume). Status: DIR/sweep.json; per-trial output: DIR/logs/<trial>.log.
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxcxr.tools import sweep
 from jaxcxr.training import errors
 from launch import cli
 
-_CONFIG = flags.DEFINE_string('config', None, 'Sweep file[:arg], e.g. configs/sweeps/x.py:runlocal.')
+_CONFIG = flags.DEFINE_string(
+  'config', None, 'Sweep file[:arg], e.g. configs/sweeps/x.py:runlocal.'
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; one sub-workdir per trial.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print each trial\'s command and run nothing.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print each trial's command and run nothing.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -50,8 +51,10 @@ def main(argv):
     sys.exit(errors.EXIT_PREEMPTED)
   if 'failed' in results.values():
     failed = [t.name for t in trials if results.get(t.index) == 'failed']
-    print(f'{len(failed)} trial(s) failed: {", ".join(failed)} (logs in {_WORKDIR.value}/logs/)',
-          file=sys.stderr)
+    print(
+      f'{len(failed)} trial(s) failed: {", ".join(failed)} (logs in {_WORKDIR.value}/logs/)',
+      file=sys.stderr,
+    )
     sys.exit(errors.EXIT_FAILED)
 
 
@@ -59,6 +62,7 @@ def parse_flags(argv):
   """absl parses everything but `--config.k=v`, which main receives as every trial's overrides."""
   absl_argv, overrides = sweep.split_config_flags(argv)
   return flags.FLAGS(absl_argv) + overrides
+
 
 if __name__ == '__main__':
   cli.run(main, flags_parser=parse_flags)

@@ -14,24 +14,27 @@ set JAXCXR_DISTRIBUTED=1 (or run on a TPU slice / under SLURM) to call jax.distr
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxcxr.evaluation import report
-from jaxcxr.training import distributed
-from jaxcxr.training import errors
+from jaxcxr.training import distributed, errors
 from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file[:arg].', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and reports.')
 _JIT_CACHE = flags.DEFINE_string(
-    'jit_cache', os.environ.get('JAXCXR_JIT_CACHE', '~/.cache/jaxcxr/xla'),
-    'Persistent XLA compilation cache (a resumed or repeated run skips recompiling); "" = off.')
+  'jit_cache',
+  os.environ.get('JAXCXR_JIT_CACHE', '~/.cache/jaxcxr/xla'),
+  'Persistent XLA compilation cache (a resumed or repeated run skips recompiling); "" = off.',
+)
 _JIT_CACHE_MIN_S = flags.DEFINE_float(
-    'jit_cache_min_compile_s', float(os.environ.get('JAXCXR_JIT_CACHE_MIN_COMPILE_S', '1.0')),
-    'Only compiles slower than this are stored in --jit_cache (the test suite stores all).')
+  'jit_cache_min_compile_s',
+  float(os.environ.get('JAXCXR_JIT_CACHE_MIN_COMPILE_S', '1.0')),
+  'Only compiles slower than this are stored in --jit_cache (the test suite stores all).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Exit statuses (jaxcxr.training.errors, docs/RELIABILITY.md): 0 done; 1 bad flags; 2 invalid

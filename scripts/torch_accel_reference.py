@@ -21,16 +21,29 @@ import statistics
 
 import torch
 import torchvision
+from torch_reference import TorchArch  # the same model set-up and step as the CPU comparison
 
-from torch_reference import TorchArch   # the same model set-up and step as the CPU comparison
 
-
-def measure(arch: str, batch: int, image_size: int, steps: int, dtype: str,
-            device: str = 'cuda', compiled: bool = False) -> dict:
+def measure(
+  arch: str,
+  batch: int,
+  image_size: int,
+  steps: int,
+  dtype: str,
+  device: str = 'cuda',
+  compiled: bool = False,
+) -> dict:
   """Train and eval images/s of one torchvision model on `device` ('cpu' only for smoke tests),
   eager or under `torch.compile`."""
-  model = TorchArch({'arch': arch, 'batch': batch, 'image_size': image_size,
-                     'channels_last': True, 'device': device})
+  model = TorchArch(
+    {
+      'arch': arch,
+      'batch': batch,
+      'image_size': image_size,
+      'channels_last': True,
+      'device': device,
+    }
+  )
   if compiled:
     model.model = torch.compile(model.model)
   cuda = model.device.type == 'cuda'
@@ -39,16 +52,21 @@ def measure(arch: str, batch: int, image_size: int, steps: int, dtype: str,
   compile_s = {}
 
   def img_s(part):
-    compile_s[part] = model.run(f'{part}/{dtype}')   # first call: compiles when `compiled`
+    compile_s[part] = model.run(f'{part}/{dtype}')  # first call: compiles when `compiled`
     for _ in range(3):
       getattr(model, part)(dtype)
     model.sync()
     return batch / statistics.median(model.run(f'{part}/{dtype}') for _ in range(steps))
 
-  row = {'arch': arch, 'batch': batch, 'mode': 'compiled' if compiled else 'eager',
-         'train_img_s': img_s('train'), 'eval_img_s': img_s('eval'),
-         'first_call_s': compile_s,
-         'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20 if cuda else float('nan')}
+  row = {
+    'arch': arch,
+    'batch': batch,
+    'mode': 'compiled' if compiled else 'eager',
+    'train_img_s': img_s('train'),
+    'eval_img_s': img_s('eval'),
+    'first_call_s': compile_s,
+    'peak_mem_mb': torch.cuda.max_memory_allocated() / 2**20 if cuda else float('nan'),
+  }
   del model
   if cuda:
     torch.cuda.empty_cache()
@@ -65,12 +83,21 @@ def main() -> None:
   parser.add_argument('--out', default='')
   args = parser.parse_args()
   torch.backends.cudnn.benchmark = True
-  header = {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__,
-            'torchvision': torchvision.__version__, 'dtype': args.dtype,
-            'image_size': args.image_size, 'steps': args.steps}
-  print(f"{header['device']}, torch {header['torch']}, autocast {args.dtype}, "
-        f"{args.image_size} px, channels_last, median of {args.steps} steps\n")
-  print('| arch | batch | mode | torch train img/s | torch eval img/s | first train call s | peak MiB |')
+  header = {
+    'device': torch.cuda.get_device_name(0),
+    'torch': torch.__version__,
+    'torchvision': torchvision.__version__,
+    'dtype': args.dtype,
+    'image_size': args.image_size,
+    'steps': args.steps,
+  }
+  print(
+    f'{header["device"]}, torch {header["torch"]}, autocast {args.dtype}, '
+    f'{args.image_size} px, channels_last, median of {args.steps} steps\n'
+  )
+  print(
+    '| arch | batch | mode | torch train img/s | torch eval img/s | first train call s | peak MiB |'
+  )
   print('|---|---|---|---|---|---|---|')
   rows = []
   for spec in args.archs.split(','):
@@ -78,12 +105,16 @@ def main() -> None:
     for mode in args.modes.split(','):
       if mode not in ('eager', 'compiled'):
         parser.error(f'--modes: {mode!r} is not eager or compiled')
-      r = measure(arch, int(batch), args.image_size, args.steps, args.dtype,
-                  compiled=(mode == 'compiled'))
+      r = measure(
+        arch, int(batch), args.image_size, args.steps, args.dtype, compiled=(mode == 'compiled')
+      )
       rows.append(r)
-      print(f"| {arch} | {batch} | {mode} | {r['train_img_s']:.1f} | {r['eval_img_s']:.1f} | "
-            f"{r['first_call_s']['train']:.1f} | {r['peak_mem_mb']:.0f} |", flush=True)
-      if args.out:   # after every row: a run cut short by its time limit keeps what it measured
+      print(
+        f'| {arch} | {batch} | {mode} | {r["train_img_s"]:.1f} | {r["eval_img_s"]:.1f} | '
+        f'{r["first_call_s"]["train"]:.1f} | {r["peak_mem_mb"]:.0f} |',
+        flush=True,
+      )
+      if args.out:  # after every row: a run cut short by its time limit keeps what it measured
         with open(args.out, 'w') as f:
           json.dump({'header': header, 'rows': rows}, f, indent=1)
 

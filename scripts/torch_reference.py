@@ -38,25 +38,35 @@ class TorchArch:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     torch.set_num_threads(threads)
     overrides = dict(setup.get('overrides', {}))
-    for jax_only in ('scan_chunk', 'cpu_options'):   # JAX-side compile options: same model
+    for jax_only in ('scan_chunk', 'cpu_options'):  # JAX-side compile options: same model
       overrides.pop(jax_only, None)
-    self.device = torch.device(setup.get('device', 'cpu'))   # scripts/torch_accel_reference.py
+    self.device = torch.device(setup.get('device', 'cpu'))  # scripts/torch_accel_reference.py
     self.model = getattr(torchvision.models, setup['arch'])(num_classes=3, **overrides)
     self.fmt = torch.channels_last if setup.get('channels_last') else torch.contiguous_format
     self.model = self.model.to(self.device, memory_format=self.fmt)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
     b, s = int(setup['batch']), int(setup['image_size'])
     gen = torch.Generator().manual_seed(0)
-    self.images = torch.randint(0, 256, (b, 1, s, s), dtype=torch.uint8,
-                                generator=gen).to(self.device)
+    self.images = torch.randint(0, 256, (b, 1, s, s), dtype=torch.uint8, generator=gen).to(
+      self.device
+    )
     self.labels = torch.randint(0, 3, (b,), generator=gen).to(self.device)
     self.mean = torch.tensor(_MEAN, device=self.device).view(1, 3, 1, 1)
     self.std = torch.tensor(_STD, device=self.device).view(1, 3, 1, 1)
-    self.info = {'torch': torch.__version__, 'torchvision': torchvision.__version__,
-                 'torch_threads': threads, 'channels_last': bool(setup.get('channels_last'))}
+    self.info = {
+      'torch': torch.__version__,
+      'torchvision': torchvision.__version__,
+      'torch_threads': threads,
+      'channels_last': bool(setup.get('channels_last')),
+    }
     parts = setup.get('parts', ['train', 'eval'])
-    self.keys = [f'{p}/{d}' for p in ('train', 'eval') if p in parts
-                 for d in setup.get('dtypes', ['float32']) if d in ('float32', 'bfloat16')]
+    self.keys = [
+      f'{p}/{d}'
+      for p in ('train', 'eval')
+      if p in parts
+      for d in setup.get('dtypes', ['float32'])
+      if d in ('float32', 'bfloat16')
+    ]
 
   def _input(self) -> torch.Tensor:
     x = (self.images.float().expand(-1, 3, -1, -1) / 255.0 - self.mean) / self.std
@@ -96,7 +106,7 @@ def main() -> None:
   parser.add_argument('--setup', required=True, help='JSON: arch, image_size, batch, ...')
   args = parser.parse_args()
   replies = os.fdopen(os.dup(sys.stdout.fileno()), 'w', buffering=1)
-  os.dup2(sys.stderr.fileno(), sys.stdout.fileno())   # stray prints must not break the protocol
+  os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
   arch = TorchArch(json.loads(args.setup))
   replies.write(json.dumps({'ready': arch.info, 'keys': arch.keys}) + '\n')
   for line in sys.stdin:

@@ -59,17 +59,24 @@ def pytest_unconfigure(config):
 # ~150, ~130, ~80, ~70), longest first. scripts/test.sh passes --no-loadscope-reorder, so xdist
 # hands groups out in this collection order; by default it orders them by test count, which put
 # three-test test_learning.py (five minutes) last, alone at the end of the run.
-LONGEST_FIRST = ('test_train.py', 'reliability', 'test_learning.py', 'test_benchmark.py',
-                 'models/test_parity.py', 'test_finetune.py', 'test_sharding.py')
+LONGEST_FIRST = (
+  'test_train.py',
+  'reliability',
+  'test_learning.py',
+  'test_benchmark.py',
+  'models/test_parity.py',
+  'test_finetune.py',
+  'test_sharding.py',
+)
 
 
 def _start_rank(group: str) -> int:
   return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the marks into the node ids
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     item.add_marker(pytest.mark.xdist_group(xdist_group(item.path)))
-  items.sort(key=lambda item: _start_rank(xdist_group(item.path)))   # stable: file order kept
+  items.sort(key=lambda item: _start_rank(xdist_group(item.path)))  # stable: file order kept

@@ -17,8 +17,10 @@ from jaxcxr.data import ood_material
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 CXR_DEV = SHARED / 'cxr_dev'
 CXR_EVAL = SHARED / 'cxr_eval'
-NO_SHARED = (f'real data not found: {CXR_EVAL} and {CXR_DEV} (the shared data folder next to the '
-             'checkout) are needed')
+NO_SHARED = (
+  f'real data not found: {CXR_EVAL} and {CXR_DEV} (the shared data folder next to the '
+  'checkout) are needed'
+)
 
 
 def write(path, pixels: np.ndarray, fmt: str = 'PNG') -> str:

@@ -15,8 +15,16 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RANK = {'jaxcxr': 0, 'jaxcxr.models': 1, 'jaxcxr.data': 1, 'jaxcxr.training': 2,
-        'jaxcxr.evaluation': 3, 'jaxcxr.tools': 4, 'jaxcxr.benchmarks': 4, 'launch': 5}
+RANK = {
+  'jaxcxr': 0,
+  'jaxcxr.models': 1,
+  'jaxcxr.data': 1,
+  'jaxcxr.training': 2,
+  'jaxcxr.evaluation': 3,
+  'jaxcxr.tools': 4,
+  'jaxcxr.benchmarks': 4,
+  'launch': 5,
+}
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -39,7 +47,7 @@ def _imports(path: pathlib.Path) -> list[tuple[str, int, bool]]:
   """(imported jaxcxr module, line, at module level) of every import in a file."""
   tree = ast.parse(path.read_text(), str(path))
   top = {id(n) for n in tree.body}
-  for node in tree.body:   # imports under a module-level `if`/`try` still count as module level
+  for node in tree.body:  # imports under a module-level `if`/`try` still count as module level
     if isinstance(node, (ast.If, ast.Try)):
       top |= {id(n) for n in ast.walk(node)}
   out = []
@@ -88,8 +96,12 @@ def upward_imports(root: pathlib.Path = REPO) -> list[str]:
 
 
 def hidden_imports(root: pathlib.Path = REPO) -> list[str]:
-  return [f'{path.relative_to(root)}:{line} imports {name} inside a function'
-          for path in _sources(root).values() for name, line, top in _imports(path) if not top]
+  return [
+    f'{path.relative_to(root)}:{line} imports {name} inside a function'
+    for path in _sources(root).values()
+    for name, line, top in _imports(path)
+    if not top
+  ]
 
 
 def test_imports_only_point_down():
@@ -118,7 +130,7 @@ def test_no_import_cycles():
     stack.append(m)
     for n in sorted(graph[m]):
       if state.get(n) == 'open':
-        pytest.fail('Import cycle: ' + ' -> '.join(stack[stack.index(n):] + [n]))
+        pytest.fail('Import cycle: ' + ' -> '.join(stack[stack.index(n) :] + [n]))
       if n not in state:
         visit(n)
     stack.pop()
@@ -133,15 +145,17 @@ def test_checker_sees_upward_and_hidden_imports(tmp_path):
   """The checks themselves: a training module importing evaluation, and a data module importing
   models inside a function, are both reported; a downward import is not."""
   for name, text in {
-      'jaxcxr/__init__.py': '',
-      'jaxcxr/data/__init__.py': '',
-      'jaxcxr/data/ok.py': 'import numpy\n',
-      'jaxcxr/models/__init__.py': '',
-      'jaxcxr/evaluation/__init__.py': '',
-      'jaxcxr/evaluation/report.py': 'from jaxcxr.training import bad\n',
-      'jaxcxr/training/__init__.py': '',
-      'jaxcxr/training/bad.py': ('from jaxcxr.data import ok\nfrom jaxcxr.evaluation import report\n'
-                                 '\ndef f():\n  from jaxcxr import models\n'),
+    'jaxcxr/__init__.py': '',
+    'jaxcxr/data/__init__.py': '',
+    'jaxcxr/data/ok.py': 'import numpy\n',
+    'jaxcxr/models/__init__.py': '',
+    'jaxcxr/evaluation/__init__.py': '',
+    'jaxcxr/evaluation/report.py': 'from jaxcxr.training import bad\n',
+    'jaxcxr/training/__init__.py': '',
+    'jaxcxr/training/bad.py': (
+      'from jaxcxr.data import ok\nfrom jaxcxr.evaluation import report\n'
+      '\ndef f():\n  from jaxcxr import models\n'
+    ),
   }.items():
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text(text)
@@ -151,7 +165,7 @@ def test_checker_sees_upward_and_hidden_imports(tmp_path):
   assert len(hidden) == 1 and 'training/bad.py:5 imports jaxcxr.models' in hidden[0], hidden
 
 
-_NO_TORCH = '''
+_NO_TORCH = """
 import sys, tempfile
 import launch.train
 from jaxcxr.evaluation import gradcam, inference, report
@@ -161,7 +175,7 @@ log.write('train', 1, {'loss': 1.0})
 log.close()
 assert log._tb is not None, 'no TensorBoard writer'
 print('torch loaded:', 'torch' in sys.modules)
-'''
+"""
 
 
 _SLOW_IMPORTS = ('sklearn', 'matplotlib', 'scipy', 'torch')
@@ -171,12 +185,21 @@ def test_clis_start_without_the_slow_libraries():
   """scikit-learn, matplotlib and scipy are imported where they are used (metrics, figures), not
   at start-up: they were 2.2 s of launch.train's 5.5 s start, paid even by a mistyped flag. (Every
   jaxcxr module is imported: the launchers are thin layers over them.)"""
-  code = ('import importlib, pkgutil, sys, jaxcxr, launch.train\n'
-          "for m in pkgutil.walk_packages(jaxcxr.__path__, 'jaxcxr.'):\n"
-          '  importlib.import_module(m.name)\n'
-          f'print(sorted(m for m in {_SLOW_IMPORTS} if m in sys.modules))')
-  r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
-                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=300)
+  code = (
+    'import importlib, pkgutil, sys, jaxcxr, launch.train\n'
+    "for m in pkgutil.walk_packages(jaxcxr.__path__, 'jaxcxr.'):\n"
+    '  importlib.import_module(m.name)\n'
+    f'print(sorted(m for m in {_SLOW_IMPORTS} if m in sys.modules))'
+  )
+  r = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    timeout=300,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().splitlines()[-1] == '[]', r.stdout
 
@@ -184,7 +207,14 @@ def test_clis_start_without_the_slow_libraries():
 def test_training_and_its_tensorboard_writer_do_not_load_torch():
   """torch is a test/conversion dependency: the training and evaluation CLIs never load it, not
   even through tensorboardX (which imports torch whenever it is installed)."""
-  r = subprocess.run([sys.executable, '-c', _NO_TORCH], cwd=REPO, capture_output=True, text=True,
-                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=300)
+  r = subprocess.run(
+    [sys.executable, '-c', _NO_TORCH],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    timeout=300,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.strip().splitlines()[-1] == 'torch loaded: False', r.stdout

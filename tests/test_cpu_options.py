@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcxr import data
-from jaxcxr.training import cpu_options
-from jaxcxr.training import loop
+from jaxcxr.training import cpu_options, loop
 from tests import train_helpers as th
 
 
@@ -25,7 +24,10 @@ def _ynn_fusions(hlo: str) -> int:
 
 def test_the_option_fuses_elementwise_ops_into_the_dot():
   """Under the option XLA:CPU fuses the tanh and add into the dot's YNNPACK fusion (the root)."""
-  f = lambda a, b: jnp.tanh(a @ b) + 1
+
+  def f(a, b):
+    return jnp.tanh(a @ b) + 1
+
   x = jnp.ones((64, 64))
   roots = {}
   for on in (False, True):
@@ -45,14 +47,21 @@ def data_dir(tmp_path_factory):
 def test_a_runs_steps_are_compiled_with_it(data_dir, tmp_path):
   counts = {}
   for on in (False, True):
-    config, _ = th.tiny_config(data_dir, **{'model.name': 'resnet18', 'data.image_size': 32,
-                                            'model.cpu_ynn_fusion': on})
+    config, _ = th.tiny_config(
+      data_dir, **{'model.name': 'resnet18', 'data.image_size': 32, 'model.cpu_ynn_fusion': on}
+    )
     run = loop.make_run(config, str(tmp_path / str(on)))
-    batch = {'image': jax.ShapeDtypeStruct((config.train.batch_size, 32, 32, 1), jnp.uint8),
-             'label': jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
-    counts[on] = [_ynn_fusions(step.lower(*args).compile().as_text()) for step, args in (
+    batch = {
+      'image': jax.ShapeDtypeStruct((config.train.batch_size, 32, 32, 1), jnp.uint8),
+      'label': jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32),
+    }
+    counts[on] = [
+      _ynn_fusions(step.lower(*args).compile().as_text())
+      for step, args in (
         (run.train_step, (run.abstract_state, batch, jax.random.key(0))),
-        (run.eval_step, (run.abstract_state, batch)))]
+        (run.eval_step, (run.abstract_state, batch)),
+      )
+    ]
   (train_off, eval_off), (train_on, eval_on) = counts[False], counts[True]
-  assert train_on > train_off, counts       # more of the step's ops in YNNPACK fusions
-  assert eval_on != eval_off, counts        # fewer, larger ones here: compiled differently
+  assert train_on > train_off, counts  # more of the step's ops in YNNPACK fusions
+  assert eval_on != eval_off, counts  # fewer, larger ones here: compiled differently

@@ -8,7 +8,9 @@ from jaxcxr.training.early_stopping import EarlyStopping
 from jaxcxr.training.optim import PlateauScaler
 
 
-@pytest.mark.parametrize('values, patience, min_delta, mode, stop_epoch, best_epoch', [
+@pytest.mark.parametrize(
+  ('values', 'patience', 'min_delta', 'mode', 'stop_epoch', 'best_epoch'),
+  [
     # improves to epoch 2, then 3 flat epochs -> stops after epoch 5
     ([0.5, 0.6, 0.7, 0.7, 0.69, 0.65, 0.9], 3, 0.0, 'max', 5, 2),
     # gains smaller than min_delta do not count as improvement
@@ -17,7 +19,8 @@ from jaxcxr.training.optim import PlateauScaler
     ([1.0, 0.8, 0.9, 0.7, 0.75, 0.76], 2, 0.0, 'min', 5, 3),
     # never stops when it keeps improving
     ([0.1, 0.2, 0.3, 0.4], 1, 0.0, 'max', None, 3),
-])
+  ],
+)
 def test_stops_at_expected_epoch(values, patience, min_delta, mode, stop_epoch, best_epoch):
   es = EarlyStopping(patience, min_delta, mode)
   stopped = None
@@ -53,13 +56,22 @@ def test_plateau_halves_after_patience():
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
 
 
-@pytest.mark.parametrize('select, schedule, rule', [
-    ('auto', 'cosine', 'last'), ('auto', 'step', 'last'), ('auto', 'constant', 'best'),
-    ('auto', 'plateau', 'best'), ('best', 'cosine', 'best'), ('last', 'constant', 'last')])
+@pytest.mark.parametrize(
+  ('select', 'schedule', 'rule'),
+  [
+    ('auto', 'cosine', 'last'),
+    ('auto', 'step', 'last'),
+    ('auto', 'constant', 'best'),
+    ('auto', 'plateau', 'best'),
+    ('best', 'cosine', 'best'),
+    ('last', 'constant', 'last'),
+  ],
+)
 def test_selection_rule(select, schedule, rule):
   assert early_stopping.selection_rule(select, schedule) == rule
   assert ('last epoch' in early_stopping.selection_reason(rule, select, schedule, 'val_loss')) == (
-      rule == 'last')
+    rule == 'last'
+  )
 
 
 def test_unknown_selection_is_refused():
@@ -77,7 +89,7 @@ def _simulated_runs(num_runs: int, epochs: int, f1_noise: float, loss_noise: flo
   """
   rng = np.random.default_rng(seed)
   e = np.arange(1, epochs + 1)
-  progress = 1 - np.cos(np.pi * e / epochs) / 2 - 0.5   # cumulative lr of a cosine schedule, 0..1
+  progress = 1 - np.cos(np.pi * e / epochs) / 2 - 0.5  # cumulative lr of a cosine schedule, 0..1
   true = 0.92 - 0.25 * np.exp(-5 * progress)
   f1 = true + rng.normal(0, f1_noise, (num_runs, epochs))
   loss = 1.0 - true + rng.normal(0, loss_noise, (num_runs, epochs))
@@ -86,8 +98,11 @@ def _simulated_runs(num_runs: int, epochs: int, f1_noise: float, loss_noise: flo
 
 def _true_quality_of(rule: str, true, f1, loss) -> float:
   runs = np.arange(len(true))
-  pick = {'last': np.full(len(true), true.shape[1] - 1), 'best_f1': f1.argmax(1),
-          'best_loss': loss.argmin(1)}[rule]
+  pick = {
+    'last': np.full(len(true), true.shape[1] - 1),
+    'best_f1': f1.argmax(1),
+    'best_loss': loss.argmin(1),
+  }[rule]
   return float(true[runs, pick].mean())
 
 

@@ -19,14 +19,9 @@ import pytest
 from PIL import Image
 
 from configs import tiny
+from jaxcxr import data, models
+from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report
 from jaxcxr.training import checkpoint
-from jaxcxr import data
-from jaxcxr.evaluation import report
-from jaxcxr.evaluation import export
-from jaxcxr.evaluation import folder_eval
-from jaxcxr.evaluation import gradcam
-from jaxcxr.evaluation import inference
-from jaxcxr import models
 from tests.test_gradcam import numpy_variables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +55,27 @@ def workdir(setup, tmp_path, monkeypatch):
     return bundle
 
   monkeypatch.setattr(checkpoint, 'restore_for_inference', restore)
-  rows = [{'kind': 'train', 'step': 1, 'loss': 1.2},
-          {'kind': 'epoch', 'step': 5, 'epoch': 1, 'train_loss': 1.1, 'val_loss': 1.0,
-           'val_accuracy': 0.5, 'learning_rate': 1e-3},
-          {'kind': 'epoch', 'step': 10, 'epoch': 2, 'train_loss': 0.9, 'val_loss': 0.95,
-           'val_accuracy': 0.6, 'learning_rate': 1e-4}]
+  rows = [
+    {'kind': 'train', 'step': 1, 'loss': 1.2},
+    {
+      'kind': 'epoch',
+      'step': 5,
+      'epoch': 1,
+      'train_loss': 1.1,
+      'val_loss': 1.0,
+      'val_accuracy': 0.5,
+      'learning_rate': 1e-3,
+    },
+    {
+      'kind': 'epoch',
+      'step': 10,
+      'epoch': 2,
+      'train_loss': 0.9,
+      'val_loss': 0.95,
+      'val_accuracy': 0.6,
+      'learning_rate': 1e-4,
+    },
+  ]
   (tmp_path / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
   return str(tmp_path)
 
@@ -83,8 +94,14 @@ def test_evaluate_run(setup, workdir):
   result = report.evaluate_workdir(workdir, 'test', bootstrap=50)
   out = Path(workdir) / 'eval_test'
   assert result['out_dir'] == str(out)
-  for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
-               'reliability_diagram.png', 'training_curves.png'):
+  for name in (
+    'report.json',
+    'report.md',
+    'confusion_matrix.png',
+    'roc_curves.png',
+    'reliability_diagram.png',
+    'training_curves.png',
+  ):
     assert (out / name).exists(), name
   labels, probs = _direct_probs(bundle, handle, 'test')
   m = json.loads((out / 'report.json').read_text())['metrics']
@@ -102,14 +119,23 @@ def test_predict_files_and_split_agree(setup, workdir, tmp_path):
   bad = tmp_path / 'broken.png'
   bad.write_bytes(b'\x89PNG\r\n\x1a\nnope')
   out_files = str(tmp_path / 'files.csv')
-  result = inference.predict_workdir(workdir, out_files, images=files + [str(bad)],
-                                     leaderboard_labels=True, batch_size=4)
+  result = inference.predict_workdir(
+    workdir, out_files, images=files + [str(bad)], leaderboard_labels=True, batch_size=4
+  )
   assert result['rows'] == 6 and [p for p, _ in result['failed']] == [str(bad)]
   with open(out_files) as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == ['file', 'predicted_label', 'prob_COVID', 'prob_Normal',
-                           'prob_Viral Pneumonia', 'leaderboard_label', 'ood_score',
-                           'in_distribution', 'ood_reason']   # tests/test_ood.py: the OOD ones
+  assert list(rows[0]) == [
+    'file',
+    'predicted_label',
+    'prob_COVID',
+    'prob_Normal',
+    'prob_Viral Pneumonia',
+    'leaderboard_label',
+    'ood_score',
+    'in_distribution',
+    'ood_reason',
+  ]  # tests/test_ood.py: the OOD ones
   assert [r['file'] for r in rows] == files
   lb = {'COVID': 'COVID', 'Normal': 'NORMAL', 'Viral Pneumonia': 'PNEUMONIA'}
   for r in rows:
@@ -126,7 +152,7 @@ def test_predict_files_and_split_agree(setup, workdir, tmp_path):
   labels, _ = _direct_probs(bundle, handle, 'test')
   assert [r['true_label'] for r in split_rows] == [bundle.class_names[i] for i in labels]
   # The file path (decode + resize) and the prepared-record path give the same probabilities.
-  for a, b in zip(rows, split_rows):
+  for a, b in zip(rows, split_rows, strict=True):
     for c in bundle.class_names:
       assert float(a[f'prob_{c}']) == pytest.approx(float(b[f'prob_{c}']), abs=1e-5)
 
@@ -139,8 +165,9 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   files = [os.path.join(handle.phantom_dir, n) for n in handle.filenames('test')[:3]]
   out = tmp_path / 'cams'
   missing = str(tmp_path / 'missing.png')
-  result = gradcam.explain_workdir(workdir, str(out), images=files + [missing],
-                                   target='Normal', batch_size=2)
+  result = gradcam.explain_workdir(
+    workdir, str(out), images=files + [missing], target='Normal', batch_size=2
+  )
   assert len(result['written']) == 3 and len(result['failed']) == 1
   with open(out / 'cams.csv') as f:
     rows = list(csv.DictReader(f))
@@ -149,10 +176,11 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   panel = np.asarray(Image.open(out / rows[0]['overlay']))
   assert panel.shape[1:] == (2 * 32 * 7, 3) and panel.dtype == np.uint8
   source = np.asarray(Image.open(files[0]).convert('L'))
-  np.testing.assert_array_equal(panel[-32 * 7:, :32 * 7:7, 0], source.repeat(7, 0))
+  np.testing.assert_array_equal(panel[-32 * 7 :, : 32 * 7 : 7, 0], source.repeat(7, 0))
 
-  grid = gradcam.explain_workdir(workdir, str(out), split='test', method='gradcam++', per_class=1,
-                                 batch_size=4)
+  grid = gradcam.explain_workdir(
+    workdir, str(out), split='test', method='gradcam++', per_class=1, batch_size=4
+  )
   assert os.path.exists(grid['written'][0]) and grid['written'][0].endswith('gradcampp.png')
   panels = [p for p in grid['written'][1:] if os.path.basename(p).startswith('test_')]
   shown = sum(len(v) for kinds in grid['shown'].values() for v in kinds.values())
@@ -208,9 +236,16 @@ def test_evaluate_folder(setup, workdir, tmp_path):
   result = folder_eval.evaluate_folder(workdir, str(folder), bootstrap=50, batch_size=4)
   out = Path(workdir) / 'eval_folder_hospital'
   assert result['out_dir'] == str(out) and result['name'] == 'hospital'
-  for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
-               'reliability_diagram.png', 'training_curves.png', 'predictions.csv',
-               'unreadable.csv'):
+  for name in (
+    'report.json',
+    'report.md',
+    'confusion_matrix.png',
+    'roc_curves.png',
+    'reliability_diagram.png',
+    'training_curves.png',
+    'predictions.csv',
+    'unreadable.csv',
+  ):
     assert (out / name).exists(), name
   # Unreadable files are listed with the reason and counted, not fatal.
   assert [n for n, _ in result['unreadable']] == ['covid/broken.png', 'covid/notes.txt']
@@ -232,8 +267,11 @@ def test_evaluate_folder(setup, workdir, tmp_path):
     rows = list(csv.DictReader(f))
   assert sorted(r['file'] for r in rows) == list(films)
   ref, paths, _ = inference.predict_files(
-      inference.make_predict_fn(bundle.module, bundle.variables),
-      [str(folder / r['file']) for r in rows], 32, 4)
+    inference.make_predict_fn(bundle.module, bundle.variables),
+    [str(folder / r['file']) for r in rows],
+    32,
+    4,
+  )
   assert len(paths) == 12
   got = np.array([[float(r[f'prob_{c}']) for c in bundle.class_names] for r in rows])
   np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -246,7 +284,9 @@ def test_evaluate_folder(setup, workdir, tmp_path):
   # A class without a folder is left out (and noted in the report); the others are scored.
   shutil.rmtree(folder / 'VIRAL PNEUMONIA')
   two = folder_eval.scan_labelled_folder(folder, bundle.class_names)
-  assert two.missing == ['Viral Pneumonia'] and len(two.files) == 14 - truth.count('Viral Pneumonia')
+  assert two.missing == ['Viral Pneumonia'] and len(two.files) == 14 - truth.count(
+    'Viral Pneumonia'
+  )
   assert two.class_folders == {'COVID': 'covid', 'Normal': 'Normal/images'}
 
 
@@ -256,7 +296,7 @@ def test_evaluate_folder_errors(workdir, tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     folder_eval.evaluate_folder(workdir, str(films))
   msg = str(e.value)
-  assert f'{films.resolve()} has no class subfolders (found: [\'xrays\'])' in msg
+  assert f"{films.resolve()} has no class subfolders (found: ['xrays'])" in msg
   assert 'COVID/, Normal/, Viral Pneumonia/' in msg
   with pytest.raises(FileNotFoundError, match='is not a folder'):
     folder_eval.evaluate_folder(workdir, str(tmp_path / 'nowhere'))
@@ -268,8 +308,15 @@ def test_evaluate_folder_errors(workdir, tmp_path):
 
 def _cli(module, *args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def test_evaluate_cli_without_checkpoint(tmp_path):
@@ -285,11 +332,26 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   bundle, _ = setup
   data_dir = bundle.config.data.data_dir
   work = tmp_path / 'run'
-  proc = _cli('launch.train', '--config', str(REPO / 'configs' / 'tiny.py'), '--workdir',
-              str(work), f'--config.data.data_dir={data_dir}', '--config.train.num_epochs=1')
+  proc = _cli(
+    'launch.train',
+    '--config',
+    str(REPO / 'configs' / 'tiny.py'),
+    '--workdir',
+    str(work),
+    f'--config.data.data_dir={data_dir}',
+    '--config.train.num_epochs=1',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = _cli('launch.evaluate', '--workdir', str(work), '--split', 'validation',
-              '--bootstrap', '20', '--shortcut')
+  proc = _cli(
+    'launch.evaluate',
+    '--workdir',
+    str(work),
+    '--split',
+    'validation',
+    '--bootstrap',
+    '20',
+    '--shortcut',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| **macro** |' in proc.stdout and 'validation: n=6 accuracy=' in proc.stdout
   report = json.loads((work / 'eval_validation' / 'report.json').read_text())
@@ -301,17 +363,20 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   # A labelled folder, one command: the same report for a new hospital's films.
   _, handle = setup
   folder, _ = _hospital_folder(tmp_path / 'hospital', handle)
-  proc = _cli('launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder),
-              '--bootstrap', '20')
+  proc = _cli(
+    'launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--bootstrap', '20'
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'hospital: n=12 accuracy=' in proc.stdout and 'shortcut indicator: ' in proc.stdout
   assert 'unreadable: covid/notes.txt: ' in proc.stderr
   assert (work / 'eval_folder_hospital' / 'shortcut').is_dir()
-  proc = _cli('launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--split',
-              'test')
+  proc = _cli(
+    'launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--split', 'test'
+  )
   assert proc.returncode == 2 and 'not both' in proc.stderr
-  result = inference.predict_workdir(str(work), str(tmp_path / 'p.csv'), split='test',
-                                     leaderboard_labels=True)
+  result = inference.predict_workdir(
+    str(work), str(tmp_path / 'p.csv'), split='test', leaderboard_labels=True
+  )
   assert result['rows'] == 6 and not result['failed']
   with open(tmp_path / 'p.csv') as f:
     rows = list(csv.DictReader(f))

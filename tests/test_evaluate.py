@@ -31,29 +31,31 @@ def _from_confusion(cm):
 # Each case: confusion matrix, then hand-computed accuracy and per-class
 # (precision, recall, f1, specificity).
 CASES = [
-    pytest.param(
-        [[5, 1, 0], [2, 3, 1], [0, 0, 4]], 12 / 16,
-        [(5 / 7, 5 / 6, 10 / 13, 8 / 10), (3 / 4, 3 / 6, 6 / 10, 9 / 10),
-         (4 / 5, 1.0, 8 / 9, 11 / 12)], id='mixed'),
-    pytest.param(
-        [[4, 0, 0], [0, 3, 0], [0, 0, 2]], 1.0,
-        [(1.0, 1.0, 1.0, 1.0)] * 3, id='perfect'),
-    pytest.param(
-        # Nobody is predicted 'Normal': precision 0 by convention (zero_division=0).
-        [[2, 0, 2], [1, 0, 1], [0, 0, 3]], 5 / 9,
-        [(2 / 3, 2 / 4, 4 / 7, 4 / 5), (0.0, 0.0, 0.0, 1.0), (3 / 6, 1.0, 6 / 9, 3 / 6)],
-        id='never_predicted'),
+  pytest.param(
+    [[5, 1, 0], [2, 3, 1], [0, 0, 4]],
+    12 / 16,
+    [(5 / 7, 5 / 6, 10 / 13, 8 / 10), (3 / 4, 3 / 6, 6 / 10, 9 / 10), (4 / 5, 1.0, 8 / 9, 11 / 12)],
+    id='mixed',
+  ),
+  pytest.param([[4, 0, 0], [0, 3, 0], [0, 0, 2]], 1.0, [(1.0, 1.0, 1.0, 1.0)] * 3, id='perfect'),
+  pytest.param(
+    # Nobody is predicted 'Normal': precision 0 by convention (zero_division=0).
+    [[2, 0, 2], [1, 0, 1], [0, 0, 3]],
+    5 / 9,
+    [(2 / 3, 2 / 4, 4 / 7, 4 / 5), (0.0, 0.0, 0.0, 1.0), (3 / 6, 1.0, 6 / 9, 3 / 6)],
+    id='never_predicted',
+  ),
 ]
 
 
-@pytest.mark.parametrize('cm, accuracy, per_class', CASES)
+@pytest.mark.parametrize(('cm', 'accuracy', 'per_class'), CASES)
 def test_metrics_match_hand_computation(cm, accuracy, per_class):
   labels, probs = _from_confusion(cm)
   m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=0)
   assert m['num_examples'] == int(np.sum(cm))
   assert m['confusion_matrix'] == cm
   assert m['accuracy'] == pytest.approx(accuracy)
-  for name, (precision, recall, f1, specificity) in zip(NAMES, per_class):
+  for name, (precision, recall, f1, specificity) in zip(NAMES, per_class, strict=True):
     got = m['per_class'][name]
     assert got['precision'] == pytest.approx(precision)
     assert got['recall'] == pytest.approx(recall)
@@ -118,10 +120,11 @@ def test_bootstrap_statistics_equal_sklearn_with_sample_weights():
   f1 = evaluate._weighted_f1(weights, np.eye(c)[labels], np.eye(c)[preds])
   for b in range(5):
     w = weights[b]
-    assert f1[b] == pytest.approx(skm.f1_score(labels, preds, labels=range(c), average=None,
-                                               sample_weight=w, zero_division=0))
+    assert f1[b] == pytest.approx(
+      skm.f1_score(labels, preds, labels=range(c), average=None, sample_weight=w, zero_division=0)
+    )
     for k in range(c):
-      auc = evaluate._weighted_auc(weights[b:b + 1], labels == k, probs[:, k])[0]
+      auc = evaluate._weighted_auc(weights[b : b + 1], labels == k, probs[:, k])[0]
       assert auc == pytest.approx(skm.roc_auc_score(labels == k, probs[:, k], sample_weight=w))
 
 
@@ -135,8 +138,11 @@ def test_bootstrap_ci_seeded_and_sensible():
   a = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=500, seed=3)
   b = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=500, seed=3)
   assert a['ci95'] == b['ci95']
-  for key, point in (('accuracy', a['accuracy']), ('macro_f1', a['macro']['f1']),
-                     ('macro_auc', a['macro']['auc'])):
+  for key, point in (
+    ('accuracy', a['accuracy']),
+    ('macro_f1', a['macro']['f1']),
+    ('macro_auc', a['macro']['auc']),
+  ):
     lo, hi = a['ci95'][key]
     assert lo < point < hi
     assert 0.02 < hi - lo < 0.2
@@ -181,20 +187,25 @@ def test_perfect_predictions_have_degenerate_ci():
   assert m['macro']['auc'] == 1.0
 
 
-@pytest.mark.parametrize('labels, probs, match', [
+@pytest.mark.parametrize(
+  ('labels', 'probs', 'match'),
+  [
     ([0, 1], np.full((2, 2), 0.5), 'probs must be'),
     ([0, 3], np.full((2, 3), 1 / 3), 'labels must lie'),
     ([], np.zeros((0, 3)), 'No examples'),
-])
+  ],
+)
 def test_bad_inputs_raise(labels, probs, match):
   with pytest.raises(ValueError, match=match):
     evaluate.compute_metrics(labels, probs, NAMES)
 
 
 def test_read_history_keeps_epoch_rows(tmp_path):
-  rows = [{'kind': 'train', 'step': 10, 'loss': 1.0},
-          {'kind': 'epoch', 'step': 20, 'epoch': 1, 'train_loss': 0.9, 'val_accuracy': 0.5},
-          {'kind': 'epoch', 'step': 40, 'epoch': 2, 'train_loss': 0.7}]
+  rows = [
+    {'kind': 'train', 'step': 10, 'loss': 1.0},
+    {'kind': 'epoch', 'step': 20, 'epoch': 1, 'train_loss': 0.9, 'val_accuracy': 0.5},
+    {'kind': 'epoch', 'step': 40, 'epoch': 2, 'train_loss': 0.7},
+  ]
   text = '\n'.join(json.dumps(r) for r in rows) + '\n\n{"kind": "epoch", "ep'  # cut-off line
   (tmp_path / 'metrics.jsonl').write_text(text)
   history = run_log.read_rows(str(tmp_path), 'epoch')
@@ -205,12 +216,21 @@ def test_read_history_keeps_epoch_rows(tmp_path):
 def test_write_report_files(tmp_path):
   labels, probs = _from_confusion([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
   m = evaluate.compute_metrics(labels, probs, NAMES, n_bootstrap=50)
-  history = [{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.1, 'learning_rate': 1e-3},
-             {'epoch': 2, 'train_loss': 0.5, 'val_accuracy': 0.7}]  # missing keys tolerated
-  written = report_lib.write_report(str(tmp_path), m, labels, probs, NAMES, history=history,
-                                  split='val', extra={'step': 7})
-  for name in ('report.json', 'report.md', 'confusion_matrix.png', 'roc_curves.png',
-               'reliability_diagram.png', 'training_curves.png'):
+  history = [
+    {'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.1, 'learning_rate': 1e-3},
+    {'epoch': 2, 'train_loss': 0.5, 'val_accuracy': 0.7},
+  ]  # missing keys tolerated
+  written = report_lib.write_report(
+    str(tmp_path), m, labels, probs, NAMES, history=history, split='val', extra={'step': 7}
+  )
+  for name in (
+    'report.json',
+    'report.md',
+    'confusion_matrix.png',
+    'roc_curves.png',
+    'reliability_diagram.png',
+    'training_curves.png',
+  ):
     path = tmp_path / name
     assert path.stat().st_size > 1000 or name.endswith(('.json', '.md')), name
     assert str(path) in written.values()
@@ -222,8 +242,10 @@ def test_write_report_files(tmp_path):
   assert report['metrics']['confusion_matrix'] == [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
   md = (tmp_path / 'report.md').read_text()
   ci = m['ci95']['per_class'][0]
-  cells = [f'{v:.4f} ({ci[k][0]:.3f}-{ci[k][1]:.3f})' for k, v in
-           (('precision', 0.7143), ('recall', 0.8333), ('specificity', 0.8), ('f1', 0.7692))]
+  cells = [
+    f'{v:.4f} ({ci[k][0]:.3f}-{ci[k][1]:.3f})'
+    for k, v in (('precision', 0.7143), ('recall', 0.8333), ('specificity', 0.8), ('f1', 0.7692))
+  ]
   assert '| COVID | ' + ' | '.join(cells) + ' |' in md
   assert '| Viral Pneumonia | 0 | 0 | 4 |' in md
 
@@ -237,5 +259,7 @@ def test_write_report_nan_is_strict_json_and_no_history(tmp_path):
   report = json.loads(text)
   assert report['metrics']['per_class']['Viral Pneumonia']['auc'] is None
   assert not os.path.exists(tmp_path / 'training_curves.png')
-  assert '| Viral Pneumonia | 0.0000 | 0.0000 | 0.8750 | 0.0000 | n/a | 0 |' in (
-      tmp_path / 'report.md').read_text()
+  assert (
+    '| Viral Pneumonia | 0.0000 | 0.0000 | 0.8750 | 0.0000 | n/a | 0 |'
+    in (tmp_path / 'report.md').read_text()
+  )

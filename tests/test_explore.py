@@ -16,16 +16,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
-from configs import base
-from jaxcxr.tools import duplicates
-from jaxcxr.tools import explore
 import jaxcxr.data as data_lib
-from jaxcxr.data import lookalikes
-from jaxcxr.data import phantom
-from jaxcxr.data import sampling
+from configs import base
+from jaxcxr.data import lookalikes, phantom, sampling
+from jaxcxr.tools import duplicates, explore
 from jaxcxr.training import errors
 from tests import test_lookalikes
 
@@ -35,7 +32,8 @@ COUNTS = {'COVID': 120, 'Normal': 480, 'Viral Pneumonia': 48}
 SIZE = 48
 BRIGHT = (7, 11, 12, 13)  # Normal-i gets a +1 brightness copy (several: more groups to place)
 NEAR = [{f'Normal-{i}.png', f'Normal-{i}-bright.png'} for i in BRIGHT] + [
-    {'Normal-9.png', 'Normal-9-reenc.jpg'}]
+  {'Normal-9.png', 'Normal-9-reenc.jpg'}
+]
 
 
 def _data_cfg(data_dir, **kw):
@@ -85,8 +83,9 @@ def planted(tmp_path_factory):
 @pytest.fixture(scope='module')
 def folder_report(planted, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('explore_tfds')
-  cfg = _data_cfg(data_dir, source='folder', manual_dir=str(planted), on_bad_image='skip',
-                  stored_size=SIZE)
+  cfg = _data_cfg(
+    data_dir, source='folder', manual_dir=str(planted), on_bad_image='skip', stored_size=SIZE
+  )
   out = tmp_path_factory.mktemp('explore_out')
   report = explore.explore(cfg, out, samples=3, aug_draws=2, progress=False)
   return cfg, data_lib.prepare(cfg, progress=False), report, out
@@ -127,23 +126,30 @@ def test_epoch_draws_none_is_the_split_oversample_is_balanced(folder_report):
 
 
 def _groups(report):
-  return {frozenset(m['file'].split('/')[-1] for m in g['members']): g
-          for g in report['duplicates']['groups']}
+  return {
+    frozenset(m['file'].split('/')[-1] for m in g['members']): g
+    for g in report['duplicates']['groups']
+  }
 
 
 def test_planted_duplicates_found_and_nothing_else(folder_report):
   _, handle, report, _ = folder_report
   groups = _groups(report)
   assert set(groups) == {
-      frozenset({'COVID-1.png', 'COVID-1-copy.png', 'COVID-1-rgb.png'}),
-      frozenset({'Normal-5.png', 'Normal-5-conflict.png'}), *map(frozenset, NEAR)}
+    frozenset({'COVID-1.png', 'COVID-1-copy.png', 'COVID-1-rgb.png'}),
+    frozenset({'Normal-5.png', 'Normal-5-conflict.png'}),
+    *map(frozenset, NEAR),
+  }
   exact = groups[frozenset({'COVID-1.png', 'COVID-1-copy.png', 'COVID-1-rgb.png'})]
   assert exact['kind'] == 'exact' and not exact['cross_class']
   assert [m['distance'] for m in exact['members']] == [0, 0, 0]
   used = [m for m in exact['members'] if m['split'] != 'not used']
   assert [m['file'] for m in used] == ['COVID/images/COVID-1-copy.png']  # prepare keeps the first
-  assert all('exact copy of COVID/images/COVID-1-copy.png' in m['note']
-             for m in exact['members'] if m not in used)
+  assert all(
+    'exact copy of COVID/images/COVID-1-copy.png' in m['note']
+    for m in exact['members']
+    if m not in used
+  )
   conflict = groups[frozenset({'Normal-5.png', 'Normal-5-conflict.png'})]
   assert conflict['kind'] == 'exact' and conflict['cross_class']
   assert {m['split'] for m in conflict['members']} == {'not used'}
@@ -155,14 +161,19 @@ def test_planted_duplicates_found_and_nothing_else(folder_report):
     assert [m['split'] for m in g['members']] == [split_of[m['file']] for m in g['members']]
     assert g['cross_split'] == (len({m['split'] for m in g['members']}) > 1)
   d = report['duplicates']
-  assert (d['num_groups'], d['exact_groups'], d['near_groups'], d['cross_class_groups']) == \
-      (7, 2, 5, 1)
+  assert (d['num_groups'], d['exact_groups'], d['near_groups'], d['cross_class_groups']) == (
+    7,
+    2,
+    5,
+    1,
+  )
   # Prepare kept each near group in one split (film by film, these seeds put some of them in two:
   # tests/data/test_builder.py), and its own groups are the ones explore finds.
   assert d['cross_split_groups'] == 0 and not any(g['cross_split'] for g in d['groups'])
   look = handle.metadata['lookalikes']
-  assert {frozenset(n.split('/')[-1] for n in g) for g in look['groups']} == \
-      set(map(frozenset, NEAR))
+  assert {frozenset(n.split('/')[-1] for n in g) for g in look['groups']} == set(
+    map(frozenset, NEAR)
+  )
 
 
 def test_size_mode_table_counts_planted_files(folder_report):
@@ -195,17 +206,21 @@ def test_markdown_references_every_figure(folder_report):
 
 def test_prepared_records_mode(folder_report, tmp_path):
   cfg, handle, _, _ = folder_report
-  d = _data_cfg(cfg.data_dir, source='folder')   # no manual_dir: the prepared records
+  d = _data_cfg(cfg.data_dir, source='folder')  # no manual_dir: the prepared records
   d.image_size = 32  # model input may differ from the stored side; settings come from metadata
   d.stored_size = 96  # ... as does the stored side: explore reads the prepared one back
   report = explore.explore(d, tmp_path, samples=2, aug_draws=1, progress=False)
   assert d.stored_size == 96 and report['dataset']['stored_size'] == SIZE
   assert report['dataset']['inspected'] == 'records'
-  assert report['split_counts'] == {s: dict(zip(CLASSES, handle.class_counts[s]))
-                                    for s in sampling.SPLITS}
+  assert report['split_counts'] == {
+    s: dict(zip(CLASSES, handle.class_counts[s], strict=True)) for s in sampling.SPLITS
+  }
   assert report['sizes_modes'] == [
-      {'class': c, 'format': 'stored', 'mode': 'L', 'size': '48x48', 'count': n}
-      for c, n in zip(CLASSES, np.sum([handle.class_counts[s] for s in sampling.SPLITS], 0))]
+    {'class': c, 'format': 'stored', 'mode': 'L', 'size': '48x48', 'count': n}
+    for c, n in zip(
+      CLASSES, np.sum([handle.class_counts[s] for s in sampling.SPLITS], 0), strict=True
+    )
+  ]
   # Exact copies were dropped by prepare; the two near pairs are still there.
   assert set(_groups(report)) == set(map(frozenset, NEAR))
   with pytest.raises(FileNotFoundError, match='No prepared 3class dataset'):
@@ -228,7 +243,8 @@ def test_augmentation_rows_follow_the_loader_transform(folder_report):
 
 def test_closest_pairs_on_hand_made_hashes():
   groups, nearest, partner = lookalikes.near_duplicates(
-      test_lookalikes.hand_made_hashes(), ['a', 'b', 'c', 'd'], 8, block=2)
+    test_lookalikes.hand_made_hashes(), ['a', 'b', 'c', 'd'], 8, block=2
+  )
   assert groups == [[0, 1, 2]]  # tests/test_lookalikes.py has the grouping itself
   assert duplicates.closest_pairs(nearest, partner, groups) == [(2, 3, 246)]
   assert duplicates.closest_pairs(nearest, partner, []) == [(0, 1, 3), (1, 2, 7), (2, 3, 246)]
@@ -238,14 +254,26 @@ def _cli(*argv):
   """Runs launch.explore in a subprocess (absl launchers define clashing flags in one process)."""
   repo = Path(__file__).resolve().parents[1]
   env = {**os.environ, 'PYTHONPATH': str(repo), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'launch.explore', *argv], cwd=repo, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, '-m', 'launch.explore', *argv],
+    cwd=repo,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
 
 
 def test_cli_phantom(tmp_path):
   tiny = ['--config', 'configs/tiny.py', f'--config.data.data_dir={tmp_path / "tfds"}']
-  r = _cli(*tiny, '--config.data.phantom.num_per_class=12', '--samples=2', '--aug_draws=2',
-           f'--out={tmp_path / "out"}')
+  r = _cli(
+    *tiny,
+    '--config.data.phantom.num_per_class=12',
+    '--samples=2',
+    '--aug_draws=2',
+    f'--out={tmp_path / "out"}',
+  )
   assert r.returncode == 0, r.stderr
   assert "train: {'COVID': 8, 'Normal': 8, 'Viral Pneumonia': 8}" in r.stdout
   assert 'duplicate groups: 0' in r.stdout
@@ -263,12 +291,14 @@ def test_cxr_dev(tmp_path):
     pytest.skip(f'real dev set not found at {CXR_DEV} (../shared/data/cxr_dev beside the repo)')
   cfg = _data_cfg(tmp_path / 'tfds', source='folder', manual_dir=str(CXR_DEV), image_size=64)
   report = explore.explore(cfg, tmp_path / 'out', samples=2, aug_draws=2, progress=False)
-  assert report['inspected_per_class'] == {c: 400 for c in CLASSES}
-  assert report['split_counts'] == {'train': {c: 280 for c in CLASSES},
-                                    'validation': {c: 60 for c in CLASSES},
-                                    'test': {c: 60 for c in CLASSES}}
+  assert report['inspected_per_class'] == dict.fromkeys(CLASSES, 400)
+  assert report['split_counts'] == {
+    'train': dict.fromkeys(CLASSES, 280),
+    'validation': dict.fromkeys(CLASSES, 60),
+    'test': dict.fromkeys(CLASSES, 60),
+  }
   assert report['unusable'] == [] and report['prepare']['exact_copies_dropped'] == 0
   assert report['sizes'] == {'224x224': 1200}
-  assert report['epoch']['none'] == {c: 280 for c in CLASSES}
+  assert report['epoch']['none'] == dict.fromkeys(CLASSES, 280)
   assert sum(report['epoch']['oversample'].values()) == 840
   assert report['duplicates']['exact_groups'] == 0

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr.evaluation import export
-from jaxcxr.evaluation import inference
 from jaxcxr import models
 from jaxcxr.data import preprocess
+from jaxcxr.evaluation import export, inference
 from tests.test_gradcam import numpy_variables
 
 NAMES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -28,7 +27,12 @@ def _highest_matmul_precision():
 
 def test_leaderboard_labels_in_input_order():
   assert export.to_leaderboard_labels([2, 0, 1, 1, 0], NAMES) == [
-      'PNEUMONIA', 'COVID', 'NORMAL', 'NORMAL', 'COVID']
+    'PNEUMONIA',
+    'COVID',
+    'NORMAL',
+    'NORMAL',
+    'COVID',
+  ]
   assert export.to_leaderboard_labels(np.array([], np.int64), NAMES) == []
   custom = {'COVID': 'covid', 'Normal': 'normal', 'Viral Pneumonia': 'viral'}
   assert export.to_leaderboard_labels(np.array([[1], [2]]), NAMES, custom) == ['normal', 'viral']
@@ -42,8 +46,9 @@ def test_leaderboard_labels_errors():
 
 
 def test_preprocessing_spec(tmp_path):
-  spec = export.write_preprocessing_spec(str(tmp_path / 'p.json'), 224, stored_size=256,
-                                         class_names=NAMES)
+  spec = export.write_preprocessing_spec(
+    str(tmp_path / 'p.json'), 224, stored_size=256, class_names=NAMES
+  )
   assert json.loads((tmp_path / 'p.json').read_text()) == spec
   assert spec['input_shape'] == [-1, 224, 224, 3] and spec['layout'] == 'NHWC'
   assert spec['resize']['stored_size'] == 256 and spec['resize']['image_size'] == 224
@@ -60,9 +65,12 @@ def _image_files(tmp_path):
   grey = rng.integers(0, 256, (50, 70), dtype=np.uint8)
   rgb = rng.integers(0, 256, (45, 40, 3), dtype=np.uint8)
   rgba = np.concatenate([rgb, rng.integers(0, 256, (45, 40, 1), dtype=np.uint8)], axis=-1)
-  files = {'grey.png': Image.fromarray(grey), 'rgb.jpg': Image.fromarray(rgb),
-           'rgba.png': Image.fromarray(rgba), 'deep.png': Image.fromarray(
-               (grey.astype(np.int32) * 200 + 7).astype(np.uint16))}
+  files = {
+    'grey.png': Image.fromarray(grey),
+    'rgb.jpg': Image.fromarray(rgb),
+    'rgba.png': Image.fromarray(rgba),
+    'deep.png': Image.fromarray((grey.astype(np.int32) * 200 + 7).astype(np.uint16)),
+  }
   paths = []
   for name, im in files.items():
     im.save(tmp_path / name)
@@ -82,17 +90,22 @@ def test_standalone_preprocessor_matches_pipeline(tmp_path, stored_size):
   loader.loader.exec_module(generated)
   for path in _image_files(tmp_path):
     expected = preprocess.to_model_input_np(
-        preprocess.load_image_for_inference(path, size, stored_size=stored_size))[None]
+      preprocess.load_image_for_inference(path, size, stored_size=stored_size)
+    )[None]
     got = generated.preprocessor(path)
     assert got.dtype == np.float32 and got.shape == (1, size, size, 3), path
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=path)
     with open(path, 'rb') as f:
       np.testing.assert_array_equal(generated.preprocessor(f.read()), got)
   nchw = export.preprocess_for_leaderboard(
-      np.full((size, size), 255, np.uint8), export.preprocessing_spec(size, layout='NCHW'))
+    np.full((size, size), 255, np.uint8), export.preprocessing_spec(size, layout='NCHW')
+  )
   assert nchw.shape == (1, 3, size, size)
-  np.testing.assert_allclose(nchw[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) /
-                             np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+  np.testing.assert_allclose(
+    nchw[0, :, 0, 0],
+    (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+    rtol=1e-6,
+  )
 
 
 def test_export_needs_optional_deps(monkeypatch, tmp_path):
@@ -112,13 +125,15 @@ def small_model():
 @pytest.mark.parametrize('layout', ['NHWC', 'NCHW'])
 def test_onnx_parity_and_leaderboard_path(small_model, tmp_path, layout):
   module, variables = small_model
-  out = export.export_onnx(module, variables, 32, str(tmp_path / 'model.onnx'), layout=layout,
-                           check_batch=3)
+  out = export.export_onnx(
+    module, variables, 32, str(tmp_path / 'model.onnx'), layout=layout, check_batch=3
+  )
   assert out['max_abs_diff'] < 1e-5
   session = export.onnx_session(out['path'])
   assert [i.name for i in session.get_inputs()] == ['input']
-  assert session.get_inputs()[0].shape == (['N', 32, 32, 3] if layout == 'NHWC'
-                                           else ['N', 3, 32, 32])
+  assert session.get_inputs()[0].shape == (
+    ['N', 32, 32, 3] if layout == 'NHWC' else ['N', 3, 32, 32]
+  )
   # Leaderboard path (standalone preprocessor + ONNX) == our inference path, on real files.
   spec = export.preprocessing_spec(32, layout=layout)
   predict = inference.make_predict_fn(module, variables)
@@ -152,14 +167,14 @@ def test_onnx_check_computes_its_jax_reference_at_highest_precision(small_model,
   module, variables = small_model
   seen = []
 
-  class Recorder:   # the module, recording the matmul precision each time it is traced
+  class Recorder:  # the module, recording the matmul precision each time it is traced
     def apply(self, *args, **kwargs):
       seen.append(jax.config.jax_default_matmul_precision)
       return module.apply(*args, **kwargs)
 
   with jax.default_matmul_precision(None):
     export.export_onnx(Recorder(), variables, 32, str(tmp_path / 'model.onnx'), check_batch=2)
-  assert seen[-1] == 'highest', seen   # the last trace is the jitted JAX reference
+  assert seen[-1] == 'highest', seen  # the last trace is the jitted JAX reference
 
 
 @pytest.mark.slow

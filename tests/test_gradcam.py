@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr.evaluation import gradcam
 from jaxcxr import models
+from jaxcxr.evaluation import gradcam
 
 
 class Tiny(nn.Module):
   """conv -> relu = A (marked) -> global average pool -> dense: dy_c/dA_ijk = W[k, c] / (h w)."""
+
   num_classes: int = 3
 
   @nn.compact
@@ -54,7 +55,8 @@ def numpy_variables(module, shape, seed=0):
     return jnp.full(leaf.shape, value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(
-      fill, {k: v for k, v in abstract.items() if k in ('params', 'batch_stats')})
+    fill, {k: v for k, v in abstract.items() if k in ('params', 'batch_stats')}
+  )
 
 
 @pytest.fixture(scope='module')
@@ -95,8 +97,9 @@ def test_weights_match_finite_differences(tiny):
   fmap = state['intermediates']['cam_features'][0]
   eps = 1e-2
   logit = jax.jit(
-      lambda d: module.apply({**variables, 'perturbations': {'cam_features': d}}, x[:1])[0, 1])
-  for (i, j, k) in [(0, 0, 0), (3, 5, 2), (7, 7, 3)]:
+    lambda d: module.apply({**variables, 'perturbations': {'cam_features': d}}, x[:1])[0, 1]
+  )
+  for i, j, k in [(0, 0, 0), (3, 5, 2), (7, 7, 3)]:
     delta = jnp.zeros_like(fmap).at[0, i, j, k].set(eps)
     fd = (logit(delta) - logit(-delta)) / (2 * eps)
     # Weight = mean of dy/dA over the map; for GAP every cell's derivative equals it.
@@ -148,12 +151,12 @@ def test_pointing_game_planted_masks():
   cams = np.zeros((4, 6, 6))
   masks = np.zeros((4, 6, 6), bool)
   cams[0, 1, 1] = 1.0
-  masks[0, 0:3, 0:3] = True   # hit
+  masks[0, 0:3, 0:3] = True  # hit
   cams[1, 5, 5] = 1.0
-  masks[1, 0:3, 0:3] = True   # miss
+  masks[1, 0:3, 0:3] = True  # miss
   cams[2, 2, 4] = 0.9
-  masks[2, 2, 4] = True       # hit (single pixel)
-  cams[3, 0, 0] = 1.0         # empty mask: ignored
+  masks[2, 2, 4] = True  # hit (single pixel)
+  cams[3, 0, 0] = 1.0  # empty mask: ignored
   assert gradcam.pointing_game(cams, masks) == pytest.approx(2 / 3)
   assert np.isnan(gradcam.pointing_game(cams[3:], masks[3:]))
 
@@ -163,7 +166,7 @@ def test_rank_correlation():
   a = rng.random((3, 8, 8))
   assert gradcam.rank_correlation(a, a) == pytest.approx(1.0)
   assert gradcam.rank_correlation(a, 1 - a) == pytest.approx(-1.0)
-  assert gradcam.rank_correlation(a, a ** 3) == pytest.approx(1.0)  # monotone: ranks unchanged
+  assert gradcam.rank_correlation(a, a**3) == pytest.approx(1.0)  # monotone: ranks unchanged
   b = a.copy()
   b[1] = 0.0  # constant map: skipped
   assert gradcam.rank_correlation(a[:2], b[:2]) == pytest.approx(1.0)
@@ -173,21 +176,25 @@ def test_randomisation_check_decorrelates():
   # A "trained" Tiny: channel 0 detects bright pixels, and only it feeds class 0.
   x = np.full((4, 16, 16, 3), -1.0, np.float32)
   for i, (r, c) in enumerate([(2, 2), (10, 4), (4, 12), (12, 12)]):
-    x[i, r:r + 3, c:c + 3] = 2.0
+    x[i, r : r + 3, c : c + 3] = 2.0
   module = Tiny()
   kernel = np.zeros((3, 3, 3, 4), np.float32)
   kernel[1, 1, :, 0] = 1.0
   head = np.zeros((4, 3), np.float32)
   head[0, 0] = 1.0
-  params = {'conv': {'kernel': jnp.asarray(kernel), 'bias': jnp.zeros(4)},
-            'head': {'kernel': jnp.asarray(head), 'bias': jnp.zeros(3)}}
+  params = {
+    'conv': {'kernel': jnp.asarray(kernel), 'bias': jnp.zeros(4)},
+    'head': {'kernel': jnp.asarray(head), 'bias': jnp.zeros(3)},
+  }
   trained = {'params': params}
   out = gradcam.grad_cam(module, trained, x, 0)
   peak = out['cam'].reshape(4, -1).argmax(1)
   masks = x[..., 0] > 0
   assert gradcam.pointing_game(out['cam'], masks) == 1.0, peak
-  rhos = [gradcam.randomisation_check(module, trained, x, jax.random.key(s), target=0)
-          for s in range(1, 6)]
+  rhos = [
+    gradcam.randomisation_check(module, trained, x, jax.random.key(s), target=0)
+    for s in range(1, 6)
+  ]
   assert np.nanmean(rhos) < 0.5, rhos
   # And the trained model compared with itself is perfectly correlated.
   same = gradcam.rank_correlation(out['cam'], gradcam.grad_cam(module, trained, x, 0)['cam'])
@@ -201,12 +208,16 @@ def test_overlay_blends_jet():
   out = gradcam.overlay(gray, cam, alpha=0.5)
   assert out.shape == (4, 6, 3) and out.dtype == np.uint8
   # jet(1.0) = (0.5, 0, 0); jet(0.0) = (0, 0, 0.5); base 100/255.
-  np.testing.assert_allclose(out[0, 0], np.round(255 * (0.5 * 100 / 255 + 0.5 * np.array(
-      [0.5, 0.0, 0.0]))), atol=1)
-  np.testing.assert_allclose(out[1, 1], np.round(255 * (0.5 * 100 / 255 + 0.5 * np.array(
-      [0.0, 0.0, 0.5]))), atol=1)
-  assert gradcam.overlay(gray, np.zeros((2, 3)), 0.0).tolist() == np.repeat(
-      gray[..., None], 3, -1).tolist()
+  np.testing.assert_allclose(
+    out[0, 0], np.round(255 * (0.5 * 100 / 255 + 0.5 * np.array([0.5, 0.0, 0.0]))), atol=1
+  )
+  np.testing.assert_allclose(
+    out[1, 1], np.round(255 * (0.5 * 100 / 255 + 0.5 * np.array([0.0, 0.0, 0.5]))), atol=1
+  )
+  assert (
+    gradcam.overlay(gray, np.zeros((2, 3)), 0.0).tolist()
+    == np.repeat(gray[..., None], 3, -1).tolist()
+  )
 
 
 def test_save_overlay_grid(tmp_path):
@@ -215,11 +226,20 @@ def test_save_overlay_grid(tmp_path):
   cams = rng.random((6, 16, 16))
   labels = [0, 0, 1, 1, 2, 2]
   preds = [0, 1, 1, 1, 0, 0]
-  chosen = gradcam.save_overlay_grid(str(tmp_path / 'grid.png'), grays, cams, labels, preds,
-                                     ('COVID', 'Normal', 'Viral Pneumonia'), per_class=2)
-  assert chosen == {'COVID': {'correct': [0], 'wrong': [1]},
-                    'Normal': {'correct': [2, 3], 'wrong': []},
-                    'Viral Pneumonia': {'correct': [], 'wrong': [4, 5]}}
+  chosen = gradcam.save_overlay_grid(
+    str(tmp_path / 'grid.png'),
+    grays,
+    cams,
+    labels,
+    preds,
+    ('COVID', 'Normal', 'Viral Pneumonia'),
+    per_class=2,
+  )
+  assert chosen == {
+    'COVID': {'correct': [0], 'wrong': [1]},
+    'Normal': {'correct': [2, 3], 'wrong': []},
+    'Viral Pneumonia': {'correct': [], 'wrong': [4, 5]},
+  }
   assert (tmp_path / 'grid.png').stat().st_size > 5000
 
 
@@ -230,15 +250,16 @@ def test_cnn_small_contract():
   out = gradcam.grad_cam(module, variables, x)
   assert out['cam'].shape == (2, 32, 32) and out['raw'].shape == (2, 4, 4)
   assert out['weights'].shape == (2, 128)
-  np.testing.assert_allclose(out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(out['cam'].max(axis=(1, 2)), 1.0, atol=1e-6)
 
 
 FAMILIES = [('resnet18', {}), ('densenet121', {}), ('vgg11', {}), ('vgg11_bn', {})]
 
 
-@pytest.mark.parametrize('name, overrides', FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(('name', 'overrides'), FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_gradcam_traces_for_each_family(name, overrides):
   """Abstract evaluation (jax.eval_shape: traced, not compiled or run) of init and Grad-CAM++."""
   if name not in models.NAMES:
@@ -248,8 +269,9 @@ def test_gradcam_traces_for_each_family(name, overrides):
   variables = jax.eval_shape(lambda x: _init(module, x), x)
   fmap = variables['perturbations']['cam_features']
   assert fmap.shape[0] == 2 and fmap.ndim == 4
-  out = jax.eval_shape(lambda v, x: gradcam.grad_cam(module, v, x, method='gradcam++'),
-                       variables, x)
+  out = jax.eval_shape(
+    lambda v, x: gradcam.grad_cam(module, v, x, method='gradcam++'), variables, x
+  )
   assert out['cam'].shape == (2, 64, 64)
   assert out['raw'].shape == fmap.shape[:3]
   assert out['weights'].shape == (2, fmap.shape[3])
@@ -263,6 +285,7 @@ def test_gradcam_runs_on_batchnorm_model():
   assert 'batch_stats' in variables
   out = gradcam.grad_cam(module, variables, x, method='gradcam++')
   assert out['cam'].shape == (2, 32, 32) and out['raw'].shape == (2, 16, 16)
-  np.testing.assert_allclose(out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-6
+  )
   assert np.isfinite(np.asarray(out['cam'])).all()

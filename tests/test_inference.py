@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr.evaluation import inference
 from jaxcxr import models
 from jaxcxr.data import preprocess
+from jaxcxr.evaluation import inference
 from tests.test_gradcam import numpy_variables
 
 SIZE = 32
@@ -62,8 +62,9 @@ def test_predict_files_pads_reports_failures_and_compiles_once(model, tmp_path):
   assert probs.shape == (5, 3)
   assert fn.func._cache_size() == 1  # 5 images in batches of 2: padded, one compilation
   # Same numbers as predicting each image on its own.
-  singles = np.concatenate([
-      np.asarray(fn(preprocess.load_image_for_inference(p, SIZE)[None])) for p in good])
+  singles = np.concatenate(
+    [np.asarray(fn(preprocess.load_image_for_inference(p, SIZE)[None])) for p in good]
+  )
   np.testing.assert_allclose(probs, singles, rtol=1e-5, atol=1e-6)
 
 
@@ -89,7 +90,10 @@ def test_list_images(tmp_path):
   for name in ('b.png', 'a.JPG', 'sub/c.png', 'readme.txt'):
     (tmp_path / name).write_bytes(b'')
   assert inference.list_images(str(tmp_path)) == [
-      str(tmp_path / 'a.JPG'), str(tmp_path / 'b.png'), str(tmp_path / 'sub' / 'c.png')]
+    str(tmp_path / 'a.JPG'),
+    str(tmp_path / 'b.png'),
+    str(tmp_path / 'sub' / 'c.png'),
+  ]
   assert inference.list_images(str(tmp_path / '*.png')) == [str(tmp_path / 'b.png')]
   assert inference.list_images(str(tmp_path / 'b.png')) == [str(tmp_path / 'b.png')]
   assert inference.list_images(str(tmp_path / 'none*.png')) == []

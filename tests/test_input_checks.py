@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcxr.data import images
-from jaxcxr.data import input_checks
-from jaxcxr.data import ood_material
-from jaxcxr.data import phantom
+from jaxcxr.data import images, input_checks, ood_material, phantom
 from tests import ood_material as material
 
 SIZE = 64
@@ -58,20 +55,23 @@ def test_a_film_passes_and_its_pixels_are_decode_greys(film):
 def test_blank_rgba_png_from_the_issue_is_near_constant():
   ins = _inspect(_png(material.blank_rgba(64)))
   assert ins.reasons == ['near_constant']
-  assert ins.measures['spread'] == 0.0 and ins.measures['colour'] == 0.0   # black after compositing
+  assert ins.measures['spread'] == 0.0 and ins.measures['colour'] == 0.0  # black after compositing
   for blank in ood_material.generated('blank', 12, 64, seed=1):
     assert 'near_constant' in _inspect(_png(blank)).reasons
 
 
-@pytest.mark.parametrize('shape, image_size, want', [
+@pytest.mark.parametrize(
+  ('shape', 'image_size', 'want'),
+  [
     ((64, 64), 64, []),
-    ((64, 128), 64, []),                    # 2.0: the limit itself passes
-    ((60, 128), 64, ['aspect_ratio']),      # 2.13
+    ((64, 128), 64, []),  # 2.0: the limit itself passes
+    ((60, 128), 64, ['aspect_ratio']),  # 2.13
     ((1, 1000), 64, ['aspect_ratio', 'too_small']),
-    ((32, 32), 64, []),                     # half the input side passes
+    ((32, 32), 64, []),  # half the input side passes
     ((31, 40), 64, ['too_small']),
     ((200, 200), 448, ['too_small']),
-])
+  ],
+)
 def test_aspect_ratio_and_size(shape, image_size, want):
   rng = np.random.default_rng(0)
   pixels = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -97,15 +97,17 @@ def test_modes_without_colour_and_thresholds():
   la[..., 0] = np.arange(40, dtype=np.uint8)[None] * 6
   la[..., 1] = 255
   assert input_checks.file_colour(_png(la, 'LA')) == 0.0
-  i16 = (np.arange(1600, dtype=np.uint16).reshape(40, 40) * 40)
+  i16 = np.arange(1600, dtype=np.uint16).reshape(40, 40) * 40
   assert input_checks.file_colour(_png(i16)) == 0.0
-  assert input_checks.file_colour(b'not an image') == 0.0   # decode_grey reports it, not this
+  assert input_checks.file_colour(b'not an image') == 0.0  # decode_grey reports it, not this
   ramp = np.tile(np.arange(0, 200, 5, dtype=np.uint8), (40, 1))
   assert _inspect(_png(ramp)).passed
   strict = input_checks.Thresholds(min_spread=250.0, max_aspect=1.0)
   assert _inspect(_png(ramp), thresholds=strict).reasons == ['near_constant']
   assert _inspect(_png(ramp[:, :30]), image_size=32, thresholds=strict).reasons == [
-      'near_constant', 'aspect_ratio']
+    'near_constant',
+    'aspect_ratio',
+  ]
 
 
 def test_unreadable_files_stay_errors(tmp_path):
@@ -122,8 +124,8 @@ def test_generated_material_is_deterministic_and_shaped(film):
     a = ood_material.generated(kind, 3, 48, seed=5)
     b = ood_material.generated(kind, 3, 48, seed=5)
     assert len(a) == 3 and all(x.shape == (48, 48) and x.dtype == np.uint8 for x in a), kind
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)), kind
-    assert all(_inspect(_png(x), image_size=48).passed for x in a), kind   # the score's job
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), kind
+    assert all(_inspect(_png(x), image_size=48).passed for x in a), kind  # the score's job
   crops = ood_material.transformed('corner_crop', [film], seed=0)
   assert 0.3 * 128 <= crops[0].shape[0] <= 0.4 * 128
   np.testing.assert_array_equal(ood_material.transformed('inverted', [film])[0], 255 - film)

@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 
-from absl import logging as absl_logging
 import pytest
+from absl import logging as absl_logging
 
 from jaxcxr import CLASS_NAMES_3
 from jaxcxr.data import shm
@@ -26,8 +26,8 @@ from tests.data import helpers
 # launch/benchmark*.py are being thinned on another branch (issue 12, item 3); drop them from this
 # set when they start through cli.run too.
 NOT_YET = {'benchmark', 'benchmark_data'}
-INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')   # absl's INFO prefix, e.g. "I1130 06:14:39.28"
-LINE_BUDGET = 12   # 2 TFDS "prepared" lines, the header, 2 epochs, 2 summary lines, + slack
+INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')  # absl's INFO prefix, e.g. "I1130 06:14:39.28"
+LINE_BUDGET = 12  # 2 TFDS "prepared" lines, the header, 2 epochs, 2 summary lines, + slack
 
 
 def _main_calls(path) -> list[str]:
@@ -35,14 +35,21 @@ def _main_calls(path) -> list[str]:
   tree = ast.parse(path.read_text())
   for node in tree.body:
     if isinstance(node, ast.If) and "__name__ == '__main__'" in ast.unparse(node.test):
-      return [ast.unparse(n.value.func) for n in node.body
-              if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+      return [
+        ast.unparse(n.value.func)
+        for n in node.body
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
+      ]
   return []
 
 
-@pytest.mark.parametrize('path', sorted(p for p in (th.REPO / 'launch').glob('*.py')
-                                        if p.stem not in {'__init__', 'cli'} | NOT_YET),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+  'path',
+  sorted(
+    p for p in (th.REPO / 'launch').glob('*.py') if p.stem not in {'__init__', 'cli'} | NOT_YET
+  ),
+  ids=lambda p: p.stem,
+)
 def test_every_launcher_starts_through_cli_run(path):
   assert _main_calls(path) == ['cli.run'], f'{path.name}: end with `cli.run(main)`'
 
@@ -52,7 +59,7 @@ def test_quiet_library_logs():
   try:
     absl_logging.set_verbosity(absl_logging.INFO)
     # Orbax, TFDS and Grain log through absl's logger.
-    run_log.quiet_library_logs(verbose=True)   # --verbosity given: left as asked
+    run_log.quiet_library_logs(verbose=True)  # --verbosity given: left as asked
     assert logging.getLogger('absl').isEnabledFor(logging.INFO)
     run_log.quiet_library_logs(verbose=False)
     assert absl_logging.get_verbosity() == absl_logging.WARNING
@@ -77,11 +84,21 @@ def folder_run(tmp_path_factory):
   """
   root = tmp_path_factory.mktemp('folder_run')
   folder = helpers.make_folder(root / 'kaggle', dict.fromkeys(CLASS_NAMES_3, 100), size=32)
-  overrides = {'data.source': 'folder', 'data.manual_dir': str(folder),
-               'data.data_dir': str(root / 'tfds'), 'data.num_workers': 2,
-               'checkpoint.every_steps': 100}
-  proc = subprocess.Popen(th.train_cmd(overrides, root / 'work'), cwd=th.REPO, env=th.env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  overrides = {
+    'data.source': 'folder',
+    'data.manual_dir': str(folder),
+    'data.data_dir': str(root / 'tfds'),
+    'data.num_workers': 2,
+    'checkpoint.every_steps': 100,
+  }
+  proc = subprocess.Popen(
+    th.train_cmd(overrides, root / 'work'),
+    cwd=th.REPO,
+    env=th.env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   seen = set()
 
   def watch():
@@ -91,7 +108,7 @@ def folder_run(tmp_path_factory):
 
   watcher = threading.Thread(target=watch, daemon=True)
   watcher.start()
-  out, _ = proc.communicate(timeout=600)   # EOF: the run and its resource tracker have exited
+  out, _ = proc.communicate(timeout=600)  # EOF: the run and its resource tracker have exited
   watcher.join()
   assert proc.returncode == 0, out[-4000:]
   return out, seen, _ours(proc.pid)
@@ -129,7 +146,7 @@ def _settled_segments(pid: int, timeout_s: float = 30.0) -> set[str]:
   return last
 
 
-_HOLD_ITERATOR = '''
+_HOLD_ITERATOR = """
 import sys, time
 from configs import tiny
 from jaxcxr import data
@@ -141,7 +158,7 @@ it = loader.train_iterator(c.data, data.prepare(c.data, progress=False), local_b
 next(it)
 print('ready', flush=True)
 time.sleep(600)
-'''
+"""
 
 
 @pytest.mark.skipif(not shm.supported(), reason='needs Linux /dev/shm')
@@ -149,11 +166,16 @@ def test_segments_of_a_killed_run_are_removed_by_the_next_start(tmp_path):
   """SIGKILL to the process group (the run, its workers and its resource tracker) leaves the
   queued batches in /dev/shm; `shm.remove_stale` (run by every train_iterator with workers) removes
   exactly those, not the segments of a live process."""
-  proc = subprocess.Popen([sys.executable, '-c', _HOLD_ITERATOR, str(tmp_path / 'tfds')],
-                          cwd=th.REPO, env=th.env(), stdout=subprocess.PIPE, text=True,
-                          start_new_session=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-c', _HOLD_ITERATOR, str(tmp_path / 'tfds')],
+    cwd=th.REPO,
+    env=th.env(),
+    stdout=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
   try:
-    assert 'ready' in (line.strip() for line in proc.stdout)   # after TFDS's prepare lines
+    assert 'ready' in (line.strip() for line in proc.stdout)  # after TFDS's prepare lines
     live = _settled_segments(proc.pid)
     assert live, 'no psm_jaxcxr_<pid>_* segment while the workers run'
     # The run is alive: none of its segments is removed. (Its own reader thread may still consume
@@ -172,14 +194,17 @@ def test_segments_of_a_killed_run_are_removed_by_the_next_start(tmp_path):
 @pytest.mark.skipif(not shm.supported(), reason='needs Linux /dev/shm')
 def test_remove_stale_takes_only_ours_of_dead_processes(tmp_path):
   child = subprocess.Popen(['true'])
-  child.wait()   # its pid now names no process (a reused pid would only keep a segment)
-  names = {f'{shm.PREFIX}{child.pid}_0a1b2c3d': 'removed (owner exited)',
-           f'{shm.PREFIX}{os.getpid()}_0a1b2c3d': 'kept (owner alive)',
-           'psm_0a1b2c3d': 'kept (not ours: stdlib name)',
-           f'{shm.PREFIX}{child.pid}_notahexname': 'kept (not a name we make)'}
+  child.wait()  # its pid now names no process (a reused pid would only keep a segment)
+  names = {
+    f'{shm.PREFIX}{child.pid}_0a1b2c3d': 'removed (owner exited)',
+    f'{shm.PREFIX}{os.getpid()}_0a1b2c3d': 'kept (owner alive)',
+    'psm_0a1b2c3d': 'kept (not ours: stdlib name)',
+    f'{shm.PREFIX}{child.pid}_notahexname': 'kept (not a name we make)',
+  }
   for n in names:
     (tmp_path / n).write_bytes(b'x')
   removed = shm.remove_stale(str(tmp_path))
   assert removed == [n for n, what in names.items() if what.startswith('removed')]
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-      n for n, what in names.items() if what.startswith('kept'))
+    n for n, what in names.items() if what.startswith('kept')
+  )

@@ -35,17 +35,28 @@ from jaxcxr.evaluation import folder_eval
 from tests import train_helpers
 from tests.data import helpers as data_helpers
 
-PHANTOM_VARIANT = {'data.phantom.num_per_class': 200, 'train.num_epochs': 8,
-                   'data.num_workers': 0, 'eval.shortcut': True}
-VARIANT_ACCURACY = 0.811    # measured, seed 0
+PHANTOM_VARIANT = {
+  'data.phantom.num_per_class': 200,
+  'train.num_epochs': 8,
+  'data.num_workers': 0,
+  'eval.shortcut': True,
+}
+VARIANT_ACCURACY = 0.811  # measured, seed 0
 MARGIN = 0.05
 
 
 def _train(config: str, workdir, overrides: dict, timeout: int = 1800) -> dict:
   cmd = [str(a) for a in train_helpers.train_cmd(overrides, workdir)]
   cmd[cmd.index('--config') + 1] = str(train_helpers.REPO / 'configs' / config)
-  r = subprocess.run(cmd, cwd=train_helpers.REPO, env=train_helpers.env(fast_compile=False),
-                     capture_output=True, text=True, timeout=timeout)
+  r = subprocess.run(
+    cmd,
+    cwd=train_helpers.REPO,
+    env=train_helpers.env(fast_compile=False),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   with open(workdir / 'report.json') as f:
     return json.load(f)
@@ -58,16 +69,17 @@ def _mark_covid_corner(clean, out):
     a = np.asarray(Image.open(path)).copy()
     s = a.shape[0]
     m, o = s // 8, s // 32
-    a[o:o + m, o:o + m] = 250
-    a[o + 2:o + m - 2, o + m // 3:o + m] = 30     # a bracket-like glyph
+    a[o : o + m, o : o + m] = 250
+    a[o + 2 : o + m - 2, o + m // 3 : o + m] = 30  # a bracket-like glyph
     Image.fromarray(a).save(path)
   return out
 
 
 @pytest.mark.slow
 def test_default_phantom_variant_learns_and_is_not_flagged(tmp_path):
-  report = _train('default.py', tmp_path / 'w', {'data.data_dir': tmp_path / 'tfds',
-                                                  **PHANTOM_VARIANT})
+  report = _train(
+    'default.py', tmp_path / 'w', {'data.data_dir': tmp_path / 'tfds', **PHANTOM_VARIANT}
+  )
   acc = report['metrics']['accuracy']
   assert acc >= VARIANT_ACCURACY - MARGIN, f'test accuracy {acc:.3f} (measured {VARIANT_ACCURACY})'
   ind = report['shortcut']['indicator']
@@ -81,19 +93,32 @@ def test_default_phantom_variant_learns_and_is_not_flagged(tmp_path):
 def test_corner_marker_shortcut_is_flagged(tmp_path):
   clean = phantom.write_folder(tmp_path / 'clean', num_per_class=200, image_size=128, seed=0)
   marked = _mark_covid_corner(clean, tmp_path / 'marked')
-  report = _train('default.py', tmp_path / 'w', {
-      'data.data_dir': tmp_path / 'tfds', **PHANTOM_VARIANT, 'data.source': 'folder',
-      'data.manual_dir': marked, 'data.stored_size': 64})
+  report = _train(
+    'default.py',
+    tmp_path / 'w',
+    {
+      'data.data_dir': tmp_path / 'tfds',
+      **PHANTOM_VARIANT,
+      'data.source': 'folder',
+      'data.manual_dir': marked,
+      'data.stored_size': 64,
+    },
+  )
   ind = report['shortcut']['indicator']
   assert ind['flagged'] == ['COVID'], ind
   covid = ind['per_class']['COVID']
   assert covid['corners'] > 1.5 * covid['corners_area']
 
 
-CXR_DEV_SHORT = {'model.name': 'cnn_res18_half', 'data.image_size': 64, 'train.num_epochs': 4,
-                 'data.val_fraction': 0.15, 'data.test_fraction': 0.15}
-CXR_DEV_SHORT_F1 = 0.848   # measured 2026-12-04, seed 0, split seed 0 (TTA, last epoch)
-CXR_EVAL_SHORT_F1 = 0.811   # the same model on the 1,231 external films of cxr_eval
+CXR_DEV_SHORT = {
+  'model.name': 'cnn_res18_half',
+  'data.image_size': 64,
+  'train.num_epochs': 4,
+  'data.val_fraction': 0.15,
+  'data.test_fraction': 0.15,
+}
+CXR_DEV_SHORT_F1 = 0.848  # measured 2026-12-04, seed 0, split seed 0 (TTA, last epoch)
+CXR_EVAL_SHORT_F1 = 0.811  # the same model on the 1,231 external films of cxr_eval
 
 
 @pytest.mark.slow
@@ -103,15 +128,29 @@ def test_cxr_dev_short_run(tmp_path):
   for path in (data_helpers.CXR_DEV, data_helpers.CXR_EVAL):
     if not path.is_dir():
       pytest.skip(f'real data not found at {path.resolve()} (../shared/data beside the repo)')
-  report = _train('cxr_cpu.py', tmp_path / 'w', {
-      'data.manual_dir': data_helpers.CXR_DEV.resolve(), 'data.data_dir': tmp_path / 'tfds',
-      **CXR_DEV_SHORT, 'eval.shortcut': False})
+  report = _train(
+    'cxr_cpu.py',
+    tmp_path / 'w',
+    {
+      'data.manual_dir': data_helpers.CXR_DEV.resolve(),
+      'data.data_dir': tmp_path / 'tfds',
+      **CXR_DEV_SHORT,
+      'eval.shortcut': False,
+    },
+  )
   f1 = report['metrics']['macro']['f1']
   assert report['metrics']['num_examples'] == 180
   assert f1 >= CXR_DEV_SHORT_F1 - MARGIN, f'test macro-F1 {f1:.3f} (measured {CXR_DEV_SHORT_F1})'
-  external = folder_eval.evaluate_folder(str(tmp_path / 'w'), str(data_helpers.CXR_EVAL.resolve()),
-                                         out=str(tmp_path / 'external'), bootstrap=0,
-                                         shortcut=False, ood=False)
+  external = folder_eval.evaluate_folder(
+    str(tmp_path / 'w'),
+    str(data_helpers.CXR_EVAL.resolve()),
+    out=str(tmp_path / 'external'),
+    bootstrap=0,
+    shortcut=False,
+    ood=False,
+  )
   assert external['metrics']['num_examples'] == 1231 and not external['unreadable']
   f1 = external['metrics']['macro']['f1']
-  assert f1 >= CXR_EVAL_SHORT_F1 - MARGIN, f'cxr_eval macro-F1 {f1:.3f} (measured {CXR_EVAL_SHORT_F1})'
+  assert f1 >= CXR_EVAL_SHORT_F1 - MARGIN, (
+    f'cxr_eval macro-F1 {f1:.3f} (measured {CXR_EVAL_SHORT_F1})'
+  )

@@ -7,12 +7,10 @@ The test pictures are smooth random fields (`film`); their planted copies (`nois
 import io
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
-from jaxcxr.data import images
-from jaxcxr.data import lookalikes
-
+from jaxcxr.data import images, lookalikes
 
 
 def film(rng: np.random.Generator, size: int = 128) -> np.ndarray:
@@ -55,8 +53,12 @@ def test_copies_within_the_threshold_distinct_films_far_apart():
   h = np.stack([lookalikes.perceptual_hash(f) for f in films])
   assert h.shape == (24, lookalikes.HASH_BITS // 64) and h.dtype == np.uint64
   for i, f in enumerate(films):
-    for copy in (noised(f, i), resampled(f, 170), jpeg(f),
-                 np.clip(f.astype(np.int16) + 1, 0, 255).astype(np.uint8)):
+    for copy in (
+      noised(f, i),
+      resampled(f, 170),
+      jpeg(f),
+      np.clip(f.astype(np.int16) + 1, 0, 255).astype(np.uint8),
+    ):
       assert _d(f, copy) <= lookalikes.DEFAULT_THRESHOLD
   d = [lookalikes.hamming(h[i], h[j]) for i in range(24) for j in range(i + 1, 24)]
   assert min(d) > 4 * lookalikes.DEFAULT_THRESHOLD
@@ -76,8 +78,8 @@ def test_shifts_are_caught_only_when_small():
 def hand_made_hashes() -> np.ndarray:
   """Four 256-bit hashes: 0, 1 (3 bits from 0), 2 (10 from 0, 7 from 1), 3 (all bits set)."""
   h = np.zeros((4, 4), np.uint64)
-  h[1, 0] = 0b111          # 3 bits from image 0
-  h[2, 0] = 0b1111111111   # 10 bits from 0, 7 from 1: linked to the group through image 1
+  h[1, 0] = 0b111  # 3 bits from image 0
+  h[2, 0] = 0b1111111111  # 10 bits from 0, 7 from 1: linked to the group through image 1
   h[3] = np.uint64(2**64 - 1)  # 256 bits from all
   return h
 
@@ -105,12 +107,15 @@ def test_groups_of_planted_copies():
   assert groups == [[2, 10], [5, 11, 12]]
 
 
-@pytest.mark.parametrize('keep, expected', [
+@pytest.mark.parametrize(
+  ('keep', 'expected'),
+  [
     ([1, 1, 1, 1, 1, 1], [[0, 2], [3, 4, 5]]),
-    ([1, 1, 0, 1, 1, 1], [[2, 3, 4]]),   # [0, 2] loses a member: no group; the other re-indexed
-    ([1, 1, 1, 0, 0, 1], [[0, 2]]),      # [3, 4, 5] keeps one member: no group
-    ([0, 1, 1, 0, 1, 1], [[2, 3]]),      # [0, 2] -> one member; [3, 4, 5] -> [2, 3]
-])
+    ([1, 1, 0, 1, 1, 1], [[2, 3, 4]]),  # [0, 2] loses a member: no group; the other re-indexed
+    ([1, 1, 1, 0, 0, 1], [[0, 2]]),  # [3, 4, 5] keeps one member: no group
+    ([0, 1, 1, 0, 1, 1], [[2, 3]]),  # [0, 2] -> one member; [3, 4, 5] -> [2, 3]
+  ],
+)
 def test_restrict(keep, expected):
   groups = [[0, 2], [3, 4, 5]]
   assert lookalikes.restrict(groups, np.asarray(keep, bool)) == expected

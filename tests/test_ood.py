@@ -18,17 +18,9 @@ import pytest
 from scipy import special
 from sklearn import covariance
 
-from jaxcxr import data
-from jaxcxr import models
-from jaxcxr.data import images
-from jaxcxr.data import input_checks
-from jaxcxr.data import ood_material
-from jaxcxr.data import preprocess
-from jaxcxr.evaluation import folder_eval
-from jaxcxr.evaluation import inference
-from jaxcxr.evaluation import ood
-from jaxcxr.evaluation import ood_eval
-from jaxcxr.evaluation import report
+from jaxcxr import data, models
+from jaxcxr.data import images, input_checks, ood_material, preprocess
+from jaxcxr.evaluation import folder_eval, inference, ood, ood_eval, report
 from jaxcxr.training import checkpoint
 from tests import ood_material as material
 from tests import train_helpers
@@ -48,15 +40,18 @@ def _synthetic(n, seed, shift=0.0):
   return np.concatenate([logits, feats], 1), labels
 
 
-@pytest.mark.parametrize('n, false_alarm, confidence, want', [
-    (120, 0.05, 0.95, 119),   # scipy: smallest k with beta.ppf(0.05, k, n + 1 - k) >= 0.95
+@pytest.mark.parametrize(
+  ('n', 'false_alarm', 'confidence', 'want'),
+  [
+    (120, 0.05, 0.95, 119),  # scipy: smallest k with beta.ppf(0.05, k, n + 1 - k) >= 0.95
     (180, 0.05, 0.95, 177),
-    (59, 0.05, 0.95, 59),     # 1 - 0.95 ** 59 = 0.9515: the maximum just qualifies
-    (58, 0.05, 0.95, 58),     # none qualifies: the maximum
+    (59, 0.05, 0.95, 59),  # 1 - 0.95 ** 59 = 0.9515: the maximum just qualifies
+    (58, 0.05, 0.95, 58),  # none qualifies: the maximum
     (6, 0.05, 0.95, 6),
-    (120, 0.05, 0.0, 114),    # the plain 95 % quantile
+    (120, 0.05, 0.0, 114),  # the plain 95 % quantile
     (1000, 0.05, 0.95, 962),
-])
+  ],
+)
 def test_threshold_rank(n, false_alarm, confidence, want):
   assert ood.threshold_rank(n, false_alarm, confidence) == want
 
@@ -79,7 +74,7 @@ def test_fit_and_score_against_hand_computation():
   rank = ood.threshold_rank(200, 0.1, 0.95)
   assert model.threshold == pytest.approx(np.sort(want)[rank - 1])
   assert model.energy_threshold == pytest.approx(np.sort(got['energy'])[rank - 1])
-  assert np.sum(ood.in_distribution(model, got)) == rank   # that many validation films pass
+  assert np.sum(ood.in_distribution(model, got)) == rank  # that many validation films pass
   assert model.meta['step'] == 5 and model.meta['num_train'] == 300
   assert f'score {rank} of 200' in model.meta['rule'] and 'at most 10%' in model.meta['rule']
   # Shifted features score far higher: every shifted row is beyond the threshold.
@@ -106,12 +101,14 @@ def test_save_load_round_trip_and_staleness(tmp_path):
   ood.save(model, str(tmp_path))
   back = ood.load(str(tmp_path))
   assert back.threshold == model.threshold and back.meta == model.meta
-  np.testing.assert_array_equal(ood.score(back, train)['mahalanobis'],
-                                ood.score(model, train)['mahalanobis'])
+  np.testing.assert_array_equal(
+    ood.score(back, train)['mahalanobis'], ood.score(model, train)['mahalanobis']
+  )
 
-  class Bundle:   # what load_for reads of a restored checkpoint
+  class Bundle:  # what load_for reads of a restored checkpoint
     step = 7
     config = type('Config', (), {'model': type('Model', (), {'name': 'cnn_bn'})})
+
   assert ood.load_for(str(tmp_path), Bundle)[0] is not None
   Bundle.step = 9
   got, why = ood.load_for(str(tmp_path), Bundle)
@@ -130,8 +127,9 @@ def test_feature_fn_returns_logits_and_pooled_cam_features():
   x = preprocess.to_model_input_np(imgs)
   want_logits, state = module.apply(variables, x, mutable=['intermediates'])
   np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(feats, np.asarray(state['intermediates']['cam_features'][0])
-                             .mean((1, 2)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    feats, np.asarray(state['intermediates']['cam_features'][0]).mean((1, 2)), rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.fixture(scope='module')
@@ -149,13 +147,26 @@ def test_run_report_has_the_ood_section_and_saves_the_score(run):
   model = ood.load(run)
   bundle = checkpoint.restore_for_inference(run)
   assert model is not None and model.meta['step'] == bundle.step
-  assert model.meta['rule'] == ('validation score 6 of 6 in ascending order (100.0% of them pass): '
-                                'a tolerance bound keeping false alarms on films like the '
-                                'validation split at most 5% with 95% confidence')
+  assert model.meta['rule'] == (
+    'validation score 6 of 6 in ascending order (100.0% of them pass): '
+    'a tolerance bound keeping false alarms on films like the '
+    'validation split at most 5% with 95% confidence'
+  )
   rep = json.loads(open(os.path.join(run, 'report.json')).read())['ood']
   names = [s['name'] for s in rep['sets']]
-  assert names == ['noise', 'blank', 'gradient', 'text', 'photos', 'photos_grey', 'mri',
-                   'rot90', 'inverted', 'tinted', 'corner_crop']   # no phantom set: it is the data
+  assert names == [
+    'noise',
+    'blank',
+    'gradient',
+    'text',
+    'photos',
+    'photos_grey',
+    'mri',
+    'rot90',
+    'inverted',
+    'tinted',
+    'corner_crop',
+  ]  # no phantom set: it is the data
   sets = {s['name']: s for s in rep['sets']}
   # What the input checks catch, they catch whatever the model: blank, colour photos, tints.
   for name in ('blank', 'photos', 'tinted'):
@@ -170,16 +181,16 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   bundle = checkpoint.restore_for_inference(run)
   handle = data.prepare(bundle.config.data)
   films = [os.path.join(handle.phantom_dir, n) for n in handle.filenames('test')]
-  odd = [material.write(tmp_path / 'blank.png', material.blank_rgba(64)),
-         material.write(tmp_path / 'photo.jpg', ood_material.generated('photos', 1, 80)[0],
-                        'JPEG'),
-         material.write(tmp_path / 'wide.png', np.tile(np.arange(200, dtype=np.uint8), (40, 1)))]
+  odd = [
+    material.write(tmp_path / 'blank.png', material.blank_rgba(64)),
+    material.write(tmp_path / 'photo.jpg', ood_material.generated('photos', 1, 80)[0], 'JPEG'),
+    material.write(tmp_path / 'wide.png', np.tile(np.arange(200, dtype=np.uint8), (40, 1))),
+  ]
   out = str(tmp_path / 'p.csv')
   result = inference.predict_workdir(run, out, images=films + odd, leaderboard_labels=True)
   assert result['rows'] == 9 and not result['ood_warning']
   rows = list(csv.DictReader(open(out)))
-  assert list(rows[0])[-4:] == ['leaderboard_label', 'ood_score', 'in_distribution',
-                                'ood_reason']
+  assert list(rows[0])[-4:] == ['leaderboard_label', 'ood_score', 'in_distribution', 'ood_reason']
   model = ood.load(run)
   for r in rows:
     score = float(r['ood_score'])
@@ -190,12 +201,13 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   assert by_file[odd[0]]['ood_reason'].startswith('near_constant')
   assert by_file[odd[1]]['ood_reason'].startswith('colour')
   assert by_file[odd[2]]['ood_reason'].startswith('aspect_ratio')
-  assert by_file[odd[0]]['predicted_label'] in bundle.class_names   # unchanged unless asked
+  assert by_file[odd[0]]['predicted_label'] in bundle.class_names  # unchanged unless asked
   # --reject_ood: flagged rows say so in both labels; the probabilities stay.
   rejected = str(tmp_path / 'r.csv')
-  inference.predict_workdir(run, rejected, images=films + odd, leaderboard_labels=True,
-                            reject_ood=True)
-  for a, b in zip(rows, csv.DictReader(open(rejected))):
+  inference.predict_workdir(
+    run, rejected, images=films + odd, leaderboard_labels=True, reject_ood=True
+  )
+  for a, b in zip(rows, csv.DictReader(open(rejected)), strict=True):
     flagged = a['in_distribution'] == 'false'
     assert (b['predicted_label'] == inference.REJECTED_LABEL) == flagged
     assert (b['leaderboard_label'] == inference.REJECTED_LABEL) == flagged
@@ -203,7 +215,7 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   # A prepared split: the same scores as its files (same pixels, same features).
   split = inference.predict_workdir(run, str(tmp_path / 's.csv'), split='test')
   assert split['rows'] == 6
-  for a, b in zip(rows[:6], csv.DictReader(open(tmp_path / 's.csv'))):
+  for a, b in zip(rows[:6], csv.DictReader(open(tmp_path / 's.csv')), strict=True):
     assert float(a['ood_score']) == pytest.approx(float(b['ood_score']), rel=1e-4, abs=1e-4)
 
 
@@ -226,27 +238,29 @@ def test_folder_evaluation_has_the_ood_section(run, tmp_path):
   handle = data.prepare(bundle.config.data)
   folder = tmp_path / 'hospital'
   files = []
-  for name, label in zip(handle.filenames('test'), handle.labels('test')):
+  for name, label in zip(handle.filenames('test'), handle.labels('test'), strict=True):
     dest = folder / bundle.class_names[int(label)] / os.path.basename(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(os.path.join(handle.phantom_dir, name), dest)
     files.append(str(dest))
-  result = folder_eval.evaluate_folder(run, str(folder), out=str(tmp_path / 'rep'), bootstrap=20,
-                                       shortcut=False)
+  result = folder_eval.evaluate_folder(
+    run, str(folder), out=str(tmp_path / 'rep'), bootstrap=20, shortcut=False
+  )
   section = result['ood']
   assert section['in_distribution']['n'] == 6 and section['in_distribution']['name'] == (
-      'folder hospital')
+    'folder hospital'
+  )
   assert [s['name'] for s in section['sets']][:3] == ['noise', 'blank', 'gradient']
   inference.predict_workdir(run, str(tmp_path / 'p.csv'), images=files)
   flagged = [r['in_distribution'] == 'false' for r in csv.DictReader(open(tmp_path / 'p.csv'))]
-  assert section['in_distribution']['false_alarm']['mahalanobis'] == pytest.approx(
-      np.mean(flagged))
+  assert section['in_distribution']['false_alarm']['mahalanobis'] == pytest.approx(np.mean(flagged))
   assert '## Out-of-distribution inputs' in (tmp_path / 'rep' / 'report.md').read_text()
   work = tmp_path / 'copy'
   shutil.copytree(run, work)
   os.remove(work / ood.FILE)
-  bare = folder_eval.evaluate_folder(str(work), str(folder), out=str(tmp_path / 'rep2'),
-                                     bootstrap=20, shortcut=False)
+  bare = folder_eval.evaluate_folder(
+    str(work), str(folder), out=str(tmp_path / 'rep2'), bootstrap=20, shortcut=False
+  )
   assert bare['ood'] is None
   assert any('launch.fit_ood' in n for n in bare['metrics']['notes'])
 
@@ -256,18 +270,41 @@ def test_fit_ood_cli_refits_and_reports(run, tmp_path):
   material.write_set(extra, 'noise', 4, 48)
   out = tmp_path / 'eval'
   proc = subprocess.run(
-      [sys.executable, '-m', 'launch.fit_ood', '--workdir', run, '--refit', '--per_set', '6',
-       '--ood_dir', f'more_noise={extra}', '--out', str(out)],
-      cwd=train_helpers.REPO, env=train_helpers.env(), capture_output=True, text=True,
-      timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'launch.fit_ood',
+      '--workdir',
+      run,
+      '--refit',
+      '--per_set',
+      '6',
+      '--ood_dir',
+      f'more_noise={extra}',
+      '--out',
+      str(out),
+    ],
+    cwd=train_helpers.REPO,
+    env=train_helpers.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| more_noise | folder | 4 |' in proc.stdout and 'Fitted score' in proc.stdout
   rep = json.loads((out / 'ood_report.json').read_text())
   assert rep['in_distribution']['n'] == 6 and rep['per_set'] == 6
   assert {s['name']: s['n'] for s in rep['sets']}['text'] == 6
-  bad = subprocess.run([sys.executable, '-m', 'launch.fit_ood', '--workdir', run, '--ood_dir',
-                        'oops'], cwd=train_helpers.REPO, env=train_helpers.env(),
-                       capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    [sys.executable, '-m', 'launch.fit_ood', '--workdir', run, '--ood_dir', 'oops'],
+    cwd=train_helpers.REPO,
+    env=train_helpers.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert bad.returncode == 2 and 'NAME=FOLDER' in bad.stderr
 
 
@@ -282,9 +319,10 @@ def test_real_films_pass_the_input_checks():
 
 def test_auroc_ranks_check_flagged_pictures_first():
   inside, outside = np.array([0.1, 0.2]), np.array([0.05, 0.3])
-  assert ood_eval._auroc(inside, outside) == 0.5   # pylint: disable=protected-access
+  assert ood_eval._auroc(inside, outside) == 0.5  # pylint: disable=protected-access
   flagged = np.array([True, False])
-  with_checks = ood_eval._with_checks(outside, flagged, 0.3)   # pylint: disable=protected-access
-  assert ood_eval._auroc(inside, with_checks) == 1.0   # pylint: disable=protected-access
+  with_checks = ood_eval._with_checks(outside, flagged, 0.3)  # pylint: disable=protected-access
+  assert ood_eval._auroc(inside, with_checks) == 1.0  # pylint: disable=protected-access
   assert 'could not be fitted: ValueError: empty' in ood_eval.markdown(
-      {'error': 'ValueError: empty'})
+    {'error': 'ValueError: empty'}
+  )

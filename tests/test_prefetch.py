@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from jaxcxr.training import checkpoint as ckpt_lib
-from jaxcxr.training import prefetch
-from jaxcxr.training import sharding
+from jaxcxr.training import prefetch, sharding
 
 
 def _source():
@@ -25,6 +24,7 @@ def _prefetched(put_log=None, size=2):
     if put_log is not None:
       put_log.append(int(batch['x'][0]))
     return sharding.global_batch(batch, mesh)
+
   return prefetch.DevicePrefetch(_source(), put, size=size)
 
 
@@ -34,7 +34,7 @@ def test_batches_are_placed_ahead_with_the_batch_sharding():
   first = next(it)
   assert isinstance(first['x'], jax.Array)
   assert first['x'].sharding == sharding.batch_sharding(sharding.make_mesh())
-  assert placed == [0, 2]            # batch 1 is on the devices while step 0 runs
+  assert placed == [0, 2]  # batch 1 is on the devices while step 0 runs
   got = [first] + [next(it) for _ in range(4)]
   assert placed == [0, 2, 4, 6, 8, 10]
   np.testing.assert_array_equal(np.concatenate([np.asarray(b['x']) for b in got]), np.arange(10))
@@ -48,11 +48,11 @@ def test_state_is_after_the_consumed_batches_not_the_prefetched_ones():
   for _ in range(3):
     next(plain)
   assert it.get_state() == plain.get_state()
-  assert it._parent.get_state() != plain.get_state()   # pylint: disable=protected-access
+  assert it._parent.get_state() != plain.get_state()  # pylint: disable=protected-access
 
   resumed = _prefetched(size=2)
   resumed.set_state(it.get_state())
-  np.testing.assert_array_equal(np.asarray(next(resumed)['x']), [6, 7])   # batch 3, not 4
+  np.testing.assert_array_equal(np.asarray(next(resumed)['x']), [6, 7])  # batch 3, not 4
   np.testing.assert_array_equal(np.asarray(next(it)['x']), [6, 7])
 
 

@@ -10,9 +10,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcxr.tools import compare
+from jaxcxr.tools import compare, sweep
 from jaxcxr.training import config_checks
-from jaxcxr.tools import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = sweep.Hyper()
@@ -21,25 +20,36 @@ MODEL_CONFIGS = ('vgg19', 'resnet101', 'densenet201', 'scratch_cnn')
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
-  monkeypatch.chdir(REPO)   # config paths are relative to the repository root
+  monkeypatch.chdir(REPO)  # config paths are relative to the repository root
 
 
 # ----------------------------------------------------------------------------- combinators
 
+
 def test_product_chain_zip_fixed():
   p = H.product([H.sweep('a', [1, 2]), H.sweep('b', ['x', 'y', 'z'])])
-  assert p == [{'a': 1, 'b': 'x'}, {'a': 1, 'b': 'y'}, {'a': 1, 'b': 'z'},
-               {'a': 2, 'b': 'x'}, {'a': 2, 'b': 'y'}, {'a': 2, 'b': 'z'}]
+  assert p == [
+    {'a': 1, 'b': 'x'},
+    {'a': 1, 'b': 'y'},
+    {'a': 1, 'b': 'z'},
+    {'a': 2, 'b': 'x'},
+    {'a': 2, 'b': 'y'},
+    {'a': 2, 'b': 'z'},
+  ]
   assert H.chain([H.sweep('a', [1]), H.sweep('b', [2, 3])]) == [{'a': 1}, {'b': 2}, {'b': 3}]
-  assert H.zip([H.sweep('a', [1, 2]), H.sweep('b', [3, 4])]) == [{'a': 1, 'b': 3},
-                                                                 {'a': 2, 'b': 4}]
-  assert H.zip([H.sweep('a', [1, 2]), H.fixed('s', 0, length=2)]) == [{'a': 1, 's': 0},
-                                                                      {'a': 2, 's': 0}]
-  nested = H.product([H.chain([H.sweep('m', ['v']), H.zip([H.sweep('m', ['r']),
-                                                            H.sweep('lr', [0.1])])]),
-                      H.sweep('seed', [0, 1])])
+  assert H.zip([H.sweep('a', [1, 2]), H.sweep('b', [3, 4])]) == [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+  assert H.zip([H.sweep('a', [1, 2]), H.fixed('s', 0, length=2)]) == [
+    {'a': 1, 's': 0},
+    {'a': 2, 's': 0},
+  ]
+  nested = H.product(
+    [
+      H.chain([H.sweep('m', ['v']), H.zip([H.sweep('m', ['r']), H.sweep('lr', [0.1])])]),
+      H.sweep('seed', [0, 1]),
+    ]
+  )
   assert len(nested) == 4 and nested[3] == {'m': 'r', 'lr': 0.1, 'seed': 1}
-  assert H.chainit is H.chain and H.zipit is H.zip   # big_vision spellings
+  assert H.chainit is H.chain and H.zipit is H.zip  # big_vision spellings
 
 
 def test_combinator_errors():
@@ -58,15 +68,24 @@ def test_seed_models_expands_to_eight_named_trials(tmp_path):
   base, hypers = sweep.load_trials('configs/sweeps/seed_models.py:runlocal')
   assert base == 'configs/densenet201.py:runlocal'
   assert [(h['config'], h['data.sampling']) for h in hypers] == [
-      (f'configs/{m}.py:runlocal', s) for m, s in SEED_TRIALS]
+    (f'configs/{m}.py:runlocal', s) for m, s in SEED_TRIALS
+  ]
   sweep.check_overrides(base, hypers)
   trials = sweep.make_trials(base, hypers, str(tmp_path))
   assert [t.name for t in trials] == [
-      f'{i:03d}-config={m},data.sampling={s}' for i, (m, s) in enumerate(SEED_TRIALS)]
+    f'{i:03d}-config={m},data.sampling={s}' for i, (m, s) in enumerate(SEED_TRIALS)
+  ]
   t = trials[3]
-  assert t.command == ('python', '-m', 'launch.train', '--config', 'configs/resnet101.py:runlocal',
-                       '--workdir', str(tmp_path / '003-config=resnet101,data.sampling=none'),
-                       '--config.data.sampling=none')
+  assert t.command == (
+    'python',
+    '-m',
+    'launch.train',
+    '--config',
+    'configs/resnet101.py:runlocal',
+    '--workdir',
+    str(tmp_path / '003-config=resnet101,data.sampling=none'),
+    '--config.data.sampling=none',
+  )
   # Without an arg, the full configs.
   _, full = sweep.load_trials('configs/sweeps/seed_models.py')
   assert full[0]['config'] == 'configs/vgg19.py'
@@ -74,8 +93,11 @@ def test_seed_models_expands_to_eight_named_trials(tmp_path):
 
 def test_trial_names_are_sanitised_and_bounded():
   keys = ['model.name', 'optim.learning_rate', 'data.manual_dir']
-  name = sweep.trial_name(7, {'model.name': 'vgg19', 'optim.learning_rate': 1e-4,
-                              'data.manual_dir': '/data/my set:1'}, keys)
+  name = sweep.trial_name(
+    7,
+    {'model.name': 'vgg19', 'optim.learning_rate': 1e-4, 'data.manual_dir': '/data/my set:1'},
+    keys,
+  )
   assert name == '007-model.name=vgg19,optim.learning_rate=0.0001,data.manual_dir=_data_my_set_1'
   long = sweep.trial_name(12, {'data.manual_dir': '/x' * 80}, ['data.manual_dir'])
   assert long.startswith('012-data.manual_dir=_x_x') and len(long) == 4 + 80 + 9
@@ -86,15 +108,22 @@ def test_trial_names_are_sanitised_and_bounded():
 
 def test_override_flags_parse_back_through_config_flags():
   """The command's --config.k=v flags give back exactly the trial's values (all types)."""
-  overrides = {'optim.learning_rate': 1e-4, 'optim.backbone_lr_mult': 0.0, 'seed': 3,
-               'data.sampling': 'none', 'data.augment.hflip': True,
-               'data.augment.zoom': (0.8, 1.25), 'model.name': 'vgg11_bn',
-               'train.max_steps': 7}
+  overrides = {
+    'optim.learning_rate': 1e-4,
+    'optim.backbone_lr_mult': 0.0,
+    'seed': 3,
+    'data.sampling': 'none',
+    'data.augment.hflip': True,
+    'data.augment.zoom': (0.8, 1.25),
+    'model.name': 'vgg11_bn',
+    'train.max_steps': 7,
+  }
   argv = sweep.train_command('configs/densenet201.py:runlocal', '/tmp/w', overrides)
   fv = flags.FlagValues()
-  cli = ['prog', '--config', argv[4], *argv[7:]]   # overrides are found in sys_argv
-  config_flags.DEFINE_config_file('config', None, '', flag_values=fv, lock_config=True,
-                                  sys_argv=cli)
+  cli = ['prog', '--config', argv[4], *argv[7:]]  # overrides are found in sys_argv
+  config_flags.DEFINE_config_file(
+    'config', None, '', flag_values=fv, lock_config=True, sys_argv=cli
+  )
   fv(cli)
   c = fv.config
   for key, value in overrides.items():
@@ -102,7 +131,7 @@ def test_override_flags_parse_back_through_config_flags():
     for part in key.split('.'):
       node = node[part]
     assert node == value and type(node) is type(value), (key, node, value)
-  assert c.data.image_size == 32   # the rest of the runlocal config is untouched
+  assert c.data.image_size == 32  # the rest of the runlocal config is untouched
 
 
 def test_bad_overrides_name_the_key(tmp_path):
@@ -116,22 +145,34 @@ def test_bad_overrides_name_the_key(tmp_path):
 
 def test_sweep_file_as_its_own_base_config(tmp_path):
   f = tmp_path / 'own.py'
-  f.write_text('from configs import tiny\n'
-               'def get_config(arg=""):\n  return tiny.get_config()\n'
-               'def get_hyper(hyper):\n'
-               '  return hyper.sweep("config.seed", [0, 1])\n')
+  f.write_text(
+    'from configs import tiny\n'
+    'def get_config(arg=""):\n  return tiny.get_config()\n'
+    'def get_hyper(hyper):\n'
+    '  return hyper.sweep("config.seed", [0, 1])\n'
+  )
   base, hypers = sweep.load_trials(f'{f}:x')
   assert base == f'{f}:x' and hypers == [{'seed': 0}, {'seed': 1}]
   trials = sweep.make_trials(base, hypers, '/w', ['--config.data.image_size=48'])
-  assert trials[1].command == ('python', '-m', 'launch.train', '--config', f'{f}:x',
-                               '--workdir', '/w/001-seed=1', '--config.data.image_size=48',
-                               '--config.seed=1')
+  assert trials[1].command == (
+    'python',
+    '-m',
+    'launch.train',
+    '--config',
+    f'{f}:x',
+    '--workdir',
+    '/w/001-seed=1',
+    '--config.data.image_size=48',
+    '--config.seed=1',
+  )
 
 
 # ----------------------------------------------------------------------------- status & running
 
+
 def _fake_runner(outcomes, calls):
   """A runner that 'trains' by writing results.json, or exits with a given status."""
+
   def run(argv, log_path):
     workdir = argv[argv.index('--workdir') + 1]
     calls.append(os.path.basename(workdir))
@@ -145,6 +186,7 @@ def _fake_runner(outcomes, calls):
       with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump({'summary': {'test_macro_f1': 0.5}}, f)
     return rc
+
   return run
 
 
@@ -157,26 +199,34 @@ def test_run_trials_skips_finished_records_failures_and_stops_on_preemption(tmp_
     json.dump({'summary': {'test_macro_f1': 0.25}}, f)
   os.makedirs(os.path.join(trials[1].workdir, 'checkpoints'))
   assert [sweep.trial_status(t.workdir) for t in trials] == [
-      'finished', 'interrupted', 'pending', 'pending']
+    'finished',
+    'interrupted',
+    'pending',
+    'pending',
+  ]
 
   calls, lines = [], []
-  results = sweep.run_trials(trials, str(tmp_path), runner=_fake_runner({'001': 2, '002': 75},
-                                                                         calls),
-                             echo=lines.append)
-  assert calls == ['001-seed=1', '002-seed=2']          # 0 skipped; 3 not reached (preempted)
+  results = sweep.run_trials(
+    trials, str(tmp_path), runner=_fake_runner({'001': 2, '002': 75}, calls), echo=lines.append
+  )
+  assert calls == ['001-seed=1', '002-seed=2']  # 0 skipped; 3 not reached (preempted)
   assert results == {0: 'finished', 1: 'failed', 2: 'interrupted'}
   status = json.loads((tmp_path / 'sweep.json').read_text())['trials']
   assert {k: (v['status'], v['returncode']) for k, v in status.items()} == {
-      '000-seed=0': ('finished', None), '001-seed=1': ('failed', 2),
-      '002-seed=2': ('interrupted', 75), '003-seed=3': ('pending', None)}
+    '000-seed=0': ('finished', None),
+    '001-seed=1': ('failed', 2),
+    '002-seed=2': ('interrupted', 75),
+    '003-seed=3': ('pending', None),
+  }
   assert status['001-seed=1']['command'] == list(trials[1].command)
   assert 'resuming' in lines[1] and 'stopping the sweep' in lines[-1]
   assert (tmp_path / 'logs' / '001-seed=1.log').read_text() == 'trained\n'
 
   # Re-running resumes: the failed and interrupted trials run again, then the last one.
   calls.clear()
-  results = sweep.run_trials(trials, str(tmp_path), runner=_fake_runner({}, calls),
-                             echo=lines.append)
+  results = sweep.run_trials(
+    trials, str(tmp_path), runner=_fake_runner({}, calls), echo=lines.append
+  )
   assert calls == ['001-seed=1', '002-seed=2', '003-seed=3']
   assert set(results.values()) == {'finished'}
   # compare sees the four finished trials.
@@ -197,25 +247,54 @@ def test_run_command_streams_output_and_returns_status(tmp_path, capsys):
 
 
 def test_launch_sweep_dry_run_prints_commands_and_runs_nothing(tmp_path):
-  r = subprocess.run([sys.executable, '-m', 'launch.sweep', '--config',
-                      'configs/sweeps/seed_models.py:runlocal', '--workdir', str(tmp_path / 's'),
-                      '--dry_run', '--config.eval.bootstrap=10'],
-                     cwd=REPO, capture_output=True, text=True, check=False)
+  r = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'launch.sweep',
+      '--config',
+      'configs/sweeps/seed_models.py:runlocal',
+      '--workdir',
+      str(tmp_path / 's'),
+      '--dry_run',
+      '--config.eval.bootstrap=10',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
   assert len(lines) == 16 and lines[0] == '# 000-config=vgg19,data.sampling=oversample [pending]'
-  assert lines[15] == (f'python -m launch.train --config configs/scratch_cnn.py:runlocal '
-                       f'--workdir {tmp_path}/s/007-config=scratch_cnn,data.sampling=none '
-                       f'--config.eval.bootstrap=10 --config.data.sampling=none')
+  assert lines[15] == (
+    f'python -m launch.train --config configs/scratch_cnn.py:runlocal '
+    f'--workdir {tmp_path}/s/007-config=scratch_cnn,data.sampling=none '
+    f'--config.eval.bootstrap=10 --config.data.sampling=none'
+  )
   assert not (tmp_path / 's').exists()
-  bad = subprocess.run([sys.executable, '-m', 'launch.sweep', '--config',
-                        'configs/sweeps/seed_models.py', '--workdir', str(tmp_path),
-                        '--dry_run', '--config.data.sampling=none'],
-                       cwd=REPO, capture_output=True, text=True, check=False)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'launch.sweep',
+      '--config',
+      'configs/sweeps/seed_models.py',
+      '--workdir',
+      str(tmp_path),
+      '--dry_run',
+      '--config.data.sampling=none',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert bad.returncode == 2 and 'conflicts with the sweep' in bad.stderr
 
 
 # ----------------------------------------------------------------------------- configs
+
 
 @pytest.mark.parametrize('name', MODEL_CONFIGS)
 def test_model_configs_runlocal_validate_and_full_configs_match_the_recipe(name):
@@ -227,19 +306,27 @@ def test_model_configs_runlocal_validate_and_full_configs_match_the_recipe(name)
   assert local.model.name == {'vgg19': 'cnn_small'}.get(name, 'cnn_bn')
   full = sweep.load_config(f'configs/{name}.py')
   assert full.is_locked
-  assert (full.data.source, full.data.image_size, full.train.label_smoothing) == ('folder', 224,
-                                                                                   0.1)
+  assert (full.data.source, full.data.image_size, full.train.label_smoothing) == (
+    'folder',
+    224,
+    0.1,
+  )
   assert (full.data.sampling, full.early_stopping.metric) == ('oversample', 'val_loss')
-  assert (full.optim.name, full.optim.schedule, full.optim.warmup_epochs) == ('adamw', 'cosine',
-                                                                              1.0)
+  assert (full.optim.name, full.optim.schedule, full.optim.warmup_epochs) == (
+    'adamw',
+    'cosine',
+    1.0,
+  )
   if name == 'scratch_cnn':
     assert (full.model.name, full.model.pretrained) == ('cnn_bn', '')
   else:
     assert full.model.name == name
     assert full.model.pretrained.endswith(f'/.cache/jaxcxr/weights/{name}') or os.environ.get(
-        'JAXCXR_WEIGHTS_DIR')
+      'JAXCXR_WEIGHTS_DIR'
+    )
     assert full.optim.learning_rate * full.optim.backbone_lr_mult == pytest.approx(
-        5e-5 if name == 'vgg19' else 1e-4)
+      5e-5 if name == 'vgg19' else 1e-4
+    )
   assert sweep.load_config(f'configs/{name}.py:bf16').model.dtype == 'bfloat16'
   with pytest.raises(ValueError, match='unknown arg'):
     sweep.load_config(f'configs/{name}.py:fast')
@@ -269,17 +356,30 @@ def test_runlocal_sweep_end_to_end(tmp_path):
   sweep_file = tmp_path / 'two_trials.py'
   sweep_file.write_text(_TWO_TRIALS)
   workdir = tmp_path / 'seed'
-  cmd = [sys.executable, '-m', 'launch.sweep', '--config', f'{sweep_file}:runlocal',
-         '--workdir', str(workdir)]
+  cmd = [
+    sys.executable,
+    '-m',
+    'launch.sweep',
+    '--config',
+    f'{sweep_file}:runlocal',
+    '--workdir',
+    str(workdir),
+  ]
   t0 = time.time()
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   print(f'sweep: {time.time() - t0:.0f} s')
-  r = subprocess.run([sys.executable, '-m', 'launch.compare', '--workdir', str(workdir)],
-                     cwd=REPO, capture_output=True, text=True, check=False)
+  r = subprocess.run(
+    [sys.executable, '-m', 'launch.compare', '--workdir', str(workdir)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert r.returncode == 0, r.stderr
   print(r.stdout)
   import csv  # pylint: disable=g-import-not-at-top
+
   with open(workdir / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 2 and {r['status'] for r in rows} == {'finished'}

@@ -13,12 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr.training import config_checks
-from jaxcxr.training import optim
-from jaxcxr.training import errors
-from jaxcxr.training import loop
+from jaxcxr.training import config_checks, errors, loop, optim, steps
 from jaxcxr.training import state as state_lib
-from jaxcxr.training import steps
 from tests import train_helpers as th
 
 
@@ -26,6 +22,7 @@ from tests import train_helpers as th
 def data_dir(tmp_path_factory):
   """Phantom data prepared once for the module (every run reuses it)."""
   from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
   d = tmp_path_factory.mktemp('tfds')
   config, _ = th.tiny_config(d)
   data.prepare(config.data)
@@ -37,7 +34,7 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   summary = loop.train_and_evaluate(config, str(tmp_path))
   steps_per_epoch = summary['steps'] // 2
   assert summary['steps'] == 2 * steps_per_epoch > 0
-  assert summary['train_step_compilations'] == 1   # no recompilation after the first step
+  assert summary['train_step_compilations'] == 1  # no recompilation after the first step
   rows = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
   epochs = [r for r in rows if r['kind'] == 'epoch']
   assert [r['epoch'] for r in epochs] == [1, 2]
@@ -45,8 +42,11 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   assert len(train_rows) == summary['steps']
   # The logged learning rate comes out of the jitted step: schedule(step - 1) of the head.
   schedule = optim.make_schedule(config.optim, steps_per_epoch, summary['steps'])
-  np.testing.assert_allclose([r['learning_rate'] for r in train_rows],
-                             [float(schedule(r['step'] - 1)) for r in train_rows], rtol=1e-5)
+  np.testing.assert_allclose(
+    [r['learning_rate'] for r in train_rows],
+    [float(schedule(r['step'] - 1)) for r in train_rows],
+    rtol=1e-5,
+  )
   # The cosine schedule anneals, so the run ships (and evaluates) its last epoch.
   assert summary['selected']['rule'] == 'last' and summary['selected']['epoch'] == 2
   assert summary['best_step'] == summary['steps'] == epochs[-1]['step']
@@ -56,15 +56,21 @@ def test_train_and_evaluate_two_epochs(data_dir, tmp_path):
   assert list((tmp_path / 'tensorboard').iterdir())
 
 
-@pytest.mark.parametrize('select, schedule', [('best', 'cosine'), ('auto', 'constant')])
+@pytest.mark.parametrize(('select', 'schedule'), [('best', 'cosine'), ('auto', 'constant')])
 def test_best_epoch_by_metric_is_shipped_when_selected(data_dir, tmp_path, select, schedule):
   """select='best' (or 'auto' with a schedule that does not anneal) ships the best epoch by the
   early-stopping metric, not the last: with mode 'max' on the validation loss the "best" epoch is
   the least trained one, so the two rules cannot coincide."""
-  config, _ = th.tiny_config(data_dir, **{'early_stopping.select': select,
-                                          'optim.schedule': schedule, 'train.num_epochs': 3,
-                                          'early_stopping.metric': 'val_loss',
-                                          'early_stopping.mode': 'max'})
+  config, _ = th.tiny_config(
+    data_dir,
+    **{
+      'early_stopping.select': select,
+      'optim.schedule': schedule,
+      'train.num_epochs': 3,
+      'early_stopping.metric': 'val_loss',
+      'early_stopping.mode': 'max',
+    },
+  )
   summary = loop.train_and_evaluate(config, str(tmp_path))
   epochs = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
   epochs = [r for r in epochs if r['kind'] == 'epoch']
@@ -79,12 +85,19 @@ def test_train_step_is_traced_once_and_keeps_state_on_nan(data_dir):
   module, _ = state_lib.build_model(config)
   tx, _ = optim.make_optimizer(config.optim, 10, 100, state_lib.head_names(config.model.name))
   state = state_lib.create_train_state(config, module, tx, jax.random.key(0))
-  step = jax.jit(chex.assert_max_traces(
-      lambda s, b, k: steps.train_step(s, b, k, dtype=jnp.float32, label_smoothing=0.1,
-                                       class_weights=None), n=1))
+  step = jax.jit(
+    chex.assert_max_traces(
+      lambda s, b, k: steps.train_step(
+        s, b, k, dtype=jnp.float32, label_smoothing=0.1, class_weights=None
+      ),
+      n=1,
+    )
+  )
   rng = np.random.default_rng(0)
-  batch = {'image': rng.integers(0, 255, (8, 32, 32, 1), dtype=np.uint8),
-           'label': rng.integers(0, 3, (8,)).astype(np.int32)}
+  batch = {
+    'image': rng.integers(0, 255, (8, 32, 32, 1), dtype=np.uint8),
+    'label': rng.integers(0, 3, (8,)).astype(np.int32),
+  }
   key = jax.random.key(1)
   for _ in range(3):
     state, metrics = step(state, batch, key)
@@ -98,25 +111,38 @@ def test_train_step_is_traced_once_and_keeps_state_on_nan(data_dir):
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, after.params), before)
 
 
-@pytest.mark.parametrize('name, overrides', [
+@pytest.mark.parametrize(
+  ('name', 'overrides'),
+  [
     ('cnn_small', {}),
     ('resnet18', {'stage_sizes': (1, 1)}),
     ('densenet121', {'growth_rate': 8, 'block_config': (2, 2), 'num_init_features': 16}),
     ('vgg11_bn', {'cfg': (8, 'M', 16, 'M'), 'classifier_width': 32}),
-])
+  ],
+)
 def test_each_family_takes_steps(data_dir, tmp_path, name, overrides, monkeypatch):
   """One epoch (a few steps) per family with tiny widths; loss stays finite."""
-  import jaxcxr.models as models  # pylint: disable=g-import-not-at-top
+  from jaxcxr import models  # pylint: disable=g-import-not-at-top
+
   real_build = models.build
   monkeypatch.setattr(models, 'build', lambda n, c, **kw: real_build(n, c, **{**kw, **overrides}))
-  config, _ = th.tiny_config(data_dir, **{'model.name': name, 'train.num_epochs': 1,
-                                          'train.max_steps': 3, 'checkpoint.every_steps': 100})
+  config, _ = th.tiny_config(
+    data_dir,
+    **{
+      'model.name': name,
+      'train.num_epochs': 1,
+      'train.max_steps': 3,
+      'checkpoint.every_steps': 100,
+    },
+  )
   summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary['steps'] == 3
   assert np.all(np.isfinite(th.losses(tmp_path)))
 
 
-@pytest.mark.parametrize('key, value, match', [
+@pytest.mark.parametrize(
+  ('key', 'value', 'match'),
+  [
     ('train.batch_size', 7, 'multiple of the device count'),
     ('model.name', 'resnet9000', 'known models'),
     ('optim.schedule', 'linear', 'optim.schedule'),
@@ -124,12 +150,14 @@ def test_each_family_takes_steps(data_dir, tmp_path, name, overrides, monkeypatc
     ('model.pretrained', '/nonexistent/weights', 'launch.convert'),
     ('data.val_fraction', 0.9, 'val_fraction'),
     ('early_stopping.patience', 0, 'patience'),
-])
+  ],
+)
 def test_bad_config_values(key, value, match):
   config, _ = th.tiny_config('/tmp/unused', **{key: value})
   with pytest.raises(ValueError, match=match):
-    config_checks.validate_config(config, num_devices=2 if key == 'train.batch_size' else 1,
-                                  num_processes=1)
+    config_checks.validate_config(
+      config, num_devices=2 if key == 'train.batch_size' else 1, num_processes=1
+    )
 
 
 def test_mistyped_override_names_the_key(tmp_path):
@@ -145,8 +173,10 @@ def test_unknown_early_stopping_metric(data_dir, tmp_path):
 
 
 def test_nonfinite_stops_naming_the_step_and_keeps_checkpoint(data_dir, tmp_path):
-  config, _ = th.tiny_config(data_dir, **{'optim.learning_rate': 1e30, 'optim.grad_clip_norm': 0.0,
-                                          'checkpoint.every_steps': 1})
+  config, _ = th.tiny_config(
+    data_dir,
+    **{'optim.learning_rate': 1e30, 'optim.grad_clip_norm': 0.0, 'checkpoint.every_steps': 1},
+  )
   with pytest.raises(errors.NonFiniteError, match=r'at step \d+') as err:
     loop.train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(err.value).split('at step ')[1].split()[0])
@@ -168,12 +198,15 @@ def test_preemption_check_needs_no_per_step_collective(monkeypatch):
   """With several processes the SIGTERM check is JAX's preemption sync (a local query, no
   collective); without the preemption service, flags are all-gathered every N steps only."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   gathers, queried = [], []
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  monkeypatch.setattr(multihost_utils, 'process_allgather',
-                      lambda x: gathers.append(x) or np.stack([x, x]))
-  monkeypatch.setattr(multihost_utils, 'reached_preemption_sync_point',
-                      lambda step: queried.append(step) or step == 7)
+  monkeypatch.setattr(
+    multihost_utils, 'process_allgather', lambda x: gathers.append(x) or np.stack([x, x])
+  )
+  monkeypatch.setattr(
+    multihost_utils, 'reached_preemption_sync_point', lambda step: queried.append(step) or step == 7
+  )
   with loop.Preemption(fallback_every=10) as preemption:
     stops = [s for s in range(1, 31) if preemption.reached(s)]
   assert stops == [7] and queried == list(range(1, 31)) and not gathers
@@ -183,7 +216,7 @@ def test_preemption_check_needs_no_per_step_collective(monkeypatch):
   try:
     with loop.Preemption(fallback_every=10) as preemption:
       assert not any(preemption.reached(s) for s in range(1, 31))
-      os.kill(os.getpid(), signal.SIGTERM)   # the Python handler is installed in this mode
+      os.kill(os.getpid(), signal.SIGTERM)  # the Python handler is installed in this mode
       assert [s for s in range(31, 41) if preemption.reached(s)] == [40]
   finally:
     jax.config.update('jax_enable_preemption_service', True)
@@ -191,6 +224,7 @@ def test_preemption_check_needs_no_per_step_collective(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- subprocess runs
+
 
 def _wait_for(predicate, proc, timeout=300):
   t0 = time.time()
@@ -219,8 +253,14 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
 
   # SIGTERM mid-run: checkpoint written, documented exit status, resume is exact.
   work = tmp_path / 'sigterm'
-  proc = subprocess.Popen(th.train_cmd(overrides, work), cwd=th.REPO, env=th.env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    th.train_cmd(overrides, work),
+    cwd=th.REPO,
+    env=th.env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for(lambda: _train_steps_logged(work) >= 4, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -232,13 +272,19 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
   got = th.final_params(work)
   assert got.keys() == want.keys()
   for k in want:
-    np.testing.assert_array_equal(got[k], want[k], err_msg=k)   # bitwise on CPU
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)  # bitwise on CPU
 
   # kill -9 after a checkpoint: the rerun resumes from it and ends bitwise equal.
   work = tmp_path / 'kill9'
-  proc = subprocess.Popen(th.train_cmd(overrides, work), cwd=th.REPO, env=th.env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for(lambda: (work / 'checkpoints' / '6').exists(), proc)
+  proc = subprocess.Popen(
+    th.train_cmd(overrides, work),
+    cwd=th.REPO,
+    env=th.env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  _wait_for((work / 'checkpoints' / '6').exists, proc)
   proc.kill()
   proc.wait()
   again = th.run_train(overrides, work)
@@ -265,8 +311,7 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
   assert one.returncode == 0, one.stderr
   assert eight.returncode == 0, eight.stderr
   assert '8 devices' in eight.stderr
-  np.testing.assert_allclose(th.losses(tmp_path / 'eight'), th.losses(tmp_path / 'one'),
-                             rtol=1e-4)
+  np.testing.assert_allclose(th.losses(tmp_path / 'eight'), th.losses(tmp_path / 'one'), rtol=1e-4)
   a, b = th.final_params(tmp_path / 'one'), th.final_params(tmp_path / 'eight')
   for k in a:
     if k.startswith('params'):
@@ -281,18 +326,31 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
 def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
   """Two processes (gloo collectives on localhost) each feed half the batch; same losses."""
   import portpicker  # pylint: disable=g-import-not-at-top
+
   overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 4}
   single = th.run_train(overrides, tmp_path / 'single', devices=2)
   assert single.returncode == 0, single.stderr
   port = portpicker.pick_unused_port()
   work = tmp_path / 'multi'
-  procs = [subprocess.Popen(
-      th.train_cmd(overrides, work), cwd=th.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=th.env(1, JAXCXR_COORDINATOR=f'127.0.0.1:{port}', JAXCXR_NUM_PROCESSES=2,
-                            JAXCXR_PROCESS_ID=i, JAXCXR_CPU_COLLECTIVES=1))
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      th.train_cmd(overrides, work),
+      cwd=th.REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=th.env(
+        1,
+        JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
+        JAXCXR_NUM_PROCESSES=2,
+        JAXCXR_PROCESS_ID=i,
+        JAXCXR_CPU_COLLECTIVES=1,
+      ),
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err
   assert '2 processes' in outs[0][1]
   np.testing.assert_allclose(th.losses(work), th.losses(tmp_path / 'single'), rtol=1e-4)
@@ -303,14 +361,27 @@ def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp
   """SIGTERM to process 1 only: JAX's preemption sync tells process 0 (no per-step collective);
   both write the checkpoint of the same step and exit 75."""
   import portpicker  # pylint: disable=g-import-not-at-top
+
   overrides = {'data.data_dir': data_dir, 'train.num_epochs': 200, 'checkpoint.every_steps': 1000}
   work = tmp_path / 'multi'
   port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
-      th.train_cmd(overrides, work), cwd=th.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=th.env(1, JAXCXR_COORDINATOR=f'127.0.0.1:{port}', JAXCXR_NUM_PROCESSES=2,
-                            JAXCXR_PROCESS_ID=i, JAXCXR_CPU_COLLECTIVES=1))
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      th.train_cmd(overrides, work),
+      cwd=th.REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=th.env(
+        1,
+        JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
+        JAXCXR_NUM_PROCESSES=2,
+        JAXCXR_PROCESS_ID=i,
+        JAXCXR_CPU_COLLECTIVES=1,
+      ),
+    )
+    for i in range(2)
+  ]
   try:
     _wait_for(lambda: _train_steps_logged(work) >= 3, procs[0])
     procs[1].send_signal(signal.SIGTERM)
@@ -319,7 +390,7 @@ def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for p, (_, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == errors.EXIT_PREEMPTED, err
   # Process 0 logs; an Orbax save of one step needs both processes, so both saved this step.
   step = int(outs[0][1].split('SIGTERM: checkpoint of step ')[1].split()[0])

@@ -25,7 +25,7 @@ from jaxcxr.models import weights
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_state_dict(name: str, **kwargs) -> dict[str, np.ndarray]:
   torch.manual_seed(0)
   return {k: v.numpy() for k, v in getattr(torchvision.models, name)(**kwargs).state_dict().items()}
@@ -43,12 +43,25 @@ def resnet18_variables(resnet18_sd):
 
 # ---------------------------------------------------------------------------------- key map
 
-@pytest.mark.parametrize('arch,key,collection,path,layout', [
+
+@pytest.mark.parametrize(
+  ('arch', 'key', 'collection', 'path', 'layout'),
+  [
     ('resnet50', 'conv1.weight', 'params', ('conv1', 'kernel'), 'conv'),
-    ('resnet50', 'layer1.0.downsample.0.weight', 'params', ('layer1_0', 'downsample_0', 'kernel'),
-     'conv'),
-    ('resnet50', 'layer1.0.downsample.1.weight', 'params', ('layer1_0', 'downsample_1', 'scale'),
-     'vector'),
+    (
+      'resnet50',
+      'layer1.0.downsample.0.weight',
+      'params',
+      ('layer1_0', 'downsample_0', 'kernel'),
+      'conv',
+    ),
+    (
+      'resnet50',
+      'layer1.0.downsample.1.weight',
+      'params',
+      ('layer1_0', 'downsample_1', 'scale'),
+      'vector',
+    ),
     ('resnet50', 'layer4.2.bn3.running_var', 'batch_stats', ('layer4_2', 'bn3', 'var'), 'vector'),
     ('resnet50', 'fc.weight', 'params', ('fc', 'kernel'), 'dense'),
     ('vgg16', 'features.28.bias', 'params', ('features_28', 'bias'), 'vector'),
@@ -57,13 +70,24 @@ def resnet18_variables(resnet18_sd):
     ('vgg16', 'classifier.6.bias', 'params', ('classifier', 'bias'), 'vector'),
     ('vgg16_bn', 'features.1.running_mean', 'batch_stats', ('features_1', 'mean'), 'vector'),
     ('densenet121', 'features.conv0.weight', 'params', ('conv0', 'kernel'), 'conv'),
-    ('densenet121', 'features.denseblock2.denselayer12.conv2.weight', 'params',
-     ('denseblock2', 'denselayer12', 'conv2', 'kernel'), 'conv'),
-    ('densenet121', 'features.transition3.norm.weight', 'params',
-     ('transition3', 'norm', 'scale'), 'vector'),
+    (
+      'densenet121',
+      'features.denseblock2.denselayer12.conv2.weight',
+      'params',
+      ('denseblock2', 'denselayer12', 'conv2', 'kernel'),
+      'conv',
+    ),
+    (
+      'densenet121',
+      'features.transition3.norm.weight',
+      'params',
+      ('transition3', 'norm', 'scale'),
+      'vector',
+    ),
     ('densenet121', 'features.norm5.running_mean', 'batch_stats', ('norm5', 'mean'), 'vector'),
     ('densenet121', 'classifier.weight', 'params', ('classifier', 'kernel'), 'dense'),
-])
+  ],
+)
 def test_key_map_entries(arch, key, collection, path, layout):
   assert weights.torchvision_key_map(arch)[key] == weights.Target(collection, path, layout)
 
@@ -71,8 +95,11 @@ def test_key_map_entries(arch, key, collection, path, layout):
 @pytest.mark.parametrize('arch', [n for n in models.NAMES if models.family(n) != 'small_cnn'])
 def test_key_map_covers_torchvision_state_dict(arch):
   with torch.device('meta'):
-    keys = {k for k in getattr(torchvision.models, arch)().state_dict()
-            if not k.endswith('num_batches_tracked')}
+    keys = {
+      k
+      for k in getattr(torchvision.models, arch)().state_dict()
+      if not k.endswith('num_batches_tracked')
+    }
   key_map = weights.torchvision_key_map(arch)
   assert set(key_map) == keys
   # One-to-one: no two torch keys land on the same Flax variable.
@@ -90,7 +117,7 @@ def test_to_flax_layout_conv_and_dense():
 def test_to_flax_layout_vgg_flatten_order():
   """torch: W @ flatten(NCHW map); Flax: flatten(NHWC map) @ kernel. Same numbers."""
   rng = np.random.RandomState(0)
-  fmap = rng.randn(7, 7, 4).astype(np.float32)   # one NHWC map, C = 4
+  fmap = rng.randn(7, 7, 4).astype(np.float32)  # one NHWC map, C = 4
   w = rng.randn(3, 4 * 7 * 7).astype(np.float32)  # torch Linear(196, 3)
   torch_out = w @ fmap.transpose(2, 0, 1).reshape(-1)
   flax_out = fmap.reshape(-1) @ weights.to_flax_layout(w, 'dense_nchw')
@@ -99,16 +126,22 @@ def test_to_flax_layout_vgg_flatten_order():
 
 # ---------------------------------------------------------------------------- conversion
 
+
 def test_from_torchvision_fills_every_variable(resnet18_variables, resnet18_sd):
-  abstract = jax.eval_shape(models.build('resnet18', 1000).init, jax.random.key(0),
-                            jnp.zeros((1, 64, 64, 3)))
+  abstract = jax.eval_shape(
+    models.build('resnet18', 1000).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3))
+  )
   for c in ('params', 'batch_stats'):
     assert jax.tree.map(np.shape, resnet18_variables[c]) == jax.tree.map(
-        lambda a: a.shape, abstract[c])
-  np.testing.assert_array_equal(resnet18_variables['batch_stats']['layer2_0']['bn1']['var'],
-                                resnet18_sd['layer2.0.bn1.running_var'])
-  np.testing.assert_array_equal(resnet18_variables['params']['fc']['kernel'],
-                                resnet18_sd['fc.weight'].T)
+      lambda a: a.shape, abstract[c]
+    )
+  np.testing.assert_array_equal(
+    resnet18_variables['batch_stats']['layer2_0']['bn1']['var'],
+    resnet18_sd['layer2.0.bn1.running_var'],
+  )
+  np.testing.assert_array_equal(
+    resnet18_variables['params']['fc']['kernel'], resnet18_sd['fc.weight'].T
+  )
 
 
 def test_head_size_from_state_dict():
@@ -131,8 +164,9 @@ def test_wrong_arch_names_keys_and_guesses(resnet18_sd):
   msg = str(e.value)
   assert "does not match 'resnet34'" in msg and '80 missing keys' in msg
   assert "'layer1.2.bn1.bias'" in msg and "looks like a 'resnet18' state dict" in msg
-  with pytest.raises(weights.WeightsError,
-                     match=r"'densenet121': 606 missing.*102 unexpected keys \['bn1.bias'"):
+  with pytest.raises(
+    weights.WeightsError, match=r"'densenet121': 606 missing.*102 unexpected keys \['bn1.bias'"
+  ):
     weights.from_torchvision('densenet121', resnet18_sd)
 
 
@@ -142,9 +176,10 @@ def test_unexpected_key_and_wrong_shape(resnet18_sd):
   bad = {**resnet18_sd, 'layer1.0.conv1.weight': np.zeros((64, 64, 5, 5), np.float32)}
   with pytest.raises(weights.WeightsError) as e:
     weights.from_torchvision('resnet18', bad)
-  assert ("'layer1.0.conv1.weight': state dict has (64, 64, 5, 5), resnet18 (num_classes=1000) "
-          'expects (64, 64, 3, 3) (Flax params/layer1_0/conv1/kernel (3, 3, 64, 64))'
-          in str(e.value))
+  assert (
+    "'layer1.0.conv1.weight': state dict has (64, 64, 5, 5), resnet18 (num_classes=1000) "
+    'expects (64, 64, 3, 3) (Flax params/layer1_0/conv1/kernel (3, 3, 64, 64))' in str(e.value)
+  )
 
 
 def test_small_cnn_has_no_torchvision_counterpart():
@@ -155,6 +190,7 @@ def test_small_cnn_has_no_torchvision_counterpart():
 
 
 # ---------------------------------------------------------------------------------- sources
+
 
 def test_pth_round_trip(tmp_path, resnet18_sd):
   path = tmp_path / 'r18.pth'
@@ -170,25 +206,32 @@ def test_pth_round_trip(tmp_path, resnet18_sd):
 
 def test_safetensors_without_torch(tmp_path, resnet18_sd):
   path = tmp_path / 'r18.safetensors'
-  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in resnet18_sd.items()},
-                              str(path))
+  safetensors.numpy.save_file(
+    {k: np.ascontiguousarray(v) for k, v in resnet18_sd.items()}, str(path)
+  )
   # A fresh interpreter in which `import torch` fails: the library must not need it.
-  code = ('import sys; sys.modules["torch"] = None\n'
-          'from jaxcxr.models import weights\n'
-          f'v = weights.from_torchvision("resnet18", weights.load_state_dict({str(path)!r}))\n'
-          'print(float(v["params"]["fc"]["bias"].sum()), "torch" in sys.modules and '
-          'sys.modules["torch"] is not None)')
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
-                       check=True).stdout.split()
+  code = (
+    'import sys; sys.modules["torch"] = None\n'
+    'from jaxcxr.models import weights\n'
+    f'v = weights.from_torchvision("resnet18", weights.load_state_dict({str(path)!r}))\n'
+    'print(float(v["params"]["fc"]["bias"].sum()), "torch" in sys.modules and '
+    'sys.modules["torch"] is not None)'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout.split()
   assert float(out[0]) == pytest.approx(float(resnet18_sd['fc.bias'].sum()), abs=1e-5)
   assert out[1] == 'False'
 
 
 def test_library_import_does_not_import_torch():
-  code = ('import sys, jaxcxr.models, jaxcxr.models.weights; '
-          'print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
-                       check=True).stdout.strip()
+  code = (
+    'import sys, jaxcxr.models, jaxcxr.models.weights; '
+    'print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")))'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True
+  ).stdout.strip()
   assert out == '[]'
 
 
@@ -221,7 +264,7 @@ def test_truncated_file(tmp_path, suffix):
   else:
     safetensors.numpy.save_file(arrays, str(path))
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(weights.WeightsError, match=f'Could not read {path}: the file is truncated'):
     weights.load_state_dict(path)
 
@@ -262,7 +305,6 @@ def http_server(tmp_path):
   requests = []
 
   class Handler(http.server.SimpleHTTPRequestHandler):
-
     def __init__(self, *args, **kwargs):
       super().__init__(*args, directory=str(root), **kwargs)
 
@@ -310,27 +352,28 @@ def test_url_hash_mismatch(http_server, tmp_path):
   base, root, _ = http_server
   _save_tiny(root / 'tiny-deadbeef.safetensors')
   cache = tmp_path / 'cache'
-  with pytest.raises(weights.WeightsError,
-                     match=r'sha256 of http://.*/tiny-deadbeef.safetensors \(downloaded\) is '
-                           r"[0-9a-f]{64}, but its file name 'tiny-deadbeef.safetensors' says it "
-                           'starts with deadbeef'):
+  with pytest.raises(
+    weights.WeightsError,
+    match=r'sha256 of http://.*/tiny-deadbeef.safetensors \(downloaded\) is '
+    r"[0-9a-f]{64}, but its file name 'tiny-deadbeef.safetensors' says it "
+    'starts with deadbeef',
+  ):
     weights.load_state_dict(f'{base}/tiny-deadbeef.safetensors', cache_dir=cache)
   assert list(cache.iterdir()) == []  # nothing half-verified left in the cache
   # Full expected hash, URL without a prefix in its name.
   digest = _save_tiny(root / 'plain.safetensors')
   with pytest.raises(weights.WeightsError, match=f'expected {"0" * 64}'):
-    weights.load_state_dict(f'{base}/plain.safetensors', cache_dir=cache,
-                            expected_sha256='0' * 64)
-  sd = weights.load_state_dict(f'{base}/plain.safetensors', cache_dir=cache,
-                               expected_sha256=digest)
+    weights.load_state_dict(f'{base}/plain.safetensors', cache_dir=cache, expected_sha256='0' * 64)
+  sd = weights.load_state_dict(f'{base}/plain.safetensors', cache_dir=cache, expected_sha256=digest)
   assert sd['w'].shape == (4,)
 
 
 def test_url_truncated_download(http_server, tmp_path):
   base, _, _ = http_server
   cache = tmp_path / 'cache'
-  with pytest.raises(weights.WeightsError,
-                     match=f'Download of {base}/cut/w.safetensors is truncated: 10 of 1000'):
+  with pytest.raises(
+    weights.WeightsError, match=f'Download of {base}/cut/w.safetensors is truncated: 10 of 1000'
+  ):
     weights.load_state_dict(f'{base}/cut/w.safetensors', cache_dir=cache)
   assert list(cache.iterdir()) == []
 
@@ -351,12 +394,20 @@ def test_url_unreachable(tmp_path):
 
 # --------------------------------------------------------------------- converted on disk
 
+
 def test_save_and_load_converted(tmp_path, resnet18_variables):
-  out = weights.save_converted(tmp_path / 'r18', 'resnet18', resnet18_variables,
-                               {'source': 'test', 'sha256': 'ab' * 32})
+  out = weights.save_converted(
+    tmp_path / 'r18', 'resnet18', resnet18_variables, {'source': 'test', 'sha256': 'ab' * 32}
+  )
   meta = weights.read_meta(out)
-  assert meta == {'arch': 'resnet18', 'num_classes': 1000, 'num_params': 11689512,
-                  'num_batch_stats': 9600, 'source': 'test', 'sha256': 'ab' * 32}
+  assert meta == {
+    'arch': 'resnet18',
+    'num_classes': 1000,
+    'num_params': 11689512,
+    'num_batch_stats': 9600,
+    'source': 'test',
+    'sha256': 'ab' * 32,
+  }
   arch, variables = weights.load_converted(out)
   assert arch == 'resnet18'
   jax.tree.map(np.testing.assert_array_equal, variables, resnet18_variables)
@@ -366,26 +417,32 @@ def test_save_and_load_converted(tmp_path, resnet18_variables):
 
 # ------------------------------------------------------------------------ load_pretrained
 
+
 @pytest.fixture(scope='module')
 def three_class_init():
   """Stand-in for `model.init` of a 3-class resnet18: its exact tree, random values (no compile)."""
   model = models.build('resnet18', 3)
-  abstract = jax.eval_shape(model.init, {'params': jax.random.key(7), 'dropout': jax.random.key(8)},
-                            jnp.zeros((1, 64, 64, 3)))
+  abstract = jax.eval_shape(
+    model.init,
+    {'params': jax.random.key(7), 'dropout': jax.random.key(8)},
+    jnp.zeros((1, 64, 64, 3)),
+  )
   rng = np.random.RandomState(0)
   return jax.tree.map(lambda a: rng.randn(*a.shape).astype(a.dtype), abstract)
 
 
 def test_load_pretrained_keeps_fresh_head(three_class_init, resnet18_variables):
   loaded = weights.load_pretrained(three_class_init, resnet18_variables, skip=('fc',))
-  np.testing.assert_array_equal(loaded['params']['fc']['kernel'],
-                                three_class_init['params']['fc']['kernel'])
+  np.testing.assert_array_equal(
+    loaded['params']['fc']['kernel'], three_class_init['params']['fc']['kernel']
+  )
   assert loaded['params']['fc']['kernel'].shape == (512, 3)
   backbone = {k: v for k, v in loaded['params'].items() if k != 'fc'}
   expected = {k: v for k, v in resnet18_variables['params'].items() if k != 'fc'}
   jax.tree.map(np.testing.assert_array_equal, backbone, expected)
-  jax.tree.map(np.testing.assert_array_equal, loaded['batch_stats'],
-               resnet18_variables['batch_stats'])
+  jax.tree.map(
+    np.testing.assert_array_equal, loaded['batch_stats'], resnet18_variables['batch_stats']
+  )
   assert 'perturbations' in loaded  # other collections pass through
   # The default skip list is every family's head name.
   default = weights.load_pretrained(three_class_init, resnet18_variables)
@@ -395,25 +452,34 @@ def test_load_pretrained_keeps_fresh_head(three_class_init, resnet18_variables):
 def test_load_pretrained_mismatches(three_class_init, resnet18_variables):
   params = jax.tree.map(lambda a: a, resnet18_variables['params'])
   del params['layer1_0']['conv1']
-  with pytest.raises(weights.WeightsError,
-                     match=r'params/layer1_0/conv1/kernel: missing from the pretrained variables '
-                           r'\(model has shape \(3, 3, 64, 64\)\)'):
+  with pytest.raises(
+    weights.WeightsError,
+    match=r'params/layer1_0/conv1/kernel: missing from the pretrained variables '
+    r'\(model has shape \(3, 3, 64, 64\)\)',
+  ):
     weights.load_pretrained(three_class_init, {**resnet18_variables, 'params': params})
 
   stats = jax.tree.map(lambda a: a, resnet18_variables['batch_stats'])
   stats['bn1']['mean'] = np.zeros(65, np.float32)
-  with pytest.raises(weights.WeightsError,
-                     match=r'batch_stats/bn1/mean: pretrained shape \(65,\) != model shape '
-                           r'\(64,\)'):
+  with pytest.raises(
+    weights.WeightsError,
+    match=r'batch_stats/bn1/mean: pretrained shape \(65,\) != model shape '
+    r'\(64,\)',
+  ):
     weights.load_pretrained(three_class_init, {**resnet18_variables, 'batch_stats': stats})
 
   extra = {**resnet18_variables['params'], 'extra': {'kernel': np.zeros((2, 2))}}
-  with pytest.raises(weights.WeightsError, match=r'params/extra/kernel: in the pretrained variables'
-                                                 r' \(shape \(2, 2\)\) but not in the model'):
+  with pytest.raises(
+    weights.WeightsError,
+    match=r'params/extra/kernel: in the pretrained variables'
+    r' \(shape \(2, 2\)\) but not in the model',
+  ):
     weights.load_pretrained(three_class_init, {**resnet18_variables, 'params': extra})
 
   # Without skipping the head, its different size is an error naming both shapes.
-  with pytest.raises(weights.WeightsError,
-                     match=r'params/fc/kernel: pretrained shape \(512, 1000\) != model shape '
-                           r'\(512, 3\)'):
+  with pytest.raises(
+    weights.WeightsError,
+    match=r'params/fc/kernel: pretrained shape \(512, 1000\) != model shape '
+    r'\(512, 3\)',
+  ):
     weights.load_pretrained(three_class_init, resnet18_variables, skip=())

@@ -13,8 +13,7 @@ import jax
 import pytest
 from jax.experimental import multihost_utils
 
-from jaxcxr.training import errors
-from jaxcxr.training import workdir_lock
+from jaxcxr.training import errors, workdir_lock
 from tests import train_helpers as th
 
 
@@ -35,10 +34,12 @@ def test_second_holder_is_refused_naming_the_first_and_release_deletes(tmp_path)
   first.acquire()
   holder = json.loads((tmp_path / 'run.lock').read_text())
   assert holder['pid'] == os.getpid() and holder['host'] == socket.gethostname()
-  with pytest.raises(errors.WorkdirInUse,
-                     match=rf'in use by the run with pid {os.getpid()} on host '
-                           rf"'{socket.gethostname()}'.*another --workdir"):
-    workdir_lock.WorkdirLock(str(tmp_path)).acquire()   # a second open file: flock conflicts
+  with pytest.raises(
+    errors.WorkdirInUse,
+    match=rf'in use by the run with pid {os.getpid()} on host '
+    rf"'{socket.gethostname()}'.*another --workdir",
+  ):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()  # a second open file: flock conflicts
   first.release()
   assert not (tmp_path / 'run.lock').exists()
   again = workdir_lock.WorkdirLock(str(tmp_path))
@@ -56,8 +57,10 @@ def test_stale_lock_of_a_dead_pid_on_this_host_is_taken_over(tmp_path):
 
 def test_without_flock_a_live_pid_on_this_host_still_holds(tmp_path, monkeypatch):
   """Filesystems without flock: the pid check alone decides on this host."""
+
   def no_flock(fd, op):
     raise OSError(errno.ENOLCK, 'No locks available')
+
   monkeypatch.setattr(workdir_lock.fcntl, 'flock', no_flock)
   sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
   try:
@@ -68,7 +71,7 @@ def test_without_flock_a_live_pid_on_this_host_still_holds(tmp_path, monkeypatch
     sleeper.kill()
     sleeper.wait()
   lock = workdir_lock.WorkdirLock(str(tmp_path))
-  lock.acquire()   # the pid is gone now
+  lock.acquire()  # the pid is gone now
   lock.release()
 
 
@@ -77,7 +80,7 @@ def test_other_host_holds_until_its_heartbeat_is_stale(tmp_path):
   with pytest.raises(errors.WorkdirInUse, match=r"pid 1234 on host 'vm-that-died'.*delete"):
     workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=600).acquire()
   old = time.time() - 601
-  os.utime(path, (old, old))   # no heartbeat for over 10 minutes
+  os.utime(path, (old, old))  # no heartbeat for over 10 minutes
   lock = workdir_lock.WorkdirLock(str(tmp_path), stale_after_s=600)
   lock.acquire()
   lock.release()
@@ -110,8 +113,14 @@ def test_second_launch_fails_at_once_naming_the_first_and_kill9_leaves_no_block(
   the first is killed with SIGKILL its lock file remains, but the next run takes it over."""
   work = tmp_path / 'work'
   overrides = {'data.data_dir': tmp_path / 'tfds', 'train.num_epochs': 100}
-  first = subprocess.Popen(th.train_cmd(overrides, work), cwd=th.REPO, env=th.env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  first = subprocess.Popen(
+    th.train_cmd(overrides, work),
+    cwd=th.REPO,
+    env=th.env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     t0 = time.time()
     while not (work / 'run.lock').exists() or not (work / 'run.lock').read_text():
@@ -120,12 +129,13 @@ def test_second_launch_fails_at_once_naming_the_first_and_kill9_leaves_no_block(
       time.sleep(0.1)
     second = th.run_train(overrides, work, timeout=300)
     assert second.returncode == errors.EXIT_USAGE, second.stderr
-    assert f'in use by the run with pid {first.pid} on host {socket.gethostname()!r}' in \
-        second.stderr
-    assert first.poll() is None   # the first run is unaffected
+    assert (
+      f'in use by the run with pid {first.pid} on host {socket.gethostname()!r}' in second.stderr
+    )
+    assert first.poll() is None  # the first run is unaffected
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  assert json.loads((work / 'run.lock').read_text())['pid'] == first.pid   # left behind
-  with workdir_lock.one_run(str(work)):   # what the re-run does first: it is not blocked
+  assert json.loads((work / 'run.lock').read_text())['pid'] == first.pid  # left behind
+  with workdir_lock.one_run(str(work)):  # what the re-run does first: it is not blocked
     assert json.loads((work / 'run.lock').read_text())['pid'] == os.getpid()

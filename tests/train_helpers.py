@@ -1,12 +1,11 @@
 """Tiny configs and subprocess runners shared by the training tests."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import functools
 
 import jax
 import numpy as np
@@ -42,8 +41,15 @@ def init_state(config):
 
 def train_cmd(overrides: dict, workdir) -> list[str]:
   flags = [f'--config.{k}={v}' for k, v in overrides.items()]
-  return [sys.executable, '-m', 'launch.train', '--config', str(REPO / 'configs' / 'tiny.py'),
-          '--workdir', str(workdir)] + flags
+  return [
+    sys.executable,
+    '-m',
+    'launch.train',
+    '--config',
+    str(REPO / 'configs' / 'tiny.py'),
+    '--workdir',
+    str(workdir),
+  ] + flags
 
 
 # The suite compiles hundreds of tiny programs whose run time is negligible; XLA:CPU's LLVM backend
@@ -63,9 +69,12 @@ def with_fast_compile(xla_flags: str) -> str:
 def env(devices: int = 1, fast_compile: bool = True, **extra) -> dict:
   """The environment of a subprocess run: CPU, `devices` host devices, the repo importable."""
   e = dict(os.environ)
-  flags = [f for f in e.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')
-           and (fast_compile or f != FAST_COMPILE_XLA_FLAG)]
+  flags = [
+    f
+    for f in e.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+    and (fast_compile or f != FAST_COMPILE_XLA_FLAG)
+  ]
   e['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
   e['JAX_PLATFORMS'] = 'cpu'
   e['PYTHONPATH'] = str(REPO)
@@ -75,8 +84,15 @@ def env(devices: int = 1, fast_compile: bool = True, **extra) -> dict:
 
 def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
   """Runs launch.train in a subprocess; returns the CompletedProcess."""
-  return subprocess.run(train_cmd(overrides, workdir), cwd=REPO, env=env(devices, **extra_env),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    train_cmd(overrides, workdir),
+    cwd=REPO,
+    env=env(devices, **extra_env),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def losses(workdir) -> np.ndarray:
@@ -87,7 +103,9 @@ def losses(workdir) -> np.ndarray:
 def final_params(workdir) -> dict:
   """Flattened params of the newest periodic checkpoint, as numpy."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
+
   directory = Path(workdir) / 'checkpoints'
   step = max(ocp.utils.checkpoint_steps(directory))
   tree = checkpoint.read_state_numpy(str(directory / str(step)))
@@ -99,8 +117,15 @@ def final_params(workdir) -> dict:
         walk(v, f'{prefix}{k}/')
       else:
         out[f'{prefix}{k}'] = np.asarray(v)
-  walk({'params': tree['params'], 'batch_stats': tree.get('batch_stats', {}),
-        'opt_state': {'x': _flat_list(tree['opt_state'])}}, '')
+
+  walk(
+    {
+      'params': tree['params'],
+      'batch_stats': tree.get('batch_stats', {}),
+      'opt_state': {'x': _flat_list(tree['opt_state'])},
+    },
+    '',
+  )
   out['step'] = np.asarray(tree['step'])
   return out
 

@@ -25,7 +25,7 @@ MODELS = ('vgg19', 'resnet101', 'densenet201', 'scratch_cnn')
 
 
 def _file(model: str, arg: str) -> str:
-  base.parse_arg(arg, 'configs/sweeps/seed_models.py')   # the args every model config takes
+  base.parse_arg(arg, 'configs/sweeps/seed_models.py')  # the args every model config takes
   return f'configs/{model}.py' + (f':{arg}' if arg else '')
 
 
@@ -35,7 +35,9 @@ def get_config(arg: str = '') -> str:
 
 
 def get_hyper(hyper, arg: str = ''):
-  return hyper.product([
+  return hyper.product(
+    [
       hyper.sweep('config', [_file(m, arg) for m in MODELS]),
       hyper.sweep('data.sampling', ['oversample', 'none']),
-  ])
+    ]
+  )

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from jaxcxr.benchmarks import common as benchmark
-from jaxcxr.benchmarks import guard as guard
+from jaxcxr.benchmarks import guard
 from jaxcxr.training import cpu_options
 
 MIN_STEPS = 5
@@ -38,8 +39,14 @@ class Worker:
     self.name = name
     self.timeout_s = timeout_s
     self._err = tempfile.TemporaryFile(mode='w+')
-    self._proc = subprocess.Popen([*cmd, '--setup=' + json.dumps(setup)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1)
+    self._proc = subprocess.Popen(
+      [*cmd, '--setup=' + json.dumps(setup)],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self._err,
+      text=True,
+      bufsize=1,
+    )
     ready = self._read()
     if 'ready' not in ready:
       raise self._error(f'expected a ready line, got {ready!r}')
@@ -101,9 +108,11 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     elif suffix in cpu_options.OPTIONS:
       overrides['cpu_options'] = suffix
     else:
-      raise ValueError(f'arch {spec!r}: the suffixes are ":me" (DenseNet memory_efficient=True), '
-                       f'":scanN" (DenseNet scan_chunk=N, N > 0) and the XLA:CPU option sets '
-                       f'{", ".join(":" + k for k in cpu_options.OPTIONS)}.')
+      raise ValueError(
+        f'arch {spec!r}: the suffixes are ":me" (DenseNet memory_efficient=True), '
+        f'":scanN" (DenseNet scan_chunk=N, N > 0) and the XLA:CPU option sets '
+        f'{", ".join(":" + k for k in cpu_options.OPTIONS)}.'
+      )
   return name, overrides
 
 
@@ -125,16 +134,32 @@ def alternate(workers: Sequence[Worker], key: str, steps: int) -> dict[str, list
   return times
 
 
-def measure_arch(spec: str, *, jax_cmd: Sequence[str], torch_cmd: Sequence[str] | None,
-                 image_size: int, batch: int, steps: int, dtypes: Sequence[str],
-                 parts: Sequence[str], warm_compile: bool = True, channels_last: bool = False,
-                 timeout_s: float = 3600.0) -> dict[str, Any]:
+def measure_arch(
+  spec: str,
+  *,
+  jax_cmd: Sequence[str],
+  torch_cmd: Sequence[str] | None,
+  image_size: int,
+  batch: int,
+  steps: int,
+  dtypes: Sequence[str],
+  parts: Sequence[str],
+  warm_compile: bool = True,
+  channels_last: bool = False,
+  timeout_s: float = 3600.0,
+) -> dict[str, Any]:
   """Runs one architecture (see the module docstring). Returns a flat row; errors are fields."""
   if steps < MIN_STEPS:
     raise ValueError(f'steps={steps}: take the median of at least {MIN_STEPS} timed steps.')
   name, overrides = parse_spec(spec)
-  base = {'arch': name, 'overrides': overrides, 'image_size': image_size, 'batch': batch,
-          'dtypes': list(dtypes), 'parts': list(parts)}
+  base = {
+    'arch': name,
+    'overrides': overrides,
+    'image_size': image_size,
+    'batch': batch,
+    'dtypes': list(dtypes),
+    'parts': list(parts),
+  }
   row: dict[str, Any] = {'arch': spec, 'image_size': image_size, 'batch': batch, 'steps': steps}
   with tempfile.TemporaryDirectory(prefix='jaxcxr_bench_cache_') as cache:
     workers = []
@@ -145,12 +170,13 @@ def measure_arch(spec: str, *, jax_cmd: Sequence[str], torch_cmd: Sequence[str] 
       row.update(workers[0].info)
       if torch_cmd:
         try:
-          workers.append(Worker('torch', torch_cmd, {**base, 'channels_last': channels_last},
-                                timeout_s))
+          workers.append(
+            Worker('torch', torch_cmd, {**base, 'channels_last': channels_last}, timeout_s)
+          )
           row.update({f'torch_info_{k}': v for k, v in workers[1].info.items()})
-        except WorkerError as e:   # e.g. no torchvision model of that name: JAX row alone
+        except WorkerError as e:  # e.g. no torchvision model of that name: JAX row alone
           row['torch_error'] = str(e)
-      keys = [k for k in workers[0].keys]
+      keys = list(workers[0].keys)
       keys += [k for w in workers[1:] for k in w.keys if k not in keys]
       for key in keys:
         sides = [w for w in workers if key in w.keys]
@@ -166,8 +192,12 @@ def measure_arch(spec: str, *, jax_cmd: Sequence[str], torch_cmd: Sequence[str] 
       return row
     if warm_compile:
       try:
-        warm = Worker('jax-warm', jax_cmd, {**base, 'dtypes': ['float32'], 'cache_dir': cache,
-                                            'compile_only': True}, timeout_s)
+        warm = Worker(
+          'jax-warm',
+          jax_cmd,
+          {**base, 'dtypes': ['float32'], 'cache_dir': cache, 'compile_only': True},
+          timeout_s,
+        )
         row['warm_compile_s_float32'] = warm.info.get('compile_s_float32')
         row['warm_trace_lower_s_float32'] = warm.info.get('trace_lower_s_float32')
         warm.finish()
@@ -181,9 +211,9 @@ def derive(row: dict, machine_flops: float | None = None) -> dict:
   given the machine's matmul FLOP/s, the train step's achieved GFLOP/s and its share of it."""
   row = dict(row)
   for k in [k for k in row if k.startswith('jax_') and k.endswith('_img_s')]:
-    other = row.get('torch_' + k[len('jax_'):])
+    other = row.get('torch_' + k[len('jax_') :])
     if other:
-      row['ratio_' + k[len('jax_'):-len('_img_s')]] = row[k] / other
+      row['ratio_' + k[len('jax_') : -len('_img_s')]] = row[k] / other
   for dtype in ('float32', 'bfloat16'):
     flops, img_s = row.get(f'train_flops_{dtype}'), row.get(f'jax_train/{dtype}_img_s')
     if flops and img_s:
@@ -192,17 +222,26 @@ def derive(row: dict, machine_flops: float | None = None) -> dict:
         row[f'train_pct_matmul_{dtype}'] = 100 * row[f'train_gflop_s_{dtype}'] * 1e9 / machine_flops
   for dtype in ('float32', 'bfloat16'):
     if f'compile_s_{dtype}' in row:
-      row[f'cold_compile_total_s_{dtype}'] = (row[f'trace_lower_s_{dtype}'] +
-                                              row[f'compile_s_{dtype}'])
+      row[f'cold_compile_total_s_{dtype}'] = (
+        row[f'trace_lower_s_{dtype}'] + row[f'compile_s_{dtype}']
+      )
   if row.get('warm_compile_s_float32') is not None:
-    row['warm_compile_total_s_float32'] = (row['warm_trace_lower_s_float32'] +
-                                           row['warm_compile_s_float32'])
+    row['warm_compile_total_s_float32'] = (
+      row['warm_trace_lower_s_float32'] + row['warm_compile_s_float32']
+    )
   return row
 
 
-def run(specs: Sequence[str], *, allow_load: bool, max_load_per_core: float,
-        max_foreign_per_core: float, settle_s: float, log=print,
-        **measure_kwargs) -> tuple[list[dict], str | None]:
+def run(
+  specs: Sequence[str],
+  *,
+  allow_load: bool,
+  max_load_per_core: float,
+  max_foreign_per_core: float,
+  settle_s: float,
+  log=print,
+  **measure_kwargs,
+) -> tuple[list[dict], str | None]:
   """All architectures with the load checks around each.
 
   Returns:
@@ -214,25 +253,37 @@ def run(specs: Sequence[str], *, allow_load: bool, max_load_per_core: float,
   rows = []
   for spec in specs:
     quiet, load1, waited = guard.wait_until_quiet(limit, settle_s)
-    log(f'{spec}: load average {load1:.2f} (limit {limit:.2f}'
-        + (f', waited {waited:.0f} s' if waited else '') + ')')
+    log(
+      f'{spec}: load average {load1:.2f} (limit {limit:.2f}'
+      + (f', waited {waited:.0f} s' if waited else '')
+      + ')'
+    )
     if not quiet and not allow_load:
-      return rows, guard.busy_message([f'1-minute load average {load1:.2f} > {limit:.2f} after '
-                                       f'waiting {waited:.0f} s before {spec}'])
+      return rows, guard.busy_message(
+        [
+          f'1-minute load average {load1:.2f} > {limit:.2f} after '
+          f'waiting {waited:.0f} s before {spec}'
+        ]
+      )
     meter = guard.CpuMeter().start()
     row = measure_arch(spec, **measure_kwargs)
-    verdict = guard.judge(load1, os.getloadavg()[0], meter.stop(), limit=limit,
-                          foreign_limit=foreign_limit)
+    verdict = guard.judge(
+      load1, os.getloadavg()[0], meter.stop(), limit=limit, foreign_limit=foreign_limit
+    )
     row.update(verdict.as_dict())
     rows.append(row)
-    log(f'{spec}: done; ' + ('clean' if verdict.ok else 'UNDER LOAD: ' + '; '.join(
-        verdict.problems)) + (f"; error: {row['error'].splitlines()[0]}" if 'error' in row else ''))
+    log(
+      f'{spec}: done; '
+      + ('clean' if verdict.ok else 'UNDER LOAD: ' + '; '.join(verdict.problems))
+      + (f'; error: {row["error"].splitlines()[0]}' if 'error' in row else '')
+    )
     if not verdict.ok and not allow_load:
       return rows, guard.busy_message(verdict.problems)
   return rows, None
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def _cell(row: dict, key: str) -> str:
   jax_v, torch_v = row.get(f'jax_{key}_img_s'), row.get(f'torch_{key}_img_s')
@@ -242,7 +293,7 @@ def _cell(row: dict, key: str) -> str:
   if torch_v is not None:
     text += f' ({torch_v:.2f})'
   if row.get(f'ratio_{key}') is not None:
-    text += f" {row[f'ratio_{key}']:.2f}x"
+    text += f' {row[f"ratio_{key}"]:.2f}x'
   return text
 
 
@@ -253,18 +304,30 @@ def _num(v, digits=1) -> str:
 def format_table(rows: Sequence[dict], dtypes: Sequence[str], parts: Sequence[str]) -> str:
   """Markdown: img/s as 'jax (torch) ratio' per key, compile, memory and the load verdict."""
   keys = [f'{p}/{d}' for p in parts for d in dtypes if p != 'gradcam' or d == 'float32']
-  head = ['arch'] + [f'{k} img/s jax (torch) ratio' for k in keys] + [
-      'compile cold / warm s', 'XLA temp MiB', 'peak RSS MiB jax / torch',
-      'load before / after, other cores']
+  head = (
+    ['arch']
+    + [f'{k} img/s jax (torch) ratio' for k in keys]
+    + [
+      'compile cold / warm s',
+      'XLA temp MiB',
+      'peak RSS MiB jax / torch',
+      'load before / after, other cores',
+    ]
+  )
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
-    cells = [r['arch']] + [_cell(r, k) for k in keys] + [
-        f"{_num(r.get('cold_compile_total_s_float32'))} / "
-        f"{_num(r.get('warm_compile_total_s_float32'))}",
+    cells = (
+      [r['arch']]
+      + [_cell(r, k) for k in keys]
+      + [
+        f'{_num(r.get("cold_compile_total_s_float32"))} / '
+        f'{_num(r.get("warm_compile_total_s_float32"))}',
         ' / '.join(_num(r.get(f'train_temp_mb_{d}'), 0) for d in dtypes),
-        f"{_num(r.get('jax_peak_rss_mb'), 0)} / {_num(r.get('torch_peak_rss_mb'), 0)}",
-        f"{_num(r.get('loadavg_before'), 2)} / {_num(r.get('loadavg_after'), 2)}, "
-        f"{_num(r.get('foreign_cores'), 2)}" + ('' if r.get('load_ok', True) else ' UNDER LOAD')]
+        f'{_num(r.get("jax_peak_rss_mb"), 0)} / {_num(r.get("torch_peak_rss_mb"), 0)}',
+        f'{_num(r.get("loadavg_before"), 2)} / {_num(r.get("loadavg_after"), 2)}, '
+        f'{_num(r.get("foreign_cores"), 2)}' + ('' if r.get('load_ok', True) else ' UNDER LOAD'),
+      ]
+    )
     if 'error' in r:
       cells[1] = 'error: ' + r['error'].splitlines()[0][:80]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -276,8 +339,10 @@ def banner(rows: Sequence[dict]) -> str:
   bad = [r['arch'] for r in rows if not r.get('load_ok', True)]
   if not bad:
     return ''
-  return ('!' * 78 + f'\n!! UNDER LOAD ({", ".join(bad)}): these are NOT benchmark figures; re-run '
-          'on an idle machine.\n' + '!' * 78)
+  return (
+    '!' * 78 + f'\n!! UNDER LOAD ({", ".join(bad)}): these are NOT benchmark figures; re-run '
+    'on an idle machine.\n' + '!' * 78
+  )
 
 
 def python_cmd(*args: str) -> list[str]:
@@ -285,16 +350,33 @@ def python_cmd(*args: str) -> list[str]:
   return [sys.executable, *args]
 
 
-def compare_main(specs: Sequence[str], *, out: str, matmul_n: int, allow_load: bool,
-                 max_load_per_core: float, max_foreign_per_core: float, settle_s: float,
-                 **measure_kwargs) -> int:
+def compare_main(
+  specs: Sequence[str],
+  *,
+  out: str,
+  matmul_n: int,
+  allow_load: bool,
+  max_load_per_core: float,
+  max_foreign_per_core: float,
+  settle_s: float,
+  **measure_kwargs,
+) -> int:
   """The `launch.benchmark` default mode: header, every arch, table, JSON. Returns exit status."""
   header = benchmark.machine_header(matmul_n)
-  print(f"{header['cpus']} CPUs, {header['device']}; load average {header['loadavg_start'][0]:.2f};"
-        f" float32 {matmul_n}^2 matmul: {header['matmul_gflop_s']:.1f} GFLOP/s", flush=True)
-  rows, refusal = run(specs, allow_load=allow_load, max_load_per_core=max_load_per_core,
-                      max_foreign_per_core=max_foreign_per_core, settle_s=settle_s,
-                      log=functools.partial(print, flush=True), **measure_kwargs)
+  print(
+    f'{header["cpus"]} CPUs, {header["device"]}; load average {header["loadavg_start"][0]:.2f};'
+    f' float32 {matmul_n}^2 matmul: {header["matmul_gflop_s"]:.1f} GFLOP/s',
+    flush=True,
+  )
+  rows, refusal = run(
+    specs,
+    allow_load=allow_load,
+    max_load_per_core=max_load_per_core,
+    max_foreign_per_core=max_foreign_per_core,
+    settle_s=settle_s,
+    log=functools.partial(print, flush=True),
+    **measure_kwargs,
+  )
   rows = [derive(r, header['matmul_gflop_s'] * 1e9) for r in rows]
   loud = banner(rows)
   if loud:
@@ -302,8 +384,9 @@ def compare_main(specs: Sequence[str], *, out: str, matmul_n: int, allow_load: b
   print(format_table(rows, measure_kwargs['dtypes'], measure_kwargs['parts']))
   if loud:
     print(loud)
-  benchmark.write_json(out, {'machine': header, 'command': ' '.join(sys.argv), 'rows': rows,
-                             'refused': refusal})
+  benchmark.write_json(
+    out, {'machine': header, 'command': ' '.join(sys.argv), 'rows': rows, 'refused': refusal}
+  )
   if refusal:
     print(refusal, file=sys.stderr)
     return guard.BUSY_EXIT

@@ -19,9 +19,9 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 
 # (batch, side, in_channels, out_channels, kernel): stride-1 'same' convs of the models at 128 px.
 SHAPES = (
-    (16, 32, 128, 128, 3),   # VGG19 block-2 scale / ResNet layer1 / DenseNet block1 at 32x32
-    (16, 32, 256, 64, 1),    # ResNet bottleneck 1x1 at 32x32
-    (16, 16, 128, 32, 3),    # DenseNet dense layer 3x3 (bn_size*growth -> growth) at 16x16
+  (16, 32, 128, 128, 3),  # VGG19 block-2 scale / ResNet layer1 / DenseNet block1 at 32x32
+  (16, 32, 256, 64, 1),  # ResNet bottleneck 1x1 at 32x32
+  (16, 16, 128, 32, 3),  # DenseNet dense layer 3x3 (bn_size*growth -> growth) at 16x16
 )
 
 
@@ -35,8 +35,14 @@ def tap_matmul_weight_grad(x: jax.Array, g: jax.Array, kernel: int) -> jax.Array
   p = (kernel - 1) // 2
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   _, h, w, _ = g.shape
-  return jnp.stack([jnp.stack([jnp.einsum('nhwc,nhwo->co', xp[:, i:i + h, j:j + w, :], g)
-                               for j in range(kernel)]) for i in range(kernel)])
+  return jnp.stack(
+    [
+      jnp.stack(
+        [jnp.einsum('nhwc,nhwo->co', xp[:, i : i + h, j : j + w, :], g) for j in range(kernel)]
+      )
+      for i in range(kernel)
+    ]
+  )
 
 
 def _median_ms(fn, *args, steps: int) -> float:
@@ -61,24 +67,38 @@ def probe(shapes=SHAPES, steps: int = 3) -> list[dict]:
     dw = jax.jit(lambda g, x=x, w=w: jax.vjp(_conv, x, w)[1](g)[1])
     dw_tap = jax.jit(lambda g, x=x, k=k: tap_matmul_weight_grad(x, g, k))
     gflop = 2.0 * n * s * s * c * o * k * k / 1e9
-    ms = {'fwd': _median_ms(fwd, x, w, steps=steps), 'dx': _median_ms(dx, g, steps=steps),
-          'dw_xla': _median_ms(dw, g, steps=steps), 'dw_tap': _median_ms(dw_tap, g, steps=steps)}
+    ms = {
+      'fwd': _median_ms(fwd, x, w, steps=steps),
+      'dx': _median_ms(dx, g, steps=steps),
+      'dw_xla': _median_ms(dw, g, steps=steps),
+      'dw_tap': _median_ms(dw_tap, g, steps=steps),
+    }
     ref = dw(g)
     rel = float(jnp.max(jnp.abs(dw_tap(g) - ref)) / jnp.max(jnp.abs(ref)))
-    rows.append({'shape': (n, s, c, o, k), 'gflop': gflop, 'dw_tap_rel_diff': rel,
-                 **{f'{key}_ms': v for key, v in ms.items()},
-                 **{f'{key}_gflop_s': gflop / (v / 1e3) for key, v in ms.items()}})
+    rows.append(
+      {
+        'shape': (n, s, c, o, k),
+        'gflop': gflop,
+        'dw_tap_rel_diff': rel,
+        **{f'{key}_ms': v for key, v in ms.items()},
+        **{f'{key}_gflop_s': gflop / (v / 1e3) for key, v in ms.items()},
+      }
+    )
   return rows
 
 
 def probe_main(steps: int) -> int:
   """`launch.benchmark --conv_probe`: the per-shape table on stdout."""
   print(f'load average {os.getloadavg()[0]:.2f}')
-  print('| (N, S, Cin, Cout, k) | GFLOP | fwd | dx | dW (XLA) | dW (tap matmuls) | '
-        'GFLOP/s fwd/dx/dW/tap |')
+  print(
+    '| (N, S, Cin, Cout, k) | GFLOP | fwd | dx | dW (XLA) | dW (tap matmuls) | '
+    'GFLOP/s fwd/dx/dW/tap |'
+  )
   print('|---|---|---|---|---|---|---|')
   for r in probe(steps=steps):
-    print(f'| {r["shape"]} | {r["gflop"]:.1f} | {r["fwd_ms"]:.0f} ms | {r["dx_ms"]:.0f} ms | '
-          f'{r["dw_xla_ms"]:.0f} ms | {r["dw_tap_ms"]:.0f} ms | {r["fwd_gflop_s"]:.1f} / '
-          f'{r["dx_gflop_s"]:.1f} / {r["dw_xla_gflop_s"]:.1f} / {r["dw_tap_gflop_s"]:.1f} |')
+    print(
+      f'| {r["shape"]} | {r["gflop"]:.1f} | {r["fwd_ms"]:.0f} ms | {r["dx_ms"]:.0f} ms | '
+      f'{r["dw_xla_ms"]:.0f} ms | {r["dw_tap_ms"]:.0f} ms | {r["fwd_gflop_s"]:.1f} / '
+      f'{r["dx_gflop_s"]:.1f} / {r["dw_xla_gflop_s"]:.1f} / {r["dw_tap_gflop_s"]:.1f} |'
+    )
   return 0

@@ -18,11 +18,11 @@ import dataclasses
 import os
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 # sysexits.h EX_TEMPFAIL ("try again later"): the machine was busy, nothing is wrong with the run.
 BUSY_EXIT = 75
-DEFAULT_MAX_LOAD_PER_CORE = 0.75      # 1.5 on the 2-core machine of issue #15
+DEFAULT_MAX_LOAD_PER_CORE = 0.75  # 1.5 on the 2-core machine of issue #15
 DEFAULT_MAX_FOREIGN_CORES_PER_CORE = 0.1
 
 
@@ -30,7 +30,7 @@ def cores() -> int:
   """CPUs this process may run on (the affinity mask, else the machine's count)."""
   try:
     return len(os.sched_getaffinity(0))
-  except AttributeError:   # not Linux
+  except AttributeError:  # not Linux
     return os.cpu_count() or 1
 
 
@@ -39,9 +39,14 @@ def max_load(per_core: float = DEFAULT_MAX_LOAD_PER_CORE) -> float:
   return per_core * cores()
 
 
-def wait_until_quiet(limit: float, settle_s: float, *, poll_s: float = 5.0,
-                     loadavg: Callable[[], tuple] = os.getloadavg,
-                     sleep: Callable[[float], None] = time.sleep) -> tuple[bool, float, float]:
+def wait_until_quiet(
+  limit: float,
+  settle_s: float,
+  *,
+  poll_s: float = 5.0,
+  loadavg: Callable[[], tuple] = os.getloadavg,
+  sleep: Callable[[float], None] = time.sleep,
+) -> tuple[bool, float, float]:
   """Waits up to `settle_s` for the 1-minute load average to reach `limit`.
 
   Returns:
@@ -83,6 +88,7 @@ def _own_cpu_s() -> float:
 @dataclasses.dataclass
 class CpuMeter:
   """CPU time other processes used while a measurement ran (children must be reaped by `stop`)."""
+
   _wall: float = 0.0
   _busy: float | None = None
   _own: float = 0.0
@@ -105,6 +111,7 @@ class CpuMeter:
 @dataclasses.dataclass
 class Verdict:
   """Whether one measurement's conditions were clean, and why not."""
+
   load_before: float
   load_after: float
   foreign_cores: float | None
@@ -115,25 +122,38 @@ class Verdict:
     return not self.problems
 
   def as_dict(self) -> dict:
-    return {'loadavg_before': self.load_before, 'loadavg_after': self.load_after,
-            'foreign_cores': self.foreign_cores, 'load_ok': self.ok,
-            'load_problems': list(self.problems)}
+    return {
+      'loadavg_before': self.load_before,
+      'loadavg_after': self.load_after,
+      'foreign_cores': self.foreign_cores,
+      'load_ok': self.ok,
+      'load_problems': list(self.problems),
+    }
 
 
-def judge(load_before: float, load_after: float, foreign_cores: float | None, *,
-          limit: float, foreign_limit: float) -> Verdict:
+def judge(
+  load_before: float,
+  load_after: float,
+  foreign_cores: float | None,
+  *,
+  limit: float,
+  foreign_limit: float,
+) -> Verdict:
   """Verdict of one measurement: load average before it and foreign CPU use during it."""
   problems = []
   if load_before > limit:
     problems.append(f'1-minute load average {load_before:.2f} > {limit:.2f} before the run')
   if foreign_cores is not None and foreign_cores > foreign_limit:
-    problems.append(f'other processes used {foreign_cores:.2f} cores during the run '
-                    f'(limit {foreign_limit:.2f})')
+    problems.append(
+      f'other processes used {foreign_cores:.2f} cores during the run (limit {foreign_limit:.2f})'
+    )
   return Verdict(load_before, load_after, foreign_cores, problems)
 
 
 def busy_message(problems: list[str], what: str = 'benchmark') -> str:
   """The refusal text: what was wrong and how to proceed."""
-  return (f'Refusing to report {what} figures: ' + '; '.join(problems) + f' ({cores()} cores). '
-          'Stop other jobs (test suites, other benchmarks) and re-run, or pass --allow_load to '
-          'record numbers marked as taken under load (not benchmark figures).')
+  return (
+    f'Refusing to report {what} figures: ' + '; '.join(problems) + f' ({cores()} cores). '
+    'Stop other jobs (test suites, other benchmarks) and re-run, or pass --allow_load to '
+    'record numbers marked as taken under load (not benchmark figures).'
+  )

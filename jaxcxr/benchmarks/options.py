@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 
@@ -54,17 +54,19 @@ def _xla_scan_igrad():
 def _xla_pool():
   """Tiled max-pools differentiate with XLA's select-and-scatter (no gradient by taps)."""
   return _patched('_tiled_max_pool', lambda x, window: layers._max_pool(x, window, window, 0))
+
+
 # pylint: enable=protected-access
 
 
 # name -> (compiler options, context manager factory or None)
 VARIANTS = {
-    'base': ({}, None),
-    'ynn': (dict(cpu_options.OPTIONS['ynn']), None),
-    'onednn': (dict(cpu_options.OPTIONS['onednn']), None),
-    'xla_wgrad': ({}, _xla_wgrad),
-    'xla_scan_igrad': ({}, _xla_scan_igrad),
-    'xla_pool': ({}, _xla_pool),
+  'base': ({}, None),
+  'ynn': (dict(cpu_options.OPTIONS['ynn']), None),
+  'onednn': (dict(cpu_options.OPTIONS['onednn']), None),
+  'xla_wgrad': ({}, _xla_wgrad),
+  'xla_scan_igrad': ({}, _xla_scan_igrad),
+  'xla_pool': ({}, _xla_pool),
 }
 
 
@@ -73,8 +75,9 @@ def parse_variant(spec: str) -> tuple[dict, list]:
   options, contexts = {}, []
   for name in spec.split('+'):
     if name not in VARIANTS:
-      raise ValueError(f'variant {name!r} (in {spec!r}): expected names from {sorted(VARIANTS)} '
-                       "joined by '+'.")
+      raise ValueError(
+        f"variant {name!r} (in {spec!r}): expected names from {sorted(VARIANTS)} joined by '+'."
+      )
     opts, ctx = VARIANTS[name]
     options.update(opts)
     if ctx is not None:
@@ -82,11 +85,12 @@ def parse_variant(spec: str) -> tuple[dict, list]:
   return options, contexts
 
 
-def variant_ab(arch: str, image_size: int, batch_size: int, rounds: int,
-               variants: Sequence[str]) -> dict:
+def variant_ab(
+  arch: str, image_size: int, batch_size: int, rounds: int, variants: Sequence[str]
+) -> dict:
   """Median ms per train step of `arch` for each variant, steps alternating round-robin."""
   name, overrides = benchmark_compare.parse_spec(arch)
-  overrides, _ = benchmark_compare.split_options(overrides)   # the variants set the options
+  overrides, _ = benchmark_compare.split_options(overrides)  # the variants set the options
   module = models.build(name, benchmark.NUM_CLASSES, **overrides)
   batch = benchmark.random_batch(batch_size, image_size)
   key = jax.random.key(0)
@@ -97,12 +101,17 @@ def variant_ab(arch: str, image_size: int, batch_size: int, rounds: int,
     with contextlib.ExitStack() as stack:
       for ctx in contexts:
         stack.enter_context(ctx())
-      compiled, timings = benchmark.compile_train_step(module, state, batch, key,
-                                                       compiler_options=options or None)
-    state, metrics = compiled(state, batch, key)   # warm-up
+      compiled, timings = benchmark.compile_train_step(
+        module, state, batch, key, compiler_options=options or None
+      )
+    state, metrics = compiled(state, batch, key)  # warm-up
     jax.block_until_ready(metrics)
-    runs[spec] = {'compiled': compiled, 'state': state, 'times': [],
-                  'compile_s': timings['compile_s']}
+    runs[spec] = {
+      'compiled': compiled,
+      'state': state,
+      'times': [],
+      'compile_s': timings['compile_s'],
+    }
   load_before = os.getloadavg()[0]
   for _ in range(rounds):
     for run in runs.values():
@@ -112,39 +121,58 @@ def variant_ab(arch: str, image_size: int, batch_size: int, rounds: int,
       run['times'].append(time.perf_counter() - t)
   ms = {spec: 1e3 * statistics.median(run['times']) for spec, run in runs.items()}
   first = variants[0]
-  return {'arch': arch, 'image_size': image_size, 'batch': batch_size, 'rounds': rounds,
-          'variants': list(variants), 'ms': ms,
-          'speedup': {spec: ms[first] / ms[spec] for spec in variants},
-          'compile_s': {spec: run['compile_s'] for spec, run in runs.items()},
-          'loadavg': (load_before, os.getloadavg()[0])}
+  return {
+    'arch': arch,
+    'image_size': image_size,
+    'batch': batch_size,
+    'rounds': rounds,
+    'variants': list(variants),
+    'ms': ms,
+    'speedup': {spec: ms[first] / ms[spec] for spec in variants},
+    'compile_s': {spec: run['compile_s'] for spec, run in runs.items()},
+    'loadavg': (load_before, os.getloadavg()[0]),
+  }
 
 
 def format_rows(rows: Sequence[dict]) -> str:
   """One line per arch and variant: ms per step, speed-up over the arch's first variant."""
-  lines = ['| arch (px, batch) | variant | ms per step | vs first | compile s | load before / after |',
-           '|---|---|---|---|---|---|']
+  lines = [
+    '| arch (px, batch) | variant | ms per step | vs first | compile s | load before / after |',
+    '|---|---|---|---|---|---|',
+  ]
   for r in rows:
     for spec in r['variants']:
-      lines.append(f"| {r['arch']} ({r['image_size']}, {r['batch']}) | {spec} | "
-                   f"{r['ms'][spec]:.1f} | {r['speedup'][spec]:.2f}x | {r['compile_s'][spec]:.1f} | "
-                   f"{r['loadavg'][0]:.2f} / {r['loadavg'][1]:.2f} |")
+      lines.append(
+        f'| {r["arch"]} ({r["image_size"]}, {r["batch"]}) | {spec} | '
+        f'{r["ms"][spec]:.1f} | {r["speedup"][spec]:.2f}x | {r["compile_s"][spec]:.1f} | '
+        f'{r["loadavg"][0]:.2f} / {r["loadavg"][1]:.2f} |'
+      )
   return '\n'.join(lines)
 
 
-def option_ab_main(archs: Sequence[str], *, image_size: int, batch: int, rounds: int,
-                   variants: Sequence[str] = ('base', 'onednn'), out: str = '') -> int:
+def option_ab_main(
+  archs: Sequence[str],
+  *,
+  image_size: int,
+  batch: int,
+  rounds: int,
+  variants: Sequence[str] = ('base', 'onednn'),
+  out: str = '',
+) -> int:
   """Prints the table of `variant_ab` over `archs` and `variants`."""
   for spec in variants:
     print(f'{spec}: {parse_variant(spec)[0] or "no compiler options"}', flush=True)
   rows = []
   for arch in archs:
     rows.append(variant_ab(arch, image_size, batch, rounds, variants))
-    print(f"{arch}: " + ', '.join(f'{s} {rows[-1]["ms"][s]:.0f} ms' for s in variants), flush=True)
+    print(f'{arch}: ' + ', '.join(f'{s} {rows[-1]["ms"][s]:.0f} ms' for s in variants), flush=True)
   print(format_rows(rows))
   busy = [r['arch'] for r in rows if max(r['loadavg']) > benchmark_guard.max_load()]
   if busy:
-    print(f'UNDER LOAD (load average above {benchmark_guard.max_load():.2f}, the benchmark '
-          f'included): {", ".join(busy)}. The alternation evens out load, but re-run idle.')
+    print(
+      f'UNDER LOAD (load average above {benchmark_guard.max_load():.2f}, the benchmark '
+      f'included): {", ".join(busy)}. The alternation evens out load, but re-run idle.'
+    )
   if out:
     with open(out, 'w') as f:
       json.dump(rows, f, indent=1)

@@ -22,7 +22,8 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import jax
 
@@ -31,8 +32,21 @@ from jaxcxr.benchmarks import common as benchmark
 
 # Ops that only move data: a fusion made of nothing else is a layout change (kernel reversal for
 # the input gradient, NHWC <-> HWIO transposes for weight gradients, copies).
-_LAYOUT_OPS = frozenset({'copy', 'transpose', 'reverse', 'bitcast', 'parameter', 'broadcast',
-                         'reshape', 'constant', 'iota', 'tuple', 'get-tuple-element'})
+_LAYOUT_OPS = frozenset(
+  {
+    'copy',
+    'transpose',
+    'reverse',
+    'bitcast',
+    'parameter',
+    'broadcast',
+    'reshape',
+    'constant',
+    'iota',
+    'tuple',
+    'get-tuple-element',
+  }
+)
 _BN_PATH = re.compile(r'/(bn\d*|norm\d*|downsample_1)/')
 _CONV_PATH = re.compile(r'/(conv\d*|downsample_0|features_\d+)/')
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(')
@@ -46,6 +60,7 @@ _DIMS = re.compile(r'\[([\d,]*)\]')
 @dataclasses.dataclass
 class HloOp:
   """One instruction of the optimised HLO module."""
+
   name: str
   opcode: str
   shape: tuple[int, ...]
@@ -70,12 +85,18 @@ def parse_hlo(text: str) -> tuple[dict[str, HloOp], dict[str, list[str]]]:
     m = _INSTR.match(line)
     if m and current is not None:
       name, type_str, opcode = m.groups()
-      ops[name] = HloOp(name, opcode, _dims(type_str), _OP_NAME.findall(line),
-                        (_WINDOW.search(line) or [None, ''])[1], _CALLS.findall(line))
+      ops[name] = HloOp(
+        name,
+        opcode,
+        _dims(type_str),
+        _OP_NAME.findall(line),
+        (_WINDOW.search(line) or [None, ''])[1],
+        _CALLS.findall(line),
+      )
       comps[current].append(name)
       continue
     c = _COMP.match(line)
-    if c and not line[:1].isspace():   # computation headers start in column 0
+    if c and not line[:1].isspace():  # computation headers start in column 0
       current = c.group(1)
       comps[current] = []
     elif line.strip() == '}':
@@ -83,8 +104,9 @@ def parse_hlo(text: str) -> tuple[dict[str, HloOp], dict[str, list[str]]]:
   return ops, comps
 
 
-def _inner(op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]],
-           depth: int = 0) -> list[HloOp]:
+def _inner(
+  op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]], depth: int = 0
+) -> list[HloOp]:
   """The instructions of the computations `op` calls (fusion bodies), recursively."""
   out = []
   for comp in op.calls:
@@ -96,8 +118,9 @@ def _inner(op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]],
   return out
 
 
-def classify(op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]],
-             kernel_shapes: set[tuple[int, ...]]) -> str:
+def classify(
+  op: HloOp, ops: dict[str, HloOp], comps: dict[str, list[str]], kernel_shapes: set[tuple[int, ...]]
+) -> str:
   """Category of one executed instruction (see the module docstring)."""
   inner = _inner(op, ops, comps)
   members = [op] + inner
@@ -153,43 +176,70 @@ def perfetto_events(trace_dir: str) -> list[dict]:
   """Complete ('X') events of the perfetto trace `jax.profiler` wrote under `trace_dir`."""
   paths = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
   if not paths:
-    raise FileNotFoundError(f'No perfetto_trace.json.gz under {trace_dir}: jax.profiler wrote no '
-                            'trace (is another profiler session active?).')
+    raise FileNotFoundError(
+      f'No perfetto_trace.json.gz under {trace_dir}: jax.profiler wrote no '
+      'trace (is another profiler session active?).'
+    )
   with gzip.open(max(paths, key=os.path.getmtime)) as f:
     data = json.load(f)
   events = data['traceEvents'] if isinstance(data, dict) else data
   return [e for e in events if e.get('ph') == 'X']
 
 
-def summarise(events: Iterable[dict], ops: dict[str, HloOp], comps: dict[str, list[str]],
-              kernel_shapes: set[tuple[int, ...]], steps: int) -> dict[str, Any]:
+def summarise(
+  events: Iterable[dict],
+  ops: dict[str, HloOp],
+  comps: dict[str, list[str]],
+  kernel_shapes: set[tuple[int, ...]],
+  steps: int,
+) -> dict[str, Any]:
   """Per-category and per-op ms per step from trace events named after HLO instructions."""
   per_op = collections.Counter()
   for e in events:
     if e['name'] in ops:
-      per_op[e['name']] += e.get('dur', 0.0) / 1e3 / steps   # us -> ms, per step
+      per_op[e['name']] += e.get('dur', 0.0) / 1e3 / steps  # us -> ms, per step
   per_cat = collections.Counter()
   cat_of = {}
   for name, ms in per_op.items():
     cat_of[name] = classify(ops[name], ops, comps, kernel_shapes)
     per_cat[cat_of[name]] += ms
   total = sum(per_op.values())
-  top = [{'op': n, 'category': cat_of[n], 'ms': ms, 'share': ms / total if total else 0.0,
-          'shape': list(ops[n].shape), 'window': _window(ops[n], ops, comps),
-          'op_name': (ops[n].op_names or [''])[0]}
-         for n, ms in per_op.most_common(25)]
-  return {'summed_op_ms': total, 'ops_seen': len(per_op),
-          'categories': [{'category': c, 'ms': ms, 'share': ms / total if total else 0.0}
-                         for c, ms in per_cat.most_common()],
-          'top_ops': top}
+  top = [
+    {
+      'op': n,
+      'category': cat_of[n],
+      'ms': ms,
+      'share': ms / total if total else 0.0,
+      'shape': list(ops[n].shape),
+      'window': _window(ops[n], ops, comps),
+      'op_name': (ops[n].op_names or [''])[0],
+    }
+    for n, ms in per_op.most_common(25)
+  ]
+  return {
+    'summed_op_ms': total,
+    'ops_seen': len(per_op),
+    'categories': [
+      {'category': c, 'ms': ms, 'share': ms / total if total else 0.0}
+      for c, ms in per_cat.most_common()
+    ],
+    'top_ops': top,
+  }
 
 
 def _kernel_shapes(params) -> set[tuple[int, ...]]:
   return {tuple(sorted(x.shape)) for x in jax.tree.leaves(params) if x.ndim == 4}
 
 
-def profile_train_step(arch: str, image_size: int, batch_size: int, *, steps: int = 2,
-                       trace_dir: str = '', **overrides: Any) -> dict[str, Any]:
+def profile_train_step(
+  arch: str,
+  image_size: int,
+  batch_size: int,
+  *,
+  steps: int = 2,
+  trace_dir: str = '',
+  **overrides: Any,
+) -> dict[str, Any]:
   """Profiles `steps` train steps of `arch` after one warm-up step.
 
   Args:
@@ -211,7 +261,7 @@ def profile_train_step(arch: str, image_size: int, batch_size: int, *, steps: in
   compiled, timings = benchmark.compile_train_step(module, state, batch, key, dtype=dtype)
   ops, comps = parse_hlo(compiled.as_text())
   kernels = _kernel_shapes(state.params)
-  state, metrics = compiled(state, batch, key)   # warm-up
+  state, metrics = compiled(state, batch, key)  # warm-up
   jax.block_until_ready(metrics)
   load_before = os.getloadavg()[0]
   walls = []
@@ -226,9 +276,17 @@ def profile_train_step(arch: str, image_size: int, batch_size: int, *, steps: in
     events = perfetto_events(out_dir)
   walls.sort()
   result = summarise(events, ops, comps, kernels, steps)
-  return {'arch': arch, 'image_size': image_size, 'batch': batch_size, 'steps': steps,
-          'step_ms': 1e3 * walls[len(walls) // 2], 'compile_s': timings['compile_s'],
-          'loadavg': (load_before, os.getloadavg()[0]), **overrides_json(overrides), **result}
+  return {
+    'arch': arch,
+    'image_size': image_size,
+    'batch': batch_size,
+    'steps': steps,
+    'step_ms': 1e3 * walls[len(walls) // 2],
+    'compile_s': timings['compile_s'],
+    'loadavg': (load_before, os.getloadavg()[0]),
+    **overrides_json(overrides),
+    **result,
+  }
 
 
 def overrides_json(overrides: dict) -> dict:
@@ -238,21 +296,40 @@ def overrides_json(overrides: dict) -> dict:
 
 def format_profile(result: dict) -> str:
   """Markdown: categories (ms/step and share), then the top ops with their shapes."""
-  lines = [f"### {result['arch']} train step, {result['image_size']} px, batch "
-           f"{result['batch']}: {result['step_ms']:.0f} ms/step wall, "
-           f"{result['summed_op_ms']:.0f} ms summed op time, load "
-           f"{result['loadavg'][0]:.1f} -> {result['loadavg'][1]:.1f}",
-           '', '| category | ms/step | share |', '|---|---|---|']
-  lines += [f"| {c['category']} | {c['ms']:.1f} | {100 * c['share']:.1f}% |"
-            for c in result['categories']]
-  lines += ['', '| op | category | ms/step | share | output shape | window |', '|---|---|---|---|---|---|']
-  lines += [f"| {o['op']} | {o['category']} | {o['ms']:.1f} | {100 * o['share']:.1f}% | "
-            f"{'x'.join(map(str, o['shape']))} | {o['window']} |" for o in result['top_ops'][:15]]
+  lines = [
+    f'### {result["arch"]} train step, {result["image_size"]} px, batch '
+    f'{result["batch"]}: {result["step_ms"]:.0f} ms/step wall, '
+    f'{result["summed_op_ms"]:.0f} ms summed op time, load '
+    f'{result["loadavg"][0]:.1f} -> {result["loadavg"][1]:.1f}',
+    '',
+    '| category | ms/step | share |',
+    '|---|---|---|',
+  ]
+  lines += [
+    f'| {c["category"]} | {c["ms"]:.1f} | {100 * c["share"]:.1f}% |' for c in result['categories']
+  ]
+  lines += [
+    '',
+    '| op | category | ms/step | share | output shape | window |',
+    '|---|---|---|---|---|---|',
+  ]
+  lines += [
+    f'| {o["op"]} | {o["category"]} | {o["ms"]:.1f} | {100 * o["share"]:.1f}% | '
+    f'{"x".join(map(str, o["shape"]))} | {o["window"]} |'
+    for o in result['top_ops'][:15]
+  ]
   return '\n'.join(lines)
 
 
-def profile_main(archs: Sequence[str], *, image_size: int, batch: int, dtypes: Sequence[str],
-                 out: str, steps: int = 2) -> int:
+def profile_main(
+  archs: Sequence[str],
+  *,
+  image_size: int,
+  batch: int,
+  dtypes: Sequence[str],
+  out: str,
+  steps: int = 2,
+) -> int:
   """`launch.benchmark --profile`: one profile per arch and dtype, printed and written as JSON."""
   results = []
   for spec in archs:

@@ -31,8 +31,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -46,26 +46,38 @@ def _load() -> float:
   return os.getloadavg()[0]
 
 
-def run_timed(cmd: Sequence[str], timeout_s: float, log_path: str,
-              env: dict | None = None) -> tuple[int | None, float]:
+def run_timed(
+  cmd: Sequence[str], timeout_s: float, log_path: str, env: dict | None = None
+) -> tuple[int | None, float]:
   """Runs `cmd` with output to `log_path`. Returns (exit status, or None if killed at timeout; s)."""
   t0 = time.perf_counter()
   with open(log_path, 'w') as log:
     try:
-      proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                            env=env, check=False)
+      proc = subprocess.run(
+        list(cmd), stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, env=env, check=False
+      )
       code = proc.returncode
     except subprocess.TimeoutExpired:
       code = None
   return code, time.perf_counter() - t0
 
 
-def jax_command(config: str, workdir: str, manual_dir: str, data_dir: str,
-                overrides: Sequence[str] = ()) -> list[str]:
+def jax_command(
+  config: str, workdir: str, manual_dir: str, data_dir: str, overrides: Sequence[str] = ()
+) -> list[str]:
   """The `launch.train` command of the jaxcxr side."""
-  return [sys.executable, '-m', 'launch.train', '--config', config, '--workdir', workdir,
-          f'--config.data.manual_dir={manual_dir}', f'--config.data.data_dir={data_dir}',
-          *overrides]
+  return [
+    sys.executable,
+    '-m',
+    'launch.train',
+    '--config',
+    config,
+    '--workdir',
+    workdir,
+    f'--config.data.manual_dir={manual_dir}',
+    f'--config.data.data_dir={data_dir}',
+    *overrides,
+  ]
 
 
 def split_files(workdir: str, eval_dir: str = '') -> dict:
@@ -78,13 +90,18 @@ def split_files(workdir: str, eval_dir: str = '') -> dict:
   handle = data_lib.prepare(cfg.data, progress=False)
   root = Path(cfg.data.manual_dir).expanduser()
   out = {'class_names': list(handle.class_names), 'train': [], 'test': []}
-  splits = {'train': ('train', 'validation', 'test'), 'test': ()} if eval_dir else {
-      'train': ('train',), 'test': ('test',)}
+  splits = (
+    {'train': ('train', 'validation', 'test'), 'test': ()}
+    if eval_dir
+    else {'train': ('train',), 'test': ('test',)}
+  )
   for side, names in splits.items():
     for split in names:
       if handle.num_examples.get(split):
-        out[side] += [[str(root / name), int(label)]
-                      for name, label in zip(handle.filenames(split), handle.labels(split))]
+        out[side] += [
+          [str(root / name), int(label)]
+          for name, label in zip(handle.filenames(split), handle.labels(split), strict=True)
+        ]
   if eval_dir:
     out['test'] = external_files(eval_dir, handle.class_names)
   return out
@@ -103,9 +120,12 @@ def score(labels, probs, class_names: Sequence[str], n_bootstrap: int = 0) -> di
 
 
 def _quality(m: dict) -> dict:
-  out = {'macro_f1': m['macro']['f1'], 'accuracy': m['accuracy'],
-         'recall': {c: v['recall'] for c, v in m['per_class'].items()},
-         'num_test': m['num_examples']}
+  out = {
+    'macro_f1': m['macro']['f1'],
+    'accuracy': m['accuracy'],
+    'recall': {c: v['recall'] for c, v in m['per_class'].items()},
+    'num_test': m['num_examples'],
+  }
   if m.get('ci95'):
     out['macro_f1_ci'] = list(m['ci95']['macro_f1'])
   return out
@@ -117,20 +137,26 @@ def predictions_csv_probs(csv_path: str, files: Sequence, class_names: Sequence[
     rows = {os.path.abspath(r['file']): r for r in csv.DictReader(f)}
   missing = [p for p, _ in files if os.path.abspath(p) not in rows]
   if missing:
-    raise RuntimeError(f'{len(missing)} external films have no prediction in {csv_path} '
-                       f'(first: {missing[0]}); see the predict log beside it.')
-  return np.asarray([[float(rows[os.path.abspath(p)][f'prob_{c}']) for c in class_names]
-                     for p, _ in files])
+    raise RuntimeError(
+      f'{len(missing)} external films have no prediction in {csv_path} '
+      f'(first: {missing[0]}); see the predict log beside it.'
+    )
+  return np.asarray(
+    [[float(rows[os.path.abspath(p)][f'prob_{c}']) for c in class_names] for p, _ in files]
+  )
 
 
 def jax_row(workdir: str, code: int | None, wall_s: float, budget_s: float) -> dict:
   """The jaxcxr row from its workdir (report.json of the test split, results.json)."""
-  row = {'name': 'jaxcxr', 'wall_s': wall_s, 'within_budget': code is not None and
-         wall_s <= budget_s, 'status': 'ok' if code == 0 else
-         ('killed at the budget' if code is None else f'exit {code}')}
+  row = {
+    'name': 'jaxcxr',
+    'wall_s': wall_s,
+    'within_budget': code is not None and wall_s <= budget_s,
+    'status': 'ok' if code == 0 else ('killed at the budget' if code is None else f'exit {code}'),
+  }
   report_path = os.path.join(workdir, 'report.json')
   results_path = os.path.join(workdir, 'results.json')
-  if code == 0 and os.path.exists(results_path):   # no report.json without a test split
+  if code == 0 and os.path.exists(results_path):  # no report.json without a test split
     with open(results_path) as f:
       summary = json.load(f)['summary']
     cfg = checkpoint.read_config(workdir)
@@ -138,17 +164,29 @@ def jax_row(workdir: str, code: int | None, wall_s: float, budget_s: float) -> d
       with open(report_path) as f:
         row.update(_quality(json.load(f)['metrics']))
     row['train_img_s'] = summary.get('images_per_s')
-    row['recipe'] = (f'{cfg.model.name} {cfg.data.image_size} px, {cfg.train.num_epochs} epochs, '
-                     f'batch {cfg.train.batch_size}, sampling {cfg.data.sampling}')
+    row['recipe'] = (
+      f'{cfg.model.name} {cfg.data.image_size} px, {cfg.train.num_epochs} epochs, '
+      f'batch {cfg.train.batch_size}, sampling {cfg.data.sampling}'
+    )
   return row
 
 
-def torch_row(result_path: str, code: int | None, wall_s: float, budget_s: float,
-              class_names: Sequence[str], test: Sequence, n_bootstrap: int = 0) -> dict:
+def torch_row(
+  result_path: str,
+  code: int | None,
+  wall_s: float,
+  budget_s: float,
+  class_names: Sequence[str],
+  test: Sequence,
+  n_bootstrap: int = 0,
+) -> dict:
   """The torch row from the worker's JSON (probabilities of the test files, in order)."""
-  row = {'name': 'torchvision', 'wall_s': wall_s, 'within_budget': code is not None and
-         wall_s <= budget_s, 'status': 'ok' if code == 0 else
-         ('killed at the budget' if code is None else f'exit {code}')}
+  row = {
+    'name': 'torchvision',
+    'wall_s': wall_s,
+    'within_budget': code is not None and wall_s <= budget_s,
+    'status': 'ok' if code == 0 else ('killed at the budget' if code is None else f'exit {code}'),
+  }
   if code == 0 and os.path.exists(result_path):
     with open(result_path) as f:
       result = json.load(f)
@@ -169,30 +207,56 @@ def _fmt(v, digits: int = 3) -> str:
 
 def format_table(rows: Sequence[dict], class_names: Sequence[str]) -> str:
   """One Markdown table: macro-F1, accuracy, per-class recall, wall time, images/s, status."""
-  head = (['run', 'macro-F1 [95% CI]', 'accuracy'] + [f'recall {c}' for c in class_names] +
-          ['test images', 'wall s', 'train img/s', 'within budget', 'status'])
+  head = (
+    ['run', 'macro-F1 [95% CI]', 'accuracy']
+    + [f'recall {c}' for c in class_names]
+    + ['test images', 'wall s', 'train img/s', 'within budget', 'status']
+  )
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     recall = r.get('recall', {})
     f1 = _fmt(r.get('macro_f1'))
     if r.get('macro_f1_ci'):
-      f1 += f" [{r['macro_f1_ci'][0]:.3f}, {r['macro_f1_ci'][1]:.3f}]"
-    cells = ([r['name'], f1, _fmt(r.get('accuracy'))] +
-             [_fmt(recall.get(c)) for c in class_names] +
-             [_fmt(r.get('num_test')), _fmt(r.get('wall_s'), 0), _fmt(r.get('train_img_s'), 1),
-              'yes' if r.get('within_budget') else 'NO', r.get('status', '')])
+      f1 += f' [{r["macro_f1_ci"][0]:.3f}, {r["macro_f1_ci"][1]:.3f}]'
+    cells = (
+      [r['name'], f1, _fmt(r.get('accuracy'))]
+      + [_fmt(recall.get(c)) for c in class_names]
+      + [
+        _fmt(r.get('num_test')),
+        _fmt(r.get('wall_s'), 0),
+        _fmt(r.get('train_img_s'), 1),
+        'yes' if r.get('within_budget') else 'NO',
+        r.get('status', ''),
+      ]
+    )
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 def predict_command(workdir: str, eval_dir: str, csv_path: str) -> list[str]:
   """The `launch.predict` command that scores the jaxcxr run on the external films."""
-  return [sys.executable, '-m', 'launch.predict', '--workdir', workdir, '--images', eval_dir,
-          '--out', csv_path]
+  return [
+    sys.executable,
+    '-m',
+    'launch.predict',
+    '--workdir',
+    workdir,
+    '--images',
+    eval_dir,
+    '--out',
+    csv_path,
+  ]
 
 
-def external_jax_row(workdir: str, code: int | None, wall_s: float, budget_s: float,
-                     splits: dict, csv_path: str, n_bootstrap: int) -> dict:
+def external_jax_row(
+  workdir: str,
+  code: int | None,
+  wall_s: float,
+  budget_s: float,
+  splits: dict,
+  csv_path: str,
+  n_bootstrap: int,
+) -> dict:
   """The jaxcxr row scored on the external films (the predictions CSV of its shipped checkpoint)."""
   row = jax_row(workdir, code, wall_s, budget_s)
   for key in ('macro_f1', 'accuracy', 'recall', 'num_test'):
@@ -204,10 +268,18 @@ def external_jax_row(workdir: str, code: int | None, wall_s: float, budget_s: fl
   return row
 
 
-def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
-        jax_overrides: Sequence[str],
-        torch_command: Optional[Callable[[str, str, float], list[str]]],
-        env: dict | None = None, eval_dir: str = '', n_bootstrap: int = 1000) -> dict:
+def run(
+  manual_dir: str,
+  out_dir: str,
+  *,
+  budget_s: float,
+  config: str,
+  jax_overrides: Sequence[str],
+  torch_command: Callable[[str, str, float], list[str]] | None,
+  env: dict | None = None,
+  eval_dir: str = '',
+  n_bootstrap: int = 1000,
+) -> dict:
   """Runs both sides and returns {'rows', 'table', 'class_names', 'budget_s', 'loadavg'}.
 
   Args:
@@ -225,28 +297,42 @@ def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
   """
   manual_dir = str(Path(manual_dir).expanduser().resolve())
   if not os.path.isdir(manual_dir):
-    raise FileNotFoundError(f'--manual_dir={manual_dir} is not a folder; pass a Kaggle-layout '
-                            'folder (COVID/, Normal/, Viral Pneumonia/).')
+    raise FileNotFoundError(
+      f'--manual_dir={manual_dir} is not a folder; pass a Kaggle-layout '
+      'folder (COVID/, Normal/, Viral Pneumonia/).'
+    )
   if eval_dir and not os.path.isdir(eval_dir):
-    raise FileNotFoundError(f'--eval_dir={eval_dir} is not a folder; pass a Kaggle-layout folder '
-                            'of films the training folder does not hold.')
+    raise FileNotFoundError(
+      f'--eval_dir={eval_dir} is not a folder; pass a Kaggle-layout folder '
+      'of films the training folder does not hold.'
+    )
   out = Path(out_dir)
   workdir, data_dir = out / 'jaxcxr', out / 'tfds'
   for d in (workdir, data_dir):
-    shutil.rmtree(d, ignore_errors=True)   # a stale workdir would resume, stale data skip prepare
+    shutil.rmtree(d, ignore_errors=True)  # a stale workdir would resume, stale data skip prepare
   out.mkdir(parents=True, exist_ok=True)
   loads = {'start': _load()}
-  code, wall = run_timed(jax_command(config, str(workdir), manual_dir, str(data_dir),
-                                     jax_overrides), budget_s, str(out / 'jaxcxr.log'), env)
+  code, wall = run_timed(
+    jax_command(config, str(workdir), manual_dir, str(data_dir), jax_overrides),
+    budget_s,
+    str(out / 'jaxcxr.log'),
+    env,
+  )
   if not (workdir / checkpoint.CONFIG_FILE).exists():
-    raise RuntimeError(f'The jaxcxr run wrote no config (see {out / "jaxcxr.log"}); the torch side '
-                       'needs its prepared split.')
+    raise RuntimeError(
+      f'The jaxcxr run wrote no config (see {out / "jaxcxr.log"}); the torch side '
+      'needs its prepared split.'
+    )
   splits = split_files(str(workdir), eval_dir)
   if eval_dir:
     csv_path = str(out / 'jaxcxr_external.csv')
     if code == 0:
-      code, predict_s = run_timed(predict_command(str(workdir), eval_dir, csv_path), budget_s,
-                                  str(out / 'jaxcxr_predict.log'), env)
+      code, predict_s = run_timed(
+        predict_command(str(workdir), eval_dir, csv_path),
+        budget_s,
+        str(out / 'jaxcxr_predict.log'),
+        env,
+      )
       wall += predict_s
     rows = [external_jax_row(str(workdir), code, wall, budget_s, splits, csv_path, n_bootstrap)]
   else:
@@ -257,14 +343,32 @@ def run(manual_dir: str, out_dir: str, *, budget_s: float, config: str,
   result_path = out / 'torch.json'
   result_path.unlink(missing_ok=True)
   if torch_command is not None:
-    code, wall = run_timed(torch_command(str(out / 'splits.json'), str(result_path), budget_s),
-                           budget_s, str(out / 'torch.log'), env)
+    code, wall = run_timed(
+      torch_command(str(out / 'splits.json'), str(result_path), budget_s),
+      budget_s,
+      str(out / 'torch.log'),
+      env,
+    )
     loads['after_torch'] = _load()
-    rows.append(torch_row(str(result_path), code, wall, budget_s, splits['class_names'],
-                          splits['test'], n_bootstrap if eval_dir else 0))
-  summary = {'rows': rows, 'class_names': splits['class_names'], 'budget_s': budget_s,
-             'eval_dir': eval_dir,
-             'loadavg': loads, 'table': format_table(rows, splits['class_names'])}
+    rows.append(
+      torch_row(
+        str(result_path),
+        code,
+        wall,
+        budget_s,
+        splits['class_names'],
+        splits['test'],
+        n_bootstrap if eval_dir else 0,
+      )
+    )
+  summary = {
+    'rows': rows,
+    'class_names': splits['class_names'],
+    'budget_s': budget_s,
+    'eval_dir': eval_dir,
+    'loadavg': loads,
+    'table': format_table(rows, splits['class_names']),
+  }
   with open(out / 'benchmark_quality.json', 'w') as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -17,16 +17,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
 
 from jaxcxr import models
-from jaxcxr.data.preprocess import to_model_input
-from jaxcxr.evaluation import gradcam
 from jaxcxr.benchmarks import common as benchmark
 from jaxcxr.benchmarks import compare as benchmark_compare
+from jaxcxr.data.preprocess import to_model_input
+from jaxcxr.evaluation import gradcam
 from jaxcxr.training import distributed
 from jaxcxr.training import steps as steps_lib
 
@@ -49,8 +50,11 @@ class JaxArch:
   """Compiled steps of one architecture, one step per `run(key)` call."""
 
   def __init__(self, setup: dict):
-    self.info: dict[str, Any] = {'jax': jax.__version__, 'backend': jax.default_backend(),
-                                 'device': str(jax.devices()[0].device_kind)}
+    self.info: dict[str, Any] = {
+      'jax': jax.__version__,
+      'backend': jax.default_backend(),
+      'device': str(jax.devices()[0].device_kind),
+    }
     self._steps: dict[str, Callable[[], Any]] = {}
     arch, size, batch = setup['arch'], int(setup['image_size']), int(setup['batch'])
     overrides, options = benchmark_compare.split_options(setup.get('overrides', {}))
@@ -63,8 +67,9 @@ class JaxArch:
       # The train step donates its state: every part reads the current one from this holder.
       holder = [benchmark.make_state(module, size)]
       if 'train' in parts or setup.get('compile_only'):
-        compiled, timings = benchmark.compile_train_step(module, holder[0], self.batch, key, dtype,
-                                                         compiler_options=options)
+        compiled, timings = benchmark.compile_train_step(
+          module, holder[0], self.batch, key, dtype, compiler_options=options
+        )
         self.info.update({f'{k}_{name}': v for k, v in timings.items()})
         self._steps[f'train/{name}'] = functools.partial(self._train, compiled, holder, key)
       if setup.get('compile_only'):
@@ -77,7 +82,8 @@ class JaxArch:
       if 'gradcam' in parts and name == 'float32':
         x = to_model_input(self.batch['image'], jnp.float32)
         self._steps['gradcam/float32'] = lambda m=module, h=holder, x=x: gradcam.grad_cam(
-            m, {'params': h[0].params, 'batch_stats': h[0].batch_stats}, x)['cam']
+          m, {'params': h[0].params, 'batch_stats': h[0].batch_stats}, x
+        )['cam']
     self.info['peak_rss_after_setup_mb'] = benchmark.peak_rss_mb()
 
   def _train(self, compiled, holder: list, key) -> Any:

@@ -6,7 +6,6 @@ dataset; the Grain
 pipelines are in `jaxcxr.data.loader` and the shared preprocessing in `jaxcxr.data.preprocess`.
 """
 
-from jaxcxr.data.dataset import DatasetHandle
-from jaxcxr.data.dataset import prepare
+from jaxcxr.data.dataset import DatasetHandle, prepare
 
 __all__ = ['DatasetHandle', 'prepare']

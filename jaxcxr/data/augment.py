@@ -35,6 +35,7 @@ _LEVELS = np.arange(256, dtype=np.float64)
 @dataclasses.dataclass(frozen=True)
 class AugmentParams:
   """Plain-value copy of `config.data.augment` (picklable into Grain workers)."""
+
   enabled: bool = True
   rotation_deg: float = 10.0
   zoom: tuple[float, float] = (0.9, 1.1)
@@ -46,12 +47,20 @@ class AugmentParams:
   @classmethod
   def from_config(cls, aug_cfg) -> 'AugmentParams':
     zoom = tuple(float(z) for z in aug_cfg.zoom)
-    p = cls(enabled=bool(aug_cfg.enabled), rotation_deg=float(aug_cfg.rotation_deg), zoom=zoom,
-            translate=float(aug_cfg.translate), brightness=float(aug_cfg.brightness),
-            contrast=float(aug_cfg.contrast), hflip=bool(aug_cfg.hflip))
+    p = cls(
+      enabled=bool(aug_cfg.enabled),
+      rotation_deg=float(aug_cfg.rotation_deg),
+      zoom=zoom,
+      translate=float(aug_cfg.translate),
+      brightness=float(aug_cfg.brightness),
+      contrast=float(aug_cfg.contrast),
+      hflip=bool(aug_cfg.hflip),
+    )
     if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
-      raise ValueError(f'config.data.augment.zoom={aug_cfg.zoom}; expected (low, high) with '
-                       '0 < low <= high, e.g. (0.9, 1.1).')
+      raise ValueError(
+        f'config.data.augment.zoom={aug_cfg.zoom}; expected (low, high) with '
+        '0 < low <= high, e.g. (0.9, 1.1).'
+      )
     for name in ('rotation_deg', 'translate', 'brightness', 'contrast'):
       if getattr(p, name) < 0:
         raise ValueError(f'config.data.augment.{name}={getattr(p, name)} must be >= 0.')
@@ -60,8 +69,15 @@ class AugmentParams:
     return p
 
 
-def affine_matrix(in_size: int, out_size: int, *, angle_deg: float = 0.0, zoom: float = 1.0,
-                  shift: tuple[float, float] = (0.0, 0.0), flip: bool = False) -> np.ndarray:
+def affine_matrix(
+  in_size: int,
+  out_size: int,
+  *,
+  angle_deg: float = 0.0,
+  zoom: float = 1.0,
+  shift: tuple[float, float] = (0.0, 0.0),
+  flip: bool = False,
+) -> np.ndarray:
   """Forward 2x3 matrix (input pixel -> output pixel) for cv2.warpAffine.
 
   Pixel centres are integers and image corners map to corners (`align_corners=False`): the input
@@ -83,8 +99,14 @@ def affine_matrix(in_size: int, out_size: int, *, angle_deg: float = 0.0, zoom: 
 
 def warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
   """uint8 (H, W) -> uint8 (out_size, out_size): bilinear, zero border."""
-  return cv2.warpAffine(image, matrix, (out_size, out_size), flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  return cv2.warpAffine(
+    image,
+    matrix,
+    (out_size, out_size),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=0,
+  )
 
 
 def intensity_lut(mean: float, contrast: float, brightness: float) -> np.ndarray:

@@ -38,17 +38,15 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxcxr import CLASS_NAMES_3, CLASS_NAMES_4
-from jaxcxr.data import folders
+from jaxcxr.data import folders, lookalikes, sampling
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import lookalikes
-from jaxcxr.data import sampling
 
 # A folder prepared with `stored_size=0` is stored at this side (or at `image_size` when larger),
 # so experiments at any model resolution up to it reuse one prepared dataset: the loader resamples
@@ -68,12 +66,14 @@ _CITATION = """\
 @dataclasses.dataclass(eq=False)
 class CxrConfig(tfds.core.BuilderConfig):
   """A class set; the label of class `class_names[i]` is i."""
+
   class_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSettings:
   """Everything besides the class set that decides the prepared content (stored in metadata)."""
+
   split_seed: int = 0
   val_fraction: float = 0.15
   test_fraction: float = 0.15
@@ -88,7 +88,6 @@ class PrepareSettings:
   previous_version: str = ''
 
 
-
 class BadImagesError(ValueError):
   """One or more unusable files in the manual folder (`on_bad_image='error'`)."""
 
@@ -101,8 +100,7 @@ class SplitsChangedError(ValueError):
     super().__init__(f'{moved} of {total} films would change split')
 
 
-def _check(entry: folders.Entry,
-           settings: PrepareSettings) -> tuple[Optional[tuple], Optional[str]]:
+def _check(entry: folders.Entry, settings: PrepareSettings) -> tuple[tuple | None, str | None]:
   """((content hash, perceptual hash), None) for a usable image, (None, reason) for a bad one."""
   try:
     img = images_lib.load_grey(entry.path, max_pixels=settings.max_image_pixels)
@@ -122,6 +120,7 @@ def _map_threads(fn: Callable, items: list, num_threads: int, desc: str, progres
     it = pool.map(fn, items, chunksize=1)
     if progress:
       import tqdm  # pylint: disable=g-import-not-at-top
+
       it = tqdm.tqdm(it, total=len(items), desc=desc, unit='img', disable=None)
     return list(it)
 
@@ -132,21 +131,30 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = 'covid19_radiography'
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Stratified deduplicated splits, uint8 grey stored at a fixed size.',
-      '1.1.0': ('Look-alike films (16x16 dHash within lookalike_threshold bits) kept in one '
-                'split; 1.0.0 split film by film, so near copies could sit in train and test.'),
+    '1.0.0': 'Stratified deduplicated splits, uint8 grey stored at a fixed size.',
+    '1.1.0': (
+      'Look-alike films (16x16 dHash within lookalike_threshold bits) kept in one '
+      'split; 1.0.0 split film by film, so near copies could sit in train and test.'
+    ),
   }
   BUILDER_CONFIGS = [
-      CxrConfig(name='3class', class_names=CLASS_NAMES_3,
-                description='COVID, Normal, Viral Pneumonia (as in the paper).'),
-      CxrConfig(name='4class', class_names=CLASS_NAMES_4,
-                description='COVID, Normal, Viral Pneumonia, Lung_Opacity.'),
+    CxrConfig(
+      name='3class',
+      class_names=CLASS_NAMES_3,
+      description='COVID, Normal, Viral Pneumonia (as in the paper).',
+    ),
+    CxrConfig(
+      name='4class',
+      class_names=CLASS_NAMES_4,
+      description='COVID, Normal, Viral Pneumonia, Lung_Opacity.',
+    ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = '3class'
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Download the Kaggle "COVID-19 Radiography Database" (tawsifurrahman/'
-      'covid19-radiography-database), unzip it and pass the folder holding COVID/, Normal/, '
-      'Viral Pneumonia/ [, Lung_Opacity/] as --config.data.manual_dir.')
+    'Download the Kaggle "COVID-19 Radiography Database" (tawsifurrahman/'
+    'covid19-radiography-database), unzip it and pass the folder holding COVID/, Normal/, '
+    'Viral Pneumonia/ [, Lung_Opacity/] as --config.data.manual_dir.'
+  )
 
   # TFDS looks next to `code_path` for checksums/README files we do not have; its lookup of a
   # package's path needs the `importlib_resources` backport, which is not installed. None skips it.
@@ -155,24 +163,28 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls):  # pylint: disable=invalid-name
     return None
 
-  def __init__(self, *, settings: Optional[PrepareSettings] = None, **kwargs):
+  def __init__(self, *, settings: PrepareSettings | None = None, **kwargs):
     self._settings = settings or PrepareSettings()
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=('Chest X-rays (COVID-19 / Normal / Viral Pneumonia [/ Lung Opacity]) as 8-bit '
-                     'grey, resized to a square stored size.'),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding='bytes'),
-            'label': tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
-            'filename': tfds.features.Tensor(shape=(), dtype=np.str_),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database',
-        citation=_CITATION,
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=(
+        'Chest X-rays (COVID-19 / Normal / Viral Pneumonia [/ Lung Opacity]) as 8-bit '
+        'grey, resized to a square stored size.'
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding='bytes'),
+          'label': tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
+          'filename': tfds.features.Tensor(shape=(), dtype=np.str_),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database',
+      citation=_CITATION,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -180,27 +192,41 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     class_names = tuple(self.builder_config.class_names)
     manual_dir = Path(dl_manager.manual_dir)
     entries, ignored = folders.scan_folder(manual_dir, class_names)
-    checked = _map_threads(lambda e: _check(e, s), entries, s.num_threads,
-                           'Checking images', s.progress)
-    bad = [(e.name, reason) for e, (_, reason) in zip(entries, checked) if reason]
+    checked = _map_threads(
+      lambda e: _check(e, s), entries, s.num_threads, 'Checking images', s.progress
+    )
+    bad = [(e.name, reason) for e, (_, reason) in zip(entries, checked, strict=True) if reason]
     if bad and s.on_bad_image != 'skip':
       shown = '\n'.join(f'  {manual_dir / n}: {r}' for n, r in bad[:20])
       more = f'\n  ... and {len(bad) - 20} more' if len(bad) > 20 else ''
       raise BadImagesError(
-          f'{len(bad)} unusable image file(s) in {manual_dir}:\n{shown}{more}\n'
-          f'{images_lib.PREPARE_REMEDY}')
-    good = [(e, h) for e, (h, _) in zip(entries, checked) if h]
+        f'{len(bad)} unusable image file(s) in {manual_dir}:\n{shown}{more}\n'
+        f'{images_lib.PREPARE_REMEDY}'
+      )
+    good = [(e, h) for e, (h, _) in zip(entries, checked, strict=True) if h]
     keep, duplicates, conflicts = sampling.dedupe(
-        [h for _, (h, _) in good], [e.label for e, _ in good], [e.name for e, _ in good])
-    kept = [e for (e, _), k in zip(good, keep) if k]
+      [h for _, (h, _) in good], [e.label for e, _ in good], [e.name for e, _ in good]
+    )
+    kept = [e for (e, _), k in zip(good, keep, strict=True) if k]
     groups = self._lookalike_groups(good, keep)
-    assign = sampling.stratified_split([e.label for e in kept], [e.name for e in kept],
-                                       val_fraction=s.val_fraction, test_fraction=s.test_fraction,
-                                       seed=s.split_seed, groups=groups)
-    by_split = {split: [e for e, a in zip(kept, assign) if a == split] for split in sampling.SPLITS}
-    counts = {split: np.bincount([e.label for e in es], minlength=len(class_names)).tolist()
-              for split, es in by_split.items()}
-    self.info.metadata.update({
+    assign = sampling.stratified_split(
+      [e.label for e in kept],
+      [e.name for e in kept],
+      val_fraction=s.val_fraction,
+      test_fraction=s.test_fraction,
+      seed=s.split_seed,
+      groups=groups,
+    )
+    by_split = {
+      split: [e for e, a in zip(kept, assign, strict=True) if a == split]
+      for split in sampling.SPLITS
+    }
+    counts = {
+      split: np.bincount([e.label for e in es], minlength=len(class_names)).tolist()
+      for split, es in by_split.items()
+    }
+    self.info.metadata.update(
+      {
         'class_names': list(class_names),
         'settings': content_settings(s),
         'options': {'on_bad_image': s.on_bad_image, 'max_image_pixels': int(s.max_image_pixels)},
@@ -211,10 +237,14 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'ignored_hidden_files': ignored,
         'duplicates': duplicates,
         'label_conflicts': conflicts,
-        'lookalikes': lookalikes.describe(groups, [e.name for e in kept],
-                                          [class_names[e.label] for e in kept],
-                                          s.lookalike_threshold),
-    })
+        'lookalikes': lookalikes.describe(
+          groups,
+          [e.name for e in kept],
+          [class_names[e.label] for e in kept],
+          s.lookalike_threshold,
+        ),
+      }
+    )
     if s.previous_version:
       moved, total = _moved_films(Path(s.previous_version), by_split)
       if moved:
@@ -224,8 +254,9 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.info.metadata['phantom'] = json.loads(marker.read_text())
     return {split: self._generate_examples(es) for split, es in by_split.items() if es}
 
-  def _lookalike_groups(self, good: list[tuple[folders.Entry, tuple]],
-                        keep: np.ndarray) -> list[list[int]]:
+  def _lookalike_groups(
+    self, good: list[tuple[folders.Entry, tuple]], keep: np.ndarray
+  ) -> list[list[int]]:
     """Look-alike groups of the kept files (indices into them), found among all usable files.
 
     Grouping runs before exact copies are dropped (as in `launch.explore`), so a film and a near
@@ -235,23 +266,25 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if s.lookalike_threshold < 0 or len(good) < 2:
       return []
     hashes = np.stack([p for _, (_, p) in good])
-    groups, _, _ = lookalikes.near_duplicates(hashes, [c for _, (c, _) in good],
-                                              s.lookalike_threshold, progress=s.progress)
+    groups, _, _ = lookalikes.near_duplicates(
+      hashes, [c for _, (c, _) in good], s.lookalike_threshold, progress=s.progress
+    )
     return lookalikes.restrict(groups, np.asarray(keep, bool))
 
   def _generate_examples(self, entries: list[folders.Entry]) -> Iterator[tuple[str, dict]]:
     s = self._settings
 
     def load(e: folders.Entry) -> np.ndarray:
-      img = images_lib.load_grey(e.path, max_pixels=s.max_image_pixels,
-                                 remedy=images_lib.PREPARE_REMEDY)
+      img = images_lib.load_grey(
+        e.path, max_pixels=s.max_image_pixels, remedy=images_lib.PREPARE_REMEDY
+      )
       return images_lib.resize_grey(img, s.stored_size)
 
     n_threads = s.num_threads or os.cpu_count() or 1
     with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
       for start in range(0, len(entries), 256):  # bounded memory
-        chunk = entries[start:start + 256]
-        for e, img in zip(chunk, pool.map(load, chunk)):
+        chunk = entries[start : start + 256]
+        for e, img in zip(chunk, pool.map(load, chunk), strict=True):
           yield e.name, {'image': img, 'label': e.label, 'filename': e.name}
 
 
@@ -280,9 +313,13 @@ def _moved_films(previous: Path, by_split: dict[str, list[folders.Entry]]) -> tu
 
 def content_settings(s: PrepareSettings) -> dict:
   """The settings that decide the prepared content (compared when a dataset is reused)."""
-  return {'split_seed': int(s.split_seed), 'val_fraction': float(s.val_fraction),
-          'test_fraction': float(s.test_fraction), 'stored_size': int(s.stored_size),
-          'lookalike_threshold': int(s.lookalike_threshold)}
+  return {
+    'split_seed': int(s.split_seed),
+    'val_fraction': float(s.val_fraction),
+    'test_fraction': float(s.test_fraction),
+    'stored_size': int(s.stored_size),
+    'lookalike_threshold': int(s.lookalike_threshold),
+  }
 
 
 BUILDERS = {'folder': CovidRadiography, 'phantom': CxrPhantom}
@@ -294,5 +331,7 @@ def class_names_for(config_name: str) -> tuple[str, ...]:
   for c in CovidRadiography.BUILDER_CONFIGS:
     if c.name == config_name:
       return tuple(c.class_names)
-  raise ValueError(f'Unknown builder config {config_name!r} (config.data.builder_config / '
-                   f'--config.data.builder_config); known configs: {list(CONFIG_NAMES)}.')
+  raise ValueError(
+    f'Unknown builder config {config_name!r} (config.data.builder_config / '
+    f'--config.data.builder_config); known configs: {list(CONFIG_NAMES)}.'
+  )

@@ -10,19 +10,16 @@ import dataclasses
 import hashlib
 import json
 import os
-from pathlib import Path
 import shutil
-from typing import Callable, Optional
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxcxr.data import builder as builder_lib
-from jaxcxr.data import folders
+from jaxcxr.data import folders, lookalikes, phantom, sampling
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import lookalikes
-from jaxcxr.data import phantom
-from jaxcxr.data import sampling
 
 DEFAULT_DATA_DIR = '~/.cache/jaxcxr/tfds'
 _LOCK_NAME = '.jaxcxr_prepare.lock'
@@ -50,6 +47,7 @@ class DatasetHandle:
     metadata: the full metadata (settings, skipped files, duplicates, label conflicts, ...).
     phantom_dir: the generated Kaggle-layout folder with lesion masks (phantom data only).
   """
+
   name: str
   builder_config: str
   class_names: tuple[str, ...]
@@ -59,7 +57,7 @@ class DatasetHandle:
   dataset_dir: str
   stored_size: int
   metadata: dict
-  phantom_dir: Optional[str] = None
+  phantom_dir: str | None = None
   _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
@@ -80,8 +78,10 @@ class DatasetHandle:
     if split not in self.num_examples:
       raise ValueError(f'Unknown split {split!r}; expected one of {list(self.num_examples)}.')
     if not self.num_examples[split]:
-      raise ValueError(f'Split {split!r} of {self.dataset_dir} is empty (its fraction was 0 or '
-                       'the classes are too small); prepare with a non-zero fraction.')
+      raise ValueError(
+        f'Split {split!r} of {self.dataset_dir} is empty (its fraction was 0 or '
+        'the classes are too small); prepare with a non-zero fraction.'
+      )
 
   def source(self, split: str):
     """Random-access source of `split`: len() and [i] -> {'image', 'label', 'filename'} numpy."""
@@ -97,15 +97,15 @@ class DatasetHandle:
     key = ('raw', split)
     if key not in self._cache:
       self._cache[key] = self._builder().as_data_source(
-          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+      )
     return self._cache[key]
 
   def _index(self, split: str) -> tuple[np.ndarray, list[str]]:
     self._check_split(split)
     key = ('index', split)
     if key not in self._cache:
-      src = self._builder().as_data_source(
-          split, decoders={'image': tfds.decode.SkipDecoding()})
+      src = self._builder().as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
       labels, names = [], []
       for start in range(0, len(src), 1024):
         for r in src.__getitems__(list(range(start, min(len(src), start + 1024)))):
@@ -133,6 +133,7 @@ class _FileLock:
 
   def __enter__(self):
     import fcntl  # pylint: disable=g-import-not-at-top
+
     self._path.parent.mkdir(parents=True, exist_ok=True)
     self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
     fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -140,6 +141,7 @@ class _FileLock:
 
   def __exit__(self, *exc):
     import fcntl  # pylint: disable=g-import-not-at-top
+
     fcntl.flock(self._fd, fcntl.LOCK_UN)
     os.close(self._fd)
 
@@ -148,27 +150,37 @@ def validate_data_config(data_cfg) -> None:
   """Raises ValueError naming the offending `config.data` values and the fix."""
   builder_lib.class_names_for(data_cfg.builder_config)
   if data_cfg.source not in builder_lib.BUILDERS:
-    raise ValueError(f'config.data.source={data_cfg.source!r}; expected one of '
-                     f'{list(builder_lib.BUILDERS)}.')
+    raise ValueError(
+      f'config.data.source={data_cfg.source!r}; expected one of {list(builder_lib.BUILDERS)}.'
+    )
   v, t = float(data_cfg.val_fraction), float(data_cfg.test_fraction)
   if v < 0 or t < 0 or v + t >= 1:
-    raise ValueError(f'config.data.val_fraction={v} and test_fraction={t} must be >= 0 and sum '
-                     'to < 1 (the rest is train).')
+    raise ValueError(
+      f'config.data.val_fraction={v} and test_fraction={t} must be >= 0 and sum '
+      'to < 1 (the rest is train).'
+    )
   if data_cfg.on_bad_image not in ('error', 'skip'):
-    raise ValueError(f"config.data.on_bad_image={data_cfg.on_bad_image!r}; expected 'error' or "
-                     "'skip'.")
+    raise ValueError(
+      f"config.data.on_bad_image={data_cfg.on_bad_image!r}; expected 'error' or 'skip'."
+    )
   if int(data_cfg.image_size) <= 0 or int(data_cfg.stored_size) < 0:
-    raise ValueError(f'config.data.image_size={data_cfg.image_size} must be > 0 and '
-                     f'stored_size={data_cfg.stored_size} >= 0 (0 = automatic: '
-                     f'max(image_size, {builder_lib.DEFAULT_STORED_SIZE}) for a folder, '
-                     'image_size for phantoms).')
+    raise ValueError(
+      f'config.data.image_size={data_cfg.image_size} must be > 0 and '
+      f'stored_size={data_cfg.stored_size} >= 0 (0 = automatic: '
+      f'max(image_size, {builder_lib.DEFAULT_STORED_SIZE}) for a folder, '
+      'image_size for phantoms).'
+    )
   threshold = int(data_cfg.get('lookalike_threshold', lookalikes.DEFAULT_THRESHOLD))
   if not -1 <= threshold <= lookalikes.HASH_BITS:
-    raise ValueError(f'config.data.lookalike_threshold={threshold}; expected -1 (no grouping) to '
-                     f'{lookalikes.HASH_BITS} bits (default {lookalikes.DEFAULT_THRESHOLD}).')
+    raise ValueError(
+      f'config.data.lookalike_threshold={threshold}; expected -1 (no grouping) to '
+      f'{lookalikes.HASH_BITS} bits (default {lookalikes.DEFAULT_THRESHOLD}).'
+    )
   if data_cfg.source == 'phantom' and int(data_cfg.phantom.num_per_class) < 3:
-    raise ValueError(f'config.data.phantom.num_per_class={data_cfg.phantom.num_per_class}; need '
-                     '>= 3 so every split gets examples.')
+    raise ValueError(
+      f'config.data.phantom.num_per_class={data_cfg.phantom.num_per_class}; need '
+      '>= 3 so every split gets examples.'
+    )
 
 
 def stored_size(data_cfg) -> int:
@@ -189,12 +201,15 @@ def stored_size(data_cfg) -> int:
 
 def settings_from_config(data_cfg, *, progress: bool = True) -> builder_lib.PrepareSettings:
   return builder_lib.PrepareSettings(
-      split_seed=int(data_cfg.split_seed), val_fraction=float(data_cfg.val_fraction),
-      test_fraction=float(data_cfg.test_fraction), stored_size=stored_size(data_cfg),
-      on_bad_image=str(data_cfg.on_bad_image),
-      max_image_pixels=int(data_cfg.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
-      lookalike_threshold=int(data_cfg.get('lookalike_threshold', lookalikes.DEFAULT_THRESHOLD)),
-      progress=progress)
+    split_seed=int(data_cfg.split_seed),
+    val_fraction=float(data_cfg.val_fraction),
+    test_fraction=float(data_cfg.test_fraction),
+    stored_size=stored_size(data_cfg),
+    on_bad_image=str(data_cfg.on_bad_image),
+    max_image_pixels=int(data_cfg.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
+    lookalike_threshold=int(data_cfg.get('lookalike_threshold', lookalikes.DEFAULT_THRESHOLD)),
+    progress=progress,
+  )
 
 
 def prepare_command(data_cfg, data_dir: Path) -> str:
@@ -203,20 +218,33 @@ def prepare_command(data_cfg, data_dir: Path) -> str:
   Every setting that decides the prepared content is spelled out as a `--config.data.*` flag, so
   the command prepares the same dataset whichever config file it starts from.
   """
-  settings = {'data_dir': data_dir, 'source': data_cfg.source,
-              'builder_config': data_cfg.builder_config}
+  settings = {
+    'data_dir': data_dir,
+    'source': data_cfg.source,
+    'builder_config': data_cfg.builder_config,
+  }
   if data_cfg.source == 'phantom':
-    settings.update({f'phantom.{k}': data_cfg.phantom[k]
-                     for k in ('num_per_class', 'image_size', 'seed')})
+    settings.update(
+      {f'phantom.{k}': data_cfg.phantom[k] for k in ('num_per_class', 'image_size', 'seed')}
+    )
   else:
     settings['manual_dir'] = f"'{data_cfg.manual_dir or '<Kaggle folder>'}'"
-  settings.update(split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
-                  test_fraction=data_cfg.test_fraction, stored_size=stored_size(data_cfg),
-                  on_bad_image=data_cfg.on_bad_image)
+  settings.update(
+    split_seed=data_cfg.split_seed,
+    val_fraction=data_cfg.val_fraction,
+    test_fraction=data_cfg.test_fraction,
+    stored_size=stored_size(data_cfg),
+    on_bad_image=data_cfg.on_bad_image,
+  )
   if 'lookalike_threshold' in data_cfg:  # configs without the key prepare with the default
     settings['lookalike_threshold'] = data_cfg.lookalike_threshold
-  return ' '.join(['python -m launch.prepare_data --config configs/default.py',
-                   *(f'--config.data.{k}={v}' for k, v in settings.items()), '--overwrite'])
+  return ' '.join(
+    [
+      'python -m launch.prepare_data --config configs/default.py',
+      *(f'--config.data.{k}={v}' for k, v in settings.items()),
+      '--overwrite',
+    ]
+  )
 
 
 def _mismatches(meta: dict, expected: dict) -> list[str]:
@@ -224,8 +252,11 @@ def _mismatches(meta: dict, expected: dict) -> list[str]:
   for key, want in expected.items():
     have = meta.get(key)
     if isinstance(want, dict) and isinstance(have, dict):
-      out += [f'{key}.{k}: prepared {have.get(k)!r}, requested {v!r}'
-              for k, v in want.items() if have.get(k) != v]
+      out += [
+        f'{key}.{k}: prepared {have.get(k)!r}, requested {v!r}'
+        for k, v in want.items()
+        if have.get(k) != v
+      ]
     elif have != want:
       out.append(f'{key}: prepared {have!r}, requested {want!r}')
   return out
@@ -236,25 +267,33 @@ def _reuse_hint(meta: dict, expected: dict, data_cfg) -> str:
   have = (meta.get('settings') or {}).get('stored_size')
   want = expected['settings']['stored_size']
   others = {k: v for k, v in expected['settings'].items() if k != 'stored_size'}
-  same_otherwise = (all((meta.get('settings') or {}).get(k) == v for k, v in others.items()) and
-                    all(meta.get(k) == v for k, v in expected.items() if k != 'settings'))
+  same_otherwise = all((meta.get('settings') or {}).get(k) == v for k, v in others.items()) and all(
+    meta.get(k) == v for k, v in expected.items() if k != 'settings'
+  )
   if not same_otherwise or not isinstance(have, int) or have == want:
     return ''
   if have < int(data_cfg.image_size):
-    return (f'\n(The prepared images are {have} px, smaller than image_size='
-            f'{data_cfg.image_size}: re-prepare at a larger stored_size.)')
-  return (f'\nThe prepared {have} px images can serve image_size={data_cfg.image_size} (the '
-          f'loader resamples them): add --config.data.stored_size={have} to reuse them.')
+    return (
+      f'\n(The prepared images are {have} px, smaller than image_size='
+      f'{data_cfg.image_size}: re-prepare at a larger stored_size.)'
+    )
+  return (
+    f'\nThe prepared {have} px images can serve image_size={data_cfg.image_size} (the '
+    f'loader resamples them): add --config.data.stored_size={have} to reuse them.'
+  )
 
 
 def _phantom_dir(data_dir: Path, data_cfg, class_names) -> Path:
   p = data_cfg.phantom
-  return (data_dir / 'phantom_src' /
-          f'{data_cfg.builder_config}_n{p.num_per_class}_s{p.image_size}_seed{p.seed}'
-          f'_v{phantom.PHANTOM_VERSION}')
+  return (
+    data_dir
+    / 'phantom_src'
+    / f'{data_cfg.builder_config}_n{p.num_per_class}_s{p.image_size}_seed{p.seed}'
+    f'_v{phantom.PHANTOM_VERSION}'
+  )
 
 
-def _source_folder(data_cfg, data_dir: Path, class_names) -> tuple[Optional[Path], dict]:
+def _source_folder(data_cfg, data_dir: Path, class_names) -> tuple[Path | None, dict]:
   """The Kaggle-layout folder to prepare from (phantoms are generated into one first).
 
   Returns:
@@ -265,10 +304,13 @@ def _source_folder(data_cfg, data_dir: Path, class_names) -> tuple[Optional[Path
   if data_cfg.source == 'phantom':
     p = data_cfg.phantom
     folder = phantom.write_folder(
-        _phantom_dir(data_dir, data_cfg, class_names), num_per_class=int(p.num_per_class),
-        image_size=int(p.image_size), seed=int(p.seed), class_names=class_names)
-    identity['phantom'] = phantom.phantom_params(p.num_per_class, p.image_size, p.seed,
-                                                 class_names)
+      _phantom_dir(data_dir, data_cfg, class_names),
+      num_per_class=int(p.num_per_class),
+      image_size=int(p.image_size),
+      seed=int(p.seed),
+      class_names=class_names,
+    )
+    identity['phantom'] = phantom.phantom_params(p.num_per_class, p.image_size, p.seed, class_names)
   else:
     folder = Path(data_cfg.manual_dir).expanduser().resolve() if data_cfg.manual_dir else None
   if folder is not None and folder.is_dir():
@@ -303,29 +345,44 @@ def _older_versions(dataset_dir: Path) -> list[Path]:
   return [d for _, d in sorted(out)]
 
 
-def _older_version_message(older: Path, dataset_dir: Path, data_cfg, data_dir: Path, *,
-                           moved: Optional[builder_lib.SplitsChangedError] = None) -> str:
+def _older_version_message(
+  older: Path,
+  dataset_dir: Path,
+  data_cfg,
+  data_dir: Path,
+  *,
+  moved: builder_lib.SplitsChangedError | None = None,
+) -> str:
   """Why a dataset prepared by an older jaxcxr is not reused, and the command that replaces it."""
   old, new = older.name, dataset_dir.name
   if moved is None:  # no manual folder to check the new splits against the old ones
-    change = ('That can move films between train, validation and test (config.data.manual_dir '
-              'is empty, so this was not checked)')
+    change = (
+      'That can move films between train, validation and test (config.data.manual_dir '
+      'is empty, so this was not checked)'
+    )
   else:
-    change = (f'Here {moved.moved} of {moved.total} films would not be in the split they were '
-              'in')
+    change = f'Here {moved.moved} of {moved.total} films would not be in the split they were in'
   return (
-      f'The dataset in {older} was prepared by an older jaxcxr (dataset version {old}); this '
-      f'one prepares version {new}: '
-      f'{builder_lib.CovidRadiography.RELEASE_NOTES.get(new, "")} {change}, so '
-      f'the old dataset is not reused: a run trained on the {old} splits could be resumed or '
-      'evaluated on films it has seen. Re-prepare it (--overwrite replaces the '
-      f'{old} dataset) with:\n  '
-      f'{prepare_command(data_cfg, data_dir)}\nthen retrain the runs whose scores you compare, '
-      'or point config.data.data_dir at another folder.')
+    f'The dataset in {older} was prepared by an older jaxcxr (dataset version {old}); this '
+    f'one prepares version {new}: '
+    f'{builder_lib.CovidRadiography.RELEASE_NOTES.get(new, "")} {change}, so '
+    f'the old dataset is not reused: a run trained on the {old} splits could be resumed or '
+    'evaluated on films it has seen. Re-prepare it (--overwrite replaces the '
+    f'{old} dataset) with:\n  '
+    f'{prepare_command(data_cfg, data_dir)}\nthen retrain the runs whose scores you compare, '
+    'or point config.data.data_dir at another folder.'
+  )
 
 
-def _open_or_build(make: Callable[[str], tfds.core.DatasetBuilder], expected: dict,
-                   manual_dir: Optional[Path], *, overwrite: bool, data_cfg, data_dir: Path):
+def _open_or_build(
+  make: Callable[[str], tfds.core.DatasetBuilder],
+  expected: dict,
+  manual_dir: Path | None,
+  *,
+  overwrite: bool,
+  data_cfg,
+  data_dir: Path,
+):
   """The builder of a prepared dataset that matches `expected`, preparing it if absent.
 
   Raises:
@@ -346,29 +403,35 @@ def _open_or_build(make: Callable[[str], tfds.core.DatasetBuilder], expected: di
     bad = _mismatches(meta, expected)
     if bad:
       raise ValueError(
-          f'The dataset in {dataset_dir} was prepared with other settings than config.data '
-          f'asks for:\n  ' + '\n  '.join(bad) + _reuse_hint(meta, expected, data_cfg) +
-          '\nRe-prepare it with:\n  '
-          f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
-          'values, or point config.data.data_dir at another folder.')
+        f'The dataset in {dataset_dir} was prepared with other settings than config.data '
+        f'asks for:\n  '
+        + '\n  '.join(bad)
+        + _reuse_hint(meta, expected, data_cfg)
+        + '\nRe-prepare it with:\n  '
+        f'{prepare_command(data_cfg, data_dir)}\nor set config.data back to the prepared '
+        'values, or point config.data.data_dir at another folder.'
+      )
     return builder
   if older and manual_dir is None:
     raise ValueError(_older_version_message(older[-1], dataset_dir, data_cfg, data_dir))
   if manual_dir is None:
     raise ValueError(
-        f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
-        'config.data.manual_dir (--config.data.manual_dir=PATH) to the Kaggle folder, or '
-        "use config.data.source='phantom'.")
+      f'No prepared dataset in {dataset_dir} and config.data.manual_dir is empty. Set '
+      'config.data.manual_dir (--config.data.manual_dir=PATH) to the Kaggle folder, or '
+      "use config.data.source='phantom'."
+    )
   # Our messages for a missing or empty class folder, before TFDS's.
   folders.scan_folder(manual_dir, tuple(expected['class_names']))
   if older:
     builder = make(str(older[-1]))  # re-prepared only if the films keep their splits
   try:
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    )
   except builder_lib.SplitsChangedError as e:
-    raise ValueError(_older_version_message(older[-1], dataset_dir, data_cfg, data_dir,
-                                            moved=e)) from None
+    raise ValueError(
+      _older_version_message(older[-1], dataset_dir, data_cfg, data_dir, moved=e)
+    ) from None
   return builder
 
 
@@ -402,49 +465,65 @@ def prepare(data_cfg, *, overwrite: bool = False, progress: bool = True) -> Data
   class_names = builder_lib.class_names_for(data_cfg.builder_config)
   settings = settings_from_config(data_cfg, progress=progress)
   cls = builder_lib.BUILDERS[data_cfg.source]
-  expected = {'class_names': list(class_names),
-              'settings': builder_lib.content_settings(settings)}
+  expected = {'class_names': list(class_names), 'settings': builder_lib.content_settings(settings)}
   with _FileLock(data_dir / _LOCK_NAME):
     manual_dir, identity = _source_folder(data_cfg, data_dir, class_names)
     expected.update(identity)
     tfds_dir = _tfds_dir(data_cfg, data_dir, expected)
-    make = lambda previous: cls(
-        config=data_cfg.builder_config, data_dir=str(tfds_dir), file_format='array_record',
-        settings=dataclasses.replace(settings, previous_version=previous))
-    builder = _open_or_build(make, expected, manual_dir, overwrite=overwrite, data_cfg=data_cfg,
-                             data_dir=data_dir)
+
+    def make(previous):
+      return cls(
+        config=data_cfg.builder_config,
+        data_dir=str(tfds_dir),
+        file_format='array_record',
+        settings=dataclasses.replace(settings, previous_version=previous),
+      )
+
+    builder = _open_or_build(
+      make, expected, manual_dir, overwrite=overwrite, data_cfg=data_cfg, data_dir=data_dir
+    )
   meta = dict(builder.info.metadata)
   counts = {s: list(meta['class_counts'][s]) for s in sampling.SPLITS}
   return DatasetHandle(
-      name=cls.name, builder_config=data_cfg.builder_config, class_names=class_names,
-      num_examples={s: int(sum(c)) for s, c in counts.items()}, class_counts=counts,
-      data_dir=str(data_dir), dataset_dir=str(Path(builder.data_dir)),
-      stored_size=int(meta['settings']['stored_size']), metadata=meta,
-      phantom_dir=str(manual_dir) if data_cfg.source == 'phantom' else None)
+    name=cls.name,
+    builder_config=data_cfg.builder_config,
+    class_names=class_names,
+    num_examples={s: int(sum(c)) for s, c in counts.items()},
+    class_counts=counts,
+    data_dir=str(data_dir),
+    dataset_dir=str(Path(builder.data_dir)),
+    stored_size=int(meta['settings']['stored_size']),
+    metadata=meta,
+    phantom_dir=str(manual_dir) if data_cfg.source == 'phantom' else None,
+  )
 
 
 def summary_table(handle: DatasetHandle) -> str:
   """Per-class, per-split counts plus skipped files, duplicates, conflicts and look-alike groups."""
   splits = sampling.SPLITS
   w = max(12, *(len(c) for c in handle.class_names))
-  lines = [f'{handle.name}/{handle.builder_config} in {handle.dataset_dir}',
-           f"{'class':<{w}}" + ''.join(f'{s:>12}' for s in splits) + f"{'total':>12}"]
+  lines = [
+    f'{handle.name}/{handle.builder_config} in {handle.dataset_dir}',
+    f'{"class":<{w}}' + ''.join(f'{s:>12}' for s in splits) + f'{"total":>12}',
+  ]
   for i, c in enumerate(handle.class_names):
     row = [handle.class_counts[s][i] for s in splits]
     lines.append(f'{c:<{w}}' + ''.join(f'{n:>12}' for n in row) + f'{sum(row):>12}')
   tot = [handle.num_examples[s] for s in splits]
-  lines.append(f"{'total':<{w}}" + ''.join(f'{n:>12}' for n in tot) + f'{sum(tot):>12}')
+  lines.append(f'{"total":<{w}}' + ''.join(f'{n:>12}' for n in tot) + f'{sum(tot):>12}')
   m = handle.metadata
   dups = m.get('duplicates', [])
-  lines.append(f"files found: {m.get('num_files_found', '?')}; skipped bad files: "
-               f"{len(m.get('skipped', []))}; duplicate copies dropped: "
-               f'{sum(len(g) - 1 for g in dups)} (in {len(dups)} groups); label conflicts dropped: '
-               f"{sum(len(g) for g in m.get('label_conflicts', []))}; hidden files ignored: "
-               f"{len(m.get('ignored_hidden_files', []))}")
+  lines.append(
+    f'files found: {m.get("num_files_found", "?")}; skipped bad files: '
+    f'{len(m.get("skipped", []))}; duplicate copies dropped: '
+    f'{sum(len(g) - 1 for g in dups)} (in {len(dups)} groups); label conflicts dropped: '
+    f'{sum(len(g) for g in m.get("label_conflicts", []))}; hidden files ignored: '
+    f'{len(m.get("ignored_hidden_files", []))}'
+  )
   look = m.get('lookalikes') or {}
   lines.append(lookalikes.summary_line(look))
   for s in m.get('skipped', [])[:20]:
-    lines.append(f"  skipped {s['file']}: {s['reason']}")
+    lines.append(f'  skipped {s["file"]}: {s["reason"]}')
   for g in dups[:10]:
     lines.append(f'  duplicate: kept {g[0]}, dropped {", ".join(g[1:])}')
   for g in m.get('label_conflicts', [])[:10]:

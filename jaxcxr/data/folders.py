@@ -13,26 +13,26 @@ evaluation (`launch.evaluate --eval_dir`), the quality benchmark and `launch.exp
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Optional
 
 # Accepted folder names per class (older Kaggle releases used other spellings).
 FOLDER_ALIASES = {
-    'COVID': ('COVID', 'COVID-19'),
-    'Normal': ('Normal', 'NORMAL'),
-    'Viral Pneumonia': ('Viral Pneumonia', 'Viral_Pneumonia'),
-    'Lung_Opacity': ('Lung_Opacity', 'Lung Opacity'),
+  'COVID': ('COVID', 'COVID-19'),
+  'Normal': ('Normal', 'NORMAL'),
+  'Viral Pneumonia': ('Viral Pneumonia', 'Viral_Pneumonia'),
+  'Lung_Opacity': ('Lung_Opacity', 'Lung Opacity'),
 }
 
 
 @dataclasses.dataclass
 class Entry:
   """A file of a class folder: its label, path and name relative to the folder scanned."""
+
   label: int
   path: Path
   name: str  # relative to the manual folder, posix
 
 
-def _class_dir(root: Path, class_name: str) -> Optional[Path]:
+def _class_dir(root: Path, class_name: str) -> Path | None:
   """`root`'s folder of `class_name`: an alias (FOLDER_ALIASES) spelled exactly, else the one
   subfolder whose name matches an alias case-insensitively ('covid/', 'VIRAL PNEUMONIA/'); None.
 
@@ -46,8 +46,10 @@ def _class_dir(root: Path, class_name: str) -> Optional[Path]:
   wanted = {a.lower() for a in aliases}
   found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted)
   if len(found) > 1:
-    raise ValueError(f"{len(found)} folders in {root} could hold the '{class_name}' images: "
-                     f'{[p.name for p in found]}. Merge them into one {class_name}/ folder.')
+    raise ValueError(
+      f"{len(found)} folders in {root} could hold the '{class_name}' images: "
+      f'{[p.name for p in found]}. Merge them into one {class_name}/ folder.'
+    )
   return found[0] if found else None
 
 
@@ -69,8 +71,10 @@ def class_folders(root: Path, class_names: tuple[str, ...]) -> dict[str, Path]:
 def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
   """(candidate files sorted, hidden files) of a class folder; subfolders (masks/) are skipped."""
   files = sorted(p for p in folder.iterdir() if p.is_file())
-  return ([p for p in files if not p.name.startswith('.')],
-          [p for p in files if p.name.startswith('.')])
+  return (
+    [p for p in files if not p.name.startswith('.')],
+    [p for p in files if p.name.startswith('.')],
+  )
 
 
 def find_class_folder(manual_dir: Path, class_name: str) -> Path:
@@ -84,18 +88,20 @@ def find_class_folder(manual_dir: Path, class_name: str) -> Path:
     return folder
   found = sorted(p.name for p in manual_dir.iterdir() if p.is_dir()) if manual_dir.is_dir() else []
   raise FileNotFoundError(
-      f"Class folder '{class_name}/' is missing in {manual_dir} (found folders: {found}). Put the "
-      f"'{class_name}' images in {manual_dir / class_name}/ (or {class_name}/images/), or use a "
-      "builder config without this class (--config.data.builder_config=...).")
+    f"Class folder '{class_name}/' is missing in {manual_dir} (found folders: {found}). Put the "
+    f"'{class_name}' images in {manual_dir / class_name}/ (or {class_name}/images/), or use a "
+    'builder config without this class (--config.data.builder_config=...).'
+  )
 
 
 def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[Entry], list[str]]:
   """Lists candidate files per class (sorted). Returns (entries, ignored hidden files)."""
   if not manual_dir.is_dir():
     raise FileNotFoundError(
-        f'Manual data folder {manual_dir} does not exist. Download the Kaggle "COVID-19 '
-        'Radiography Database", unzip it and pass its folder as config.data.manual_dir '
-        '(--config.data.manual_dir=PATH).')
+      f'Manual data folder {manual_dir} does not exist. Download the Kaggle "COVID-19 '
+      'Radiography Database", unzip it and pass its folder as config.data.manual_dir '
+      '(--config.data.manual_dir=PATH).'
+    )
   entries, ignored = [], []
   for label, name in enumerate(class_names):
     folder = find_class_folder(manual_dir, name)
@@ -103,8 +109,9 @@ def scan_folder(manual_dir: Path, class_names: tuple[str, ...]) -> tuple[list[En
     ignored += [p.relative_to(manual_dir).as_posix() for p in hidden]
     if not files:
       raise FileNotFoundError(
-          f"Class folder {folder} contains no image files. Put the '{name}' images there, or use "
-          'a builder config without this class.')
+        f"Class folder {folder} contains no image files. Put the '{name}' images there, or use "
+        'a builder config without this class.'
+      )
     entries += [Entry(label, p, p.relative_to(manual_dir).as_posix()) for p in files]
   return entries, ignored
 

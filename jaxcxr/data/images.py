@@ -25,17 +25,18 @@ import zlib
 from typing import Union
 
 import numpy as np
-from PIL import Image
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 PathLike = Union[str, os.PathLike]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
 # Remedy appended to errors raised while preparing a dataset.
-PREPARE_REMEDY = ("Fix or delete the file, or set config.data.on_bad_image='skip' "
-                  "(--config.data.on_bad_image=skip) to skip it; skips are counted and "
-                  "reported in the dataset metadata.")
+PREPARE_REMEDY = (
+  "Fix or delete the file, or set config.data.on_bad_image='skip' "
+  '(--config.data.on_bad_image=skip) to skip it; skips are counted and '
+  'reported in the dataset metadata.'
+)
 
 
 class ImageError(ValueError):
@@ -73,8 +74,9 @@ def _to_grey(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('L'))
 
 
-def decode_grey(data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                remedy: str = '') -> np.ndarray:
+def decode_grey(
+  data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, remedy: str = ''
+) -> np.ndarray:
   """Decodes encoded image bytes (PNG/JPEG/BMP/TIFF/...) into uint8 (H, W).
 
   Args:
@@ -98,9 +100,12 @@ def decode_grey(data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PI
     w, h = im.size
     if w * h > max_pixels:
       raise ImageError(
-          name, f'it is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of '
-          f'{max_pixels / 1e6:.1f} MP (config.data.max_image_pixels; a decompression bomb or a '
-          'wrong file); it was not decoded', remedy)
+        name,
+        f'it is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of '
+        f'{max_pixels / 1e6:.1f} MP (config.data.max_image_pixels; a decompression bomb or a '
+        'wrong file); it was not decoded',
+        remedy,
+      )
     if w == 0 or h == 0:
       raise ImageError(name, f'it has an empty size {w}x{h}', remedy)
     im = ImageOps.exif_transpose(im)
@@ -110,14 +115,18 @@ def decode_grey(data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PI
     raise
   except Image.DecompressionBombError as e:  # Pillow's own guard fires first above ~179 MP
     raise ImageError(
-        name, f'it is too large to decode safely ({e}); the limit is {max_pixels / 1e6:.1f} MP '
-        '(config.data.max_image_pixels; a decompression bomb or a wrong file); it was not '
-        'decoded', remedy) from None
+      name,
+      f'it is too large to decode safely ({e}); the limit is {max_pixels / 1e6:.1f} MP '
+      '(config.data.max_image_pixels; a decompression bomb or a wrong file); it was not '
+      'decoded',
+      remedy,
+    ) from None
   except Image.UnidentifiedImageError:
     head = data[:8]
     kind = 'text' if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else 'binary'
-    raise ImageError(name, f'it is not an image Pillow can identify (starts with {kind} bytes '
-                     f'{head!r})', remedy) from None
+    raise ImageError(
+      name, f'it is not an image Pillow can identify (starts with {kind} bytes {head!r})', remedy
+    ) from None
   except (OSError, SyntaxError, ValueError, EOFError, zlib.error, MemoryError) as e:
     reason = str(e) or type(e).__name__
     if 'truncated' in reason.lower():
@@ -127,8 +136,9 @@ def decode_grey(data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PI
     raise ImageError(name, reason, remedy) from None
 
 
-def load_grey(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              remedy: str = '') -> np.ndarray:
+def load_grey(
+  path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, remedy: str = ''
+) -> np.ndarray:
   """Reads and decodes an image file into uint8 (H, W); see `decode_grey`."""
   try:
     with open(path, 'rb') as f:

@@ -26,8 +26,7 @@ import warnings
 from typing import Union
 
 import numpy as np
-from PIL import Image
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from jaxcxr.data import images as images_lib
 
@@ -52,6 +51,7 @@ class Thresholds:
     max_aspect: long / short side above which the aspect ratio is extreme.
     min_side_fraction: short side below this fraction of the model's input side is too small.
   """
+
   colour: float = 6.0
   min_spread: float = 10.0
   max_aspect: float = 2.0
@@ -70,6 +70,7 @@ class Inspection:
     reasons: names (of `REASONS`) of the checks that flagged it, in `REASONS` order; empty = passed.
     measures: the number each check decided on: {'colour', 'spread', 'aspect', 'short_side'}.
   """
+
   grey: np.ndarray
   reasons: list[str]
   measures: dict[str, float]
@@ -92,7 +93,7 @@ def grey_spread(grey: np.ndarray) -> float:
   """99th minus 1st percentile of the pixels of uint8 (H, W), in grey levels."""
   flat = np.asarray(grey).reshape(-1)
   if flat.size > _SPREAD_SAMPLES:
-    flat = flat[::flat.size // _SPREAD_SAMPLES]
+    flat = flat[:: flat.size // _SPREAD_SAMPLES]
   lo, hi = np.percentile(flat, [1.0, 99.0])
   return float(hi - lo)
 
@@ -104,7 +105,7 @@ def _colour_pixels(im: Image.Image) -> np.ndarray | None:
   """
   if im.mode in ('L', '1', 'LA', 'La', 'I', 'F') or im.mode.startswith('I;'):
     return None
-  im.draft('RGB', (_COLOUR_SIDE, _COLOUR_SIDE))   # a no-op for formats without reduced decoding
+  im.draft('RGB', (_COLOUR_SIDE, _COLOUR_SIDE))  # a no-op for formats without reduced decoding
   im = ImageOps.exif_transpose(im)
   im.thumbnail((_COLOUR_SIDE, _COLOUR_SIDE))
   im = im.convert('RGBA')
@@ -126,8 +127,9 @@ def file_colour(data: bytes) -> float:
   return 0.0 if pixels is None else colour_spread(pixels)
 
 
-def check(grey: np.ndarray, colour: float, image_size: int,
-          thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[list[str], dict[str, float]]:
+def check(
+  grey: np.ndarray, colour: float, image_size: int, thresholds: Thresholds = DEFAULT_THRESHOLDS
+) -> tuple[list[str], dict[str, float]]:
   """Runs the checks on a decoded grey image and its colour statistic.
 
   Args:
@@ -140,21 +142,30 @@ def check(grey: np.ndarray, colour: float, image_size: int,
     (reasons in `REASONS` order, measures {'colour', 'spread', 'aspect', 'short_side'}).
   """
   h, w = grey.shape[:2]
-  measures = {'colour': float(colour), 'spread': grey_spread(grey),
-              'aspect': max(h, w) / max(1, min(h, w)), 'short_side': float(min(h, w))}
+  measures = {
+    'colour': float(colour),
+    'spread': grey_spread(grey),
+    'aspect': max(h, w) / max(1, min(h, w)),
+    'short_side': float(min(h, w)),
+  }
   flagged = {
-      'colour': measures['colour'] > thresholds.colour,
-      'near_constant': measures['spread'] < thresholds.min_spread,
-      'aspect_ratio': measures['aspect'] > thresholds.max_aspect,
-      'too_small': measures['short_side'] < thresholds.min_side_fraction * image_size,
+    'colour': measures['colour'] > thresholds.colour,
+    'near_constant': measures['spread'] < thresholds.min_spread,
+    'aspect_ratio': measures['aspect'] > thresholds.max_aspect,
+    'too_small': measures['short_side'] < thresholds.min_side_fraction * image_size,
   }
   return [r for r in REASONS if flagged[r]], measures
 
 
-def inspect_bytes(data: bytes, *, name: PathLike, image_size: int,
-                  thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
-                  remedy: str = '') -> Inspection:
+def inspect_bytes(
+  data: bytes,
+  *,
+  name: PathLike,
+  image_size: int,
+  thresholds: Thresholds = DEFAULT_THRESHOLDS,
+  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+  remedy: str = '',
+) -> Inspection:
   """Decodes encoded image bytes to grey (as `images.decode_grey`) and runs the checks.
 
   Raises:
@@ -165,10 +176,14 @@ def inspect_bytes(data: bytes, *, name: PathLike, image_size: int,
   return Inspection(grey, reasons, measures)
 
 
-def inspect_file(path: PathLike, *, image_size: int,
-                 thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                 max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
-                 remedy: str = '') -> Inspection:
+def inspect_file(
+  path: PathLike,
+  *,
+  image_size: int,
+  thresholds: Thresholds = DEFAULT_THRESHOLDS,
+  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+  remedy: str = '',
+) -> Inspection:
   """`inspect_bytes` of a file (read once).
 
   Raises:
@@ -179,8 +194,14 @@ def inspect_file(path: PathLike, *, image_size: int,
       data = f.read()
   except OSError as e:
     raise images_lib.ImageError(path, f'it cannot be read ({e.strerror or e})', remedy) from None
-  return inspect_bytes(data, name=path, image_size=image_size, thresholds=thresholds,
-                       max_pixels=max_pixels, remedy=remedy)
+  return inspect_bytes(
+    data,
+    name=path,
+    image_size=image_size,
+    thresholds=thresholds,
+    max_pixels=max_pixels,
+    remedy=remedy,
+  )
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -20,14 +20,13 @@ padding; `handle.filenames(split)[index]` names the file).
 import math
 from typing import Any
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from jaxcxr.data import augment as augment_lib
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import sampling
-from jaxcxr.data import shm
+from jaxcxr.data import sampling, shm
 from jaxcxr.data.dataset import DatasetHandle
 
 
@@ -47,14 +46,18 @@ class RecordSource:
     self._fast = False
     try:
       a, b = self._parse(self._raw[0]), self._decoded[0]
-      self._fast = (np.array_equal(a['image'], b['image']) and a['image'].dtype == np.uint8
-                    and int(a['label']) == int(b['label']))
+      self._fast = (
+        np.array_equal(a['image'], b['image'])
+        and a['image'].dtype == np.uint8
+        and int(a['label']) == int(b['label'])
+      )
     except (KeyError, ValueError, IndexError, TypeError):
       self._fast = False
 
   @staticmethod
   def _parse(record: bytes) -> dict[str, Any]:
     from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
     f = tf_example_pb2.Example.FromString(record).features.feature
     shape = tuple(f['image/shape'].int64_list.value)
     image = np.frombuffer(f['image/value'].bytes_list.value[0], np.uint8).reshape(shape)
@@ -80,19 +83,28 @@ class _EvalRecord(grain.transforms.Map):
   def map(self, g: int) -> dict[str, Any]:
     s = self.image_size
     if g >= len(self.source):
-      return {'image': np.zeros((s, s, 1), np.uint8), 'label': np.int32(0),
-              'valid': np.bool_(False), 'index': np.int32(-1)}
+      return {
+        'image': np.zeros((s, s, 1), np.uint8),
+        'label': np.int32(0),
+        'valid': np.bool_(False),
+        'index': np.int32(-1),
+      }
     r = self.source[int(g)]
-    return {'image': images_lib.resize_grey(r['image'], s)[..., None],
-            'label': np.int32(r['label']), 'valid': np.bool_(True), 'index': np.int32(g)}
+    return {
+      'image': images_lib.resize_grey(r['image'], s)[..., None],
+      'label': np.int32(r['label']),
+      'valid': np.bool_(True),
+      'index': np.int32(g),
+    }
 
 
 def _check_batch(local_batch_size: int, process_index: int, process_count: int) -> None:
   if local_batch_size <= 0:
     raise ValueError(f'local_batch_size={local_batch_size} must be > 0.')
   if process_count <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} must be in [0, process_count='
-                     f'{process_count}).')
+    raise ValueError(
+      f'process_index={process_index} must be in [0, process_count={process_count}).'
+    )
 
 
 def _ensure_flags_parsed() -> None:
@@ -112,28 +124,45 @@ def augment_seed(seed: int) -> int:
   return int(np.random.SeedSequence([int(seed), 0x5EED]).generate_state(1)[0])
 
 
-def train_dataset(data_cfg, handle: DatasetHandle, *, local_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def train_dataset(
+  data_cfg,
+  handle: DatasetHandle,
+  *,
+  local_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.MapDataset:
   """The batched training `MapDataset` (infinite), before prefetching; see the module docstring."""
   _check_batch(local_batch_size, process_index, process_count)
   if seed < 0:
     raise ValueError(f'seed={seed} must be >= 0.')
   params = augment_lib.AugmentParams.from_config(data_cfg.augment)
   ds = grain.MapDataset.source(RecordSource(handle, 'train'))
-  ds = sampling.EpochResampleMapDataset(ds, handle.labels('train'), handle.num_classes,
-                                        mode=data_cfg.sampling, seed=int(seed))
+  ds = sampling.EpochResampleMapDataset(
+    ds, handle.labels('train'), handle.num_classes, mode=data_cfg.sampling, seed=int(seed)
+  )
   if params.enabled:
-    ds = ds.random_map(augment_lib.TrainAugment(params, data_cfg.image_size),
-                       seed=augment_seed(seed))
+    ds = ds.random_map(
+      augment_lib.TrainAugment(params, data_cfg.image_size), seed=augment_seed(seed)
+    )
   else:
     ds = ds.map(augment_lib.Resize(data_cfg.image_size))
-  ds = sampling.HostBlockMapDataset(ds, local_batch=local_batch_size, process_index=process_index,
-                                    process_count=process_count)
+  ds = sampling.HostBlockMapDataset(
+    ds, local_batch=local_batch_size, process_index=process_index, process_count=process_count
+  )
   return ds.batch(local_batch_size, drop_remainder=True)
 
 
-def train_iterator(data_cfg, handle: DatasetHandle, *, local_batch_size: int, seed: int,
-                   process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+def train_iterator(
+  data_cfg,
+  handle: DatasetHandle,
+  *,
+  local_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.DatasetIterator:
   """Infinite iterator of {'image': uint8 (B, S, S, 1), 'label': int32 (B,)} training batches.
 
   Args:
@@ -148,25 +177,40 @@ def train_iterator(data_cfg, handle: DatasetHandle, *, local_batch_size: int, se
     A `grain.DatasetIterator` (checkpointable). Close it (`it.close()`) when done: with workers,
     that stops them and unlinks the shared-memory batches still queued.
   """
-  ds = train_dataset(data_cfg, handle, local_batch_size=local_batch_size, seed=seed,
-                     process_index=process_index, process_count=process_count)
+  ds = train_dataset(
+    data_cfg,
+    handle,
+    local_batch_size=local_batch_size,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+  )
   prefetch = max(1, int(data_cfg.prefetch))
   workers = int(data_cfg.num_workers)
   if workers < 0:
     raise ValueError(f'config.data.num_workers={workers} must be >= 0 (0 = in-process).')
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=_threads(data_cfg),
-                                               prefetch_buffer_size=prefetch))
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=_threads(data_cfg), prefetch_buffer_size=prefetch)
+  )
   if workers > 0:
     _ensure_flags_parsed()
-    shm.remove_stale()   # segments of runs killed before they could unlink theirs
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                           per_worker_buffer_size=prefetch),
-                              worker_init_fn=shm.worker_init_fn())
+    shm.remove_stale()  # segments of runs killed before they could unlink theirs
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+      worker_init_fn=shm.worker_init_fn(),
+    )
   return iter(it_ds)
 
 
-def eval_iterator(data_cfg, handle: DatasetHandle, split: str, *, local_batch_size: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def eval_iterator(
+  data_cfg,
+  handle: DatasetHandle,
+  split: str,
+  *,
+  local_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """Finite, deterministic, unaugmented batches of `split`, padded to a static shape.
 
   Global batch k holds split positions [k G, (k + 1) G) (G = local_batch_size * process_count);
@@ -182,11 +226,15 @@ def eval_iterator(data_cfg, handle: DatasetHandle, split: str, *, local_batch_si
   global_batch = local_batch_size * process_count
   num_batches = math.ceil(len(source) / global_batch)
   ds = grain.MapDataset.range(num_batches * global_batch)
-  ds = sampling.HostBlockMapDataset(ds, local_batch=local_batch_size, process_index=process_index,
-                                    process_count=process_count)
+  ds = sampling.HostBlockMapDataset(
+    ds, local_batch=local_batch_size, process_index=process_index, process_count=process_count
+  )
   ds = ds.map(_EvalRecord(source, data_cfg.image_size)).batch(local_batch_size)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=_threads(data_cfg),
-                                              prefetch_buffer_size=max(1, int(data_cfg.prefetch))))
+  return ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=_threads(data_cfg), prefetch_buffer_size=max(1, int(data_cfg.prefetch))
+    )
+  )
 
 
 def steps_per_epoch(handle: DatasetHandle, global_batch_size: int) -> int:
@@ -207,4 +255,3 @@ def class_weights(handle: DatasetHandle) -> np.ndarray:
   w = np.zeros_like(counts)
   w[present] = counts.sum() / (present.sum() * counts[present])
   return w.astype(np.float32)
-

@@ -17,8 +17,8 @@ boundary; `jaxcxr.tools.duplicates` shows the same groups in the exploration rep
 import collections
 
 import numpy as np
-from PIL import Image
 import tqdm
+from PIL import Image
 
 HASH_SIDE = 16  # dHash side: 16 x 16 = 256 bits
 HASH_BITS = HASH_SIDE * HASH_SIDE
@@ -41,8 +41,14 @@ def hamming(a: np.ndarray, b: np.ndarray) -> int:
   return int(np.bitwise_count(np.asarray(a) ^ np.asarray(b)).sum())
 
 
-def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, block: int = 512,
-                    progress: bool = False) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+def near_duplicates(
+  hashes: np.ndarray,
+  content: list[str],
+  threshold: int,
+  *,
+  block: int = 512,
+  progress: bool = False,
+) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
   """Groups images whose hashes are within `threshold` bits (or whose content hashes are equal).
 
   Args:
@@ -76,19 +82,20 @@ def near_duplicates(hashes: np.ndarray, content: list[str], threshold: int, *, b
   nearest = np.full(len(content), -1, np.int64)
   partner = np.full(len(content), -1, np.int64)
   starts = range(0, m, block)
-  for s in tqdm.tqdm(starts, desc='Comparing hashes', unit='block',
-                     disable=None if progress else True):
-    rows = h[s:s + block]
+  for s in tqdm.tqdm(
+    starts, desc='Comparing hashes', unit='block', disable=None if progress else True
+  ):
+    rows = h[s : s + block]
     d = np.zeros((len(rows), m), np.uint16)
     for w in range(h.shape[1]):  # one word at a time: bounded temporaries
       d += np.bitwise_count(rows[:, w, None] ^ h[None, :, w]).astype(np.uint16)
     d[np.arange(len(rows)), s + np.arange(len(rows))] = np.iinfo(np.uint16).max  # self
     if m > 1:
       closest = d.argmin(axis=1)
-      nearest[usable[s:s + len(rows)]] = d[np.arange(len(rows)), closest]
-      partner[usable[s:s + len(rows)]] = usable[closest]
+      nearest[usable[s : s + len(rows)]] = d[np.arange(len(rows)), closest]
+      partner[usable[s : s + len(rows)]] = usable[closest]
     if threshold >= 0:
-      for i, j in zip(*np.nonzero(d <= threshold)):
+      for i, j in zip(*np.nonzero(d <= threshold), strict=True):
         if s + i < j:
           union(s + i, int(j))
   by_content: dict[str, int] = {}
@@ -116,8 +123,7 @@ def restrict(groups: list[list[int]], keep: np.ndarray) -> list[list[int]]:
   return sorted((g for g in out if len(g) > 1), key=lambda g: g[0])
 
 
-def describe(groups: list[list[int]], names: list[str], classes: list[str],
-             threshold: int) -> dict:
+def describe(groups: list[list[int]], names: list[str], classes: list[str], threshold: int) -> dict:
   """The dataset-metadata entry of the look-alike groups a prepare kept in one split each.
 
   Args:
@@ -132,18 +138,28 @@ def describe(groups: list[list[int]], names: list[str], classes: list[str],
      or a labelling error worth checking)}.
   """
   named = sorted(sorted(names[i] for i in g) for g in groups)
-  mixed = sorted(sorted(f'{names[i]} ({classes[i]})' for i in g)
-                 for g in groups if len({classes[i] for i in g}) > 1)
-  return {'hash': f'dHash {HASH_SIDE}x{HASH_SIDE}', 'threshold_bits': int(threshold),
-          'num_groups': len(named), 'num_files': sum(len(g) for g in named), 'groups': named,
-          'mixed_label_groups': mixed}
+  mixed = sorted(
+    sorted(f'{names[i]} ({classes[i]})' for i in g)
+    for g in groups
+    if len({classes[i] for i in g}) > 1
+  )
+  return {
+    'hash': f'dHash {HASH_SIDE}x{HASH_SIDE}',
+    'threshold_bits': int(threshold),
+    'num_groups': len(named),
+    'num_files': sum(len(g) for g in named),
+    'groups': named,
+    'mixed_label_groups': mixed,
+  }
 
 
 def summary_line(described: dict) -> str:
   """One line of `describe`'s entry: how many films were kept together, in how many groups."""
   if described.get('threshold_bits', -1) < 0:
     return 'look-alike films: not grouped (lookalike_threshold < 0: split film by film)'
-  return (f"look-alike films kept in one split: {described['num_files']} films in "
-          f"{described['num_groups']} groups ({described['hash']} within "
-          f"{described['threshold_bits']} bits; groups with different labels: "
-          f"{len(described['mixed_label_groups'])})")
+  return (
+    f'look-alike films kept in one split: {described["num_files"]} films in '
+    f'{described["num_groups"]} groups ({described["hash"]} within '
+    f'{described["threshold_bits"]} bits; groups with different labels: '
+    f'{len(described["mixed_label_groups"])})'
+  )

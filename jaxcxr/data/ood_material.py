@@ -27,7 +27,7 @@ import functools
 import gzip
 import importlib.util
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,9 +37,36 @@ from jaxcxr.data import phantom
 GENERATED = ('noise', 'blank', 'gradient', 'text', 'photos', 'photos_grey', 'mri', 'phantom')
 TRANSFORMS = ('rot90', 'inverted', 'tinted', 'corner_crop')
 
-_WORDS = ('patient', 'report', 'the', 'chest', 'invoice', 'total', 'meeting', 'notes', 'quantum',
-          'river', 'model', 'figure', 'table', 'results', 'version', 'hello', 'world', 'data',
-          'summary', 'page', '2026', 'TODO', 'lorem', 'ipsum', 'dolor', 'amet', 'x-ray', 'N=12')
+_WORDS = (
+  'patient',
+  'report',
+  'the',
+  'chest',
+  'invoice',
+  'total',
+  'meeting',
+  'notes',
+  'quantum',
+  'river',
+  'model',
+  'figure',
+  'table',
+  'results',
+  'version',
+  'hello',
+  'world',
+  'data',
+  'summary',
+  'page',
+  '2026',
+  'TODO',
+  'lorem',
+  'ipsum',
+  'dolor',
+  'amet',
+  'x-ray',
+  'N=12',
+)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -53,7 +80,7 @@ def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
     x = rng.uniform(lo, rng.uniform(lo + 40, 255), (size, size))
   elif kind == 1:
     x = rng.normal(rng.uniform(60, 190), rng.uniform(15, 60), (size, size))
-  else:   # low-pass: white noise at a coarse grid, upsampled smoothly
+  else:  # low-pass: white noise at a coarse grid, upsampled smoothly
     cells = int(rng.integers(4, max(5, size // 4)))
     coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
     x = np.asarray(Image.fromarray(coarse, mode='F').resize((size, size), Image.BICUBIC))
@@ -65,7 +92,7 @@ def _blank(rng: np.random.Generator, size: int) -> np.ndarray:
   kind = rng.integers(3)
   if kind == 0:
     return np.full((size, size), rng.integers(256), np.uint8)
-  if kind == 1:   # transparent RGBA: what a blank canvas exported from an editor holds
+  if kind == 1:  # transparent RGBA: what a blank canvas exported from an editor holds
     out = np.zeros((size, size, 4), np.uint8)
     out[..., :3] = rng.integers(256, size=3)
     return out
@@ -83,7 +110,7 @@ def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
     t = np.hypot(xx - cx, yy - cy)
   t = (t - t.min()) / (t.max() - t.min() + 1e-6)
   lo = rng.uniform(0, 195)
-  a, b = rng.permutation([lo, rng.uniform(lo + 60, 255)])   # at least 60 grey levels apart
+  a, b = rng.permutation([lo, rng.uniform(lo + 60, 255)])  # at least 60 grey levels apart
   return np.round(a + (b - a) * t).astype(np.uint8)
 
 
@@ -92,6 +119,7 @@ def _text_canvas(size: int):
   # matplotlib is imported where it is used: it costs ~1 s of every CLI's start-up otherwise.
   from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   fig = mpl_figure.Figure(figsize=(1, 1), dpi=size)
   return fig, backend_agg.FigureCanvasAgg(fig)
 
@@ -105,12 +133,17 @@ def _text(rng: np.random.Generator, size: int) -> np.ndarray:
     fg, bg = bg, fg
   fig.patch.set_facecolor(str(bg))
   lines = int(rng.integers(2, 9))
-  points = rng.uniform(3, 11) * 72 / 100   # font size relative to a 100 px canvas
+  points = rng.uniform(3, 11) * 72 / 100  # font size relative to a 100 px canvas
   for i in range(lines):
     words = ' '.join(rng.choice(_WORDS, int(rng.integers(1, 5))))
-    fig.text(rng.uniform(0.0, 0.3), 1 - (i + 1) / (lines + 1), words, color=str(fg),
-             fontsize=points * size / 72, family=str(rng.choice(['sans-serif', 'serif',
-                                                                 'monospace'])))
+    fig.text(
+      rng.uniform(0.0, 0.3),
+      1 - (i + 1) / (lines + 1),
+      words,
+      color=str(fg),
+      fontsize=points * size / 72,
+      family=str(rng.choice(['sans-serif', 'serif', 'monospace'])),
+    )
   canvas.draw()
   rgba = np.asarray(canvas.buffer_rgba())
   return np.asarray(Image.fromarray(rgba).convert('L'))
@@ -153,7 +186,7 @@ def _crop(rng: np.random.Generator, image: np.ndarray, size: int, lo: float = 0.
   side = int(min(h, w) * rng.uniform(lo, 1.0))
   ch = min(h, int(side * rng.uniform(0.9, 1.1)))
   y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - side + 1)
-  crop = image[y:y + ch, x:x + side]
+  crop = image[y : y + ch, x : x + side]
   if rng.random() < 0.5:
     crop = crop[:, ::-1]
   return _resize(np.ascontiguousarray(crop), size)
@@ -200,7 +233,7 @@ def transformed(kind: str, films: Sequence[np.ndarray], seed: int = 0) -> list[n
       out.append(np.ascontiguousarray(np.rot90(film, k=int(rng.choice([1, 3])))))
     elif kind == 'inverted':
       out.append(255 - film)
-    elif kind == 'tinted':   # each channel times its own gain: a colour cast of random hue
+    elif kind == 'tinted':  # each channel times its own gain: a colour cast of random hue
       w = rng.uniform(0, 1, 3)
       gains = 1.0 - rng.uniform(0.15, 0.5) * (w - w.min()) / (w.max() - w.min() + 1e-9)
       out.append(np.clip(np.round(film[..., None] * gains), 0, 255).astype(np.uint8))
@@ -209,5 +242,5 @@ def transformed(kind: str, films: Sequence[np.ndarray], seed: int = 0) -> list[n
       fh, fw = int(h * rng.uniform(0.3, 0.4)), int(w * rng.uniform(0.3, 0.4))
       y = 0 if rng.random() < 0.5 else h - fh
       x = 0 if rng.random() < 0.5 else w - fw
-      out.append(np.ascontiguousarray(film[y:y + fh, x:x + fw]))
+      out.append(np.ascontiguousarray(film[y : y + fh, x : x + fw]))
   return out

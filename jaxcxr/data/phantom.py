@@ -25,8 +25,9 @@ Everything is deterministic from `seed`. Output layout (the Kaggle one plus mask
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -57,8 +58,13 @@ def _blobs(cx, cy, sx, sy, amp, xs, ys):
   """Sum of axis-aligned Gaussians, (n, S, S); every argument but xs/ys is (n, K)."""
   gx = np.exp(-0.5 * ((xs[None, None, :] - cx[..., None]) / sx[..., None]) ** 2)
   gy = np.exp(-0.5 * ((ys[None, None, :] - cy[..., None]) / sy[..., None]) ** 2)
-  return np.einsum('nk,nkh,nkw->nhw', amp.astype(np.float32), gy.astype(np.float32),
-                   gx.astype(np.float32), optimize=True)
+  return np.einsum(
+    'nk,nkh,nkw->nhw',
+    amp.astype(np.float32),
+    gy.astype(np.float32),
+    gx.astype(np.float32),
+    optimize=True,
+  )
 
 
 def _sigmoid(x):
@@ -72,6 +78,7 @@ def _u(rng, lo, hi, n):
 class _Grid(NamedTuple):
   """Pixel coordinates in [-1, 1]: side `s`, 1-D `xs`/`ys` (S,) and broadcastable xx (1, 1, S),
   yy (1, S, 1)."""
+
   s: int
   xs: np.ndarray
   ys: np.ndarray
@@ -90,14 +97,15 @@ class _Chest:
 
   Geometry arrays are (n, 1, 1) so they broadcast against (n, S, S) images.
   """
-  img: np.ndarray          # float (n, S, S), 0 = black
-  field: np.ndarray        # lung field not behind the heart, (n, S, S) in [0, 1]
-  lung_mask: np.ndarray    # bool (n, S, S): inside a lung, outside the heart shadow
-  cx: np.ndarray           # thorax centre x
-  lcy: np.ndarray          # lung centre y
-  lw: np.ndarray           # lung half-width
-  lh: np.ndarray           # lung half-height
-  lung_cx: tuple           # (image-left lung centre x, image-right lung centre x)
+
+  img: np.ndarray  # float (n, S, S), 0 = black
+  field: np.ndarray  # lung field not behind the heart, (n, S, S) in [0, 1]
+  lung_mask: np.ndarray  # bool (n, S, S): inside a lung, outside the heart shadow
+  cx: np.ndarray  # thorax centre x
+  lcy: np.ndarray  # lung centre y
+  lw: np.ndarray  # lung half-width
+  lh: np.ndarray  # lung half-height
+  lung_cx: tuple  # (image-left lung centre x, image-right lung centre x)
 
   @property
   def n(self) -> int:
@@ -105,15 +113,20 @@ class _Chest:
 
   def lung_geometry(self):
     """(left lung cx, right lung cx, half-width, half-height, centre y), each (n,)."""
-    return (self.lung_cx[0][:, 0, 0], self.lung_cx[1][:, 0, 0], self.lw[:, 0, 0],
-            self.lh[:, 0, 0], self.lcy[:, 0, 0])
+    return (
+      self.lung_cx[0][:, 0, 0],
+      self.lung_cx[1][:, 0, 0],
+      self.lw[:, 0, 0],
+      self.lh[:, 0, 0],
+      self.lcy[:, 0, 0],
+    )
 
 
 def _thorax(rng, n: int, xx, yy):
   """Centre (cx, cy) of the chest and its soft-tissue envelope; the film's base grey level."""
   cx, cy = _u(rng, -0.05, 0.05, n), _u(rng, -0.02, 0.1, n)
   tw, th = _u(rng, 0.78, 0.92, n), _u(rng, 0.9, 1.05, n)
-  sup = ((np.abs(xx - cx) / tw) ** 4 + (np.abs(yy - cy - 0.05) / th) ** 4)
+  sup = (np.abs(xx - cx) / tw) ** 4 + (np.abs(yy - cy - 0.05) / th) ** 4
   thorax = _sigmoid((1.0 - sup) * 12.0)
   img = 0.08 + _u(rng, 0.32, 0.42, n) * thorax
   return cx, cy, thorax, img
@@ -154,11 +167,12 @@ def _anatomy(rng, n: int, g: _Grid) -> _Chest:
   spine = _sigmoid((_u(rng, 0.07, 0.1, n) - np.abs(xx - cx)) * 60.0)
   img = img + (0.1 + 0.02 * np.cos(yy * 40.0)) * spine * thorax
   # Posterior ribs: periodic arcs curving down laterally, visible across the thorax.
-  phase = (yy - cy - _u(rng, 0.0, 0.12, n) - _u(rng, 0.6, 0.9, n) * (xx - cx) ** 2)
+  phase = yy - cy - _u(rng, 0.0, 0.12, n) - _u(rng, 0.6, 0.9, n) * (xx - cx) ** 2
   ribs = np.maximum(0.0, np.cos(2 * np.pi * phase / _u(rng, 0.15, 0.19, n))) ** 4
   img = img + _u(rng, 0.04, 0.07, n) * ribs * thorax * (1.0 - spine)
-  return _Chest(img=img, field=field, lung_mask=lung_mask, cx=cx, lcy=lcy, lw=lw,
-                lh=lh, lung_cx=centers)
+  return _Chest(
+    img=img, field=field, lung_mask=lung_mask, cx=cx, lcy=lcy, lw=lw, lh=lh, lung_cx=centers
+  )
 
 
 def _covid(rng, c: _Chest, g: _Grid) -> np.ndarray:
@@ -170,7 +184,7 @@ def _covid(rng, c: _Chest, g: _Grid) -> np.ndarray:
   side = np.where(np.arange(k)[None, :] % 2 == 0, -1.0, 1.0) * np.ones((n, 1))
   center = np.where(side < 0, lcx_r[:, None], lcx_l[:, None])
   bx = center + side * lw0[:, None] * rng.uniform(0.4, 0.85, (n, k))  # lateral periphery
-  by = lcy0[:, None] + lh0[:, None] * rng.uniform(0.0, 0.7, (n, k))   # lower zones
+  by = lcy0[:, None] + lh0[:, None] * rng.uniform(0.0, 0.7, (n, k))  # lower zones
   sig = rng.uniform(0.06, 0.11, (n, k))
   amp = rng.uniform(0.14, 0.24, (n, k)) * (np.arange(k)[None, :] < count[:, None])
   patch = 0.35 + 0.65 * np.clip(0.5 + 0.35 * _smooth_noise(rng, n, g.s, 20), 0, 1)
@@ -188,7 +202,7 @@ def _viral_pneumonia(rng, c: _Chest, g: _Grid) -> np.ndarray:
   sig = rng.uniform(0.16, 0.24, (n, 2))
   env = _blobs(hx, hy, sig, sig * 1.3, rng.uniform(0.17, 0.25, (n, 2)), g.xs, g.ys)
   band = _smooth_noise(rng, n, s, 24) - 0.7 * _smooth_noise(rng, n, s, 10)
-  reticular = 0.3 + 0.7 * np.exp(-(band / 0.45) ** 2)
+  reticular = 0.3 + 0.7 * np.exp(-((band / 0.45) ** 2))
   inter = env * reticular
   # Lobar: one lung, below (lower lobe) or above (upper lobe) a slanted fissure.
   right = rng.random(n) < 0.5
@@ -229,8 +243,10 @@ def _finding(name: str, rng, c: _Chest, g: _Grid) -> np.ndarray:
   elif name in _FINDINGS:
     lesion = _FINDINGS[name](rng, c, g)
   else:
-    raise ValueError(f'phantom: no finding defined for class {name!r}; known: COVID, Normal, '
-                     'Viral Pneumonia, Lung_Opacity.')
+    raise ValueError(
+      f'phantom: no finding defined for class {name!r}; known: COVID, Normal, '
+      'Viral Pneumonia, Lung_Opacity.'
+    )
   return lesion.astype(np.float32) * c.field
 
 
@@ -245,14 +261,22 @@ def _acquisition(rng, img: np.ndarray, g: _Grid) -> np.ndarray:
   m = max(3, s // 20)
   for i in np.flatnonzero(has_marker):
     y0 = int(rng.integers(2, s // 6))
-    x0 = int(rng.integers(2, s // 6)) if rng.random() < 0.5 else int(s - m - rng.integers(2, s // 6))
-    img[i, y0:y0 + m, x0:x0 + m] = 0.95
-    img[i, y0 + 1:y0 + m - 1, x0 + m // 3:x0 + m] = 0.2  # an 'L'-like glyph
+    x0 = (
+      int(rng.integers(2, s // 6)) if rng.random() < 0.5 else int(s - m - rng.integers(2, s // 6))
+    )
+    img[i, y0 : y0 + m, x0 : x0 + m] = 0.95
+    img[i, y0 + 1 : y0 + m - 1, x0 + m // 3 : x0 + m] = 0.2  # an 'L'-like glyph
   return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
-           class_names: Sequence[str] = CLASS_NAMES_3) -> dict[str, np.ndarray]:
+def render(
+  label: int,
+  n: int,
+  *,
+  image_size: int,
+  rng: np.random.Generator,
+  class_names: Sequence[str] = CLASS_NAMES_3,
+) -> dict[str, np.ndarray]:
   """Draws `n` phantoms of one class: anatomy, then the class's finding, then acquisition.
 
   The draws from `rng` happen in that order, so the images depend only on (label, n, size, rng).
@@ -276,8 +300,9 @@ def render(label: int, n: int, *, image_size: int, rng: np.random.Generator,
   return {'image': image, 'lesion_mask': lesion_mask, 'lung_mask': chest.lung_mask}
 
 
-def generate(num_per_class: int, *, image_size: int, seed: int,
-             class_names: Sequence[str] = CLASS_NAMES_3):
+def generate(
+  num_per_class: int, *, image_size: int, seed: int, class_names: Sequence[str] = CLASS_NAMES_3
+):
   """Yields (class_name, index_from_1, image uint8 (S,S), lesion_mask bool (S,S)) deterministically.
 
   Chunk c of class k is drawn from `np.random.default_rng([seed, k, c])`, so the result does not
@@ -286,21 +311,38 @@ def generate(num_per_class: int, *, image_size: int, seed: int,
   for label, name in enumerate(class_names):
     for c, start in enumerate(range(0, num_per_class, _CHUNK)):
       n = min(_CHUNK, num_per_class - start)
-      out = render(label, n, image_size=image_size, rng=np.random.default_rng([seed, label, c]),
-                   class_names=class_names)
+      out = render(
+        label,
+        n,
+        image_size=image_size,
+        rng=np.random.default_rng([seed, label, c]),
+        class_names=class_names,
+      )
       for j in range(n):
         yield name, start + j + 1, out['image'][j], out['lesion_mask'][j]
 
 
-def phantom_params(num_per_class: int, image_size: int, seed: int,
-                   class_names: Sequence[str]) -> dict:
+def phantom_params(
+  num_per_class: int, image_size: int, seed: int, class_names: Sequence[str]
+) -> dict:
   """The parameters that define a phantom folder (written to PHANTOM.json and compared on reuse)."""
-  return {'version': PHANTOM_VERSION, 'num_per_class': int(num_per_class),
-          'image_size': int(image_size), 'seed': int(seed), 'class_names': list(class_names)}
+  return {
+    'version': PHANTOM_VERSION,
+    'num_per_class': int(num_per_class),
+    'image_size': int(image_size),
+    'seed': int(seed),
+    'class_names': list(class_names),
+  }
 
 
-def write_folder(out_dir: Union[str, os.PathLike], *, num_per_class: int, image_size: int,
-                 seed: int, class_names: Sequence[str] = CLASS_NAMES_3) -> Path:
+def write_folder(
+  out_dir: str | os.PathLike,
+  *,
+  num_per_class: int,
+  image_size: int,
+  seed: int,
+  class_names: Sequence[str] = CLASS_NAMES_3,
+) -> Path:
   """Writes a Kaggle-layout phantom folder (+ lesion masks and PHANTOM.json) and returns its path.
 
   The folder is written under a temporary name and renamed into place, so a crashed or concurrent
@@ -312,48 +354,55 @@ def write_folder(out_dir: Union[str, os.PathLike], *, num_per_class: int, image_
   if (out / MARKER_FILE).exists():
     if json.loads((out / MARKER_FILE).read_text()) == params:
       return out
-    raise ValueError(f'{out} holds a phantom folder with other parameters '
-                     f'({(out / MARKER_FILE).read_text()!s}); delete it or use another directory.')
+    raise ValueError(
+      f'{out} holds a phantom folder with other parameters '
+      f'({(out / MARKER_FILE).read_text()!s}); delete it or use another directory.'
+    )
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.parent / f'.{out.name}.tmp-{os.getpid()}'
   for name in class_names:
     (tmp / name / 'images').mkdir(parents=True, exist_ok=True)
     (tmp / name / 'lesion_masks').mkdir(parents=True, exist_ok=True)
-  for name, i, image, mask in generate(num_per_class, image_size=image_size, seed=seed,
-                                       class_names=class_names):
+  for name, i, image, mask in generate(
+    num_per_class, image_size=image_size, seed=seed, class_names=class_names
+  ):
     Image.fromarray(image).save(tmp / name / 'images' / f'{name}-{i}.png', compress_level=1)
     Image.fromarray(mask.astype(np.uint8) * 255).save(
-        tmp / name / 'lesion_masks' / f'{name}-{i}.png', compress_level=1)
+      tmp / name / 'lesion_masks' / f'{name}-{i}.png', compress_level=1
+    )
   (tmp / MARKER_FILE).write_text(json.dumps(params, indent=1))
   try:
     os.rename(tmp, out)
   except OSError:  # another process finished first
     import shutil  # pylint: disable=g-import-not-at-top
+
     shutil.rmtree(tmp, ignore_errors=True)
     if not (out / MARKER_FILE).exists():
       raise
   return out
 
 
-def mask_path(phantom_dir: Union[str, os.PathLike], filename: str) -> Path:
+def mask_path(phantom_dir: str | os.PathLike, filename: str) -> Path:
   """Path of the lesion mask for a record filename such as 'COVID/images/COVID-3.png'."""
   parts = Path(filename).parts
   if len(parts) != 3 or parts[1] != 'images':
-    raise ValueError(f"not a phantom record filename: {filename!r} (expected "
-                     "'<Class>/images/<Class>-<i>.png')")
+    raise ValueError(
+      f"not a phantom record filename: {filename!r} (expected '<Class>/images/<Class>-<i>.png')"
+    )
   return Path(phantom_dir) / parts[0] / 'lesion_masks' / parts[2]
 
 
-def load_lesion_mask(phantom_dir: Union[str, os.PathLike], filename: str,
-                     size: int = 0) -> np.ndarray:
+def load_lesion_mask(phantom_dir: str | os.PathLike, filename: str, size: int = 0) -> np.ndarray:
   """Lesion mask bool (H, W) for a record filename; `size` > 0 resizes it (nearest) to (size, size).
 
   Normal images have an all-False mask.
   """
   path = mask_path(phantom_dir, filename)
   if not path.exists():
-    raise FileNotFoundError(f'no lesion mask for {filename!r} at {path}; is {phantom_dir} the '
-                            'phantom folder of this dataset (DatasetHandle.phantom_dir)?')
+    raise FileNotFoundError(
+      f'no lesion mask for {filename!r} at {path}; is {phantom_dir} the '
+      'phantom folder of this dataset (DatasetHandle.phantom_dir)?'
+    )
   im = Image.open(path)
   if size and im.size != (size, size):
     im = im.resize((size, size), Image.NEAREST)

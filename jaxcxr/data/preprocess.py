@@ -18,7 +18,7 @@ jitted `to_model_input` 88 ms/batch; on an accelerator the uint8 path also moves
 """
 
 import os
-from typing import Callable, Union
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +66,15 @@ def to_model_input_np(images_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
 # Test-time augmentation (config.eval.tta): (zoom, shift x, shift y), shifts as fractions of the
 # side. The input itself, four shifts and two zooms: milder versions of the training augmentation
 # (translate 0.06, zoom 0.9-1.1). docs/RESULTS.md has what they bought on real X-rays.
-TTA_VIEWS = ((1.0, 0.0, 0.0), (1.0, 0.04, 0.0), (1.0, -0.04, 0.0), (1.0, 0.0, 0.04),
-             (1.0, 0.0, -0.04), (1.08, 0.0, 0.0), (0.93, 0.0, 0.0))
+TTA_VIEWS = (
+  (1.0, 0.0, 0.0),
+  (1.0, 0.04, 0.0),
+  (1.0, -0.04, 0.0),
+  (1.0, 0.0, 0.04),
+  (1.0, 0.0, -0.04),
+  (1.08, 0.0, 0.0),
+  (0.93, 0.0, 0.0),
+)
 
 
 def tta_views(images, views=TTA_VIEWS) -> jax.Array:
@@ -89,8 +96,9 @@ def tta_views(images, views=TTA_VIEWS) -> jax.Array:
   return jnp.concatenate(out, axis=0)
 
 
-def view_averaged_probs(logits_fn: Callable[[jax.Array], jax.Array], images,
-                        views=TTA_VIEWS) -> jax.Array:
+def view_averaged_probs(
+  logits_fn: Callable[[jax.Array], jax.Array], images, views=TTA_VIEWS
+) -> jax.Array:
   """Softmax of `logits_fn` (model input -> logits) averaged over `tta_views`: float32 (B, C)."""
   b = images.shape[0]
   logits = logits_fn(tta_views(images, views)).astype(jnp.float32)
@@ -109,9 +117,13 @@ def prepare_grey(image: np.ndarray, image_size: int, stored_size: int = 0) -> np
   return images_lib.resize_grey(image, image_size)[..., None]
 
 
-def load_image_for_inference(path: Union[str, os.PathLike], image_size: int, *,
-                             stored_size: int = 0,
-                             max_pixels: int = images_lib.DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image_for_inference(
+  path: str | os.PathLike,
+  image_size: int,
+  *,
+  stored_size: int = 0,
+  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
   """Reads an image file for predict / Grad-CAM: uint8 (image_size, image_size, 1).
 
   Raises:

@@ -24,7 +24,7 @@ and the global batch does not depend on how many hosts there are.
 
 import collections
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -33,8 +33,9 @@ SAMPLING_MODES = ('balanced', 'oversample', 'none', 'class_weighted_loss')
 SPLITS = ('train', 'validation', 'test')
 
 
-def dedupe(hashes: Sequence[str], labels: Sequence[int],
-           names: Sequence[str]) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+def dedupe(
+  hashes: Sequence[str], labels: Sequence[int], names: Sequence[str]
+) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
   """Drops repeated pixel content so that one picture can never land in two splits.
 
   Within a group of equal `hashes` the first name (sorted) of a single-label group is kept. A group
@@ -67,9 +68,15 @@ def dedupe(hashes: Sequence[str], labels: Sequence[int],
 _GROUP_STREAM = 1 << 20  # random stream of the group placement; class c's is (seed, c)
 
 
-def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fraction: float,
-                     test_fraction: float, seed: int,
-                     groups: Sequence[Sequence[int]] = ()) -> list[str]:
+def stratified_split(
+  labels: Sequence[int],
+  names: Sequence[str],
+  *,
+  val_fraction: float,
+  test_fraction: float,
+  seed: int,
+  groups: Sequence[Sequence[int]] = (),
+) -> list[str]:
   """Assigns each example to 'train' / 'validation' / 'test', class by class, groups whole.
 
   Per class, round(n * test_fraction) examples go to test, round(n * val_fraction) to validation
@@ -96,13 +103,14 @@ def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fractio
   room = {'test': {}, 'validation': {}, 'train': {}}
   for c in classes:
     n = int(np.sum(labels == c))
-    room['test'][c] = int(round(n * test_fraction))
-    room['validation'][c] = int(round(n * val_fraction))
+    room['test'][c] = round(n * test_fraction)
+    room['validation'][c] = round(n * val_fraction)
     room['train'][c] = n - room['test'][c] - room['validation'][c]
   grouped = _place_groups(labels, names, groups, room, seed, out)
   for c in classes:
-    idx = sorted((i for i in np.flatnonzero(labels == c) if i not in grouped),
-                 key=lambda i: names[i])
+    idx = sorted(
+      (i for i in np.flatnonzero(labels == c) if i not in grouped), key=lambda i: names[i]
+    )
     perm = np.random.default_rng([seed, c]).permutation(len(idx))
     n_test = max(room['test'][c], 0)
     n_val = max(room['validation'][c], 0)
@@ -112,8 +120,14 @@ def stratified_split(labels: Sequence[int], names: Sequence[str], *, val_fractio
   return out
 
 
-def _place_groups(labels: np.ndarray, names: Sequence[str], groups: Sequence[Sequence[int]],
-                  room: dict, seed: int, out: list[str]) -> set[int]:
+def _place_groups(
+  labels: np.ndarray,
+  names: Sequence[str],
+  groups: Sequence[Sequence[int]],
+  room: dict,
+  seed: int,
+  out: list[str],
+) -> set[int]:
   """Puts each group whole into one split (see `stratified_split`); updates `room` and `out`.
 
   Returns:
@@ -123,7 +137,7 @@ def _place_groups(labels: np.ndarray, names: Sequence[str], groups: Sequence[Seq
   for g in groups:
     if placed & set(g):
       raise ValueError(f'Example(s) {sorted(placed & set(g))} belong to more than one group.')
-    placed |= set(int(i) for i in g)
+    placed |= {int(i) for i in g}
   rng = np.random.default_rng([seed, _GROUP_STREAM])
   for g in sorted(groups, key=lambda g: (-len(g), min(names[i] for i in g))):
     need = collections.Counter(int(labels[i]) for i in g)
@@ -132,8 +146,10 @@ def _place_groups(labels: np.ndarray, names: Sequence[str], groups: Sequence[Seq
       weight = np.array([sum(room[s][c] for c in need) for s in fits], np.float64)
       split = fits[rng.choice(len(fits), p=weight / weight.sum())]
     else:
-      split = min(SPLITS, key=lambda s: (sum(max(k - room[s][c], 0) for c, k in need.items()),
-                                         SPLITS.index(s)))
+      split = min(
+        SPLITS,
+        key=lambda s: (sum(max(k - room[s][c], 0) for c, k in need.items()), SPLITS.index(s)),
+      )
     for c, k in need.items():
       room[split][c] -= k
     for i in g:
@@ -155,8 +171,9 @@ def _quota_before(num_draws: int, num_classes: int, c: int, epoch: int) -> int:
   return epoch * q + full * r + extra
 
 
-def class_stream(members: np.ndarray, start: int, count: int, *, seed: int,
-                 label: int) -> np.ndarray:
+def class_stream(
+  members: np.ndarray, start: int, count: int, *, seed: int, label: int
+) -> np.ndarray:
   """Positions [start, start + count) of a class's endless stream of record indices.
 
   The stream concatenates permutations of `members` (cycle k drawn from (seed, label, k)): each
@@ -178,14 +195,18 @@ def _balanced_epoch(labels: np.ndarray, num_classes: int, seed: int, epoch: int)
   draws = []
   for j, c in enumerate(present):
     members = np.flatnonzero(labels == c)
-    draws.append(class_stream(members, _quota_before(n, k, j, epoch), class_quota(n, k, j, epoch),
-                              seed=seed, label=c))
+    draws.append(
+      class_stream(
+        members, _quota_before(n, k, j, epoch), class_quota(n, k, j, epoch), seed=seed, label=c
+      )
+    )
   draws = np.concatenate(draws)
   return draws[np.random.default_rng([seed, epoch]).permutation(len(draws))]
 
 
-def epoch_indices(labels: np.ndarray, num_classes: int, *, mode: str, seed: int,
-                  epoch: int) -> np.ndarray:
+def epoch_indices(
+  labels: np.ndarray, num_classes: int, *, mode: str, seed: int, epoch: int
+) -> np.ndarray:
   """The N record indices of training epoch `epoch` (see the module docstring), int64 (N,)."""
   labels = np.asarray(labels)
   n = len(labels)
@@ -210,8 +231,9 @@ def host_block_index(j: int, *, local_batch: int, process_index: int, process_co
 class EpochResampleMapDataset(grain.MapDataset):
   """Infinite stream over a parent dataset: element g is parent[epoch_indices(e)[g mod N]]."""
 
-  def __init__(self, parent: grain.MapDataset, labels: np.ndarray, num_classes: int, *,
-               mode: str, seed: int):
+  def __init__(
+    self, parent: grain.MapDataset, labels: np.ndarray, num_classes: int, *, mode: str, seed: int
+  ):
     super().__init__(parent)
     if mode not in SAMPLING_MODES:
       raise ValueError(f'config.data.sampling={mode!r}; expected one of {SAMPLING_MODES}.')
@@ -239,8 +261,9 @@ class EpochResampleMapDataset(grain.MapDataset):
     epoch, pos = divmod(g, len(self._labels))
     draws = self._cache.get(epoch)
     if draws is None:  # threads may compute the same epoch twice; the result is identical
-      draws = epoch_indices(self._labels, self._num_classes, mode=self._mode, seed=self._seed,
-                            epoch=epoch)
+      draws = epoch_indices(
+        self._labels, self._num_classes, mode=self._mode, seed=self._seed, epoch=epoch
+      )
       self._cache[epoch] = draws
       for old in sorted(self._cache)[:-4]:
         self._cache.pop(old, None)
@@ -258,13 +281,15 @@ class EpochResampleMapDataset(grain.MapDataset):
 class HostBlockMapDataset(grain.MapDataset):
   """This process's part of a global stream: contiguous blocks of `local_batch` per global batch."""
 
-  def __init__(self, parent: grain.MapDataset, *, local_batch: int, process_index: int,
-               process_count: int):
+  def __init__(
+    self, parent: grain.MapDataset, *, local_batch: int, process_index: int, process_count: int
+  ):
     super().__init__(parent)
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index={process_index} not in [0, process_count={process_count})')
-    self._kw = dict(local_batch=local_batch, process_index=process_index,
-                    process_count=process_count)
+    self._kw = dict(
+      local_batch=local_batch, process_index=process_index, process_count=process_count
+    )
     self._length = len(parent) // process_count if len(parent) < sys.maxsize else sys.maxsize
 
   def __len__(self) -> int:

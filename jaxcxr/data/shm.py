@@ -19,8 +19,8 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from multiprocessing import shared_memory
-from typing import Callable
 
 from absl import logging
 
@@ -31,8 +31,11 @@ _NAME = re.compile(rf'{PREFIX}(\d+)_[0-9a-f]+')
 
 def supported() -> bool:
   """Whether segment names can carry the owner (Linux: /dev/shm, no 14-character name limit)."""
-  return (sys.platform.startswith('linux') and os.path.isdir(SHM_DIR)
-          and callable(getattr(shared_memory, '_make_filename', None)))
+  return (
+    sys.platform.startswith('linux')
+    and os.path.isdir(SHM_DIR)
+    and callable(getattr(shared_memory, '_make_filename', None))
+  )
 
 
 def _name_segments_for(owner_pid: int, worker_index: int, worker_count: int) -> None:
@@ -56,7 +59,7 @@ def _alive(pid: int) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:   # exists, owned by someone else
+  except PermissionError:  # exists, owned by someone else
     return True
   return True
 
@@ -75,11 +78,14 @@ def remove_stale(shm_dir: str = SHM_DIR) -> list[str]:
       if os.stat(path).st_uid != os.getuid():
         continue
       os.unlink(path)
-    except FileNotFoundError:   # another process cleaned it up first
+    except FileNotFoundError:  # another process cleaned it up first
       continue
     removed.append(name)
   if removed:
-    logging.warning('Removed %d shared-memory segment(s) left in %s by killed runs: %s',
-                    len(removed), shm_dir, ', '.join(removed[:5]) + (' ...' if len(removed) > 5
-                                                                      else ''))
+    logging.warning(
+      'Removed %d shared-memory segment(s) left in %s by killed runs: %s',
+      len(removed),
+      shm_dir,
+      ', '.join(removed[:5]) + (' ...' if len(removed) > 5 else ''),
+    )
   return removed

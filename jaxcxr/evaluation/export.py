@@ -24,14 +24,13 @@ import inspect
 import json
 import os
 import pprint
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcxr.data import dataset
-from jaxcxr.data import preprocess
+from jaxcxr.data import dataset, preprocess
 from jaxcxr.training import checkpoint
 
 # Our class names -> the competition's label strings.
@@ -40,11 +39,14 @@ LAYOUTS = ('NHWC', 'NCHW')
 INPUT_NAME = 'input'
 OUTPUT_NAME = 'probabilities'
 SPEC_FORMAT = 'jaxcxr-preprocessing/1'
-_INSTALL = ('pip install -r requirements-export.txt && pip install --no-deps jax2onnx==0.17.1')
+_INSTALL = 'pip install -r requirements-export.txt && pip install --no-deps jax2onnx==0.17.1'
 
 
-def to_leaderboard_labels(pred_indices: Sequence[int], class_names: Sequence[str],
-                          mapping: Mapping[str, str] = LEADERBOARD_LABELS) -> list[str]:
+def to_leaderboard_labels(
+  pred_indices: Sequence[int],
+  class_names: Sequence[str],
+  mapping: Mapping[str, str] = LEADERBOARD_LABELS,
+) -> list[str]:
   """Predicted class indices -> leaderboard label strings, in the same (input file) order.
 
   Raises:
@@ -55,48 +57,60 @@ def to_leaderboard_labels(pred_indices: Sequence[int], class_names: Sequence[str
   missing = [c for c in class_names if c not in mapping]
   if missing:
     raise ValueError(
-        f'Classes {missing} of this model have no leaderboard label; the mapping covers '
-        f'{sorted(mapping)}. The leaderboard scores {sorted(set(mapping.values()))} only: use a '
-        '3-class model (config.data.builder_config="3class") or pass a mapping for every class.')
+      f'Classes {missing} of this model have no leaderboard label; the mapping covers '
+      f'{sorted(mapping)}. The leaderboard scores {sorted(set(mapping.values()))} only: use a '
+      '3-class model (config.data.builder_config="3class") or pass a mapping for every class.'
+    )
   labels = [mapping[c] for c in class_names]
   out = []
   for i in np.asarray(pred_indices, np.int64).reshape(-1):
     if not 0 <= i < len(class_names):
-      raise ValueError(f'Predicted index {int(i)} is outside [0, {len(class_names)}) for classes '
-                       f'{class_names}.')
+      raise ValueError(
+        f'Predicted index {int(i)} is outside [0, {len(class_names)}) for classes {class_names}.'
+      )
     out.append(labels[i])
   return out
 
 
-def preprocessing_spec(image_size: int, *, stored_size: int = 0, layout: str = 'NHWC',
-                       class_names: Sequence[str] = (),
-                       mapping: Mapping[str, str] = LEADERBOARD_LABELS) -> dict:
+def preprocessing_spec(
+  image_size: int,
+  *,
+  stored_size: int = 0,
+  layout: str = 'NHWC',
+  class_names: Sequence[str] = (),
+  mapping: Mapping[str, str] = LEADERBOARD_LABELS,
+) -> dict:
   """The model-input preprocessing as a JSON-able dict (see `write_preprocessing_spec`)."""
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r}; choose one of {LAYOUTS}.')
   s = int(image_size)
   spec = {
-      'format': SPEC_FORMAT,
-      'input': 'image file (PNG/JPEG/BMP/TIFF) path or bytes, or a uint8 grey (H, W) array',
-      'grey': ('EXIF orientation applied; 8-bit grey: L as is, RGB/palette via ITU-R 601-2 luma '
-               '(Pillow convert("L")), alpha composited onto black, 16/32-bit and float images '
-               'min-max stretched to 0..255'),
-      'resize': {'stored_size': int(stored_size) if stored_size and stored_size != s else 0,
-                 'image_size': s, 'method': 'Pillow bilinear with antialiasing (torchvision '
-                 'Resize on PIL images)', 'keep_aspect_ratio': False,
-                 'note': 'stored_size > 0: resized to stored_size first, then to image_size, as '
-                         'the training data was'},
-      'channels': 'grey repeated to 3 channels (R = G = B)',
-      'scale': 1.0 / 255.0,
-      'mean': list(preprocess.IMAGENET_MEAN),
-      'std': list(preprocess.IMAGENET_STD),
-      'formula': 'x = (pixel / 255 - mean[c]) / std[c]',
-      'layout': layout,
-      'dtype': 'float32',
-      'input_shape': [-1, s, s, 3] if layout == 'NHWC' else [-1, 3, s, s],
-      'input_name': INPUT_NAME,
-      'output_name': OUTPUT_NAME,
-      'output': 'softmax probabilities (N, num_classes), columns in class_names order',
+    'format': SPEC_FORMAT,
+    'input': 'image file (PNG/JPEG/BMP/TIFF) path or bytes, or a uint8 grey (H, W) array',
+    'grey': (
+      'EXIF orientation applied; 8-bit grey: L as is, RGB/palette via ITU-R 601-2 luma '
+      '(Pillow convert("L")), alpha composited onto black, 16/32-bit and float images '
+      'min-max stretched to 0..255'
+    ),
+    'resize': {
+      'stored_size': int(stored_size) if stored_size and stored_size != s else 0,
+      'image_size': s,
+      'method': 'Pillow bilinear with antialiasing (torchvision Resize on PIL images)',
+      'keep_aspect_ratio': False,
+      'note': 'stored_size > 0: resized to stored_size first, then to image_size, as '
+      'the training data was',
+    },
+    'channels': 'grey repeated to 3 channels (R = G = B)',
+    'scale': 1.0 / 255.0,
+    'mean': list(preprocess.IMAGENET_MEAN),
+    'std': list(preprocess.IMAGENET_STD),
+    'formula': 'x = (pixel / 255 - mean[c]) / std[c]',
+    'layout': layout,
+    'dtype': 'float32',
+    'input_shape': [-1, s, s, 3] if layout == 'NHWC' else [-1, 3, s, s],
+    'input_name': INPUT_NAME,
+    'output_name': OUTPUT_NAME,
+    'output': 'softmax probabilities (N, num_classes), columns in class_names order',
   }
   if class_names:
     spec['class_names'] = list(class_names)
@@ -120,6 +134,7 @@ def preprocess_for_leaderboard(data, spec: dict):
   standalone preprocessor.py.
   """
   import io  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   import numpy as np  # pylint: disable=g-import-not-at-top,import-outside-toplevel,reimported
   from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
@@ -146,8 +161,11 @@ def preprocess_for_leaderboard(data, spec: dict):
       a = np.asarray(im).astype(np.float64)
       a = a.mean(axis=-1) if a.ndim == 3 else a
       lo, hi = float(a.min()), float(a.max())
-      grey = (np.zeros(a.shape, np.uint8) if hi <= lo
-              else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8))
+      grey = (
+        np.zeros(a.shape, np.uint8)
+        if hi <= lo
+        else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+      )
     else:
       grey = np.asarray(im.convert('L'))
   for side in (spec['resize']['stored_size'], spec['resize']['image_size']):
@@ -167,15 +185,16 @@ def write_preprocessor_py(path: str, spec: dict) -> str:
   """Writes a standalone preprocessor.py defining `preprocessor(data)` with `spec` baked in."""
   source = inspect.getsource(preprocess_for_leaderboard)
   text = (
-      '"""Leaderboard preprocessor generated by jaxcxr.evaluation.export (needs numpy and Pillow only).\n\n'
-      '`preprocessor(data)`: image file path, bytes or uint8 grey array -> model input\n'
-      f'{tuple(spec["input_shape"])} float32 ({spec["layout"]}), for model.onnx.\n"""\n\n'
-      'import numpy as np\n\n'
-      f'SPEC = {pprint.pformat(spec, indent=1, width=100, sort_dicts=False)}\n\n\n'
-      f'{source}\n\n'
-      'def preprocessor(data):\n'
-      '  """Image -> (1, ...) float32 model input (see SPEC)."""\n'
-      '  return preprocess_for_leaderboard(data, SPEC)\n')
+    '"""Leaderboard preprocessor generated by jaxcxr.evaluation.export (needs numpy and Pillow only).\n\n'
+    '`preprocessor(data)`: image file path, bytes or uint8 grey array -> model input\n'
+    f'{tuple(spec["input_shape"])} float32 ({spec["layout"]}), for model.onnx.\n"""\n\n'
+    'import numpy as np\n\n'
+    f'SPEC = {pprint.pformat(spec, indent=1, width=100, sort_dicts=False)}\n\n\n'
+    f'{source}\n\n'
+    'def preprocessor(data):\n'
+    '  """Image -> (1, ...) float32 model input (see SPEC)."""\n'
+    '  return preprocess_for_leaderboard(data, SPEC)\n'
+  )
   with open(path, 'w') as f:
     f.write(text)
   return path
@@ -187,8 +206,9 @@ def _import_export_deps():
     import onnx  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     import onnxruntime  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   except ImportError as e:
-    raise ImportError(f'ONNX export needs the optional export requirements ({e}). Install them '
-                      f'with: {_INSTALL}') from e
+    raise ImportError(
+      f'ONNX export needs the optional export requirements ({e}). Install them with: {_INSTALL}'
+    ) from e
   return jax2onnx, onnx, onnxruntime
 
 
@@ -220,6 +240,7 @@ def _onnx_friendly_pooling():
   VALID pool, which is exactly what flax computes (it pads max pools with -inf).
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   traced_max, traced_avg = nn.max_pool, nn.avg_pool
 
   def max_pool(x, window_shape, strides=None, padding='VALID'):
@@ -235,8 +256,13 @@ def _onnx_friendly_pooling():
       if _spatial_pads(x, padding):
         raise NotImplementedError('ONNX export of an explicitly padded avg_pool is not supported.')
       padding = 'VALID'
-    return traced_avg(x, window_shape=tuple(window_shape), strides=strides, padding=padding,
-                      count_include_pad=count_include_pad)
+    return traced_avg(
+      x,
+      window_shape=tuple(window_shape),
+      strides=strides,
+      padding=padding,
+      count_include_pad=count_include_pad,
+    )
 
   nn.max_pool, nn.avg_pool = max_pool, avg_pool
   try:
@@ -256,20 +282,31 @@ def _without_optimizer_passes(names: Sequence[str]):
   """Temporarily drops jax2onnx graph-optimisation passes by name (no-op if the layout differs)."""
   try:
     from jax2onnx.converter import ir_optimizations  # pylint: disable=g-import-not-at-top
+
     passes = ir_optimizations._OPTIMIZER_PASSES  # pylint: disable=protected-access
   except (ImportError, AttributeError):
     yield
     return
   ir_optimizations._OPTIMIZER_PASSES = tuple(  # pylint: disable=protected-access
-      p for p in passes if getattr(p, 'name', None) not in names)
+    p for p in passes if getattr(p, 'name', None) not in names
+  )
   try:
     yield
   finally:
     ir_optimizations._OPTIMIZER_PASSES = passes  # pylint: disable=protected-access
 
 
-def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: str = 'NHWC',
-                check_batch: int = 2, atol: float = 1e-4, seed: int = 0) -> dict:
+def export_onnx(
+  module,
+  variables: dict,
+  image_size: int,
+  path: str,
+  *,
+  layout: str = 'NHWC',
+  check_batch: int = 2,
+  atol: float = 1e-4,
+  seed: int = 0,
+) -> dict:
   """Exports preprocessed images -> probabilities to ONNX and checks it against JAX.
 
   Args:
@@ -303,15 +340,28 @@ def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: 
   s = int(image_size)
   with _without_optimizer_passes(_SKIP_OPTIMIZER_PASSES):
     proto = jax2onnx.to_onnx(
-        probabilities, [('N', s, s, 3)], model_name='jaxcxr',
-        inputs_as_nchw=[0] if layout == 'NCHW' else None,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+      probabilities,
+      [('N', s, s, 3)],
+      model_name='jaxcxr',
+      inputs_as_nchw=[0] if layout == 'NCHW' else None,
+      input_names=[INPUT_NAME],
+      output_names=[OUTPUT_NAME],
+    )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   large = proto.ByteSize() >= 2**31 - 2**20  # protobuf's 2 GB limit
-  onnx.save_model(proto, path, save_as_external_data=large,
-                  location=os.path.basename(path) + '.data' if large else None)
-  result = {'path': path, 'layout': layout, 'input_name': INPUT_NAME, 'output_name': OUTPUT_NAME,
-            'max_abs_diff': None}
+  onnx.save_model(
+    proto,
+    path,
+    save_as_external_data=large,
+    location=os.path.basename(path) + '.data' if large else None,
+  )
+  result = {
+    'path': path,
+    'layout': layout,
+    'input_name': INPUT_NAME,
+    'output_name': OUTPUT_NAME,
+    'max_abs_diff': None,
+  }
   if check_batch:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(check_batch, s, s, 3)).astype(np.float32)
@@ -324,13 +374,16 @@ def export_onnx(module, variables: dict, image_size: int, path: str, *, layout: 
     diff = float(np.max(np.abs(got - expected)))
     result['max_abs_diff'] = diff
     if not diff <= atol:
-      raise RuntimeError(f'ONNX export of {path} differs from JAX by {diff:.3g} > {atol} on '
-                         'random inputs; the exported graph is wrong. Do not submit it.')
+      raise RuntimeError(
+        f'ONNX export of {path} differs from JAX by {diff:.3g} > {atol} on '
+        'random inputs; the exported graph is wrong. Do not submit it.'
+      )
   return result
 
 
-def export_workdir(workdir: str, out: str, *, layout: str = 'NHWC', which: str = 'best',
-                   atol: float = 1e-4) -> dict:
+def export_workdir(
+  workdir: str, out: str, *, layout: str = 'NHWC', which: str = 'best', atol: float = 1e-4
+) -> dict:
   """Exports a training workdir's checkpoint for the leaderboard (launch.export_onnx).
 
   Writes `out`/model.onnx, preprocessing.json (stored and input sizes from the run's data config)
@@ -343,12 +396,21 @@ def export_workdir(workdir: str, out: str, *, layout: str = 'NHWC', which: str =
   bundle = checkpoint.restore_for_inference(workdir, which=which)
   os.makedirs(out, exist_ok=True)
   unmapped = [c for c in bundle.class_names if c not in LEADERBOARD_LABELS]
-  result = export_onnx(bundle.module, bundle.variables, bundle.image_size,
-                       os.path.join(out, 'model.onnx'), layout=layout, atol=atol)
+  result = export_onnx(
+    bundle.module,
+    bundle.variables,
+    bundle.image_size,
+    os.path.join(out, 'model.onnx'),
+    layout=layout,
+    atol=atol,
+  )
   spec = write_preprocessing_spec(
-      os.path.join(out, 'preprocessing.json'), bundle.image_size,
-      stored_size=dataset.stored_size(bundle.config.data), layout=layout,
-      class_names=bundle.class_names)
+    os.path.join(out, 'preprocessing.json'),
+    bundle.image_size,
+    stored_size=dataset.stored_size(bundle.config.data),
+    layout=layout,
+    class_names=bundle.class_names,
+  )
   result['preprocessing'] = os.path.join(out, 'preprocessing.json')
   result['preprocessor'] = write_preprocessor_py(os.path.join(out, 'preprocessor.py'), spec)
   result['step'] = int(bundle.step)

@@ -27,25 +27,20 @@ import concurrent.futures
 import csv
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from jaxcxr.data import dataset
+from jaxcxr.data import dataset, preprocess
 from jaxcxr.data import folders as folders_lib
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import preprocess
-from jaxcxr.evaluation import gradcam
-from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import gradcam, inference, ood_eval, report
 from jaxcxr.evaluation import ood as ood_lib
-from jaxcxr.evaluation import ood_eval
-from jaxcxr.evaluation import report
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import compute_metrics
-from jaxcxr.training import checkpoint
-from jaxcxr.training import run_log
+from jaxcxr.training import checkpoint, run_log
 
 _CHUNK = 256  # films per Grad-CAM pass of the shortcut analysis (bounded memory)
 
@@ -63,6 +58,7 @@ class LabelledFolder:
     ignored_folders: subfolders of root that hold no class of the model (e.g. Lung_Opacity/).
     hidden: hidden files skipped (relative to root).
   """
+
   root: Path
   files: list[Path]
   labels: np.ndarray
@@ -87,15 +83,18 @@ def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder
   root = Path(eval_dir).expanduser().resolve()
   expected = ', '.join(f'{c}/' for c in class_names)
   if not root.is_dir():
-    raise FileNotFoundError(f'--eval_dir {root} is not a folder. Give a folder in the Kaggle '
-                            f'layout, one subfolder per class: {expected}')
+    raise FileNotFoundError(
+      f'--eval_dir {root} is not a folder. Give a folder in the Kaggle '
+      f'layout, one subfolder per class: {expected}'
+    )
   folders = folders_lib.class_folders(root, tuple(class_names))
   subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
   if not folders:
     raise FileNotFoundError(
-        f'{root} has no class subfolders (found: {subdirs or "no subfolders"}). Expected the '
-        f'Kaggle layout, one subfolder per class of the model: {expected} (names matched '
-        'case-insensitively; images directly inside or in <Class>/images/).')
+      f'{root} has no class subfolders (found: {subdirs or "no subfolders"}). Expected the '
+      f'Kaggle layout, one subfolder per class of the model: {expected} (names matched '
+      'case-insensitively; images directly inside or in <Class>/images/).'
+    )
   used = {folder.relative_to(root).parts[0] for folder in folders.values()}
   files, labels, hidden = [], [], []
   for k, name in enumerate(class_names):
@@ -108,23 +107,30 @@ def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder
   if not files:
     raise FileNotFoundError(f'The class folders of {root} ({sorted(used)}) hold no files.')
   return LabelledFolder(
-      root=root, files=files, labels=np.asarray(labels, np.int64),
-      class_folders={c: f.relative_to(root).as_posix() for c, f in folders.items()},
-      missing=[c for c in class_names if c not in folders],
-      ignored_folders=[d for d in subdirs if d not in used], hidden=hidden)
+    root=root,
+    files=files,
+    labels=np.asarray(labels, np.int64),
+    class_folders={c: f.relative_to(root).as_posix() for c, f in folders.items()},
+    missing=[c for c in class_names if c not in folders],
+    ignored_folders=[d for d in subdirs if d not in used],
+    hidden=hidden,
+  )
 
 
-def load_films(paths: Sequence[Path], image_size: int, *, stored_size: int, max_pixels: int,
-               threads: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+def load_films(
+  paths: Sequence[Path], image_size: int, *, stored_size: int, max_pixels: int, threads: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
   """Reads films as the model sees them, in parallel; unreadable ones are reported, not raised.
 
   Returns:
     (uint8 (N_ok, S, S, 1), ok: int64 (N_ok,) indices into `paths`, failed: [(index, reason)]).
   """
+
   def one(path):
     try:
-      return preprocess.load_image_for_inference(path, image_size, stored_size=stored_size,
-                                                 max_pixels=max_pixels), ''
+      return preprocess.load_image_for_inference(
+        path, image_size, stored_size=stored_size, max_pixels=max_pixels
+      ), ''
     except (OSError, ValueError) as e:  # ImageError is a ValueError naming the file
       return None, getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'
 
@@ -132,16 +138,28 @@ def load_films(paths: Sequence[Path], image_size: int, *, stored_size: int, max_
     results = list(pool.map(one, paths))
   ok = [i for i, (img, _) in enumerate(results) if img is not None]
   failed = [(i, reason) for i, (img, reason) in enumerate(results) if img is None]
-  greys = (np.stack([results[i][0] for i in ok]) if ok else
-           np.zeros((0, image_size, image_size, 1), np.uint8))
+  greys = (
+    np.stack([results[i][0] for i in ok])
+    if ok
+    else np.zeros((0, image_size, image_size, 1), np.uint8)
+  )
   return greys, np.asarray(ok, np.int64), failed
 
 
-def shortcut_on_films(module, variables: dict, greys: np.ndarray, labels: np.ndarray,
-                      names: Sequence[str], sources: Sequence[Path], out_dir: str,
-                      class_names: Sequence[str], *, batch_size: int = 16,
-                      per_class: int = shortcut_lib.EXAMPLES_PER_CLASS,
-                      alpha: float = 0.4) -> dict:
+def shortcut_on_films(
+  module,
+  variables: dict,
+  greys: np.ndarray,
+  labels: np.ndarray,
+  names: Sequence[str],
+  sources: Sequence[Path],
+  out_dir: str,
+  class_names: Sequence[str],
+  *,
+  batch_size: int = 16,
+  per_class: int = shortcut_lib.EXAMPLES_PER_CLASS,
+  alpha: float = 0.4,
+) -> dict:
   """`shortcut.analyse_split` for films given as arrays (no prepared split).
 
   Grad-CAM of the predicted class for every film (in chunks; only the shares are kept), the
@@ -163,7 +181,7 @@ def shortcut_on_films(module, variables: dict, greys: np.ndarray, labels: np.nda
   """
   probs, shares = [], []
   for start in range(0, len(greys), _CHUNK):
-    chunk = greys[start:start + _CHUNK]
+    chunk = greys[start : start + _CHUNK]
     cams, p, _ = gradcam.cams_uint8(module, variables, chunk, -1, batch_size=batch_size)
     lungs = np.stack([shortcut_lib.lung_mask(g) for g in chunk])
     probs.append(p)
@@ -176,32 +194,53 @@ def shortcut_on_films(module, variables: dict, greys: np.ndarray, labels: np.nda
   os.makedirs(os.path.join(out_dir, 'shortcut'), exist_ok=True)
   figures = []
   # The maps of the chosen films again (same compiled batch shape), rather than keeping every map.
-  chosen_cams = (gradcam.cams_uint8(module, variables, greys[[i for i, _, _ in chosen]], -1,
-                                    batch_size=batch_size)[0] if chosen else [])
-  for (i, kind, rank), cam in zip(chosen, chosen_cams):
-    original = images_lib.load_grey(sources[i])   # readable: it was loaded for the prediction
-    header = gradcam.probability_header(probs[i], class_names, true=int(labels[i]),
-                                        name=names[i])
-    header.append(f'Grad-CAM mass: corners {shares["corners"][i]:.2f}, border '
-                  f'{shares["border"][i]:.2f}, outside lungs {shares["outside_lung"][i]:.2f}')
+  chosen_cams = (
+    gradcam.cams_uint8(
+      module, variables, greys[[i for i, _, _ in chosen]], -1, batch_size=batch_size
+    )[0]
+    if chosen
+    else []
+  )
+  for (i, kind, rank), cam in zip(chosen, chosen_cams, strict=True):
+    original = images_lib.load_grey(sources[i])  # readable: it was loaded for the prediction
+    header = gradcam.probability_header(probs[i], class_names, true=int(labels[i]), name=names[i])
+    header.append(
+      f'Grad-CAM mass: corners {shares["corners"][i]:.2f}, border '
+      f'{shares["border"][i]:.2f}, outside lungs {shares["outside_lung"][i]:.2f}'
+    )
     pred = class_names[preds[i]]
     rel = os.path.join('shortcut', f'{pred.replace(" ", "_")}_{kind}_{rank}.png')
     Image.fromarray(gradcam.source_panel(original, cam, header, alpha=alpha)).save(
-        os.path.join(out_dir, rel))
+      os.path.join(out_dir, rel)
+    )
     figures.append((f'predicted {pred}, {kind} #{rank}', rel))
-  return {'indicator': ind, 'figures': figures, 'images': int(len(greys))}
+  return {'indicator': ind, 'figures': figures, 'images': len(greys)}
 
 
-def _write_csvs(out_dir: str, folder: LabelledFolder, ok: np.ndarray, probs: np.ndarray,
-                failed: list[tuple[int, str]], class_names: Sequence[str]) -> dict[str, str]:
-  paths = {'predictions': os.path.join(out_dir, 'predictions.csv'),
-           'unreadable': os.path.join(out_dir, 'unreadable.csv')}
+def _write_csvs(
+  out_dir: str,
+  folder: LabelledFolder,
+  ok: np.ndarray,
+  probs: np.ndarray,
+  failed: list[tuple[int, str]],
+  class_names: Sequence[str],
+) -> dict[str, str]:
+  paths = {
+    'predictions': os.path.join(out_dir, 'predictions.csv'),
+    'unreadable': os.path.join(out_dir, 'unreadable.csv'),
+  }
   with open(paths['predictions'], 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['file', 'true_label', 'predicted_label'] + [f'prob_{c}' for c in class_names])
-    for i, p in zip(ok, probs):
-      writer.writerow([folder.relative(folder.files[i]), class_names[folder.labels[i]],
-                       class_names[int(p.argmax())]] + [f'{v:.6f}' for v in p])
+    for i, p in zip(ok, probs, strict=True):
+      writer.writerow(
+        [
+          folder.relative(folder.files[i]),
+          class_names[folder.labels[i]],
+          class_names[int(p.argmax())],
+        ]
+        + [f'{v:.6f}' for v in p]
+      )
   with open(paths['unreadable'], 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['file', 'reason'])
@@ -213,34 +252,53 @@ def _write_csvs(out_dir: str, folder: LabelledFolder, ok: np.ndarray, probs: np.
 def _notes(folder: LabelledFolder, failed: list, class_names: Sequence[str]) -> list[str]:
   notes = []
   if folder.missing:
-    notes.append(f'No folder for {", ".join(repr(c) for c in folder.missing)} in {folder.root}: '
-                 'the model\'s other classes were scored.')
+    notes.append(
+      f'No folder for {", ".join(repr(c) for c in folder.missing)} in {folder.root}: '
+      "the model's other classes were scored."
+    )
   if folder.ignored_folders:
-    notes.append(f'Not scored: {", ".join(d + "/" for d in folder.ignored_folders)} (no class '
-                 f'of this model: {", ".join(class_names)}).')
+    notes.append(
+      f'Not scored: {", ".join(d + "/" for d in folder.ignored_folders)} (no class '
+      f'of this model: {", ".join(class_names)}).'
+    )
   if failed:
-    notes.append(f'{len(failed)} unreadable file(s) skipped (listed with the reason in '
-                 'unreadable.csv).')
+    notes.append(
+      f'{len(failed)} unreadable file(s) skipped (listed with the reason in unreadable.csv).'
+    )
   return notes
 
 
-def _ood_section(workdir: str, bundle, files: Sequence[Path], name: str,
-                 batch_size: int) -> dict | None:
+def _ood_section(
+  workdir: str, bundle, files: Sequence[Path], name: str, batch_size: int
+) -> dict | None:
   """The OOD section with the folder's readable films as the in-distribution set (None when the
   checkpoint has no fitted score)."""
   model = ood_lib.load_for(workdir, bundle)[0]
   if model is None:
     return None
   pictures = [Path(f).read_bytes() for f in files]
-  return ood_eval.evaluate(bundle, model, pictures, in_name=f'folder {name}',
-                           per_set=min(ood_eval.DEFAULT_PER_SET, max(16, len(pictures))),
-                           batch_size=batch_size,
-                           material_size=min(224, 2 * int(bundle.image_size)))
+  return ood_eval.evaluate(
+    bundle,
+    model,
+    pictures,
+    in_name=f'folder {name}',
+    per_set=min(ood_eval.DEFAULT_PER_SET, max(16, len(pictures))),
+    batch_size=batch_size,
+    material_size=min(224, 2 * int(bundle.image_size)),
+  )
 
 
-def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: str = '',
-                    batch_size: int = 0, bootstrap: int = -1, shortcut: bool = True,
-                    ood: bool = True) -> dict:
+def evaluate_folder(
+  workdir: str,
+  eval_dir: str,
+  *,
+  which: str = 'best',
+  out: str = '',
+  batch_size: int = 0,
+  bootstrap: int = -1,
+  shortcut: bool = True,
+  ood: bool = True,
+) -> dict:
   """Scores a training workdir's checkpoint on a labelled Kaggle-layout folder (launch.evaluate).
 
   Args:
@@ -270,18 +328,24 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
   batch_size = batch_size or int(cfg.eval.batch_size)
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
   greys, ok, failed = load_films(
-      folder.files, bundle.image_size, stored_size=dataset.stored_size(cfg.data),
-      max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)))
+    folder.files,
+    bundle.image_size,
+    stored_size=dataset.stored_size(cfg.data),
+    max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
+  )
   unreadable = [(folder.relative(folder.files[i]), reason) for i, reason in failed]
   if not len(ok):
     shown = '\n'.join(f'  {n}: {r}' for n, r in unreadable[:10])
-    raise ValueError(f'None of the {len(folder.files)} files in the class folders of '
-                     f'{folder.root} could be read:\n{shown}')
+    raise ValueError(
+      f'None of the {len(folder.files)} files in the class folders of '
+      f'{folder.root} could be read:\n{shown}'
+    )
   labels = folder.labels[ok]
   predict = inference.make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
   probs = inference.predict_arrays(predict, greys, batch_size).astype(np.float64)
-  metrics = compute_metrics(labels, probs, names, n_bootstrap=n_bootstrap,
-                            seed=int(cfg.get('seed', 0)))
+  metrics = compute_metrics(
+    labels, probs, names, n_bootstrap=n_bootstrap, seed=int(cfg.get('seed', 0))
+  )
   metrics['notes'] += _notes(folder, failed, names)
   name = folder.root.name
   out_dir = out or os.path.join(workdir, f'eval_folder_{name}')
@@ -289,25 +353,59 @@ def evaluate_folder(workdir: str, eval_dir: str, *, which: str = 'best', out: st
   analysis = None
   if shortcut:
     analysis = shortcut_on_films(
-        bundle.module, bundle.variables, greys, labels,
-        [folder.relative(folder.files[i]) for i in ok], [folder.files[i] for i in ok], out_dir,
-        names, batch_size=batch_size)
+      bundle.module,
+      bundle.variables,
+      greys,
+      labels,
+      [folder.relative(folder.files[i]) for i in ok],
+      [folder.files[i] for i in ok],
+      out_dir,
+      names,
+      batch_size=batch_size,
+    )
   ood_section = None
   if ood:
     ood_section = _ood_section(workdir, bundle, [folder.files[i] for i in ok], name, batch_size)
     if ood_section is None:
-      metrics['notes'].append(f'No out-of-distribution section: no score is fitted for this '
-                              f'checkpoint (python -m launch.fit_ood --workdir {workdir}).')
-  extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
-           'model': cfg.model.name, 'image_size': int(bundle.image_size),
-           'eval_dir': str(folder.root), 'files_found': len(folder.files),
-           'unreadable_files': len(failed),
-           'ignored_folders': ', '.join(folder.ignored_folders) or 'none'}
+      metrics['notes'].append(
+        f'No out-of-distribution section: no score is fitted for this '
+        f'checkpoint (python -m launch.fit_ood --workdir {workdir}).'
+      )
+  extra = {
+    'workdir': os.path.abspath(workdir),
+    'checkpoint': which,
+    'step': int(bundle.step),
+    'model': cfg.model.name,
+    'image_size': int(bundle.image_size),
+    'eval_dir': str(folder.root),
+    'files_found': len(folder.files),
+    'unreadable_files': len(failed),
+    'ignored_folders': ', '.join(folder.ignored_folders) or 'none',
+  }
   written = _write_csvs(out_dir, folder, ok, probs, failed, names)
-  written.update(report.write_report(out_dir, metrics, labels, probs, names,
-                                     history=run_log.read_rows(workdir, 'epoch'), split=name,
-                                     extra=extra, shortcut=analysis, ood=ood_section))
-  return {'metrics': metrics, 'files': written, 'out_dir': out_dir, 'shortcut': analysis,
-          'ood': ood_section, 'name': name, 'files_found': len(folder.files),
-          'unreadable': unreadable, 'ignored_folders': folder.ignored_folders,
-          'missing_classes': folder.missing}
+  written.update(
+    report.write_report(
+      out_dir,
+      metrics,
+      labels,
+      probs,
+      names,
+      history=run_log.read_rows(workdir, 'epoch'),
+      split=name,
+      extra=extra,
+      shortcut=analysis,
+      ood=ood_section,
+    )
+  )
+  return {
+    'metrics': metrics,
+    'files': written,
+    'out_dir': out_dir,
+    'shortcut': analysis,
+    'ood': ood_section,
+    'name': name,
+    'files_found': len(folder.files),
+    'unreadable': unreadable,
+    'ignored_folders': folder.ignored_folders,
+    'missing_classes': folder.missing,
+  }

@@ -21,23 +21,17 @@ test of Adebayo et al. 2018 (`randomisation_check`).
 import csv
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from jaxcxr import data
-from jaxcxr.data import dataset
+from jaxcxr.data import dataset, loader, phantom, preprocess
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import loader
-from jaxcxr.data import phantom
-from jaxcxr.data import preprocess
-from jaxcxr.evaluation import inference
-from jaxcxr.evaluation import plots
+from jaxcxr.evaluation import inference, plots
 from jaxcxr.training import checkpoint
 
 METHODS = ('gradcam', 'gradcam++')
@@ -73,8 +67,7 @@ def _normalise(maps: jnp.ndarray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=('module', 'method'))
-def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray,
-               method: str) -> dict:
+def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray, method: str) -> dict:
   fmap_shape = jax.eval_shape(functools.partial(_feature_map, module, variables), x)
   zeros = jnp.zeros(fmap_shape.shape, fmap_shape.dtype)
 
@@ -93,12 +86,19 @@ def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray,
   raw = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', fmap, weights))
   b, height, width = x.shape[0], x.shape[1], x.shape[2]
   cam = _normalise(jax.image.resize(raw, (b, height, width), method='bilinear'))
-  return {'cam': cam, 'raw': raw, 'weights': weights, 'logits': logits,
-          'probs': jax.nn.softmax(logits, axis=-1), 'target': chosen}
+  return {
+    'cam': cam,
+    'raw': raw,
+    'weights': weights,
+    'logits': logits,
+    'probs': jax.nn.softmax(logits, axis=-1),
+    'target': chosen,
+  }
 
 
-def grad_cam(module, variables: dict, x: jnp.ndarray, target=None, *,
-             method: str = 'gradcam') -> dict:
+def grad_cam(
+  module, variables: dict, x: jnp.ndarray, target=None, *, method: str = 'gradcam'
+) -> dict:
   """Grad-CAM / Grad-CAM++ maps of a batch (jitted; one forward + backward).
 
   Args:
@@ -123,8 +123,9 @@ def grad_cam(module, variables: dict, x: jnp.ndarray, target=None, *,
   return _cam_batch(module, _model_variables(variables), x, target, method)
 
 
-def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
-            colormap: str = 'jet') -> np.ndarray:
+def overlay(
+  gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: str = 'jet'
+) -> np.ndarray:
   """Heat map over a grey image.
 
   Args:
@@ -137,13 +138,15 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
     (H, W, 3) uint8 RGB.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   gray = np.asarray(gray)
   if gray.ndim == 3 and gray.shape[-1] == 1:
     gray = gray[..., 0]
   cam = np.asarray(cam, np.float32)
   if cam.shape != gray.shape:
-    cam = np.asarray(Image.fromarray(cam, mode='F').resize(
-        (gray.shape[1], gray.shape[0]), Image.BILINEAR))
+    cam = np.asarray(
+      Image.fromarray(cam, mode='F').resize((gray.shape[1], gray.shape[0]), Image.BILINEAR)
+    )
   heat = matplotlib.colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3]
   base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=-1)
   out = (1.0 - alpha) * base + alpha * heat
@@ -153,8 +156,9 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
 MIN_PANEL_SIDE = 200  # smaller sources are enlarged by an integer factor (nearest) to stay legible
 
 
-def probability_header(probs: np.ndarray, class_names: Sequence[str], *, true: int | None = None,
-                       name: str = '') -> list[str]:
+def probability_header(
+  probs: np.ndarray, class_names: Sequence[str], *, true: int | None = None, name: str = ''
+) -> list[str]:
   """Header lines of a panel: [name], true and predicted class, and every class probability."""
   probs = np.asarray(probs)
   pred = int(probs.argmax())
@@ -162,12 +166,13 @@ def probability_header(probs: np.ndarray, class_names: Sequence[str], *, true: i
   verdict = '' if true is None else (' (correct)' if pred == true else ' (WRONG)')
   head = f'pred {class_names[pred]} p={probs[pred]:.3f}{verdict}'
   lines.append(head if true is None else f'true {class_names[true]}; {head}')
-  lines.append('  '.join(f'{c}: {p:.3f}' for c, p in zip(class_names, probs)))
+  lines.append('  '.join(f'{c}: {p:.3f}' for c, p in zip(class_names, probs, strict=True)))
   return lines
 
 
-def source_panel(original: np.ndarray, cam: np.ndarray, header: Sequence[str], *,
-                 alpha: float = 0.4) -> np.ndarray:
+def source_panel(
+  original: np.ndarray, cam: np.ndarray, header: Sequence[str], *, alpha: float = 0.4
+) -> np.ndarray:
   """The source image beside its Grad-CAM overlay, at the source's resolution, under a header.
 
   Args:
@@ -197,10 +202,19 @@ def source_panel(original: np.ndarray, cam: np.ndarray, header: Sequence[str], *
   return np.concatenate([np.asarray(canvas), pair], 0)
 
 
-def save_overlay_grid(path: str, grays: np.ndarray, cams: np.ndarray, labels: Sequence[int],
-                      preds: Sequence[int], class_names: Sequence[str], *,
-                      probs: np.ndarray | None = None, per_class: int = 2, alpha: float = 0.4,
-                      title: str = 'Grad-CAM') -> dict:
+def save_overlay_grid(
+  path: str,
+  grays: np.ndarray,
+  cams: np.ndarray,
+  labels: Sequence[int],
+  preds: Sequence[int],
+  class_names: Sequence[str],
+  *,
+  probs: np.ndarray | None = None,
+  per_class: int = 2,
+  alpha: float = 0.4,
+  title: str = 'Grad-CAM',
+) -> dict:
   """One row per true class: up to `per_class` correct then up to `per_class` wrong predictions.
 
   Args:
@@ -269,18 +283,20 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray) -> float:
 def rank_correlation(cams_a: np.ndarray, cams_b: np.ndarray) -> float:
   """Mean over images of the Spearman rank correlation of two maps (constant maps skipped)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   cams_a = np.asarray(cams_a)
   cams_b = np.asarray(cams_b)
   rhos = []
-  for a, b in zip(cams_a.reshape(len(cams_a), -1), cams_b.reshape(len(cams_b), -1)):
+  for a, b in zip(cams_a.reshape(len(cams_a), -1), cams_b.reshape(len(cams_b), -1), strict=True):
     if np.ptp(a) == 0 or np.ptp(b) == 0:
       continue  # rank correlation undefined
     rhos.append(stats.spearmanr(a, b).statistic)
   return float(np.mean(rhos)) if rhos else float('nan')
 
 
-def randomisation_check(module, variables: dict, x: jnp.ndarray, key: jax.Array, *,
-                        method: str = 'gradcam', target=None) -> float:
+def randomisation_check(
+  module, variables: dict, x: jnp.ndarray, key: jax.Array, *, method: str = 'gradcam', target=None
+) -> float:
   """Model-randomisation test (Adebayo et al. 2018): all weights re-initialised.
 
   A faithful saliency method gives maps that change when the weights are randomised, so the
@@ -304,13 +320,20 @@ def _target_index(target: str, class_names) -> int:
     return int(target)
   if target in class_names:
     return list(class_names).index(target)
-  raise ValueError(f'--target={target!r} is not a class of this model: {list(class_names)} '
-                   '(or their indices).')
+  raise ValueError(
+    f'--target={target!r} is not a class of this model: {list(class_names)} (or their indices).'
+  )
 
 
-def cams_uint8(module, variables: dict, images: np.ndarray, target=-1, *,
-               method: str = 'gradcam', batch_size: int = 16
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cams_uint8(
+  module,
+  variables: dict,
+  images: np.ndarray,
+  target=-1,
+  *,
+  method: str = 'gradcam',
+  batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Maps of uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches: one compilation.
 
   Args:
@@ -326,23 +349,34 @@ def cams_uint8(module, variables: dict, images: np.ndarray, target=-1, *,
   target = np.broadcast_to(np.asarray(target, np.int32), (len(images),))
   cams, probs, targets = [], [], []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    chunk_target = target[start:start + batch_size]
+    chunk = images[start : start + batch_size]
+    chunk_target = target[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:  # static shape: one compilation
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
       chunk_target = np.concatenate([chunk_target, np.full(batch_size - n, -1, np.int32)])
-    out = grad_cam(module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target,
-                   method=method)
+    out = grad_cam(
+      module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target, method=method
+    )
     cams.append(np.asarray(out['cam'])[:n])
     probs.append(np.asarray(out['probs'])[:n])
     targets.append(np.asarray(out['target'])[:n])
   return np.concatenate(cams), np.concatenate(probs), np.concatenate(targets)
 
 
-def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split: str = '',
-                    method: str = 'gradcam', target: str = '', alpha: float = 0.4,
-                    per_class: int = 3, which: str = 'best', batch_size: int = 16) -> dict:
+def explain_workdir(
+  workdir: str,
+  out: str,
+  *,
+  images: Sequence[str] = (),
+  split: str = '',
+  method: str = 'gradcam',
+  target: str = '',
+  alpha: float = 0.4,
+  per_class: int = 3,
+  which: str = 'best',
+  batch_size: int = 16,
+) -> dict:
   """Grad-CAM overlays for a training workdir's model (launch.gradcam).
 
   images: one `<name>_<method>.png` per readable file in `out` (the file at its own resolution
@@ -375,15 +409,15 @@ def explain_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
   os.makedirs(out, exist_ok=True)
   result = {'written': [], 'failed': [], 'method': method}
   if split:
-    _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size,
-                   result)
+    _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size, result)
   else:
     _explain_files(bundle, images, out, method, target_index, alpha, batch_size, result)
   return result
 
 
-def split_images(data_cfg, handle, split: str,
-                 batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_images(
+  data_cfg, handle, split: str, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A whole split as the model sees it: (uint8 (N, S, S, 1), labels (N,), record indices (N,))."""
   greys, labels, index = [], [], []
   for batch in loader.eval_iterator(data_cfg, handle, split, local_batch_size=batch_size):
@@ -407,23 +441,36 @@ def load_source(handle, data_cfg, split: str, index: int) -> tuple[np.ndarray, s
       return images_lib.load_grey(os.path.join(os.path.expanduser(root), name)), name
     except (OSError, ValueError):
       pass
-  return (np.asarray(handle.source(split)[index]['image']),
-          f'{name} (stored {handle.stored_size} px copy: source file not found)')
+  return (
+    np.asarray(handle.source(split)[index]['image']),
+    f'{name} (stored {handle.stored_size} px copy: source file not found)',
+  )
 
 
-def _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size,
-                   result) -> None:
+def _explain_split(
+  bundle, split, out, method, target_index, alpha, per_class, batch_size, result
+) -> None:
   """A per-class grid of right and wrong predictions of a split; the pointing game on phantoms."""
   names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   handle = data.prepare(bundle.config.data)
   greys, labels, index = split_images(bundle.config.data, handle, split, batch_size)
-  cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index,
-                              method=method, batch_size=batch_size)
+  cams, probs, _ = cams_uint8(
+    bundle.module, bundle.variables, greys, target_index, method=method, batch_size=batch_size
+  )
   preds = probs.argmax(1)
   path = os.path.join(out, f'grid_{split}_{suffix}.png')
   result['shown'] = save_overlay_grid(
-      path, greys[..., 0], cams, labels, preds, names, probs=probs, per_class=per_class,
-      alpha=alpha, title=f'{method} ({split}, step {bundle.step}): rows = true class')
+    path,
+    greys[..., 0],
+    cams,
+    labels,
+    preds,
+    names,
+    probs=probs,
+    per_class=per_class,
+    alpha=alpha,
+    title=f'{method} ({split}, step {bundle.step}): rows = true class',
+  )
   result['written'].append(path)
   for name, kinds in result['shown'].items():
     for kind, positions in kinds.items():
@@ -435,20 +482,26 @@ def _explain_split(bundle, split, out, method, target_index, alpha, per_class, b
         result['written'].append(panel_path)
   if handle.phantom_dir:  # synthetic data: lesion masks make localisation measurable
     filenames = handle.filenames(split)
-    masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size)
-                      for i in index])
+    masks = np.stack(
+      [phantom.load_lesion_mask(handle.phantom_dir, filenames[i], size) for i in index]
+    )
     # Pointing game explains the true class: recompute the maps where the prediction differs.
     true_cams = cams.copy()
     redo = np.flatnonzero((preds != labels) & masks.reshape(len(masks), -1).any(1))
     if target_index < 0 and redo.size:
-      true_cams[redo] = cams_uint8(bundle.module, bundle.variables, greys[redo], labels[redo],
-                                   method=method, batch_size=batch_size)[0]
+      true_cams[redo] = cams_uint8(
+        bundle.module,
+        bundle.variables,
+        greys[redo],
+        labels[redo],
+        method=method,
+        batch_size=batch_size,
+      )[0]
     result['pointing_game'] = pointing_game(true_cams, masks)
     result['pointing_game_images'] = int(masks.reshape(len(masks), -1).any(1).sum())
 
 
-def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
-                   result) -> None:
+def _explain_files(bundle, images, out, method, target_index, alpha, batch_size, result) -> None:
   """One overlay per readable image file and cams.csv."""
   names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   paths = []
@@ -460,16 +513,20 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
   greys, ok = [], []
   for p in paths:
     try:
-      greys.append(preprocess.load_image_for_inference(
-          p, size, stored_size=dataset.stored_size(bundle.config.data)))
+      greys.append(
+        preprocess.load_image_for_inference(
+          p, size, stored_size=dataset.stored_size(bundle.config.data)
+        )
+      )
       ok.append(p)
     except (OSError, ValueError) as e:
       result['failed'].append((p, getattr(e, 'reason', None) or str(e)))
   if not ok:
     return
   greys = np.stack(greys)
-  cams, probs, targets = cams_uint8(bundle.module, bundle.variables, greys, target_index,
-                                   method=method, batch_size=batch_size)
+  cams, probs, targets = cams_uint8(
+    bundle.module, bundle.variables, greys, target_index, method=method, batch_size=batch_size
+  )
   used = set()
   with open(os.path.join(out, 'cams.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
@@ -482,17 +539,31 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
         k += 1
         name = f'{stem}_{k}_{suffix}.png'
       used.add(name)
-      original = images_lib.load_grey(p)   # readable: it was just loaded above
+      original = images_lib.load_grey(p)  # readable: it was just loaded above
       header = probability_header(probs[i], names, name=os.path.basename(p))
       if targets[i] != probs[i].argmax():
         header.append(f'Grad-CAM of {names[targets[i]]}')
       Image.fromarray(source_panel(original, cams[i], header, alpha=alpha)).save(
-          os.path.join(out, name))
+        os.path.join(out, name)
+      )
       result['written'].append(os.path.join(out, name))
-      writer.writerow([p, name, names[probs[i].argmax()], names[targets[i]],
-                       f'{probs[i, targets[i]]:.6f}'])
+      writer.writerow(
+        [p, name, names[probs[i].argmax()], names[targets[i]], f'{probs[i, targets[i]]:.6f}']
+      )
 
 
-__all__ = ['METHODS', 'grad_cam', 'overlay', 'probability_header', 'source_panel',
-           'save_overlay_grid', 'pointing_game', 'rank_correlation', 'randomisation_check',
-           'cams_uint8', 'split_images', 'load_source', 'explain_workdir']
+__all__ = [
+  'METHODS',
+  'cams_uint8',
+  'explain_workdir',
+  'grad_cam',
+  'load_source',
+  'overlay',
+  'pointing_game',
+  'probability_header',
+  'randomisation_check',
+  'rank_correlation',
+  'save_overlay_grid',
+  'source_panel',
+  'split_images',
+]

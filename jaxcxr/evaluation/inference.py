@@ -8,21 +8,16 @@ import csv
 import functools
 import glob
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import dataset
-from jaxcxr.data import input_checks
-from jaxcxr.data import preprocess
-from jaxcxr.evaluation import export
-from jaxcxr.evaluation import ood
-from jaxcxr.training import checkpoint
-from jaxcxr.training import sharding
-from jaxcxr.training import validation
+from jaxcxr.data import dataset, input_checks, preprocess
+from jaxcxr.evaluation import export, ood
+from jaxcxr.training import checkpoint, sharding, validation
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 # The predicted and leaderboard label of a row flagged out of distribution, with --reject_ood.
@@ -45,6 +40,7 @@ def make_predict_fn(module, variables: dict, *, dtype=jnp.float32, tta: bool = F
   def predict(variables, images):
     def logits(x):
       return module.apply(variables, preprocess.to_model_input(x, dtype), train=False)
+
     if tta:
       return preprocess.view_averaged_probs(logits, images)
     return jax.nn.softmax(logits(images).astype(jnp.float32), axis=-1)
@@ -57,7 +53,7 @@ def predict_arrays(predict_fn: Callable, images: np.ndarray, batch_size: int) ->
   """Probabilities of uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches -> (N, C)."""
   out = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
@@ -65,9 +61,14 @@ def predict_arrays(predict_fn: Callable, images: np.ndarray, batch_size: int) ->
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def predict_files(predict_fn: Callable, paths: Sequence[str], image_size: int,
-                  batch_size: int, *, stored_size: int = 0
-                  ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+def predict_files(
+  predict_fn: Callable,
+  paths: Sequence[str],
+  image_size: int,
+  batch_size: int,
+  *,
+  stored_size: int = 0,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
   """Predicts image files; unreadable ones are skipped and reported.
 
   Args:
@@ -86,11 +87,16 @@ def predict_files(predict_fn: Callable, paths: Sequence[str], image_size: int,
   return out['probs'], out['files'], out['failed']
 
 
-def predict_files_checked(predict_fn: Callable, paths: Sequence[str], image_size: int,
-                          batch_size: int, *, stored_size: int = 0,
-                          feature_fn: Callable | None = None,
-                          thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS
-                          ) -> dict:
+def predict_files_checked(
+  predict_fn: Callable,
+  paths: Sequence[str],
+  image_size: int,
+  batch_size: int,
+  *,
+  stored_size: int = 0,
+  feature_fn: Callable | None = None,
+  thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS,
+) -> dict:
   """`predict_files` plus the input checks and (optionally) the OOD features of every file.
 
   Each file is decoded once: the checks see its own colours and size
@@ -120,8 +126,9 @@ def predict_files_checked(predict_fn: Callable, paths: Sequence[str], image_size
 
   for path in paths:
     try:
-      ins = input_checks.inspect_file(path, image_size=image_size, thresholds=thresholds,
-                                      remedy=_INFERENCE_REMEDY)
+      ins = input_checks.inspect_file(
+        path, image_size=image_size, thresholds=thresholds, remedy=_INFERENCE_REMEDY
+      )
     except (OSError, ValueError) as e:  # ImageError is a ValueError naming the file
       failed.append((str(path), getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'))
       continue
@@ -131,10 +138,13 @@ def predict_files_checked(predict_fn: Callable, paths: Sequence[str], image_size
     if len(pending) == batch_size:
       flush()
   flush()
-  return {'probs': (np.concatenate(probs).astype(np.float32) if probs
-                    else np.zeros((0, 0), np.float32)),
-          'files': ok_paths, 'failed': failed, 'reasons': reasons,
-          'features': np.concatenate(features) if features else None}
+  return {
+    'probs': (np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, 0), np.float32)),
+    'files': ok_paths,
+    'failed': failed,
+    'reasons': reasons,
+    'features': np.concatenate(features) if features else None,
+  }
 
 
 def list_images(spec: str) -> list[str]:
@@ -149,20 +159,22 @@ def list_images(spec: str) -> list[str]:
   return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
 
 
-def _ood_columns(model: ood.OodModel | None, reasons: Sequence[Sequence[str]],
-                 features: np.ndarray | None) -> tuple[list[str], list[bool], list[str]]:
+def _ood_columns(
+  model: ood.OodModel | None, reasons: Sequence[Sequence[str]], features: np.ndarray | None
+) -> tuple[list[str], list[bool], list[str]]:
   """(ood_score strings, in_distribution, ood_reason) per row; see `predict_workdir`."""
   n = len(reasons)
   if model is None or features is None or not n:
     return [''] * n, [not r for r in reasons], [';'.join(r) for r in reasons]
   scores = ood.score(model, features)['mahalanobis']
   beyond = scores > model.threshold
-  why = [list(r) + (['features'] if b else []) for r, b in zip(reasons, beyond)]
+  why = [list(r) + (['features'] if b else []) for r, b in zip(reasons, beyond, strict=True)]
   return [f'{v:.4f}' for v in scores], [not w for w in why], [';'.join(w) for w in why]
 
 
-def _split_checks(handle, split: str, index: np.ndarray, image_size: int,
-                  thresholds: input_checks.Thresholds) -> list[list[str]]:
+def _split_checks(
+  handle, split: str, index: np.ndarray, image_size: int, thresholds: input_checks.Thresholds
+) -> list[list[str]]:
   """Input checks of prepared records (grey, square, stored size): in effect near-constant only."""
   source = handle.source(split)
   out = []
@@ -173,11 +185,18 @@ def _split_checks(handle, split: str, index: np.ndarray, image_size: int,
   return out
 
 
-def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split: str = '',
-                    leaderboard_labels: bool = False, which: str = 'best',
-                    batch_size: int = 0, reject_ood: bool = False,
-                    thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS
-                    ) -> dict:
+def predict_workdir(
+  workdir: str,
+  out: str,
+  *,
+  images: Sequence[str] = (),
+  split: str = '',
+  leaderboard_labels: bool = False,
+  which: str = 'best',
+  batch_size: int = 0,
+  reject_ood: bool = False,
+  thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS,
+) -> dict:
   """Predicts image files or a prepared split with a training workdir; writes a CSV.
 
   Columns: file, predicted_label, prob_<class> per class, then leaderboard_label (if asked),
@@ -212,17 +231,20 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
   batch_size = batch_size or int(cfg.eval.batch_size)
   predict = make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
   ood_model, ood_warning = ood.load_for(workdir, bundle)
-  feature_fn = (ood.make_feature_fn(bundle.module, bundle.variables)
-                if ood_model is not None else None)
+  feature_fn = (
+    ood.make_feature_fn(bundle.module, bundle.variables) if ood_model is not None else None
+  )
   failed, true_labels, features = [], None, None
   if split:
     handle = data.prepare(cfg.data)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    labels, probs, index = validation.predict_split(predict, cfg.data, handle, split,
-                                                    local_batch_size=batch_size, mesh=mesh)
+    labels, probs, index = validation.predict_split(
+      predict, cfg.data, handle, split, local_batch_size=batch_size, mesh=mesh
+    )
     if feature_fn is not None:
-      _, features, _ = validation.predict_split(feature_fn, cfg.data, handle, split,
-                                                local_batch_size=batch_size, mesh=mesh)
+      _, features, _ = validation.predict_split(
+        feature_fn, cfg.data, handle, split, local_batch_size=batch_size, mesh=mesh
+      )
     filenames = handle.filenames(split)
     files = [filenames[i] for i in index]
     true_labels = [names[i] for i in labels]
@@ -234,11 +256,21 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
       if not found:
         failed.append((spec, 'no image files match'))
       paths += found
-    result = predict_files_checked(predict, paths, bundle.image_size, batch_size,
-                                   stored_size=dataset.stored_size(cfg.data),
-                                   feature_fn=feature_fn, thresholds=thresholds)
-    probs, files, reasons, features = (result['probs'], result['files'], result['reasons'],
-                                       result['features'])
+    result = predict_files_checked(
+      predict,
+      paths,
+      bundle.image_size,
+      batch_size,
+      stored_size=dataset.stored_size(cfg.data),
+      feature_fn=feature_fn,
+      thresholds=thresholds,
+    )
+    probs, files, reasons, features = (
+      result['probs'],
+      result['files'],
+      result['reasons'],
+      result['features'],
+    )
     failed += result['failed']
   scores, inside, why = _ood_columns(ood_model, reasons, features)
   preds = probs.argmax(axis=1) if len(files) else []
@@ -262,5 +294,10 @@ def predict_workdir(workdir: str, out: str, *, images: Sequence[str] = (), split
         row.append(true_labels[i])
       row += [scores[i], 'true' if inside[i] else 'false', why[i]]
       writer.writerow(row)
-  return {'rows': len(files), 'failed': failed, 'out': out,
-          'ood_flagged': int(len(files) - sum(inside)), 'ood_warning': ood_warning}
+  return {
+    'rows': len(files),
+    'failed': failed,
+    'out': out,
+    'ood_flagged': int(len(files) - sum(inside)),
+    'ood_warning': ood_warning,
+  }

@@ -29,7 +29,7 @@ import functools
 import json
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +44,9 @@ DEFAULT_FALSE_ALARM = 0.05
 DEFAULT_CONFIDENCE = 0.95
 
 
-def make_feature_fn(module, variables: dict, *, dtype=jnp.float32
-                    ) -> Callable[[np.ndarray], jax.Array]:
+def make_feature_fn(
+  module, variables: dict, *, dtype=jnp.float32
+) -> Callable[[np.ndarray], jax.Array]:
   """fn(images uint8 (B, S, S, 1)) -> float32 (B, C + K): logits, then pooled `cam_features`.
 
   Jitted; one eval-mode pass of the image itself.
@@ -63,15 +64,21 @@ def make_feature_fn(module, variables: dict, *, dtype=jnp.float32
   return functools.partial(features, variables)
 
 
-def split_outputs(outputs: np.ndarray, num_classes: int,
-                  width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_outputs(
+  outputs: np.ndarray, num_classes: int, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(N, C + K) feature-fn outputs -> (logits (N, C), pooled features (N, K)), float64."""
   outputs = np.asarray(outputs, np.float64)
-  if (outputs.ndim != 2 or outputs.shape[1] <= num_classes
-      or (width is not None and outputs.shape[1] != num_classes + width)):
+  if (
+    outputs.ndim != 2
+    or outputs.shape[1] <= num_classes
+    or (width is not None and outputs.shape[1] != num_classes + width)
+  ):
     want = f'(N, {num_classes} + {width})' if width is not None else f'(N, > {num_classes})'
-    raise ValueError(f'Feature outputs of shape {outputs.shape}; expected {want}: '
-                     f'{num_classes} logits, then the pooled features.')
+    raise ValueError(
+      f'Feature outputs of shape {outputs.shape}; expected {want}: '
+      f'{num_classes} logits, then the pooled features.'
+    )
   return outputs[:, :num_classes], outputs[:, num_classes:]
 
 
@@ -88,12 +95,13 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
   """Squared Mahalanobis distance of (N, K) features to the nearest of (C, K) means: (N,)."""
-  diff = features[:, None, :] - means[None]                     # (N, C, K)
+  diff = features[:, None, :] - means[None]  # (N, C, K)
   return np.einsum('nck,kl,ncl->nc', diff, precision, diff).min(axis=1)
 
 
-def threshold_rank(n: int, false_alarm: float = DEFAULT_FALSE_ALARM,
-                   confidence: float = DEFAULT_CONFIDENCE) -> int:
+def threshold_rank(
+  n: int, false_alarm: float = DEFAULT_FALSE_ALARM, confidence: float = DEFAULT_CONFIDENCE
+) -> int:
   """1-based rank k of the validation score used as the threshold (module docstring).
 
   The k-th smallest of n exchangeable scores leaves out at most `false_alarm` of future ones with
@@ -107,10 +115,13 @@ def threshold_rank(n: int, false_alarm: float = DEFAULT_FALSE_ALARM,
   if confidence <= 0:
     return max(1, min(n, math.ceil(n * p)))
   i = np.arange(n + 1)
-  log_pmf = (np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
-                       for j in i]) + i * math.log(p) + (n - i) * math.log1p(-p))
+  log_pmf = (
+    np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in i])
+    + i * math.log(p)
+    + (n - i) * math.log1p(-p)
+  )
   cdf = np.cumsum(np.exp(log_pmf))
-  ok = np.nonzero(cdf[:n] >= confidence)[0]   # cdf[k - 1] for k = 1..n
+  ok = np.nonzero(cdf[:n] >= confidence)[0]  # cdf[k - 1] for k = 1..n
   return int(ok[0]) + 1 if len(ok) else n
 
 
@@ -128,6 +139,7 @@ class OodModel:
     meta: JSON-able facts: rule, false alarm, confidence, rank, checkpoint step and kind, model,
       image size, counts, validation score quantiles.
   """
+
   num_classes: int
   means: np.ndarray
   precision: np.ndarray
@@ -151,13 +163,22 @@ def rule_text(rank: int, n: int, false_alarm: float, confidence: float) -> str:
   where = f'validation score {rank} of {n} in ascending order ({rank / n:.1%} of them pass)'
   if confidence <= 0:
     return f'{where}: the {1 - false_alarm:.0%} quantile'
-  return (f'{where}: a tolerance bound keeping false alarms on films like the validation split '
-          f'at most {false_alarm:.0%} with {confidence:.0%} confidence')
+  return (
+    f'{where}: a tolerance bound keeping false alarms on films like the validation split '
+    f'at most {false_alarm:.0%} with {confidence:.0%} confidence'
+  )
 
 
-def fit(train_outputs: np.ndarray, train_labels: np.ndarray, val_outputs: np.ndarray, *,
-        num_classes: int, false_alarm: float = DEFAULT_FALSE_ALARM,
-        confidence: float = DEFAULT_CONFIDENCE, meta: dict | None = None) -> OodModel:
+def fit(
+  train_outputs: np.ndarray,
+  train_labels: np.ndarray,
+  val_outputs: np.ndarray,
+  *,
+  num_classes: int,
+  false_alarm: float = DEFAULT_FALSE_ALARM,
+  confidence: float = DEFAULT_CONFIDENCE,
+  meta: dict | None = None,
+) -> OodModel:
   """Fits the class-conditional Gaussians on training features; thresholds on validation.
 
   Args:
@@ -177,25 +198,31 @@ def fit(train_outputs: np.ndarray, train_labels: np.ndarray, val_outputs: np.nda
     ValueError: a class without training films, too few validation films, or a bad rate.
   """
   from sklearn import covariance  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   if not 0.0 < false_alarm < 0.5 or not 0.0 <= confidence < 1.0:
-    raise ValueError(f'false_alarm={false_alarm} must be in (0, 0.5) and confidence='
-                     f'{confidence} in [0, 1).')
+    raise ValueError(
+      f'false_alarm={false_alarm} must be in (0, 0.5) and confidence={confidence} in [0, 1).'
+    )
   train_labels = np.asarray(train_labels, np.int64)
   _, feats = split_outputs(train_outputs, num_classes)
   val_logits, val_feats = split_outputs(val_outputs, num_classes, feats.shape[1])
   counts = np.bincount(train_labels, minlength=num_classes)
   if np.any(counts == 0) or len(train_labels) != len(feats):
-    raise ValueError(f'Every class needs training films to fit the OOD score; per-class counts '
-                     f'{counts.tolist()} for {len(feats)} feature rows.')
+    raise ValueError(
+      f'Every class needs training films to fit the OOD score; per-class counts '
+      f'{counts.tolist()} for {len(feats)} feature rows.'
+    )
   if len(val_logits) < 2:
-    raise ValueError(f'{len(val_logits)} validation film(s): at least 2 are needed to set the '
-                     'OOD threshold.')
+    raise ValueError(
+      f'{len(val_logits)} validation film(s): at least 2 are needed to set the OOD threshold.'
+    )
   x = _l2(feats)
   means = np.stack([x[train_labels == c].mean(axis=0) for c in range(num_classes)])
   # Shrinkage makes the covariance full rank: a plain inverse (sklearn's precision_ is a pinvh,
   # an eigendecomposition, 10x slower at these sizes).
   lw = covariance.LedoitWolf(assume_centered=True, store_precision=False).fit(
-      x - means[train_labels])
+    x - means[train_labels]
+  )
   precision = np.linalg.inv(lw.covariance_)
   val_d = _distance(means, precision, val_feats)
   q25, loc, q75 = np.percentile(val_d, [25, 50, 75])
@@ -203,17 +230,32 @@ def fit(train_outputs: np.ndarray, train_labels: np.ndarray, val_outputs: np.nda
   val_scores = np.sort((val_d - loc) / scale)
   rank = threshold_rank(len(val_scores), false_alarm, confidence)
   info = dict(meta or {})
-  info.update({
-      'version': VERSION, 'false_alarm': float(false_alarm), 'confidence': float(confidence),
-      'rank': rank, 'rule': rule_text(rank, len(val_scores), false_alarm, confidence),
-      'num_train': int(len(train_labels)), 'num_validation': int(len(val_scores)),
-      'train_per_class': counts.tolist(), 'features': f'{CAM_NAME} (pooled, L2), {x.shape[1]}',
+  info.update(
+    {
+      'version': VERSION,
+      'false_alarm': float(false_alarm),
+      'confidence': float(confidence),
+      'rank': rank,
+      'rule': rule_text(rank, len(val_scores), false_alarm, confidence),
+      'num_train': len(train_labels),
+      'num_validation': len(val_scores),
+      'train_per_class': counts.tolist(),
+      'features': f'{CAM_NAME} (pooled, L2), {x.shape[1]}',
       'validation_quantiles': {
-          str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.95, 0.99)},
-  })
-  return OodModel(num_classes=int(num_classes), means=means, precision=precision,
-                  loc=float(loc), scale=scale, threshold=float(val_scores[rank - 1]),
-                  energy_threshold=float(np.sort(energy(val_logits))[rank - 1]), meta=info)
+        str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.95, 0.99)
+      },
+    }
+  )
+  return OodModel(
+    num_classes=int(num_classes),
+    means=means,
+    precision=precision,
+    loc=float(loc),
+    scale=scale,
+    threshold=float(val_scores[rank - 1]),
+    energy_threshold=float(np.sort(energy(val_logits))[rank - 1]),
+    meta=info,
+  )
 
 
 def score(model: OodModel, outputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,8 +266,9 @@ def score(model: OodModel, outputs: np.ndarray) -> dict[str, np.ndarray]:
   return {'mahalanobis': (d - model.loc) / model.scale, 'energy': energy(logits)}
 
 
-def in_distribution(model: OodModel, scores: dict[str, np.ndarray],
-                    kind: str = 'mahalanobis') -> np.ndarray:
+def in_distribution(
+  model: OodModel, scores: dict[str, np.ndarray], kind: str = 'mahalanobis'
+) -> np.ndarray:
   """bool (N,): the `kind` score is at or below its threshold."""
   threshold = model.threshold if kind == 'mahalanobis' else model.energy_threshold
   return np.asarray(scores[kind]) <= threshold
@@ -233,13 +276,17 @@ def in_distribution(model: OodModel, scores: dict[str, np.ndarray],
 
 def save(model: OodModel, workdir: str) -> str:
   """Writes `workdir/ood_model.npz` atomically; returns its path."""
-  header = {'num_classes': model.num_classes, 'loc': model.loc, 'scale': model.scale,
-            'threshold': model.threshold, 'energy_threshold': model.energy_threshold,
-            'meta': model.meta}
+  header = {
+    'num_classes': model.num_classes,
+    'loc': model.loc,
+    'scale': model.scale,
+    'threshold': model.threshold,
+    'energy_threshold': model.energy_threshold,
+    'meta': model.meta,
+  }
   path = os.path.join(workdir, FILE)
   tmp = path + '.tmp.npz'
-  np.savez(tmp, header=np.asarray(json.dumps(header)), means=model.means,
-           precision=model.precision)
+  np.savez(tmp, header=np.asarray(json.dumps(header)), means=model.means, precision=model.precision)
   os.replace(tmp, path)
   return path
 
@@ -257,16 +304,25 @@ def load(workdir: str) -> OodModel | None:
   try:
     with np.load(path) as z:
       h = json.loads(str(z['header']))
-      model = OodModel(num_classes=int(h['num_classes']), means=z['means'],
-                       precision=z['precision'], loc=float(h['loc']), scale=float(h['scale']),
-                       threshold=float(h['threshold']),
-                       energy_threshold=float(h['energy_threshold']), meta=h['meta'])
+      model = OodModel(
+        num_classes=int(h['num_classes']),
+        means=z['means'],
+        precision=z['precision'],
+        loc=float(h['loc']),
+        scale=float(h['scale']),
+        threshold=float(h['threshold']),
+        energy_threshold=float(h['energy_threshold']),
+        meta=h['meta'],
+      )
   except Exception as e:  # pylint: disable=broad-except  (zip, JSON and key errors alike)
-    raise ValueError(f'The OOD model {path} is unreadable ({type(e).__name__}: {e}). {fix}'
-                     ) from None
+    raise ValueError(
+      f'The OOD model {path} is unreadable ({type(e).__name__}: {e}). {fix}'
+    ) from None
   if model.meta.get('version') != VERSION:
-    raise ValueError(f'The OOD model {path} is version {model.meta.get("version")}, this code '
-                     f'reads version {VERSION}. {fix}')
+    raise ValueError(
+      f'The OOD model {path} is version {model.meta.get("version")}, this code '
+      f'reads version {VERSION}. {fix}'
+    )
   return model
 
 
@@ -283,11 +339,15 @@ def load_for(workdir: str, bundle) -> tuple[OodModel | None, str]:
   model = load(workdir)
   fix = f'python -m launch.fit_ood --workdir {workdir}'
   if model is None:
-    return None, (f'no OOD score fitted for {workdir}: ood_score is empty and only the input '
-                  f'checks set in_distribution. Fit it with `{fix}`.')
+    return None, (
+      f'no OOD score fitted for {workdir}: ood_score is empty and only the input '
+      f'checks set in_distribution. Fit it with `{fix}`.'
+    )
   step, name = model.meta.get('step'), model.meta.get('model')
   if step != int(bundle.step) or name != bundle.config.model.name:
-    return None, (f'the OOD score of {workdir} was fitted on {name} step {step}, not on this '
-                  f'checkpoint ({bundle.config.model.name} step {bundle.step}): ignored, so '
-                  f'ood_score is empty. Refit it with `{fix} --refit`.')
+    return None, (
+      f'the OOD score of {workdir} was fitted on {name} step {step}, not on this '
+      f'checkpoint ({bundle.config.model.name} step {bundle.step}): ignored, so '
+      f'ood_score is empty. Refit it with `{fix} --refit`.'
+    )
   return model, ''

@@ -12,29 +12,26 @@ alarms on the in-distribution films. `markdown` is the report section.
 
 import json
 import os
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import dataset
+from jaxcxr.data import dataset, input_checks, loader, ood_material, preprocess
 from jaxcxr.data import images as images_lib
-from jaxcxr.data import input_checks
-from jaxcxr.data import loader
-from jaxcxr.data import ood_material
-from jaxcxr.data import preprocess
-from jaxcxr.evaluation import inference
-from jaxcxr.evaluation import ood
+from jaxcxr.evaluation import inference, ood
 from jaxcxr.training import checkpoint
 
-Picture = Union[bytes, np.ndarray]   # a file's bytes, or uint8 pixels (H, W[, 3 or 4])
+Picture = Union[bytes, np.ndarray]  # a file's bytes, or uint8 pixels (H, W[, 3 or 4])
 
 DEFAULT_PER_SET = 64
 SCORES = ('mahalanobis', 'energy')
 
 
-def split_features(feature_fn: Callable, data_cfg, handle, split: str,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def split_features(
+  feature_fn: Callable, data_cfg, handle, split: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(outputs (N, D), labels (N,)) of every film of a split, eval mode, this process only."""
   outs, labels = [], []
   for batch in loader.eval_iterator(data_cfg, handle, split, local_batch_size=batch_size):
@@ -46,29 +43,52 @@ def split_features(feature_fn: Callable, data_cfg, handle, split: str,
   return np.concatenate(outs), np.concatenate(labels)
 
 
-def fit_bundle(bundle, handle, *, batch_size: int = 0,
-               false_alarm: float = ood.DEFAULT_FALSE_ALARM,
-               confidence: float = ood.DEFAULT_CONFIDENCE, which: str = 'best') -> ood.OodModel:
+def fit_bundle(
+  bundle,
+  handle,
+  *,
+  batch_size: int = 0,
+  false_alarm: float = ood.DEFAULT_FALSE_ALARM,
+  confidence: float = ood.DEFAULT_CONFIDENCE,
+  which: str = 'best',
+) -> ood.OodModel:
   """Fits the OOD score of a restored model on its run's train split, thresholds on validation."""
   cfg = bundle.config
   batch_size = batch_size or int(cfg.eval.batch_size)
   fn = ood.make_feature_fn(bundle.module, bundle.variables)
   train_out, train_labels = split_features(fn, cfg.data, handle, 'train', batch_size)
   val_out, _ = split_features(fn, cfg.data, handle, 'validation', batch_size)
-  meta = {'checkpoint': which, 'step': int(bundle.step), 'model': cfg.model.name,
-          'image_size': int(bundle.image_size)}
-  return ood.fit(train_out, train_labels, val_out, num_classes=len(bundle.class_names),
-                 false_alarm=false_alarm, confidence=confidence, meta=meta)
+  meta = {
+    'checkpoint': which,
+    'step': int(bundle.step),
+    'model': cfg.model.name,
+    'image_size': int(bundle.image_size),
+  }
+  return ood.fit(
+    train_out,
+    train_labels,
+    val_out,
+    num_classes=len(bundle.class_names),
+    false_alarm=false_alarm,
+    confidence=confidence,
+    meta=meta,
+  )
 
 
 def _as_bytes(picture: Picture) -> bytes:
   return picture if isinstance(picture, bytes) else input_checks.encode_png(picture)
 
 
-def score_pictures(feature_fn: Callable, model: ood.OodModel, pictures: Sequence[Picture], *,
-                   image_size: int, stored_size: int, batch_size: int,
-                   thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS
-                   ) -> dict:
+def score_pictures(
+  feature_fn: Callable,
+  model: ood.OodModel,
+  pictures: Sequence[Picture],
+  *,
+  image_size: int,
+  stored_size: int,
+  batch_size: int,
+  thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS,
+) -> dict:
   """Decode, input checks and both scores of each picture, as `launch.predict` sees a file.
 
   Returns:
@@ -78,9 +98,10 @@ def score_pictures(feature_fn: Callable, model: ood.OodModel, pictures: Sequence
   reasons, greys, inputs, skipped = [], [], [], []
   for i, picture in enumerate(pictures):
     try:
-      ins = input_checks.inspect_bytes(_as_bytes(picture), name=f'picture {i}',
-                                       image_size=image_size, thresholds=thresholds)
-    except images_lib.ImageError as e:   # an unreadable file of a folder: listed, not scored
+      ins = input_checks.inspect_bytes(
+        _as_bytes(picture), name=f'picture {i}', image_size=image_size, thresholds=thresholds
+      )
+    except images_lib.ImageError as e:  # an unreadable file of a folder: listed, not scored
       skipped.append(e.reason)
       continue
     reasons.append(ins.reasons)
@@ -88,19 +109,28 @@ def score_pictures(feature_fn: Callable, model: ood.OodModel, pictures: Sequence
     inputs.append(preprocess.prepare_grey(ins.grey, image_size, stored_size))
   outs = []
   for start in range(0, len(inputs), batch_size):
-    chunk = np.stack(inputs[start:start + batch_size])
+    chunk = np.stack(inputs[start : start + batch_size])
     n = len(chunk)
-    if n < batch_size:   # one static batch shape: one compilation
+    if n < batch_size:  # one static batch shape: one compilation
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.uint8)])
     outs.append(np.asarray(feature_fn(chunk))[:n])
-  scores = ood.score(model, np.concatenate(outs)) if outs else {
-      'mahalanobis': np.zeros(0), 'energy': np.zeros(0)}
-  return {'reasons': reasons, 'greys': greys, 'mahalanobis': scores['mahalanobis'],
-          'energy': scores['energy'], 'skipped': skipped}
+  scores = (
+    ood.score(model, np.concatenate(outs))
+    if outs
+    else {'mahalanobis': np.zeros(0), 'energy': np.zeros(0)}
+  )
+  return {
+    'reasons': reasons,
+    'greys': greys,
+    'mahalanobis': scores['mahalanobis'],
+    'energy': scores['energy'],
+    'skipped': skipped,
+  }
 
 
 def _auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
   from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   if not len(in_scores) or not len(out_scores):
     return float('nan')
   y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
@@ -112,8 +142,9 @@ def _with_checks(scores: np.ndarray, flagged: np.ndarray, top: float) -> np.ndar
   return np.where(flagged, top + 1.0, scores)
 
 
-def material_sets(in_greys: Sequence[np.ndarray], *, per_set: int, size: int, seed: int,
-                  phantom_model: bool) -> dict[str, tuple[str, list[Picture]]]:
+def material_sets(
+  in_greys: Sequence[np.ndarray], *, per_set: int, size: int, seed: int, phantom_model: bool
+) -> dict[str, tuple[str, list[Picture]]]:
   """{name: (kind, pictures)}: the generated sets and transformed in-distribution films.
 
   Phantom radiographs are left out for a model trained on them. Sets whose source is not
@@ -127,17 +158,27 @@ def material_sets(in_greys: Sequence[np.ndarray], *, per_set: int, size: int, se
     if pictures:
       sets[kind] = ('generated', pictures)
   rng = np.random.default_rng(seed)
-  chosen = [in_greys[i] for i in
-            sorted(rng.choice(len(in_greys), min(per_set, len(in_greys)), replace=False))]
+  chosen = [
+    in_greys[i]
+    for i in sorted(rng.choice(len(in_greys), min(per_set, len(in_greys)), replace=False))
+  ]
   for kind in ood_material.TRANSFORMS:
     sets[kind] = ('transformed X-rays', ood_material.transformed(kind, chosen, seed))
   return sets
 
 
-def evaluate(bundle, model: ood.OodModel, in_pictures: Sequence[Picture], *, in_name: str,
-             extra_sets: dict[str, Sequence[Picture]] | None = None,
-             per_set: int = DEFAULT_PER_SET, seed: int = 0, batch_size: int = 0,
-             material_size: int = 224) -> dict:
+def evaluate(
+  bundle,
+  model: ood.OodModel,
+  in_pictures: Sequence[Picture],
+  *,
+  in_name: str,
+  extra_sets: dict[str, Sequence[Picture]] | None = None,
+  per_set: int = DEFAULT_PER_SET,
+  seed: int = 0,
+  batch_size: int = 0,
+  material_size: int = 224,
+) -> dict:
   """The OOD section's numbers: false alarms on in-distribution films, AUROC per OOD set.
 
   Args:
@@ -161,13 +202,24 @@ def evaluate(bundle, model: ood.OodModel, in_pictures: Sequence[Picture], *, in_
   fn = ood.make_feature_fn(bundle.module, bundle.variables)
 
   def run(pictures):
-    return score_pictures(fn, model, pictures, image_size=int(bundle.image_size),
-                          stored_size=dataset.stored_size(cfg.data), batch_size=batch_size)
+    return score_pictures(
+      fn,
+      model,
+      pictures,
+      image_size=int(bundle.image_size),
+      stored_size=dataset.stored_size(cfg.data),
+      batch_size=batch_size,
+    )
 
   inside = run(in_pictures)
   in_flagged = np.array([bool(r) for r in inside['reasons']], bool)
-  sets = material_sets(inside['greys'], per_set=per_set, size=material_size, seed=seed,
-                       phantom_model=cfg.data.source == 'phantom')
+  sets = material_sets(
+    inside['greys'],
+    per_set=per_set,
+    size=material_size,
+    seed=seed,
+    phantom_model=cfg.data.source == 'phantom',
+  )
   for name, pictures in (extra_sets or {}).items():
     sets[name] = ('folder', list(pictures))
   thresholds = {'mahalanobis': model.threshold, 'energy': model.energy_threshold}
@@ -175,14 +227,21 @@ def evaluate(bundle, model: ood.OodModel, in_pictures: Sequence[Picture], *, in_
   for name, (kind, pictures) in sets.items():
     out = run(pictures)
     flagged = np.array([bool(r) for r in out['reasons']], bool)
-    row = {'name': name, 'kind': kind, 'n': len(out['reasons']), 'unreadable': len(out['skipped']),
-           'checks': float(flagged.mean()) if len(flagged) else float('nan'),
-           'auroc': {}, 'flagged': {}}
+    row = {
+      'name': name,
+      'kind': kind,
+      'n': len(out['reasons']),
+      'unreadable': len(out['skipped']),
+      'checks': float(flagged.mean()) if len(flagged) else float('nan'),
+      'auroc': {},
+      'flagged': {},
+    }
     for s in SCORES:
       top = float(max(inside[s].max(initial=0.0), out[s].max(initial=0.0)))
       row['auroc'][s] = _auroc(inside[s], out[s])
-      row['auroc'][f'{s}_with_checks'] = _auroc(_with_checks(inside[s], in_flagged, top),
-                                                _with_checks(out[s], flagged, top))
+      row['auroc'][f'{s}_with_checks'] = _auroc(
+        _with_checks(inside[s], in_flagged, top), _with_checks(out[s], flagged, top)
+      )
       row['flagged'][s] = float(np.mean(flagged | (out[s] > thresholds[s])))
     rows.append(row)
   reasons = {}
@@ -193,12 +252,23 @@ def evaluate(bundle, model: ood.OodModel, in_pictures: Sequence[Picture], *, in_
   for s in SCORES:
     false_alarm[f'{s}_alone'] = float(np.mean(inside[s] > thresholds[s]))
     false_alarm[s] = float(np.mean(in_flagged | (inside[s] > thresholds[s])))
-  return {'in_distribution': {'name': in_name, 'n': len(inside['reasons']),
-                              'unreadable': len(inside['skipped']), 'false_alarm': false_alarm,
-                              'check_reasons': reasons},
-          'sets': rows, 'threshold': model.threshold, 'energy_threshold': model.energy_threshold,
-          'rule': model.meta.get('rule', ''), 'features': model.meta.get('features', ''),
-          'step': model.meta.get('step'), 'per_set': per_set, 'seed': seed}
+  return {
+    'in_distribution': {
+      'name': in_name,
+      'n': len(inside['reasons']),
+      'unreadable': len(inside['skipped']),
+      'false_alarm': false_alarm,
+      'check_reasons': reasons,
+    },
+    'sets': rows,
+    'threshold': model.threshold,
+    'energy_threshold': model.energy_threshold,
+    'rule': model.meta.get('rule', ''),
+    'features': model.meta.get('features', ''),
+    'step': model.meta.get('step'),
+    'per_set': per_set,
+    'seed': seed,
+  }
 
 
 def restore_shipped(workdir: str):
@@ -224,8 +294,10 @@ def ensure_fitted(workdir: str, step: int | None = None) -> str:
   except (ValueError, np.linalg.LinAlgError) as e:
     return f'Out-of-distribution score not fitted: {e}'
   path = ood.save(model, workdir)
-  return (f'Out-of-distribution score fitted on the {which} checkpoint (step {bundle.step}; '
-          f'threshold {model.threshold:.3f}, {model.meta["rule"]}): {path}')
+  return (
+    f'Out-of-distribution score fitted on the {which} checkpoint (step {bundle.step}; '
+    f'threshold {model.threshold:.3f}, {model.meta["rule"]}): {path}'
+  )
 
 
 def split_pictures(handle, data_cfg, split: str) -> list[Picture]:
@@ -247,8 +319,16 @@ def split_pictures(handle, data_cfg, split: str) -> list[Picture]:
   return out
 
 
-def run_section(workdir: str, bundle, handle, split: str, *, which: str = 'best',
-                per_set: int = DEFAULT_PER_SET, refit: bool = True) -> dict:
+def run_section(
+  workdir: str,
+  bundle,
+  handle,
+  split: str,
+  *,
+  which: str = 'best',
+  per_set: int = DEFAULT_PER_SET,
+  refit: bool = True,
+) -> dict:
   """The OOD section of a run's report: fits (and saves) the score, evaluates it on `split`.
 
   In-distribution films: `split` of the run's data (the test split at the end of training).
@@ -267,8 +347,14 @@ def run_section(workdir: str, bundle, handle, split: str, *, which: str = 'best'
       ood.save(model, workdir)
     pictures = split_pictures(handle, cfg.data, split)
     size = min(224, 2 * int(bundle.image_size))
-    return evaluate(bundle, model, pictures, in_name=f'{split} split',
-                    per_set=min(per_set, max(16, len(pictures))), material_size=size)
+    return evaluate(
+      bundle,
+      model,
+      pictures,
+      in_name=f'{split} split',
+      per_set=min(per_set, max(16, len(pictures))),
+      material_size=size,
+    )
   except (ValueError, np.linalg.LinAlgError) as e:
     return {'error': f'{type(e).__name__}: {e}'}
 
@@ -284,38 +370,54 @@ def _auc(x) -> str:
 def markdown(result: dict) -> str:
   """The report section of `evaluate(...)` (or of `run_section`'s error)."""
   if 'error' in result:
-    return '\n'.join(['## Out-of-distribution inputs', '',
-                      f'The OOD score could not be fitted: {result["error"]}', ''])
+    return '\n'.join(
+      [
+        '## Out-of-distribution inputs',
+        '',
+        f'The OOD score could not be fitted: {result["error"]}',
+        '',
+      ]
+    )
   ind = result['in_distribution']
   fa = ind['false_alarm']
   reasons = ', '.join(f'{k} {v}' for k, v in sorted(ind['check_reasons'].items())) or 'none'
   lines = [
-      '## Out-of-distribution inputs', '',
-      'Would `launch.predict` say that an image is not like the training films? Input checks '
-      '(colour, near-constant, aspect ratio, too small) first, then the feature score: '
-      'Mahalanobis distance to the nearest class of the penultimate features '
-      f'({result["features"]}; Lee et al. 2018), with the energy of the logits (Liu et al. 2020) '
-      'beside it. docs/OOD.md has the method.', '',
-      f'Thresholds: Mahalanobis {result["threshold"]:.3f}, energy '
-      f'{result["energy_threshold"]:.3f}; {result["rule"]}.', '',
-      f'In-distribution: {ind["n"]} films ({ind["name"]}). False alarms: '
-      f'**{_pct(fa["mahalanobis"])}** with the Mahalanobis score ({_pct(fa["mahalanobis_alone"])}'
-      f' from the score, {_pct(fa["checks"])} from the input checks: {reasons}); '
-      f'{_pct(fa["energy"])} with the energy score.', '',
-      '| OOD set | kind | n | input checks flag | AUROC Mahalanobis | AUROC energy | '
-      'AUROC checks + Mahalanobis | AUROC checks + energy | flagged (Mahalanobis) | '
-      'flagged (energy) |',
-      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    '## Out-of-distribution inputs',
+    '',
+    'Would `launch.predict` say that an image is not like the training films? Input checks '
+    '(colour, near-constant, aspect ratio, too small) first, then the feature score: '
+    'Mahalanobis distance to the nearest class of the penultimate features '
+    f'({result["features"]}; Lee et al. 2018), with the energy of the logits (Liu et al. 2020) '
+    'beside it. docs/OOD.md has the method.',
+    '',
+    f'Thresholds: Mahalanobis {result["threshold"]:.3f}, energy '
+    f'{result["energy_threshold"]:.3f}; {result["rule"]}.',
+    '',
+    f'In-distribution: {ind["n"]} films ({ind["name"]}). False alarms: '
+    f'**{_pct(fa["mahalanobis"])}** with the Mahalanobis score ({_pct(fa["mahalanobis_alone"])}'
+    f' from the score, {_pct(fa["checks"])} from the input checks: {reasons}); '
+    f'{_pct(fa["energy"])} with the energy score.',
+    '',
+    '| OOD set | kind | n | input checks flag | AUROC Mahalanobis | AUROC energy | '
+    'AUROC checks + Mahalanobis | AUROC checks + energy | flagged (Mahalanobis) | '
+    'flagged (energy) |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ]
   for r in result['sets']:
     a = r['auroc']
     lines.append(
-        f'| {r["name"]} | {r["kind"]} | {r["n"]} | {_pct(r["checks"])} | {_auc(a["mahalanobis"])} '
-        f'| {_auc(a["energy"])} | {_auc(a["mahalanobis_with_checks"])} | '
-        f'{_auc(a["energy_with_checks"])} | {_pct(r["flagged"]["mahalanobis"])} | '
-        f'{_pct(r["flagged"]["energy"])} |')
-  lines += ['', 'AUROC: of the score alone, then with the input checks (a flagged picture ranks '
-            'above every score). Flagged: share of the set that `launch.predict` marks '
-            '`in_distribution=false` (input checks or score above its threshold).', '']
+      f'| {r["name"]} | {r["kind"]} | {r["n"]} | {_pct(r["checks"])} | {_auc(a["mahalanobis"])} '
+      f'| {_auc(a["energy"])} | {_auc(a["mahalanobis_with_checks"])} | '
+      f'{_auc(a["energy_with_checks"])} | {_pct(r["flagged"]["mahalanobis"])} | '
+      f'{_pct(r["flagged"]["energy"])} |'
+    )
+  lines += [
+    '',
+    'AUROC: of the score alone, then with the input checks (a flagged picture ranks '
+    'above every score). Flagged: share of the set that `launch.predict` marks '
+    '`in_distribution=false` (input checks or score above its threshold).',
+    '',
+  ]
   return '\n'.join(lines)
 
 
@@ -333,8 +435,10 @@ def _finite(x):
 def _read_folder(spec: str) -> list[bytes]:
   paths = inference.list_images(spec)
   if not paths:
-    raise FileNotFoundError(f'No image files under {spec!r} (folders are searched recursively '
-                            f'for {", ".join(inference.IMAGE_EXTENSIONS)}).')
+    raise FileNotFoundError(
+      f'No image files under {spec!r} (folders are searched recursively '
+      f'for {", ".join(inference.IMAGE_EXTENSIONS)}).'
+    )
   out = []
   for path in paths:
     with open(path, 'rb') as f:
@@ -342,12 +446,21 @@ def _read_folder(spec: str) -> list[bytes]:
   return out
 
 
-def fit_and_evaluate(workdir: str, *, which: str = 'best', refit: bool = False,
-                     false_alarm: float = ood.DEFAULT_FALSE_ALARM,
-                     confidence: float = ood.DEFAULT_CONFIDENCE, split: str = 'test',
-                     in_dir: str = '', ood_dirs: dict[str, str] | None = None,
-                     per_set: int = 200, seed: int = 0, out: str = '',
-                     batch_size: int = 0) -> dict:
+def fit_and_evaluate(
+  workdir: str,
+  *,
+  which: str = 'best',
+  refit: bool = False,
+  false_alarm: float = ood.DEFAULT_FALSE_ALARM,
+  confidence: float = ood.DEFAULT_CONFIDENCE,
+  split: str = 'test',
+  in_dir: str = '',
+  ood_dirs: dict[str, str] | None = None,
+  per_set: int = 200,
+  seed: int = 0,
+  out: str = '',
+  batch_size: int = 0,
+) -> dict:
   """`launch.fit_ood`: fits the workdir's OOD score if needed, then measures it.
 
   Args:
@@ -373,8 +486,14 @@ def fit_and_evaluate(workdir: str, *, which: str = 'best', refit: bool = False,
   fitted = model is None
   if fitted:
     handle = data.prepare(bundle.config.data)
-    model = fit_bundle(bundle, handle, batch_size=batch_size, false_alarm=false_alarm,
-                       confidence=confidence, which=which)
+    model = fit_bundle(
+      bundle,
+      handle,
+      batch_size=batch_size,
+      false_alarm=false_alarm,
+      confidence=confidence,
+      which=which,
+    )
     ood.save(model, workdir)
   if in_dir:
     pictures, in_name = _read_folder(in_dir), in_dir
@@ -382,16 +501,38 @@ def fit_and_evaluate(workdir: str, *, which: str = 'best', refit: bool = False,
     handle = handle or data.prepare(bundle.config.data)
     pictures, in_name = split_pictures(handle, bundle.config.data, split), f'{split} split'
   extra = {name: _read_folder(folder) for name, folder in (ood_dirs or {}).items()}
-  result = evaluate(bundle, model, pictures, in_name=in_name, extra_sets=extra, per_set=per_set,
-                    seed=seed, batch_size=batch_size)
+  result = evaluate(
+    bundle,
+    model,
+    pictures,
+    in_name=in_name,
+    extra_sets=extra,
+    per_set=per_set,
+    seed=seed,
+    batch_size=batch_size,
+  )
   out_dir = out or os.path.join(workdir, 'eval_ood')
   os.makedirs(out_dir, exist_ok=True)
-  files = {'json': os.path.join(out_dir, 'ood_report.json'),
-           'markdown': os.path.join(out_dir, 'ood_report.md')}
+  files = {
+    'json': os.path.join(out_dir, 'ood_report.json'),
+    'markdown': os.path.join(out_dir, 'ood_report.md'),
+  }
   with open(files['json'], 'w') as f:
-    json.dump(_finite({'workdir': os.path.abspath(workdir), 'checkpoint': which,
-                       'model_meta': model.meta, **result}), f, indent=2)
+    json.dump(
+      _finite(
+        {
+          'workdir': os.path.abspath(workdir),
+          'checkpoint': which,
+          'model_meta': model.meta,
+          **result,
+        }
+      ),
+      f,
+      indent=2,
+    )
   with open(files['markdown'], 'w') as f:
-    f.write(f'# Out-of-distribution report: {workdir} ({which} checkpoint, step '
-            f'{bundle.step})\n\n' + markdown(result))
+    f.write(
+      f'# Out-of-distribution report: {workdir} ({which} checkpoint, step '
+      f'{bundle.step})\n\n' + markdown(result)
+    )
   return {'result': result, 'fitted': fitted, 'out_dir': out_dir, 'files': files}

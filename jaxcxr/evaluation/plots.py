@@ -5,7 +5,7 @@ reliability diagram, training curves, and a grid of Grad-CAM overlays.
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ def new_figure(**kwargs):
   """A matplotlib `Figure` (object API); matplotlib is imported on first use, not at start-up
   (it and scikit-learn were 40 % of every CLI's start, errors included)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   return Figure(**kwargs)
 
 
@@ -23,10 +24,10 @@ def _save(fig, path: str):
   fig.savefig(path, dpi=DPI, bbox_inches='tight')
 
 
-def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
-                     split: str = 'test'):
+def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *, split: str = 'test'):
   """Counts (left) and row-normalised rates (right; rows are true classes, sum to 1)."""
   from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   cm = np.asarray(cm)
   rows = cm.sum(axis=1, keepdims=True)
   normalised = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
@@ -34,11 +35,12 @@ def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
   fig = new_figure(figsize=(2 * side + 1, side), layout='constrained')
   ax_count, ax_norm = fig.subplots(1, 2)
   skm.ConfusionMatrixDisplay(cm, display_labels=list(class_names)).plot(
-      ax=ax_count, cmap='Blues', values_format='d', xticks_rotation=30)
+    ax=ax_count, cmap='Blues', values_format='d', xticks_rotation=30
+  )
   ax_count.set_title('Counts')
   skm.ConfusionMatrixDisplay(normalised, display_labels=list(class_names)).plot(
-      ax=ax_norm, cmap='Blues', values_format='.2f', xticks_rotation=30,
-      im_kw={'vmin': 0, 'vmax': 1})
+    ax=ax_norm, cmap='Blues', values_format='.2f', xticks_rotation=30, im_kw={'vmin': 0, 'vmax': 1}
+  )
   ax_norm.set_title('Row-normalised (recall on the diagonal)')
   for ax in (ax_count, ax_norm):
     ax.set_xlabel('Predicted class')
@@ -47,10 +49,17 @@ def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *,
   _save(fig, path)
 
 
-def roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str, *,
-               split: str = 'test'):
+def roc_curves(
+  labels: np.ndarray,
+  probs: np.ndarray,
+  class_names: Sequence[str],
+  path: str,
+  *,
+  split: str = 'test',
+):
   """One-vs-rest ROC curve per class with its AUC; classes absent from the labels are skipped."""
   from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   fig = new_figure(figsize=(6.5, 6), layout='constrained')
   ax = fig.subplots()
   for k, name in enumerate(class_names):
@@ -58,8 +67,9 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
     if positive.all() or not positive.any():
       continue  # ROC undefined without both positives and negatives
     # The display labels the curve "<name> (AUC = x.xx)".
-    skm.RocCurveDisplay.from_predictions(positive, probs[:, k], ax=ax, name=name,
-                                         curve_kwargs={'lw': 2})
+    skm.RocCurveDisplay.from_predictions(
+      positive, probs[:, k], ax=ax, name=name, curve_kwargs={'lw': 2}
+    )
   ax.plot([0, 1], [0, 1], ls='--', color='grey', lw=1, label='chance (AUC = 0.5)')
   ax.set_xlim(-0.01, 1.01)
   ax.set_ylim(-0.01, 1.01)
@@ -83,15 +93,26 @@ def reliability_diagram(calibration: dict, path: str, *, split: str = 'test'):
   filled = count > 0
   fig = new_figure(figsize=(6, 7), layout='constrained')
   ax, ax_hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
-  ax.bar(centres[filled], acc[filled], width=width, edgecolor='black', color='tab:blue',
-         label='accuracy')
-  ax.bar(centres[filled], (conf - acc)[filled], bottom=acc[filled], width=width,
-         color='tab:red', alpha=0.3, edgecolor='tab:red', hatch='//', label='gap to confidence')
+  ax.bar(
+    centres[filled], acc[filled], width=width, edgecolor='black', color='tab:blue', label='accuracy'
+  )
+  ax.bar(
+    centres[filled],
+    (conf - acc)[filled],
+    bottom=acc[filled],
+    width=width,
+    color='tab:red',
+    alpha=0.3,
+    edgecolor='tab:red',
+    hatch='//',
+    label='gap to confidence',
+  )
   ax.plot([0, 1], [0, 1], ls='--', color='grey', label='perfect calibration')
   ax.set_ylim(0, 1)
   ax.set_ylabel('Accuracy')
-  ax.set_title(f'Reliability diagram ({split}), ECE = {calibration["ece"]:.4f} '
-               f'({calibration["n_bins"]} bins)')
+  ax.set_title(
+    f'Reliability diagram ({split}), ECE = {calibration["ece"]:.4f} ({calibration["n_bins"]} bins)'
+  )
   ax.legend(loc='upper left')
   ax.grid(alpha=0.3)
   ax_hist.bar(centres, count, width=width, edgecolor='black', color='tab:grey')
@@ -115,16 +136,27 @@ def _series(history: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 def training_curves(history: Sequence[dict], path: str):
   """Loss, accuracy (and validation macro F1) and learning rate per epoch."""
   panels = [
-      ('Loss', 'loss', [('train_loss', 'train'), ('val_loss', 'validation')], False),
-      ('Accuracy / F1', 'score', [('train_accuracy', 'train accuracy'),
-                                  ('val_accuracy', 'validation accuracy'),
-                                  ('val_macro_f1', 'validation macro F1')], False),
-      ('Learning rate', 'learning rate', [('learning_rate', 'learning rate'),
-                                          ('lr', 'learning rate')], True),
+    ('Loss', 'loss', [('train_loss', 'train'), ('val_loss', 'validation')], False),
+    (
+      'Accuracy / F1',
+      'score',
+      [
+        ('train_accuracy', 'train accuracy'),
+        ('val_accuracy', 'validation accuracy'),
+        ('val_macro_f1', 'validation macro F1'),
+      ],
+      False,
+    ),
+    (
+      'Learning rate',
+      'learning rate',
+      [('learning_rate', 'learning rate'), ('lr', 'learning rate')],
+      True,
+    ),
   ]
   fig = new_figure(figsize=(15, 4.5), layout='constrained')
   axes = fig.subplots(1, 3)
-  for ax, (title, ylabel, keys, log) in zip(axes, panels):
+  for ax, (title, ylabel, keys, log) in zip(axes, panels, strict=True):
     drawn = False
     for key, label in keys:
       xs, ys = _series(history, key)
@@ -137,8 +169,9 @@ def training_curves(history: Sequence[dict], path: str):
       if log and ys.min() > 0 and ys.max() / ys.min() > 20:  # log only for decays of decades
         ax.set_yscale('log')
     else:
-      ax.text(0.5, 0.5, 'not logged', ha='center', va='center', transform=ax.transAxes,
-              color='grey')
+      ax.text(
+        0.5, 0.5, 'not logged', ha='center', va='center', transform=ax.transAxes, color='grey'
+      )
     ax.set_title(title)
     ax.set_xlabel('Epoch')
     ax.set_ylabel(ylabel)
@@ -147,8 +180,15 @@ def training_curves(history: Sequence[dict], path: str):
   _save(fig, path)
 
 
-def image_grid(images: Sequence[np.ndarray | None], titles: Sequence[str], path: str, *,
-               suptitle: str = '', row_labels: Sequence[str] | None = None, ncols: int = 0):
+def image_grid(
+  images: Sequence[np.ndarray | None],
+  titles: Sequence[str],
+  path: str,
+  *,
+  suptitle: str = '',
+  row_labels: Sequence[str] | None = None,
+  ncols: int = 0,
+):
   """RGB uint8 images in a grid with a title each; `row_labels` name the rows (ncols per row).
 
   A None image leaves its cell empty, with its title written in the middle.
@@ -170,8 +210,16 @@ def image_grid(images: Sequence[np.ndarray | None], titles: Sequence[str], path:
       for spine in ax.spines.values():
         spine.set_visible(False)
       if i < n:
-        ax.text(0.5, 0.5, titles[i], ha='center', va='center', transform=ax.transAxes,
-                color='grey', fontsize=9)
+        ax.text(
+          0.5,
+          0.5,
+          titles[i],
+          ha='center',
+          va='center',
+          transform=ax.transAxes,
+          color='grey',
+          fontsize=9,
+        )
     if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
       ax.set_ylabel(row_labels[i // ncols], fontsize=10)
   if suptitle:

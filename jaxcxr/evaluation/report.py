@@ -9,23 +9,18 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.evaluation import inference
+from jaxcxr.evaluation import inference, ood_eval, plots
 from jaxcxr.evaluation import ood as ood_lib
-from jaxcxr.evaluation import ood_eval
-from jaxcxr.evaluation import plots
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import check_inputs, compute_metrics
-from jaxcxr.training import checkpoint
-from jaxcxr.training import loop
-from jaxcxr.training import run_log
-from jaxcxr.training import sharding
-from jaxcxr.training import validation
+from jaxcxr.training import checkpoint, loop, run_log, sharding, validation
 
 
 def _json_safe(x: Any) -> Any:
@@ -54,8 +49,10 @@ def summary_table(metrics: dict) -> str:
 
   With bootstrap CIs, per-class precision / recall / specificity / F1 carry their 95% interval.
   """
-  rows = ['| class | precision | recall (sens.) | specificity | F1 | ROC-AUC | support |',
-          '|---|---:|---:|---:|---:|---:|---:|']
+  rows = [
+    '| class | precision | recall (sens.) | specificity | F1 | ROC-AUC | support |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ]
   per_class_ci = (metrics.get('ci95') or {}).get('per_class')
   for c, (name, m) in enumerate(metrics['per_class'].items()):
     ci = per_class_ci[c] if per_class_ci else {}
@@ -65,17 +62,28 @@ def summary_table(metrics: dict) -> str:
         return _fmt(m[key])
       lo, hi = ci[key]
       return f'{_fmt(m[key])} ({_fmt(lo, 3)}-{_fmt(hi, 3)})'
-    rows.append(f'| {name} | {cell("precision")} | {cell("recall")} | {cell("specificity")} | '
-                f'{cell("f1")} | {_fmt(m["auc"])} | {m["support"]} |')
+
+    rows.append(
+      f'| {name} | {cell("precision")} | {cell("recall")} | {cell("specificity")} | '
+      f'{cell("f1")} | {_fmt(m["auc"])} | {m["support"]} |'
+    )
   m = metrics['macro']
-  rows.append(f'| **macro** | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
-              f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | '
-              f'{metrics["num_examples"]} |')
+  rows.append(
+    f'| **macro** | {_fmt(m["precision"])} | {_fmt(m["recall"])} | '
+    f'{_fmt(m["specificity"])} | {_fmt(m["f1"])} | {_fmt(m["auc"])} | '
+    f'{metrics["num_examples"]} |'
+  )
   return '\n'.join(rows)
 
 
-def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
-              shortcut: dict | None = None, ood: dict | None = None) -> str:
+def _markdown(
+  metrics: dict,
+  split: str,
+  figures: dict,
+  extra: dict | None,
+  shortcut: dict | None = None,
+  ood: dict | None = None,
+) -> str:
   names = metrics['class_names']
   ci = metrics.get('ci95')
 
@@ -85,32 +93,59 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
     lo, hi = ci[key]
     return f'{_fmt(value)} (95% CI {_fmt(lo)} - {_fmt(hi)})'
 
-  lines = [f'# Evaluation report: {split} split', '',
-           f'{metrics["num_examples"]} examples, classes: {", ".join(names)}.', '']
+  lines = [
+    f'# Evaluation report: {split} split',
+    '',
+    f'{metrics["num_examples"]} examples, classes: {", ".join(names)}.',
+    '',
+  ]
   if extra:
     selected = extra.get('selected')
     if selected:
-      lines += [f'Checkpoint: epoch {selected["epoch"]} (step {selected["step"]}). '
-                f'{selected["why"]}', '']
-    lines += ['| run | |', '|---|---|'] + [
-        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |' for k, v in extra.items()
-        if k != 'selected'] + ['']
-  lines += ['## Summary', '', '| metric | value |', '|---|---|',
-            f'| accuracy | {with_ci(metrics["accuracy"], "accuracy")} |',
-            f'| macro F1 | {with_ci(metrics["macro"]["f1"], "macro_f1")} |',
-            f'| macro ROC-AUC (one-vs-rest) | {with_ci(metrics["macro"]["auc"], "macro_auc")} |',
-            f'| macro sensitivity | {_fmt(metrics["macro"]["recall"])} |',
-            f'| macro specificity | {_fmt(metrics["macro"]["specificity"])} |',
-            f'| expected calibration error ({metrics["calibration"]["n_bins"]} bins) | '
-            f'{_fmt(metrics["calibration"]["ece"])} |', '']
+      lines += [
+        f'Checkpoint: epoch {selected["epoch"]} (step {selected["step"]}). {selected["why"]}',
+        '',
+      ]
+    lines += (
+      ['| run | |', '|---|---|']
+      + [
+        f'| {k} | {f"{v:.4g}" if isinstance(v, float) else v} |'
+        for k, v in extra.items()
+        if k != 'selected'
+      ]
+      + ['']
+    )
+  lines += [
+    '## Summary',
+    '',
+    '| metric | value |',
+    '|---|---|',
+    f'| accuracy | {with_ci(metrics["accuracy"], "accuracy")} |',
+    f'| macro F1 | {with_ci(metrics["macro"]["f1"], "macro_f1")} |',
+    f'| macro ROC-AUC (one-vs-rest) | {with_ci(metrics["macro"]["auc"], "macro_auc")} |',
+    f'| macro sensitivity | {_fmt(metrics["macro"]["recall"])} |',
+    f'| macro specificity | {_fmt(metrics["macro"]["specificity"])} |',
+    f'| expected calibration error ({metrics["calibration"]["n_bins"]} bins) | '
+    f'{_fmt(metrics["calibration"]["ece"])} |',
+    '',
+  ]
   if ci:
-    lines += [f'CIs: percentile bootstrap, {ci["n_bootstrap"]} resamples, seed {ci["seed"]}; '
-              'per-class values in the table below carry theirs in brackets.', '']
-  lines += ['## Per class', '', summary_table(metrics), '',
-            '## Confusion matrix (rows: true, columns: predicted)', '',
-            '| true \\ predicted | ' + ' | '.join(names) + ' |',
-            '|---|' + '---:|' * len(names)]
-  for name, row in zip(names, metrics['confusion_matrix']):
+    lines += [
+      f'CIs: percentile bootstrap, {ci["n_bootstrap"]} resamples, seed {ci["seed"]}; '
+      'per-class values in the table below carry theirs in brackets.',
+      '',
+    ]
+  lines += [
+    '## Per class',
+    '',
+    summary_table(metrics),
+    '',
+    '## Confusion matrix (rows: true, columns: predicted)',
+    '',
+    '| true \\ predicted | ' + ' | '.join(names) + ' |',
+    '|---|' + '---:|' * len(names),
+  ]
+  for name, row in zip(names, metrics['confusion_matrix'], strict=True):
     lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
   lines.append('')
   if shortcut:
@@ -123,10 +158,19 @@ def _markdown(metrics: dict, split: str, figures: dict, extra: dict | None,
   return '\n'.join(lines)
 
 
-def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequence[str], *,
-                 history: list[dict] | None = None, split: str = 'test',
-                 extra: dict | None = None, shortcut: dict | None = None,
-                 ood: dict | None = None) -> dict[str, str]:
+def write_report(
+  out_dir: str,
+  metrics: dict,
+  labels,
+  probs,
+  class_names: Sequence[str],
+  *,
+  history: list[dict] | None = None,
+  split: str = 'test',
+  extra: dict | None = None,
+  shortcut: dict | None = None,
+  ood: dict | None = None,
+) -> dict[str, str]:
   """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
 
   Args:
@@ -148,24 +192,32 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
   labels, probs = check_inputs(labels, probs, class_names)
   class_names = list(class_names)
   figures = {
-      'confusion_matrix': 'confusion_matrix.png',
-      'roc_curves': 'roc_curves.png',
-      'reliability_diagram': 'reliability_diagram.png',
+    'confusion_matrix': 'confusion_matrix.png',
+    'roc_curves': 'roc_curves.png',
+    'reliability_diagram': 'reliability_diagram.png',
   }
-  plots.confusion_matrix(np.asarray(metrics['confusion_matrix']), class_names,
-                         os.path.join(out_dir, figures['confusion_matrix']), split=split)
-  plots.roc_curves(labels, probs, class_names, os.path.join(out_dir, figures['roc_curves']),
-                   split=split)
-  plots.reliability_diagram(metrics['calibration'],
-                            os.path.join(out_dir, figures['reliability_diagram']), split=split)
+  plots.confusion_matrix(
+    np.asarray(metrics['confusion_matrix']),
+    class_names,
+    os.path.join(out_dir, figures['confusion_matrix']),
+    split=split,
+  )
+  plots.roc_curves(
+    labels, probs, class_names, os.path.join(out_dir, figures['roc_curves']), split=split
+  )
+  plots.reliability_diagram(
+    metrics['calibration'], os.path.join(out_dir, figures['reliability_diagram']), split=split
+  )
   if history:
     figures['training_curves'] = 'training_curves.png'
     plots.training_curves(history, os.path.join(out_dir, figures['training_curves']))
 
   report = {'split': split, 'extra': extra or {}, 'metrics': metrics, 'figures': figures}
   if shortcut:
-    report['shortcut'] = {'indicator': shortcut['indicator'],
-                          'figures': [p for _, p in shortcut['figures']]}
+    report['shortcut'] = {
+      'indicator': shortcut['indicator'],
+      'figures': [p for _, p in shortcut['figures']],
+    }
   if ood:
     report['ood'] = ood
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
@@ -178,9 +230,17 @@ def write_report(out_dir: str, metrics: dict, labels, probs, class_names: Sequen
   return written
 
 
-def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', out: str = '',
-                     batch_size: int = 0, bootstrap: int = -1,
-                     shortcut: bool | None = None, ood: bool | None = None) -> dict:
+def evaluate_workdir(
+  workdir: str,
+  split: str = 'test',
+  *,
+  which: str = 'best',
+  out: str = '',
+  batch_size: int = 0,
+  bootstrap: int = -1,
+  shortcut: bool | None = None,
+  ood: bool | None = None,
+) -> dict:
   """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
 
   Args:
@@ -203,47 +263,101 @@ def evaluate_workdir(workdir: str, split: str = 'test', *, which: str = 'best', 
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
   handle = data.prepare(cfg.data)
   predict = inference.make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
-  labels, probs, _ = validation.predict_split(predict, cfg.data, handle, split,
-                                              local_batch_size=batch_size,
-                                              mesh=sharding.make_mesh(jax.devices()[:1]))
-  metrics = compute_metrics(labels, probs, bundle.class_names, n_bootstrap=n_bootstrap,
-                            seed=int(cfg.get('seed', 0)))
+  labels, probs, _ = validation.predict_split(
+    predict,
+    cfg.data,
+    handle,
+    split,
+    local_batch_size=batch_size,
+    mesh=sharding.make_mesh(jax.devices()[:1]),
+  )
+  metrics = compute_metrics(
+    labels, probs, bundle.class_names, n_bootstrap=n_bootstrap, seed=int(cfg.get('seed', 0))
+  )
   out_dir = out or os.path.join(workdir, f'eval_{split}')
-  extra = {'workdir': os.path.abspath(workdir), 'checkpoint': which, 'step': int(bundle.step),
-           'model': cfg.model.name, 'image_size': int(bundle.image_size)}
+  extra = {
+    'workdir': os.path.abspath(workdir),
+    'checkpoint': which,
+    'step': int(bundle.step),
+    'model': cfg.model.name,
+    'image_size': int(bundle.image_size),
+  }
   if shortcut is None:
     shortcut = bool(cfg.eval.get('shortcut', False))
   analysis = None
   if shortcut:
-    analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, cfg.data, handle, split,
-                                          out_dir, bundle.class_names, batch_size=batch_size)
+    analysis = shortcut_lib.analyse_split(
+      bundle.module,
+      bundle.variables,
+      cfg.data,
+      handle,
+      split,
+      out_dir,
+      bundle.class_names,
+      batch_size=batch_size,
+    )
   if ood is None:
     ood = ood_lib.load_for(workdir, bundle)[0] is not None
-  ood_section = (ood_eval.run_section(workdir, bundle, handle, split, which=which, refit=False)
-                 if ood else None)
-  files = write_report(out_dir, metrics, labels, probs, bundle.class_names,
-                       history=run_log.read_rows(workdir, 'epoch'), split=split, extra=extra,
-                       shortcut=analysis, ood=ood_section)
+  ood_section = (
+    ood_eval.run_section(workdir, bundle, handle, split, which=which, refit=False) if ood else None
+  )
+  files = write_report(
+    out_dir,
+    metrics,
+    labels,
+    probs,
+    bundle.class_names,
+    history=run_log.read_rows(workdir, 'epoch'),
+    split=split,
+    extra=extra,
+    shortcut=analysis,
+    ood=ood_section,
+  )
   return {'metrics': metrics, 'files': files, 'out_dir': out_dir, 'shortcut': analysis}
 
 
-def write_run_report(workdir: str, config, labels, probs, class_names: Sequence[str],
-                     history: list[dict], summary: dict) -> dict:
+def write_run_report(
+  workdir: str,
+  config,
+  labels,
+  probs,
+  class_names: Sequence[str],
+  history: list[dict],
+  summary: dict,
+) -> dict:
   """The report at the end of a training run (the `reporter` of `train_and_evaluate`)."""
-  metrics = compute_metrics(labels, probs, class_names, n_bootstrap=config.eval.bootstrap,
-                            seed=config.seed)
+  metrics = compute_metrics(
+    labels, probs, class_names, n_bootstrap=config.eval.bootstrap, seed=config.seed
+  )
   # The checkpoint the summary evaluated (the best one; the latest when none was kept as best).
   bundle, which = ood_eval.restore_shipped(workdir)
   handle = data.prepare(config.data)
   analysis = None
   if config.eval.get('shortcut', False):
-    analysis = shortcut_lib.analyse_split(bundle.module, bundle.variables, config.data,
-                                          handle, summary['split'], workdir,
-                                          class_names, batch_size=config.eval.batch_size)
+    analysis = shortcut_lib.analyse_split(
+      bundle.module,
+      bundle.variables,
+      config.data,
+      handle,
+      summary['split'],
+      workdir,
+      class_names,
+      batch_size=config.eval.batch_size,
+    )
   # The out-of-distribution score: fitted on this run's train split, saved for launch.predict.
   ood_section = ood_eval.run_section(workdir, bundle, handle, summary['split'], which=which)
-  return write_report(workdir, metrics, labels, probs, class_names, history=history,
-                      split=summary['split'], extra=summary, shortcut=analysis, ood=ood_section)
+  return write_report(
+    workdir,
+    metrics,
+    labels,
+    probs,
+    class_names,
+    history=history,
+    split=summary['split'],
+    extra=summary,
+    shortcut=analysis,
+    ood=ood_section,
+  )
 
 
 def train_and_report(config, workdir: str) -> dict:

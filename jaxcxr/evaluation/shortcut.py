@@ -41,7 +41,7 @@ soft tissue), which makes the indicator conservative for evidence on opacities n
 """
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -50,12 +50,12 @@ from PIL import Image
 from jaxcxr.evaluation import gradcam
 
 EXAMPLES_PER_CLASS = 2  # most confident right and wrong predictions drawn per predicted class
-CORNER_FRACTION = 0.3   # corner squares: 0.3 x 0.3 of the image each (36% of the area together)
-CORNER_FLAG = 1.5       # flag: mean corner share > 1.5 x the corners' area share
-PEAK_FLAG = 0.9         # flag: peak outside the lungs on >= 90% of the class's images (and more
-                        # mass outside them than a uniform map)
-FRAME_FRACTION = 0.1    # border frame: the outer 10% of each side (36% of the area)
-_WORK = 64              # side the lung heuristic works at
+CORNER_FRACTION = 0.3  # corner squares: 0.3 x 0.3 of the image each (36% of the area together)
+CORNER_FLAG = 1.5  # flag: mean corner share > 1.5 x the corners' area share
+PEAK_FLAG = 0.9  # flag: peak outside the lungs on >= 90% of the class's images (and more
+# mass outside them than a uniform map)
+FRAME_FRACTION = 0.1  # border frame: the outer 10% of each side (36% of the area)
+_WORK = 64  # side the lung heuristic works at
 _MIN_LUNG, _MAX_LUNG = 0.04, 0.5
 
 
@@ -77,15 +77,17 @@ def lung_mask(grey: np.ndarray) -> np.ndarray:
   g = cv2.resize(grey.astype(np.uint8), (_WORK, _WORK), interpolation=cv2.INTER_AREA)
   g = cv2.GaussianBlur(g.astype(np.float32), (0, 0), 1.0)
   env = lung_envelope(_WORK)
-  t, _ = cv2.threshold(np.clip(g[env], 0, 255).astype(np.uint8)[:, None], 0, 255,
-                       cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+  t, _ = cv2.threshold(
+    np.clip(g[env], 0, 255).astype(np.uint8)[:, None], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU
+  )
   # Air outside the body: much darker than the lungs and connected to the image edge.
   n, lab = cv2.connectedComponents((g < 0.6 * t).astype(np.uint8), connectivity=4)
   edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
   air = np.isin(lab, edge[edge > 0])
   air = cv2.dilate(air.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-  m = cv2.morphologyEx(((g < t) & env & ~air).astype(np.uint8), cv2.MORPH_OPEN,
-                       np.ones((3, 3), np.uint8))
+  m = cv2.morphologyEx(
+    ((g < t) & env & ~air).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)
+  )
   n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=4)
   big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= 0.01 * _WORK * _WORK]
   mask = np.isin(lab, big)
@@ -98,7 +100,7 @@ def border_frame(height: int, width: int, fraction: float = FRAME_FRACTION) -> n
   """bool (height, width): True in the outer `fraction` of each side."""
   fy, fx = max(1, round(height * fraction)), max(1, round(width * fraction))
   frame = np.ones((height, width), bool)
-  frame[fy:height - fy, fx:width - fx] = False
+  frame[fy : height - fy, fx : width - fx] = False
   return frame
 
 
@@ -110,8 +112,9 @@ def corner_squares(height: int, width: int, fraction: float = CORNER_FRACTION) -
   return corners
 
 
-def cam_shares(cams: np.ndarray, lungs: np.ndarray,
-               fraction: float = FRAME_FRACTION) -> dict[str, np.ndarray]:
+def cam_shares(
+  cams: np.ndarray, lungs: np.ndarray, fraction: float = FRAME_FRACTION
+) -> dict[str, np.ndarray]:
   """Per-image shares of Grad-CAM mass. cams (N, H, W) >= 0, lungs bool (N, H, W).
 
   Returns:
@@ -128,17 +131,24 @@ def cam_shares(cams: np.ndarray, lungs: np.ndarray,
   corners = corner_squares(h, w)
   total = cams.sum(axis=(1, 2))
   with np.errstate(invalid='ignore', divide='ignore'):
-    share = lambda region: (cams * region).sum(axis=(1, 2)) / total
+
+    def share(region):
+      return (cams * region).sum(axis=(1, 2)) / total
+
     out = {'corners': share(corners), 'border': share(frame), 'outside_lung': share(~lungs)}
   peak = cams.reshape(n, -1).argmax(axis=1)
   out['peak_outside_lung'] = ~lungs.reshape(n, -1)[np.arange(n), peak]
-  out.update(corners_area=np.full(n, corners.mean()), border_area=np.full(n, frame.mean()),
-             outside_lung_area=1.0 - lungs.mean((1, 2)))
+  out.update(
+    corners_area=np.full(n, corners.mean()),
+    border_area=np.full(n, frame.mean()),
+    outside_lung_area=1.0 - lungs.mean((1, 2)),
+  )
   return out
 
 
-def indicator(shares: dict[str, np.ndarray], preds: Sequence[int],
-              class_names: Sequence[str]) -> dict:
+def indicator(
+  shares: dict[str, np.ndarray], preds: Sequence[int], class_names: Sequence[str]
+) -> dict:
   """Per predicted class: mean shares, their uniform-map baselines, and whether it is flagged.
 
   Returns:
@@ -152,62 +162,101 @@ def indicator(shares: dict[str, np.ndarray], preds: Sequence[int],
   for k, name in enumerate(class_names):
     sel = (preds == k) & np.isfinite(shares['corners'])
     row = {'n': int(sel.sum())}
-    for key in ('corners', 'corners_area', 'border', 'border_area', 'outside_lung',
-                'outside_lung_area', 'peak_outside_lung'):
+    for key in (
+      'corners',
+      'corners_area',
+      'border',
+      'border_area',
+      'outside_lung',
+      'outside_lung_area',
+      'peak_outside_lung',
+    ):
       row[key] = float(np.mean(shares[key][sel])) if sel.any() else float('nan')
     reasons = []
     if sel.any() and row['corners'] > CORNER_FLAG * row['corners_area']:
-      reasons.append(f'{row["corners"]:.0%} of the Grad-CAM mass in the corners '
-                     f'({row["corners_area"]:.0%} of the area)')
-    if sel.any() and (row['peak_outside_lung'] >= PEAK_FLAG
-                      and row['outside_lung'] > row['outside_lung_area']):
-      reasons.append(f'peak outside the lungs on {row["peak_outside_lung"]:.0%} of the images, '
-                     f'{row["outside_lung"]:.0%} of the mass outside them '
-                     f'({row["outside_lung_area"]:.0%} of the area)')
+      reasons.append(
+        f'{row["corners"]:.0%} of the Grad-CAM mass in the corners '
+        f'({row["corners_area"]:.0%} of the area)'
+      )
+    if sel.any() and (
+      row['peak_outside_lung'] >= PEAK_FLAG and row['outside_lung'] > row['outside_lung_area']
+    ):
+      reasons.append(
+        f'peak outside the lungs on {row["peak_outside_lung"]:.0%} of the images, '
+        f'{row["outside_lung"]:.0%} of the mass outside them '
+        f'({row["outside_lung_area"]:.0%} of the area)'
+      )
     row['flagged'] = bool(reasons)
     row['reason'] = '; '.join(reasons)
     if row['flagged']:
       flagged.append(name)
     per_class[name] = row
-  return {'per_class': per_class, 'flagged': flagged, 'corner_fraction': CORNER_FRACTION,
-          'corner_flag': CORNER_FLAG, 'peak_flag': PEAK_FLAG, 'frame_fraction': FRAME_FRACTION}
+  return {
+    'per_class': per_class,
+    'flagged': flagged,
+    'corner_fraction': CORNER_FRACTION,
+    'corner_flag': CORNER_FLAG,
+    'peak_flag': PEAK_FLAG,
+    'frame_fraction': FRAME_FRACTION,
+  }
 
 
 def markdown(ind: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
   """The report section: the per-class table, the verdict, and links to the example panels."""
-  lines = ['## Shortcut indicator (where the Grad-CAM evidence is)', '',
-           'Per predicted class, on the Grad-CAM map of the predicted class: the share of its mass '
-           f'in the four corner squares ({ind["corner_fraction"]:.0%} of each side, where markers '
-           f'and text sit), in the border frame (outer {ind["frame_fraction"]:.0%} of each side) '
-           'and outside the lung mask (an intensity heuristic, see `jaxcxr.evaluation.shortcut`), '
-           'each with the share a uniform map would give in brackets, and how often the peak lies '
-           f'outside the lung mask. Flagged: corner share > {ind["corner_flag"]:g} x its area, '
-           f'or the peak outside the lungs on >= {ind["peak_flag"]:.0%} of the '
-           'images with more mass outside them than their area share.', '',
-           '| predicted class | images | corners | border frame | outside lungs | '
-           'peak outside lungs | flagged |', '|---|---:|---:|---:|---:|---:|---|']
+  lines = [
+    '## Shortcut indicator (where the Grad-CAM evidence is)',
+    '',
+    'Per predicted class, on the Grad-CAM map of the predicted class: the share of its mass '
+    f'in the four corner squares ({ind["corner_fraction"]:.0%} of each side, where markers '
+    f'and text sit), in the border frame (outer {ind["frame_fraction"]:.0%} of each side) '
+    'and outside the lung mask (an intensity heuristic, see `jaxcxr.evaluation.shortcut`), '
+    'each with the share a uniform map would give in brackets, and how often the peak lies '
+    f'outside the lung mask. Flagged: corner share > {ind["corner_flag"]:g} x its area, '
+    f'or the peak outside the lungs on >= {ind["peak_flag"]:.0%} of the '
+    'images with more mass outside them than their area share.',
+    '',
+    '| predicted class | images | corners | border frame | outside lungs | '
+    'peak outside lungs | flagged |',
+    '|---|---:|---:|---:|---:|---:|---|',
+  ]
   for name, r in ind['per_class'].items():
     if not r['n']:
       lines.append(f'| {name} | 0 | n/a | n/a | n/a | n/a | |')
       continue
-    lines.append(f'| {name} | {r["n"]} | {r["corners"]:.2f} ({r["corners_area"]:.2f}) | '
-                 f'{r["border"]:.2f} ({r["border_area"]:.2f}) | '
-                 f'{r["outside_lung"]:.2f} ({r["outside_lung_area"]:.2f}) | '
-                 f'{r["peak_outside_lung"]:.2f} | '
-                 f'{"**yes**: " + r["reason"] if r["flagged"] else "no"} |')
-  lines += ['', ('**Flagged: ' + ', '.join(ind['flagged']) + '.** The model may be using '
-                 'evidence outside the lungs (markers, text, borders) for these classes; check the '
-                 'examples below.') if ind['flagged'] else
-            'No class flagged (the numbers can still show evidence below or beside the lungs).',
-            '']
+    lines.append(
+      f'| {name} | {r["n"]} | {r["corners"]:.2f} ({r["corners_area"]:.2f}) | '
+      f'{r["border"]:.2f} ({r["border_area"]:.2f}) | '
+      f'{r["outside_lung"]:.2f} ({r["outside_lung_area"]:.2f}) | '
+      f'{r["peak_outside_lung"]:.2f} | '
+      f'{"**yes**: " + r["reason"] if r["flagged"] else "no"} |'
+    )
+  lines += [
+    '',
+    (
+      '**Flagged: ' + ', '.join(ind['flagged']) + '.** The model may be using '
+      'evidence outside the lungs (markers, text, borders) for these classes; check the '
+      'examples below.'
+    )
+    if ind['flagged']
+    else 'No class flagged (the numbers can still show evidence below or beside the lungs).',
+    '',
+  ]
   if figures:
-    lines += ['Most confident right and wrong predictions (source resolution: original | '
-              'Grad-CAM overlay):', ''] + [f'![{t}]({p})' for t, p in figures] + ['']
+    lines += (
+      [
+        'Most confident right and wrong predictions (source resolution: original | '
+        'Grad-CAM overlay):',
+        '',
+      ]
+      + [f'![{t}]({p})' for t, p in figures]
+      + ['']
+    )
   return '\n'.join(lines)
 
 
-def select_examples(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
-                    per_class: int) -> list[tuple[int, str, int]]:
+def select_examples(
+  labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, per_class: int
+) -> list[tuple[int, str, int]]:
   """(index, 'correct' | 'wrong', rank) of the most confident right and wrong predictions.
 
   Per predicted class, up to `per_class` correct and `per_class` wrong predictions with the
@@ -217,17 +266,29 @@ def select_examples(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
   conf = np.asarray(probs)[np.arange(len(preds)), preds]
   out = []
   for k in range(np.asarray(probs).shape[1]):
-    for kind, sel in (('correct', (preds == k) & (labels == k)),
-                      ('wrong', (preds == k) & (labels != k))):
+    for kind, sel in (
+      ('correct', (preds == k) & (labels == k)),
+      ('wrong', (preds == k) & (labels != k)),
+    ):
       idx = np.flatnonzero(sel)
       idx = idx[np.argsort(-conf[idx], kind='stable')][:per_class]
       out += [(int(i), kind, r + 1) for r, i in enumerate(idx)]
   return out
 
 
-def analyse_split(module, variables: dict, data_cfg, handle, split: str, out_dir: str,
-                  class_names: Sequence[str], *, per_class: int = EXAMPLES_PER_CLASS,
-                  batch_size: int = 16, alpha: float = 0.4) -> dict:
+def analyse_split(
+  module,
+  variables: dict,
+  data_cfg,
+  handle,
+  split: str,
+  out_dir: str,
+  class_names: Sequence[str],
+  *,
+  per_class: int = EXAMPLES_PER_CLASS,
+  batch_size: int = 16,
+  alpha: float = 0.4,
+) -> dict:
   """Grad-CAM of every image of a split, the indicator, and panels of the telling examples.
 
   Args:
@@ -255,16 +316,31 @@ def analyse_split(module, variables: dict, data_cfg, handle, split: str, out_dir
   for i, kind, rank in select_examples(labels, preds, probs, per_class):
     original, name = gradcam.load_source(handle, data_cfg, split, int(index[i]))
     header = gradcam.probability_header(probs[i], class_names, true=int(labels[i]), name=name)
-    header.append(f'Grad-CAM mass: corners {shares["corners"][i]:.2f}, border '
-                  f'{shares["border"][i]:.2f}, outside lungs {shares["outside_lung"][i]:.2f}')
+    header.append(
+      f'Grad-CAM mass: corners {shares["corners"][i]:.2f}, border '
+      f'{shares["border"][i]:.2f}, outside lungs {shares["outside_lung"][i]:.2f}'
+    )
     pred = class_names[preds[i]]
     rel = os.path.join('shortcut', f'{pred.replace(" ", "_")}_{kind}_{rank}.png')
     Image.fromarray(gradcam.source_panel(original, cams[i], header, alpha=alpha)).save(
-        os.path.join(out_dir, rel))
+      os.path.join(out_dir, rel)
+    )
     figures.append((f'predicted {pred}, {kind} #{rank}', rel))
-  return {'indicator': ind, 'figures': figures, 'images': int(len(greys))}
+  return {'indicator': ind, 'figures': figures, 'images': len(greys)}
 
 
-__all__ = ['EXAMPLES_PER_CLASS', 'analyse_split', 'CORNER_FRACTION', 'CORNER_FLAG',
-           'FRAME_FRACTION', 'lung_envelope', 'lung_mask', 'border_frame', 'corner_squares',
-           'cam_shares', 'indicator', 'markdown', 'select_examples']
+__all__ = [
+  'CORNER_FLAG',
+  'CORNER_FRACTION',
+  'EXAMPLES_PER_CLASS',
+  'FRAME_FRACTION',
+  'analyse_split',
+  'border_frame',
+  'cam_shares',
+  'corner_squares',
+  'indicator',
+  'lung_envelope',
+  'lung_mask',
+  'markdown',
+  'select_examples',
+]

@@ -8,24 +8,22 @@ The torchvision families (VGG, ResNet, DenseNet) match torchvision layer for lay
 `jaxcxr.models.weights.from_torchvision` loads ImageNet weights exactly.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
-from jaxcxr.models import densenet
-from jaxcxr.models import resnet
-from jaxcxr.models import small_cnn
-from jaxcxr.models import vgg
+from jaxcxr.models import densenet, resnet, small_cnn, vgg
 
 # name -> (family, module constructor: a functools.partial of the family's class).
 _REGISTRY: dict[str, tuple[str, Callable[..., nn.Module]]] = {
-    'cnn_small': ('small_cnn', small_cnn.cnn_small),
-    'cnn_bn': ('small_cnn', small_cnn.cnn_bn),
-    'cnn_res18': ('small_cnn', small_cnn.cnn_res18),
-    'cnn_res18_half': ('small_cnn', small_cnn.cnn_res18_half),
-    **{name: ('vgg', fn) for name, fn in vgg.VARIANTS.items()},
-    **{name: ('resnet', fn) for name, fn in resnet.VARIANTS.items()},
-    **{name: ('densenet', fn) for name, fn in densenet.VARIANTS.items()},
+  'cnn_small': ('small_cnn', small_cnn.cnn_small),
+  'cnn_bn': ('small_cnn', small_cnn.cnn_bn),
+  'cnn_res18': ('small_cnn', small_cnn.cnn_res18),
+  'cnn_res18_half': ('small_cnn', small_cnn.cnn_res18_half),
+  **{name: ('vgg', fn) for name, fn in vgg.VARIANTS.items()},
+  **{name: ('resnet', fn) for name, fn in resnet.VARIANTS.items()},
+  **{name: ('densenet', fn) for name, fn in densenet.VARIANTS.items()},
 }
 
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -33,13 +31,15 @@ NAMES: tuple[str, ...] = tuple(_REGISTRY)
 # Top-level parameter name of the classification head (the part `num_classes` re-sizes), keyed by
 # family and, for convenience, by every model name. Everything else is the backbone.
 _FAMILY_HEADS = {
-    'small_cnn': small_cnn.HEAD,
-    'vgg': vgg.HEAD,
-    'resnet': resnet.HEAD,
-    'densenet': densenet.HEAD,
+  'small_cnn': small_cnn.HEAD,
+  'vgg': vgg.HEAD,
+  'resnet': resnet.HEAD,
+  'densenet': densenet.HEAD,
 }
 HEAD_PARAMS: dict[str, str] = {
-    **_FAMILY_HEADS, **{name: _FAMILY_HEADS[fam] for name, (fam, _) in _REGISTRY.items()}}
+  **_FAMILY_HEADS,
+  **{name: _FAMILY_HEADS[fam] for name, (fam, _) in _REGISTRY.items()},
+}
 
 
 def family(name: str) -> str:

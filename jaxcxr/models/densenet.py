@@ -6,7 +6,8 @@ and the head `classifier`.
 """
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,21 +25,24 @@ class DenseLayer(nn.Module):
   With `memory_efficient` the concat + bottleneck is rematerialised in the backward pass
   (torchvision's checkpointed `bn_function`), so the concatenation is never stored.
   """
+
   growth_rate: int
   bn_size: int
   dropout_rate: float
   memory_efficient: bool
   train: bool
   dtype: Any = jnp.float32
-  in_scan: bool = False   # the body of DenseBlock's scan: convs take `input_grad_as_conv`
+  in_scan: bool = False  # the body of DenseBlock's scan: convs take `input_grad_as_conv`
 
   def setup(self):
     self.norm1 = layers.batch_norm(self.train, self.dtype, 'norm1')
-    self.conv1 = layers.conv(self.bn_size * self.growth_rate, 1, self.dtype, 'conv1',
-                             input_grad_as_conv=self.in_scan)
+    self.conv1 = layers.conv(
+      self.bn_size * self.growth_rate, 1, self.dtype, 'conv1', input_grad_as_conv=self.in_scan
+    )
     self.norm2 = layers.batch_norm(self.train, self.dtype, 'norm2')
-    self.conv2 = layers.conv(self.growth_rate, 3, self.dtype, 'conv2', padding=1,
-                             input_grad_as_conv=self.in_scan)
+    self.conv2 = layers.conv(
+      self.growth_rate, 3, self.dtype, 'conv2', padding=1, input_grad_as_conv=self.in_scan
+    )
     self.dropout = nn.Dropout(self.dropout_rate, deterministic=not self.train)
 
   def bottleneck(self, features: Sequence[jnp.ndarray]) -> jnp.ndarray:
@@ -69,14 +73,20 @@ def _padded_layer_variables(variables: dict, width: int) -> dict:
   """
   p, out = variables['params'], {}
   out['params'] = {
-      'norm1': {k: _pad_channels(v, width) for k, v in p['norm1'].items()},
-      'conv1': {'kernel': _pad_channels(p['conv1']['kernel'], width, axis=2)},
-      'norm2': p['norm2'], 'conv2': p['conv2']}
+    'norm1': {k: _pad_channels(v, width) for k, v in p['norm1'].items()},
+    'conv1': {'kernel': _pad_channels(p['conv1']['kernel'], width, axis=2)},
+    'norm2': p['norm2'],
+    'conv2': p['conv2'],
+  }
   if 'batch_stats' in variables:
     s = variables['batch_stats']
-    out['batch_stats'] = {'norm1': {'mean': _pad_channels(s['norm1']['mean'], width),
-                                    'var': _pad_channels(s['norm1']['var'], width, value=1.0)},
-                          'norm2': s['norm2']}
+    out['batch_stats'] = {
+      'norm1': {
+        'mean': _pad_channels(s['norm1']['mean'], width),
+        'var': _pad_channels(s['norm1']['var'], width, value=1.0),
+      },
+      'norm2': s['norm2'],
+    }
   return out
 
 
@@ -93,6 +103,7 @@ class DenseBlock(nn.Module):
   the unrolled block's (the unrolled path declares them at init), so checkpoints, converted
   torchvision weights and `scan_chunk` are independent. Training with dropout > 0 runs unrolled.
   """
+
   num_layers: int
   growth_rate: int
   bn_size: int
@@ -103,21 +114,27 @@ class DenseBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if (self.scan_chunk > 0 and not self.is_initializing()
-        and not (train and self.dropout_rate > 0)):
+    if self.scan_chunk > 0 and not self.is_initializing() and not (train and self.dropout_rate > 0):
       return self._scanned(x, train)
     features = [x]
     for j in range(self.num_layers):
-      features.append(DenseLayer(self.growth_rate, self.bn_size, self.dropout_rate,
-                                 self.memory_efficient, train, self.dtype,
-                                 name=f'denselayer{j + 1}')(features))
+      features.append(
+        DenseLayer(
+          self.growth_rate,
+          self.bn_size,
+          self.dropout_rate,
+          self.memory_efficient,
+          train,
+          self.dtype,
+          name=f'denselayer{j + 1}',
+        )(features)
+      )
     return jnp.concatenate(features, axis=-1)
 
   def _scanned(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """The block as `lax.scan`s over chunks of layers (see the class docstring)."""
     g, c0 = self.growth_rate, x.shape[-1]
-    layer = DenseLayer(g, self.bn_size, 0.0, self.memory_efficient, train, self.dtype,
-                       in_scan=True)
+    layer = DenseLayer(g, self.bn_size, 0.0, self.memory_efficient, train, self.dtype, in_scan=True)
 
     def body(buffer, layer_input):
       variables, offset = layer_input
@@ -125,29 +142,37 @@ class DenseBlock(nn.Module):
         y, updates = layer.apply(variables, [buffer], mutable=['batch_stats'])
       else:
         y, updates = layer.apply(variables, [buffer]), {}
-      return lax.dynamic_update_slice_in_dim(buffer, y.astype(buffer.dtype), offset, axis=3), updates
+      return lax.dynamic_update_slice_in_dim(
+        buffer, y.astype(buffer.dtype), offset, axis=3
+      ), updates
 
     names = [f'denselayer{j + 1}' for j in range(self.num_layers)]
-    variables = {col: tree for col, tree in self.variables.items()
-                 if col in ('params', 'batch_stats')}
+    variables = {
+      col: tree for col, tree in self.variables.items() if col in ('params', 'batch_stats')
+    }
     for start in range(0, self.num_layers, self.scan_chunk):
       chunk = range(start, min(start + self.scan_chunk, self.num_layers))
       width = c0 + chunk.stop * g
-      stacked = jax.tree.map(lambda *a: jnp.stack(a), *[
+      stacked = jax.tree.map(
+        lambda *a: jnp.stack(a),
+        *[
           _padded_layer_variables({col: tree[names[j]] for col, tree in variables.items()}, width)
-          for j in chunk])
+          for j in chunk
+        ],
+      )
       offsets = jnp.array([c0 + j * g for j in chunk], jnp.int32)
       x, updates = lax.scan(body, _pad_channels(x, width), (stacked, offsets))
-      for i, j in enumerate(chunk):   # running statistics of the real channels only
+      for i, j in enumerate(chunk):  # running statistics of the real channels only
         if train:
           stats = jax.tree.map(lambda a: a[i], updates['batch_stats'])
-          stats['norm1'] = {k: v[:c0 + j * g] for k, v in stats['norm1'].items()}
+          stats['norm1'] = {k: v[: c0 + j * g] for k, v in stats['norm1'].items()}
           self.put_variable('batch_stats', names[j], stats)
     return x
 
 
 class Transition(nn.Module):
   """BN-ReLU-Conv1x1 to `features` channels, then 2x2 average pooling."""
+
   features: int
   dtype: Any = jnp.float32
 
@@ -171,6 +196,7 @@ class DenseNet(nn.Module):
     memory_efficient: rematerialise each concat + bottleneck (identical outputs, less memory).
     dtype: compute dtype; params stay float32.
   """
+
   growth_rate: int = 32
   block_config: Sequence[int] = (6, 12, 24, 16)
   num_init_features: int = 64
@@ -190,9 +216,16 @@ class DenseNet(nn.Module):
     x = layers.max_pool(x, 3, 2, 1)
     num_features = self.num_init_features
     for i, num_layers in enumerate(self.block_config):
-      x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.dropout_rate,
-                     self.memory_efficient, self.dtype, self.scan_chunk,
-                     name=f'denseblock{i + 1}')(x, train)
+      x = DenseBlock(
+        num_layers,
+        self.growth_rate,
+        self.bn_size,
+        self.dropout_rate,
+        self.memory_efficient,
+        self.dtype,
+        self.scan_chunk,
+        name=f'denseblock{i + 1}',
+      )(x, train)
       num_features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
         num_features //= 2
@@ -203,14 +236,22 @@ class DenseNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x)
 
 
-densenet121 = functools.partial(DenseNet, growth_rate=32, block_config=(6, 12, 24, 16),
-                                num_init_features=64)
-densenet161 = functools.partial(DenseNet, growth_rate=48, block_config=(6, 12, 36, 24),
-                                num_init_features=96)
-densenet169 = functools.partial(DenseNet, growth_rate=32, block_config=(6, 12, 32, 32),
-                                num_init_features=64)
-densenet201 = functools.partial(DenseNet, growth_rate=32, block_config=(6, 12, 48, 32),
-                                num_init_features=64)
+densenet121 = functools.partial(
+  DenseNet, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64
+)
+densenet161 = functools.partial(
+  DenseNet, growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96
+)
+densenet169 = functools.partial(
+  DenseNet, growth_rate=32, block_config=(6, 12, 32, 32), num_init_features=64
+)
+densenet201 = functools.partial(
+  DenseNet, growth_rate=32, block_config=(6, 12, 48, 32), num_init_features=64
+)
 
-VARIANTS = {'densenet121': densenet121, 'densenet161': densenet161,
-            'densenet169': densenet169, 'densenet201': densenet201}
+VARIANTS = {
+  'densenet121': densenet121,
+  'densenet161': densenet161,
+  'densenet169': densenet169,
+  'densenet201': densenet201,
+}

@@ -22,30 +22,42 @@ BN_MOMENTUM = 0.9
 
 def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
   """`nn.BatchNorm` with torchvision's eps/momentum; batch statistics only when `train`."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name
+  )
 
 
 _DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> jnp.ndarray:
-  return lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
-                                  dimension_numbers=_DIMENSION_NUMBERS)
+  return lax.conv_general_dilated(
+    x, kernel, (stride, stride), ((padding, padding),) * 2, dimension_numbers=_DIMENSION_NUMBERS
+  )
 
 
-def _strided_taps(xp: jnp.ndarray, kh: int, kw: int, stride: int,
-                  out_hw: tuple[int, int]) -> list[jnp.ndarray]:
+def _strided_taps(
+  xp: jnp.ndarray, kh: int, kw: int, stride: int, out_hw: tuple[int, int]
+) -> list[jnp.ndarray]:
   """The kh*kw strided views (N, Ho, Wo, C) of an already padded NHWC input, row-major: view
   (i, j) holds the window element at offset (i, j) of every output position."""
   n, _, _, c = xp.shape
   ho, wo = out_hw
-  return [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                    (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+  return [
+    lax.slice(
+      xp,
+      (0, i, j, 0),
+      (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+      (1, stride, stride, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
 
 
-def im2col_weight_grad(x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, ...],
-                       stride: int, padding: int) -> jnp.ndarray:
+def im2col_weight_grad(
+  x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, ...], stride: int, padding: int
+) -> jnp.ndarray:
   """dL/dkernel (kh, kw, C, O) of `_conv2d` as one matmul over N*Ho*Wo.
 
   The k*k strided views of the padded input (N, Ho, Wo, C) are concatenated along channels into
@@ -75,8 +87,9 @@ def input_grad_by_forward_conv(g: jnp.ndarray, kernel: jnp.ndarray, padding: int
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int,
-           input_grad_as_conv: bool = False) -> jnp.ndarray:
+def conv2d(
+  x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int, input_grad_as_conv: bool = False
+) -> jnp.ndarray:
   """NHWC x HWIO convolution; on CPU its weight gradient is `im2col_weight_grad`.
 
   Why (docs/PERFORMANCE.md): XLA:CPU lowers a conv's weight gradient to a convolution whose window
@@ -122,39 +135,54 @@ class Conv2d(nn.Module):
   Same parameters, initialisation and forward computation as `nn.Conv` with explicit symmetric
   padding; only the weight gradient is computed differently (`conv2d`).
   """
+
   features: int
   kernel_size: int
   strides: int = 1
   padding: int = 0
   use_bias: bool = False
   dtype: Dtype = jnp.float32
-  input_grad_as_conv: bool = False   # inside a lax.scan body: see `conv2d`
+  input_grad_as_conv: bool = False  # inside a lax.scan body: see `conv2d`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     k = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
-            if self.use_bias else None)
+    kernel = self.param(
+      'kernel', nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32
+    )
+    bias = (
+      self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+      if self.use_bias
+      else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv2d(x, kernel, self.strides, self.padding, self.input_grad_as_conv)
     return y if bias is None else y + bias
 
 
-def conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1,
-         padding: int = 0, use_bias: bool = False, input_grad_as_conv: bool = False) -> Conv2d:
+def conv(
+  features: int,
+  kernel: int,
+  dtype: Dtype,
+  name: str,
+  stride: int = 1,
+  padding: int = 0,
+  use_bias: bool = False,
+  input_grad_as_conv: bool = False,
+) -> Conv2d:
   """`torch.nn.Conv2d(..., kernel, stride, padding)` on NHWC with explicit symmetric padding."""
   return Conv2d(features, kernel, stride, padding, use_bias, dtype, input_grad_as_conv, name=name)
 
 
 def _max_pool(x: jnp.ndarray, window: int, stride: int, padding: int) -> jnp.ndarray:
-  return nn.max_pool(x, (window, window), strides=(stride, stride),
-                     padding=((padding, padding), (padding, padding)))
+  return nn.max_pool(
+    x, (window, window), strides=(stride, stride), padding=((padding, padding), (padding, padding))
+  )
 
 
-def max_pool_grad_by_taps(x: jnp.ndarray, g: jnp.ndarray, window: int, stride: int,
-                          padding: int) -> jnp.ndarray:
+def max_pool_grad_by_taps(
+  x: jnp.ndarray, g: jnp.ndarray, window: int, stride: int, padding: int
+) -> jnp.ndarray:
   """dL/dx of `_max_pool`: each window's gradient goes to its first maximum (torch's choice).
 
   The window*window strided views ("taps") of the -inf padded input are compared in row-major
@@ -176,10 +204,14 @@ def max_pool_grad_by_taps(x: jnp.ndarray, g: jnp.ndarray, window: int, stride: i
     first = (tap == best) & ~taken
     taken = taken | first
     share = jnp.where(first, g, zero)
-    config = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-              (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
+    config = (
+      (0, 0, 0),
+      (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+      (j, wp - j - stride * (wo - 1) - 1, stride - 1),
+      (0, 0, 0),
+    )
     dxp = dxp + lax.pad(share, zero, config)
-  return dxp[:, p:hp - p, p:wp - p, :] if p else dxp
+  return dxp[:, p : hp - p, p : wp - p, :] if p else dxp
 
 
 def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0) -> jnp.ndarray:
@@ -260,8 +292,18 @@ def mark_cam_features(module: nn.Module, fmap: jnp.ndarray) -> jnp.ndarray:
   return fmap
 
 
-__all__ = ['batch_norm', 'conv', 'conv2d', 'Conv2d', 'im2col_weight_grad',
-           'input_grad_by_forward_conv', 'max_pool',
-           'max_pool_grad_by_taps',
-           'adaptive_avg_pool', 'global_avg_pool', 'mark_cam_features', 'BN_EPSILON',
-           'BN_MOMENTUM']
+__all__ = [
+  'BN_EPSILON',
+  'BN_MOMENTUM',
+  'Conv2d',
+  'adaptive_avg_pool',
+  'batch_norm',
+  'conv',
+  'conv2d',
+  'global_avg_pool',
+  'im2col_weight_grad',
+  'input_grad_by_forward_conv',
+  'mark_cam_features',
+  'max_pool',
+  'max_pool_grad_by_taps',
+]

@@ -5,7 +5,8 @@ torchvision's: `layer{i}_{j}` is `layer{i}.{j}`, `downsample_0`/`_1` are `downsa
 """
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ HEAD = 'fc'
 
 class BasicBlock(nn.Module):
   """Two 3x3 convs (ResNet-18/34); expansion 1."""
+
   planes: int
   stride: int = 1
   downsample: bool = False
@@ -38,6 +40,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 (strided, v1.5) -> 1x1 convs (ResNet-50/101/152); expansion 4."""
+
   planes: int
   stride: int = 1
   downsample: bool = False
@@ -54,8 +57,9 @@ class Bottleneck(nn.Module):
     y = layers.conv(self.planes * self.expansion, 1, self.dtype, 'conv3')(y)
     y = layers.batch_norm(train, self.dtype, 'bn3')(y)
     if self.downsample:
-      identity = layers.conv(self.planes * self.expansion, 1, self.dtype, 'downsample_0',
-                             self.stride)(x)
+      identity = layers.conv(
+        self.planes * self.expansion, 1, self.dtype, 'downsample_0', self.stride
+      )(x)
       identity = layers.batch_norm(train, self.dtype, 'downsample_1')(identity)
     return nn.relu(y + identity)
 
@@ -69,6 +73,7 @@ class ResNet(nn.Module):
     num_classes: size of the head `fc`.
     dtype: compute dtype; params stay float32.
   """
+
   block: Any
   stage_sizes: Sequence[int]
   num_classes: int = 1000
@@ -100,5 +105,10 @@ resnet50 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3))
 resnet101 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 23, 3))
 resnet152 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 8, 36, 3))
 
-VARIANTS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50,
-            'resnet101': resnet101, 'resnet152': resnet152}
+VARIANTS = {
+  'resnet18': resnet18,
+  'resnet34': resnet34,
+  'resnet50': resnet50,
+  'resnet101': resnet101,
+  'resnet152': resnet152,
+}

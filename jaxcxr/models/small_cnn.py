@@ -12,13 +12,13 @@ and saves two thirds of the stem's work; no ImageNet weights exist for these, by
 """
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcxr.models import layers
-from jaxcxr.models import resnet
+from jaxcxr.models import layers, resnet
 
 HEAD = 'classifier'
 
@@ -33,6 +33,7 @@ class SmallCNN(nn.Module):
     dropout_rate: dropout before the head.
     dtype: compute dtype; params stay float32.
   """
+
   num_classes: int = 3
   widths: Sequence[int] = (16, 32, 64, 128)
   batch_norm: bool = False
@@ -46,8 +47,9 @@ class SmallCNN(nn.Module):
     for i, width in enumerate(self.widths):
       if i:
         x = layers.max_pool(x, 2, 2)
-      x = layers.conv(width, 3, self.dtype, f'conv{i + 1}', padding=1,
-                      use_bias=not self.batch_norm)(x)
+      x = layers.conv(
+        width, 3, self.dtype, f'conv{i + 1}', padding=1, use_bias=not self.batch_norm
+      )(x)
       if self.batch_norm:
         x = layers.batch_norm(train, self.dtype, f'bn{i + 1}')(x)
       x = nn.relu(x)
@@ -67,6 +69,7 @@ class GreyResNet(nn.Module):
     dropout_rate: dropout before the head.
     dtype: compute dtype; params stay float32.
   """
+
   num_classes: int = 3
   widths: Sequence[int] = (64, 128, 256, 512)
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -81,12 +84,13 @@ class GreyResNet(nn.Module):
     x = nn.relu(layers.batch_norm(train, self.dtype, 'bn1')(x))
     x = layers.max_pool(x, 3, 2, 1)
     in_width = self.widths[0]
-    for i, (width, num_blocks) in enumerate(zip(self.widths, self.stage_sizes)):
+    for i, (width, num_blocks) in enumerate(zip(self.widths, self.stage_sizes, strict=True)):
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
         downsample = j == 0 and (stride != 1 or in_width != width)
-        x = resnet.BasicBlock(width, stride, downsample, self.dtype,
-                              name=f'layer{i + 1}_{j}')(x, train)
+        x = resnet.BasicBlock(width, stride, downsample, self.dtype, name=f'layer{i + 1}_{j}')(
+          x, train
+        )
         in_width = width
     x = layers.mark_cam_features(self, x)
     x = layers.global_avg_pool(x)

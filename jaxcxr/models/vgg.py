@@ -6,7 +6,8 @@ difference is the flatten before `fc1`: NHWC here, NCHW in torch (`jaxcxr.models
 """
 
 import functools
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,17 +18,37 @@ HEAD = 'classifier'
 POOL_HW = (7, 7)  # torchvision's AdaptiveAvgPool2d((7, 7))
 
 # torchvision cfgs "A", "B", "D", "E": conv widths, 'M' = 2x2 max-pool.
-CFGS: dict[str, tuple[Union[int, str], ...]] = {
-    'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    'vgg13': (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-              512, 512, 512, 'M'),
-    'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-              512, 512, 512, 512, 'M'),
+CFGS: dict[str, tuple[int | str, ...]] = {
+  'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+  'vgg13': (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+  'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
+  'vgg19': (
+    64,
+    64,
+    'M',
+    128,
+    128,
+    'M',
+    256,
+    256,
+    256,
+    256,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+  ),
 }
 
 
-def feature_layers(cfg: Sequence[Union[int, str]], batch_norm: bool) -> list[tuple[int, str, Any]]:
+def feature_layers(cfg: Sequence[int | str], batch_norm: bool) -> list[tuple[int, str, Any]]:
   """torchvision's `features` Sequential as (index, kind, width) with kind in conv/bn/relu/pool."""
   out, i = [], 0
   for v in cfg:
@@ -53,11 +74,12 @@ class VGG(nn.Module):
     classifier_width: hidden width of fc1/fc2 (4096 in torchvision).
     dtype: compute dtype; params stay float32.
   """
-  cfg: Sequence[Union[int, str]]
+
+  cfg: Sequence[int | str]
   batch_norm: bool = False
   num_classes: int = 1000
   dropout_rate: float = 0.5
-  classifier_width: int = 4096   # torchvision's; smaller only for tiny test models
+  classifier_width: int = 4096  # torchvision's; smaller only for tiny test models
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -94,6 +116,13 @@ vgg13_bn = functools.partial(VGG, cfg=CFGS['vgg13'], batch_norm=True)
 vgg16_bn = functools.partial(VGG, cfg=CFGS['vgg16'], batch_norm=True)
 vgg19_bn = functools.partial(VGG, cfg=CFGS['vgg19'], batch_norm=True)
 
-VARIANTS = {'vgg11': vgg11, 'vgg13': vgg13, 'vgg16': vgg16, 'vgg19': vgg19,
-            'vgg11_bn': vgg11_bn, 'vgg13_bn': vgg13_bn, 'vgg16_bn': vgg16_bn,
-            'vgg19_bn': vgg19_bn}
+VARIANTS = {
+  'vgg11': vgg11,
+  'vgg13': vgg13,
+  'vgg16': vgg16,
+  'vgg19': vgg19,
+  'vgg11_bn': vgg11_bn,
+  'vgg13_bn': vgg13_bn,
+  'vgg16_bn': vgg16_bn,
+  'vgg19_bn': vgg19_bn,
+}

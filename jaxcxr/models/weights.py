@@ -26,7 +26,8 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Union
 
 import flax.traverse_util
 import jax
@@ -48,28 +49,28 @@ COLLECTIONS = ('params', 'batch_stats')
 # torchvision IMAGENET1K_V1 weights (and the V2 ResNet recipes). The hex after the dash is the
 # sha256 prefix that torchvision (and `load_state_dict`) verifies.
 TORCHVISION_URLS = {
-    'vgg11': 'https://download.pytorch.org/models/vgg11-8a719046.pth',
-    'vgg13': 'https://download.pytorch.org/models/vgg13-19584684.pth',
-    'vgg16': 'https://download.pytorch.org/models/vgg16-397923af.pth',
-    'vgg19': 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
-    'vgg11_bn': 'https://download.pytorch.org/models/vgg11_bn-6002323d.pth',
-    'vgg13_bn': 'https://download.pytorch.org/models/vgg13_bn-abd245e5.pth',
-    'vgg16_bn': 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth',
-    'vgg19_bn': 'https://download.pytorch.org/models/vgg19_bn-c79401a0.pth',
-    'resnet18': 'https://download.pytorch.org/models/resnet18-f37072fd.pth',
-    'resnet34': 'https://download.pytorch.org/models/resnet34-b627a593.pth',
-    'resnet50': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
-    'resnet101': 'https://download.pytorch.org/models/resnet101-63fe2227.pth',
-    'resnet152': 'https://download.pytorch.org/models/resnet152-394f9c45.pth',
-    'densenet121': 'https://download.pytorch.org/models/densenet121-a639ec97.pth',
-    'densenet161': 'https://download.pytorch.org/models/densenet161-8d451a50.pth',
-    'densenet169': 'https://download.pytorch.org/models/densenet169-b2777c0a.pth',
-    'densenet201': 'https://download.pytorch.org/models/densenet201-c1103571.pth',
+  'vgg11': 'https://download.pytorch.org/models/vgg11-8a719046.pth',
+  'vgg13': 'https://download.pytorch.org/models/vgg13-19584684.pth',
+  'vgg16': 'https://download.pytorch.org/models/vgg16-397923af.pth',
+  'vgg19': 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
+  'vgg11_bn': 'https://download.pytorch.org/models/vgg11_bn-6002323d.pth',
+  'vgg13_bn': 'https://download.pytorch.org/models/vgg13_bn-abd245e5.pth',
+  'vgg16_bn': 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth',
+  'vgg19_bn': 'https://download.pytorch.org/models/vgg19_bn-c79401a0.pth',
+  'resnet18': 'https://download.pytorch.org/models/resnet18-f37072fd.pth',
+  'resnet34': 'https://download.pytorch.org/models/resnet34-b627a593.pth',
+  'resnet50': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
+  'resnet101': 'https://download.pytorch.org/models/resnet101-63fe2227.pth',
+  'resnet152': 'https://download.pytorch.org/models/resnet152-394f9c45.pth',
+  'densenet121': 'https://download.pytorch.org/models/densenet121-a639ec97.pth',
+  'densenet161': 'https://download.pytorch.org/models/densenet161-8d451a50.pth',
+  'densenet169': 'https://download.pytorch.org/models/densenet169-b2777c0a.pth',
+  'densenet201': 'https://download.pytorch.org/models/densenet201-c1103571.pth',
 }
 TORCHVISION_V2_URLS = {
-    'resnet50': 'https://download.pytorch.org/models/resnet50-11ad3fa6.pth',
-    'resnet101': 'https://download.pytorch.org/models/resnet101-cd907fc2.pth',
-    'resnet152': 'https://download.pytorch.org/models/resnet152-f82ba261.pth',
+  'resnet50': 'https://download.pytorch.org/models/resnet50-11ad3fa6.pth',
+  'resnet101': 'https://download.pytorch.org/models/resnet101-cd907fc2.pth',
+  'resnet152': 'https://download.pytorch.org/models/resnet152-f82ba261.pth',
 }
 
 
@@ -80,22 +81,28 @@ class WeightsError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Key map and layouts.
 
+
 class Target(NamedTuple):
   """Where a torchvision tensor goes: Flax collection, path inside it, and its layout."""
+
   collection: str
   path: tuple[str, ...]
   layout: str  # 'conv' (OIHW), 'dense' (out, in), 'dense_nchw' (VGG fc1) or 'vector'
 
 
 # Flax leaf -> torchvision leaf, per collection.
-_LEAF_NAMES = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
-               ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
-               ('batch_stats', 'var'): 'running_var'}
+_LEAF_NAMES = {
+  ('params', 'kernel'): 'weight',
+  ('params', 'scale'): 'weight',
+  ('params', 'bias'): 'bias',
+  ('batch_stats', 'mean'): 'running_mean',
+  ('batch_stats', 'var'): 'running_var',
+}
 # Flax top-level module -> torchvision module, where the names differ beyond '_' -> '.'.
 _MODULE_NAMES = {
-    'vgg': {'fc1': 'classifier.0', 'fc2': 'classifier.3', vgg.HEAD: 'classifier.6'},
-    'resnet': {},
-    'densenet': {},
+  'vgg': {'fc1': 'classifier.0', 'fc2': 'classifier.3', vgg.HEAD: 'classifier.6'},
+  'resnet': {},
+  'densenet': {},
 }
 _PREFIX = {'vgg': '', 'resnet': '', 'densenet': 'features.'}  # densenet: all but the head
 
@@ -108,7 +115,7 @@ def _torch_module_name(family: str, path: Sequence[str]) -> str:
   return prefix + '.'.join(names)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _abstract_variables(arch: str, num_classes: int) -> Variables:
   model = models.build(arch, num_classes)
   rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
@@ -116,7 +123,7 @@ def _abstract_variables(arch: str, num_classes: int) -> Variables:
   return {c: variables[c] for c in COLLECTIONS if c in variables}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torchvision_key_map(arch: str) -> dict[str, Target]:
   """Explicit map torchvision state-dict key -> `Target` for model `arch` (buffers included).
 
@@ -125,8 +132,9 @@ def torchvision_key_map(arch: str) -> dict[str, Target]:
   """
   family = models.family(arch)
   if family not in _MODULE_NAMES:
-    raise WeightsError(f'{arch!r} has no torchvision counterpart; convertible: '
-                       f'{", ".join(TORCHVISION_URLS)}')
+    raise WeightsError(
+      f'{arch!r} has no torchvision counterpart; convertible: {", ".join(TORCHVISION_URLS)}'
+    )
   out = {}
   for collection, tree in _abstract_variables(arch, 1000).items():
     for path, leaf in flax.traverse_util.flatten_dict(tree).items():
@@ -178,7 +186,8 @@ def _torch_shape(shape: Sequence[int], layout: str) -> tuple[int, ...]:
 # torchvision DenseNet checkpoints name 'denselayer1.norm.1.weight' what the model calls
 # 'denselayer1.norm1.weight' (torchvision `_load_state_dict` rewrites them with this regex).
 _OLD_DENSENET_KEY = re.compile(
-    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$')
+  r'^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$'
+)
 
 
 def _normalise_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -190,11 +199,14 @@ def _normalise_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # A key only that family's torchvision state dicts have.
-_FAMILY_MARKERS = {'vgg': 'classifier.6.weight', 'resnet': 'layer1.0.conv1.weight',
-                   'densenet': 'features.denseblock1.denselayer1.conv1.weight'}
+_FAMILY_MARKERS = {
+  'vgg': 'classifier.6.weight',
+  'resnet': 'layer1.0.conv1.weight',
+  'densenet': 'features.denseblock1.denselayer1.conv1.weight',
+}
 
 
-def _guess_arch(keys: set[str]) -> Optional[str]:
+def _guess_arch(keys: set[str]) -> str | None:
   """The convertible arch whose torchvision key set is exactly `keys`, if any."""
   for arch in TORCHVISION_URLS:
     if _FAMILY_MARKERS[models.family(arch)] in keys and set(torchvision_key_map(arch)) == keys:
@@ -202,8 +214,9 @@ def _guess_arch(keys: set[str]) -> Optional[str]:
   return None
 
 
-def from_torchvision(arch: str, state_dict: Mapping[str, Any],
-                     num_classes: Optional[int] = None) -> Variables:
+def from_torchvision(
+  arch: str, state_dict: Mapping[str, Any], num_classes: int | None = None
+) -> Variables:
   """Converts a torchvision state dict for model `arch` into Flax variables.
 
   Args:
@@ -221,16 +234,18 @@ def from_torchvision(arch: str, state_dict: Mapping[str, Any],
       shape; the message names the keys and both shapes.
   """
   key_map = torchvision_key_map(arch)
-  state = {k: v for k, v in _normalise_keys(state_dict).items()
-           if not k.endswith('num_batches_tracked')}
+  state = {
+    k: v for k, v in _normalise_keys(state_dict).items() if not k.endswith('num_batches_tracked')
+  }
   missing = sorted(set(key_map) - set(state))
   unexpected = sorted(set(state) - set(key_map))
   if missing or unexpected:
     guess = _guess_arch(set(state))
     hint = f' It looks like a {guess!r} state dict.' if guess else ''
     raise WeightsError(
-        f'State dict does not match {arch!r}: {len(missing)} missing keys '
-        f'{_some(missing)}, {len(unexpected)} unexpected keys {_some(unexpected)}.{hint}')
+      f'State dict does not match {arch!r}: {len(missing)} missing keys '
+      f'{_some(missing)}, {len(unexpected)} unexpected keys {_some(unexpected)}.{hint}'
+    )
 
   head = models.HEAD_PARAMS[arch]
   if num_classes is None:
@@ -243,9 +258,10 @@ def from_torchvision(arch: str, state_dict: Mapping[str, Any],
     got = tuple(np.shape(state[key]))
     if got != _torch_shape(want, target.layout):
       raise WeightsError(
-          f'Shape mismatch for torchvision key {key!r}: state dict has {got}, {arch} '
-          f'(num_classes={num_classes}) expects {_torch_shape(want, target.layout)} '
-          f'(Flax {target.collection}/{"/".join(target.path)} {tuple(want)}).')
+        f'Shape mismatch for torchvision key {key!r}: state dict has {got}, {arch} '
+        f'(num_classes={num_classes}) expects {_torch_shape(want, target.layout)} '
+        f'(Flax {target.collection}/{"/".join(target.path)} {tuple(want)}).'
+      )
     flat[target.collection][target.path] = to_flax_layout(state[key], target.layout)
   return {c: flax.traverse_util.unflatten_dict(f) for c, f in flat.items()}
 
@@ -256,6 +272,7 @@ def _some(keys: Sequence[str], n: int = 5) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Sources.
+
 
 def default_cache_dir() -> pathlib.Path:
   """$JAXCXR_WEIGHTS_DIR, else ~/.cache/jaxcxr/weights."""
@@ -270,7 +287,7 @@ def _sha256(path: PathLike) -> str:
   return h.hexdigest()
 
 
-def _check_hash(path: PathLike, digest: str, expected_sha256: Optional[str], what: str) -> None:
+def _check_hash(path: PathLike, digest: str, expected_sha256: str | None, what: str) -> None:
   """Full `expected_sha256`, else the torchvision-style prefix in the file name (name-<hex>.ext)."""
   if expected_sha256:
     if digest != expected_sha256.lower():
@@ -279,12 +296,14 @@ def _check_hash(path: PathLike, digest: str, expected_sha256: Optional[str], wha
   m = re.search(r'-([0-9a-f]{6,64})\.', pathlib.Path(path).name)
   if m and not digest.startswith(m.group(1)):
     name = pathlib.Path(path).name
-    raise WeightsError(f'sha256 of {what} is {digest}, but its file name {name!r} says it starts '
-                       f'with {m.group(1)}.')
+    raise WeightsError(
+      f'sha256 of {what} is {digest}, but its file name {name!r} says it starts with {m.group(1)}.'
+    )
 
 
-def fetch(url: str, cache_dir: Optional[PathLike] = None,
-          expected_sha256: Optional[str] = None) -> pathlib.Path:
+def fetch(
+  url: str, cache_dir: PathLike | None = None, expected_sha256: str | None = None
+) -> pathlib.Path:
   """Downloads `url` into the cache (once) and returns the verified local file.
 
   The download goes to a temporary file that is renamed only after the hash check, so the cache
@@ -294,8 +313,9 @@ def fetch(url: str, cache_dir: Optional[PathLike] = None,
   name = pathlib.Path(urllib.parse.urlparse(url).path).name or 'weights.pth'
   dest = cache / name
   if dest.exists():
-    _check_hash(dest, _sha256(dest), expected_sha256,
-                f'cached {dest} (delete it to download {url} again)')
+    _check_hash(
+      dest, _sha256(dest), expected_sha256, f'cached {dest} (delete it to download {url} again)'
+    )
     return dest
   cache.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=cache, prefix=f'.{name}.', suffix='.part')
@@ -312,9 +332,10 @@ def fetch(url: str, cache_dir: Optional[PathLike] = None,
       except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'
         raise WeightsError(
-            f'Could not download {url} ({reason}). Without network access, fetch that URL on '
-            f'another machine and put the file at {dest} (or pass the local file as the '
-            f'source).') from None
+          f'Could not download {url} ({reason}). Without network access, fetch that URL on '
+          f'another machine and put the file at {dest} (or pass the local file as the '
+          f'source).'
+        ) from None
     if expected_size is not None and size != int(expected_size):
       raise WeightsError(f'Download of {url} is truncated: {size} of {expected_size} bytes.')
     _check_hash(dest, h.hexdigest(), expected_sha256, f'{url} (downloaded)')
@@ -327,17 +348,20 @@ def fetch(url: str, cache_dir: Optional[PathLike] = None,
 
 def _read_pth(path: pathlib.Path) -> dict[str, np.ndarray]:
   import torch  # pylint: disable=g-import-not-at-top  (only .pth sources need torch)
+
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     detail = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l), '')
     raise WeightsError(
-        f'{path} contains pickled objects other than tensors and was refused (read with '
-        f'torch.load(weights_only=True), nothing in it was executed). {detail}') from None
+      f'{path} contains pickled objects other than tensors and was refused (read with '
+      f'torch.load(weights_only=True), nothing in it was executed). {detail}'
+    ) from None
   except Exception as e:  # pylint: disable=broad-except  (zip/stream errors are RuntimeError)
-    raise WeightsError(f'Could not read {path}: the file is truncated or corrupt '
-                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).'
-                       ) from None
+    raise WeightsError(
+      f'Could not read {path}: the file is truncated or corrupt '
+      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).'
+    ) from None
   for wrapper in ('state_dict', 'model'):  # training checkpoints wrap the state dict
     if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
       obj = obj[wrapper]
@@ -355,15 +379,21 @@ def _read_pth(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
   try:
     return dict(safetensors.numpy.load_file(str(path)))
   except Exception as e:  # pylint: disable=broad-except  (SafetensorError is not exported)
-    raise WeightsError(f'Could not read {path}: the file is truncated or corrupt '
-                       f'({type(e).__name__}: {e}).') from None
+    raise WeightsError(
+      f'Could not read {path}: the file is truncated or corrupt ({type(e).__name__}: {e}).'
+    ) from None
 
 
-def resolve_source(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = None,
-                   expected_sha256: Optional[str] = None) -> pathlib.Path:
+def resolve_source(
+  path_or_url: PathLike,
+  *,
+  cache_dir: PathLike | None = None,
+  expected_sha256: str | None = None,
+) -> pathlib.Path:
   """The verified local file for a path, an http(s) URL (see `fetch`) or 'torchvision:<arch>'."""
   source = str(path_or_url)
   if source.startswith('torchvision:'):
@@ -391,8 +421,12 @@ def read_state_dict(path: PathLike) -> dict[str, np.ndarray]:
   raise WeightsError(f'{path}: unknown weight format {path.suffix!r} (.pth, .pt or .safetensors).')
 
 
-def load_state_dict(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = None,
-                    expected_sha256: Optional[str] = None) -> dict[str, np.ndarray]:
+def load_state_dict(
+  path_or_url: PathLike,
+  *,
+  cache_dir: PathLike | None = None,
+  expected_sha256: str | None = None,
+) -> dict[str, np.ndarray]:
   """Reads a state dict (key -> numpy array) from a `.pth`, `.safetensors` or http(s) URL.
 
   Args:
@@ -404,19 +438,22 @@ def load_state_dict(path_or_url: PathLike, *, cache_dir: Optional[PathLike] = No
   Raises:
     WeightsError: unreadable, truncated, hash mismatch, pickled code, or download failure.
   """
-  return read_state_dict(resolve_source(path_or_url, cache_dir=cache_dir,
-                                        expected_sha256=expected_sha256))
+  return read_state_dict(
+    resolve_source(path_or_url, cache_dir=cache_dir, expected_sha256=expected_sha256)
+  )
 
 
 # ------------------------------------------------------------------------------------------------
 # Converted weights on disk, and loading into a model.
 
+
 def _num_classes(arch: str, variables: Variables) -> int:
   return int(variables['params'][models.HEAD_PARAMS[arch]]['bias'].shape[0])
 
 
-def save_converted(out_dir: PathLike, arch: str, variables: Variables,
-                   meta: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+def save_converted(
+  out_dir: PathLike, arch: str, variables: Variables, meta: Mapping[str, Any] | None = None
+) -> pathlib.Path:
   """Writes `variables` (Orbax, `out_dir/variables`) and `out_dir/meta.json`.
 
   Args:
@@ -429,16 +466,24 @@ def save_converted(out_dir: PathLike, arch: str, variables: Variables,
     The absolute `out_dir`.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   out = pathlib.Path(out_dir).expanduser().absolute()
   out.mkdir(parents=True, exist_ok=True)
   variables = {c: jax.tree.map(np.asarray, variables[c]) for c in COLLECTIONS if c in variables}
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(out / VARIABLES_DIR, variables, force=True)
     ckptr.wait_until_finished()
-  count = lambda tree: int(sum(np.size(a) for a in jax.tree.leaves(tree)))
-  info = {'arch': arch, 'num_classes': _num_classes(arch, variables),
-          'num_params': count(variables['params']),
-          'num_batch_stats': count(variables.get('batch_stats', {})), **(meta or {})}
+
+  def count(tree):
+    return int(sum(np.size(a) for a in jax.tree.leaves(tree)))
+
+  info = {
+    'arch': arch,
+    'num_classes': _num_classes(arch, variables),
+    'num_params': count(variables['params']),
+    'num_batch_stats': count(variables.get('batch_stats', {})),
+    **(meta or {}),
+  }
   (out / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + '\n')
   return out
 
@@ -447,25 +492,30 @@ def read_meta(directory: PathLike) -> dict[str, Any]:
   """`meta.json` of a converted-weights directory."""
   path = pathlib.Path(directory).expanduser() / META_FILE
   if not path.is_file():
-    raise WeightsError(f'{directory} is not a converted-weights directory (no {META_FILE}); '
-                       'create one with `python -m launch.convert`.')
+    raise WeightsError(
+      f'{directory} is not a converted-weights directory (no {META_FILE}); '
+      'create one with `python -m launch.convert`.'
+    )
   return json.loads(path.read_text())
 
 
 def load_converted(directory: PathLike) -> tuple[str, Variables]:
   """Reads a `save_converted` directory: (arch, {'params', 'batch_stats'} of numpy arrays)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   meta = read_meta(directory)
   arch, num_classes = meta['arch'], int(meta['num_classes'])
-  target = jax.tree.map(lambda a: np.empty(a.shape, a.dtype),
-                        _abstract_variables(arch, num_classes))
+  target = jax.tree.map(
+    lambda a: np.empty(a.shape, a.dtype), _abstract_variables(arch, num_classes)
+  )
   path = pathlib.Path(directory).expanduser().absolute() / VARIABLES_DIR
   with ocp.StandardCheckpointer() as ckptr:
     try:
       variables = ckptr.restore(path, target)
     except Exception as e:  # pylint: disable=broad-except
-      raise WeightsError(f'Could not restore {path} as {arch} (num_classes={num_classes}): '
-                         f'{e}') from None
+      raise WeightsError(
+        f'Could not restore {path} as {arch} (num_classes={num_classes}): {e}'
+      ) from None
   return arch, jax.tree.map(np.asarray, dict(variables))
 
 
@@ -473,9 +523,12 @@ def _path_str(collection: str, path: Sequence[str]) -> str:
   return '/'.join((collection, *path))
 
 
-def load_pretrained(init_variables: Mapping[str, Any], pretrained_variables: Mapping[str, Any],
-                    *, skip: Sequence[str] = tuple(sorted(set(models.HEAD_PARAMS.values())))
-                    ) -> Variables:
+def load_pretrained(
+  init_variables: Mapping[str, Any],
+  pretrained_variables: Mapping[str, Any],
+  *,
+  skip: Sequence[str] = tuple(sorted(set(models.HEAD_PARAMS.values()))),
+) -> Variables:
   """Copies pretrained params and BatchNorm statistics into freshly initialised variables.
 
   Args:
@@ -500,28 +553,42 @@ def load_pretrained(init_variables: Mapping[str, Any], pretrained_variables: Map
       if path[0] in skip:
         merged[path] = value
       elif path not in pre:
-        problems.append(f'{_path_str(collection, path)}: missing from the pretrained variables '
-                        f'(model has shape {tuple(np.shape(value))})')
+        problems.append(
+          f'{_path_str(collection, path)}: missing from the pretrained variables '
+          f'(model has shape {tuple(np.shape(value))})'
+        )
       elif np.shape(pre[path]) != np.shape(value):
-        problems.append(f'{_path_str(collection, path)}: pretrained shape '
-                        f'{tuple(np.shape(pre[path]))} != model shape {tuple(np.shape(value))}')
+        problems.append(
+          f'{_path_str(collection, path)}: pretrained shape '
+          f'{tuple(np.shape(pre[path]))} != model shape {tuple(np.shape(value))}'
+        )
       else:
         merged[path] = jnp.asarray(pre[path], dtype=jnp.asarray(value).dtype)
     for path in sorted(set(pre) - set(init)):
       if path[0] not in skip:
-        problems.append(f'{_path_str(collection, path)}: in the pretrained variables (shape '
-                        f'{tuple(np.shape(pre[path]))}) but not in the model')
+        problems.append(
+          f'{_path_str(collection, path)}: in the pretrained variables (shape '
+          f'{tuple(np.shape(pre[path]))}) but not in the model'
+        )
     if collection in init_variables:
       out[collection] = flax.traverse_util.unflatten_dict(merged)
   if problems:
-    raise WeightsError(f'Pretrained variables do not fit the model ({len(problems)} problems): '
-                       + '; '.join(problems[:10]) + ('; ...' if len(problems) > 10 else ''))
+    raise WeightsError(
+      f'Pretrained variables do not fit the model ({len(problems)} problems): '
+      + '; '.join(problems[:10])
+      + ('; ...' if len(problems) > 10 else '')
+    )
   return out
 
 
-def convert(arch: str, source: PathLike, out_dir: PathLike, *,
-            cache_dir: Optional[PathLike] = None,
-            expected_sha256: Optional[str] = None) -> dict[str, Any]:
+def convert(
+  arch: str,
+  source: PathLike,
+  out_dir: PathLike,
+  *,
+  cache_dir: PathLike | None = None,
+  expected_sha256: str | None = None,
+) -> dict[str, Any]:
   """Source (file/URL) -> `from_torchvision` -> `save_converted`; returns the written meta."""
   models.build(arch, 1)  # unknown arch: ValueError listing the names, before any download
   path = resolve_source(source, cache_dir=cache_dir, expected_sha256=expected_sha256)

@@ -9,15 +9,23 @@ import csv
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # Chowdhury et al. 2020 (IEEE Access 8:132665): 3-class accuracy of DenseNet201 with augmentation.
 PAPER_ACCURACY_3CLASS = 0.979
 PAPER_LABEL = 'Chowdhury et al. 2020: 97.9% 3-class accuracy (DenseNet201, augmentation)'
 _PLOT_LABEL = 'paper: 97.9% 3-class accuracy (Chowdhury et al. 2020)'
 
-METRIC_COLUMNS = ('accuracy', 'macro_f1', 'macro_auc', 'best_epoch', 'steps', 'images_per_s',
-                  'wall_time_s')
+METRIC_COLUMNS = (
+  'accuracy',
+  'macro_f1',
+  'macro_auc',
+  'best_epoch',
+  'steps',
+  'images_per_s',
+  'wall_time_s',
+)
 # Keys that differ between runs but are not hyperparameters.
 _IGNORED_KEYS = ('data.data_dir',)
 
@@ -56,10 +64,14 @@ def find_runs(root: str) -> list[dict]:
       continue
     results = _read_json(os.path.join(dirpath, 'results.json')) if 'results.json' in files else None
     config = (results or {}).get('config') or _read_json(os.path.join(dirpath, 'config.json')) or {}
-    runs.append({'trial': os.path.relpath(dirpath, root),
-                 'status': 'finished' if results else 'unfinished',
-                 'summary': (results or {}).get('summary', {}),
-                 'config': flatten(config)})
+    runs.append(
+      {
+        'trial': os.path.relpath(dirpath, root),
+        'status': 'finished' if results else 'unfinished',
+        'summary': (results or {}).get('summary', {}),
+        'config': flatten(config),
+      }
+    )
   _apply_sweep_status(root, runs)
   return sorted(runs, key=lambda r: r['trial'])
 
@@ -71,10 +83,20 @@ def _apply_sweep_status(root: str, runs: list[dict]) -> None:
   for name, entry in sweep.get('trials', {}).items():
     run = by_trial.get(name)
     if run is None:
-      runs.append({'trial': name, 'status': entry.get('status', 'pending'), 'summary': {},
-                   'config': flatten(_unflatten(entry.get('overrides', {}))), 'partial': True})
-    elif run['status'] != 'finished' and entry.get('status') in ('failed', 'running',
-                                                                 'interrupted'):
+      runs.append(
+        {
+          'trial': name,
+          'status': entry.get('status', 'pending'),
+          'summary': {},
+          'config': flatten(_unflatten(entry.get('overrides', {}))),
+          'partial': True,
+        }
+      )
+    elif run['status'] != 'finished' and entry.get('status') in (
+      'failed',
+      'running',
+      'interrupted',
+    ):
       run['status'] = entry['status']
 
 
@@ -94,8 +116,11 @@ def varying_keys(configs: Sequence[dict]) -> list[str]:
   if len(configs) < 2:
     return []
   keys = sorted(set().union(*configs))
-  return [k for k in keys if k not in _IGNORED_KEYS
-          and len({json.dumps(c.get(k), default=repr) for c in configs}) > 1]
+  return [
+    k
+    for k in keys
+    if k not in _IGNORED_KEYS and len({json.dumps(c.get(k), default=repr) for c in configs}) > 1
+  ]
 
 
 def _metric(summary: dict, name: str) -> Any:
@@ -115,15 +140,19 @@ def table(runs: Sequence[dict]) -> tuple[list[str], list[dict]]:
   rows = []
   for r in runs:
     s = r['summary']
-    row = {'trial': r['trial'], 'status': r['status'],
-           'model': s.get('model', r['config'].get('model.name', '')),
-           **{k: r['config'].get(k, '') for k in hyper},
-           'split': s.get('split', '')}
+    row = {
+      'trial': r['trial'],
+      'status': r['status'],
+      'model': s.get('model', r['config'].get('model.name', '')),
+      **{k: r['config'].get(k, '') for k in hyper},
+      'split': s.get('split', ''),
+    }
     row.update({m: _metric(s, m) for m in METRIC_COLUMNS})
     rows.append(row)
 
-  return columns, sorted(rows, key=lambda row: (row['status'] != 'finished',
-                                                -_number(row['macro_f1']), row['trial']))
+  return columns, sorted(
+    rows, key=lambda row: (row['status'] != 'finished', -_number(row['macro_f1']), row['trial'])
+  )
 
 
 def _fmt(v: Any, column: str) -> str:
@@ -152,19 +181,28 @@ def write_csv(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
 
 def markdown(columns: Sequence[str], rows: Sequence[dict]) -> str:
   """A markdown table (values formatted; unfinished runs have empty metrics)."""
+
   def esc(s):
     return s.replace('|', '\\|')
-  lines = ['| ' + ' | '.join(esc(c) for c in columns) + ' |',
-           '|' + '|'.join(' --- ' for _ in columns) + '|']
+
+  lines = [
+    '| ' + ' | '.join(esc(c) for c in columns) + ' |',
+    '|' + '|'.join(' --- ' for _ in columns) + '|',
+  ]
   for row in rows:
     lines.append('| ' + ' | '.join(esc(_fmt(row.get(c), c)) for c in columns) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def figure(rows: Sequence[dict], *, reference: float = PAPER_ACCURACY_3CLASS,
-           reference_label: str = _PLOT_LABEL):
+def figure(
+  rows: Sequence[dict],
+  *,
+  reference: float = PAPER_ACCURACY_3CLASS,
+  reference_label: str = _PLOT_LABEL,
+):
   """Grouped bars of accuracy and macro F1 per finished run, with the paper's reference line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -180,7 +218,7 @@ def figure(rows: Sequence[dict], *, reference: float = PAPER_ACCURACY_3CLASS,
     ax.bar_label(bars, fmt='%.3f', fontsize=7, padding=1)
   ax.axhline(reference, color='crimson', linestyle='--', linewidth=1.2, label=reference_label)
   ax.set_xticks(x, [r['trial'] for r in done], rotation=30, ha='right', fontsize=8)
-  ax.set_ylim(0.0, 1.3)   # head room for the legend above the 0.979 line
+  ax.set_ylim(0.0, 1.3)  # head room for the legend above the 0.979 line
   ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
   ax.set_ylabel(f'{done[0]["split"] if done else "test"} split score')
   ax.set_title('jaxcxr runs: accuracy and macro F1')
@@ -192,6 +230,7 @@ def figure(rows: Sequence[dict], *, reference: float = PAPER_ACCURACY_3CLASS,
 def plot(path: str, rows: Sequence[dict], **kwargs) -> None:
   """Writes `figure(rows)` to `path` (PNG)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig = figure(rows, **kwargs)
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -203,13 +242,19 @@ def compare(root: str, *, with_plot: bool = True) -> dict[str, Any]:
   if not runs:
     raise FileNotFoundError(f'No training runs (results.json / config.json) under {root}.')
   columns, rows = table(runs)
-  out = {'csv': os.path.join(root, 'results.csv'), 'md': os.path.join(root, 'results.md'),
-         'columns': columns, 'rows': rows}
+  out = {
+    'csv': os.path.join(root, 'results.csv'),
+    'md': os.path.join(root, 'results.md'),
+    'columns': columns,
+    'rows': rows,
+  }
   write_csv(out['csv'], columns, rows)
   n_done = sum(r['status'] == 'finished' for r in rows)
-  md = (f'# Runs under `{root}`\n\n{n_done} finished, {len(rows) - n_done} unfinished; sorted by '
-        f'macro F1 on the evaluation split. Reference: {PAPER_LABEL} (5-fold cross-validation on '
-        'the 2020 release of the database; not the same protocol).\n\n' + markdown(columns, rows))
+  md = (
+    f'# Runs under `{root}`\n\n{n_done} finished, {len(rows) - n_done} unfinished; sorted by '
+    f'macro F1 on the evaluation split. Reference: {PAPER_LABEL} (5-fold cross-validation on '
+    'the 2020 release of the database; not the same protocol).\n\n' + markdown(columns, rows)
+  )
   with open(out['md'], 'w') as f:
     f.write(md)
   out['markdown'] = md

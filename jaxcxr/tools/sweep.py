@@ -29,13 +29,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from etils import epath
 
 from jaxcxr.training.errors import EXIT_PREEMPTED
 
-CONFIG_KEY = 'config'      # trial override naming the base config file[:arg]
+CONFIG_KEY = 'config'  # trial override naming the base config file[:arg]
 RESULTS_FILE = 'results.json'
 STATUS_FILE = 'sweep.json'
 
@@ -43,6 +44,7 @@ Override = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- hyper combinators
+
 
 class Hyper:
   """big_vision's `hyper` object: each method returns a list of override dicts."""
@@ -72,9 +74,10 @@ class Hyper:
     """Element-wise merge of equally long sweeps."""
     lengths = {len(s) for s in sweeps}
     if len(lengths) > 1:
-      raise ValueError(f'hyper.zip needs sweeps of equal length, got lengths '
-                       f'{[len(s) for s in sweeps]}.')
-    return [_merge(combo) for combo in zip(*sweeps)]
+      raise ValueError(
+        f'hyper.zip needs sweeps of equal length, got lengths {[len(s) for s in sweeps]}.'
+      )
+    return [_merge(combo) for combo in zip(*sweeps, strict=True)]
 
   # big_vision's spellings.
   chainit = chain
@@ -93,6 +96,7 @@ def _merge(dicts: Iterable[Override]) -> Override:
 
 # ----------------------------------------------------------------------------- loading
 
+
 def split_spec(spec: str) -> tuple[str, str]:
   """'configs/x.py:arg' -> ('configs/x.py', 'arg')."""
   path, _, arg = spec.partition('.py:')
@@ -102,8 +106,10 @@ def split_spec(spec: str) -> tuple[str, str]:
 def load_module(path: str):
   """Imports a config or sweep file by path (its imports, e.g. `configs.base`, resolve from cwd)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no such config/sweep file (paths are relative to the '
-                            f'repository root, e.g. configs/sweeps/seed_models.py).')
+    raise FileNotFoundError(
+      f'{path}: no such config/sweep file (paths are relative to the '
+      f'repository root, e.g. configs/sweeps/seed_models.py).'
+    )
   name = 'jaxcxr_cfg_' + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -118,7 +124,7 @@ def load_config(spec: str):
 
 
 def _strip(key: str) -> str:
-  return key[len('config.'):] if key.startswith('config.') else key
+  return key[len('config.') :] if key.startswith('config.') else key
 
 
 def load_trials(spec: str) -> tuple[str, list[Override]]:
@@ -135,10 +141,11 @@ def load_trials(spec: str) -> tuple[str, list[Override]]:
   module = load_module(path)
   for fn in ('get_config', 'get_hyper'):
     if not hasattr(module, fn):
-      raise ValueError(f'{path}: a sweep file defines get_config(arg) and get_hyper(hyper); '
-                       f'{fn} is missing.')
+      raise ValueError(
+        f'{path}: a sweep file defines get_config(arg) and get_hyper(hyper); {fn} is missing.'
+      )
   base = module.get_config(arg)
-  if not isinstance(base, str):     # the sweep file is itself the base config
+  if not isinstance(base, str):  # the sweep file is itself the base config
     base = f'{path}:{arg}' if arg else path
   n_params = len(inspect.signature(module.get_hyper).parameters)
   trials = module.get_hyper(Hyper(), arg) if n_params >= 2 else module.get_hyper(Hyper())
@@ -164,25 +171,27 @@ def check_overrides(base: str, trials: Sequence[Override]) -> None:
       try:
         for p in parents:
           node = node[p]
-        node[leaf]   # pylint: disable=pointless-statement
+        node[leaf]  # pylint: disable=pointless-statement
         node[leaf] = value
       except (KeyError, AttributeError) as e:
         raise ValueError(f'Trial {i} of the sweep: {key!r} is not a key of {spec} ({e}).') from e
       except TypeError as e:
-        raise ValueError(f'Trial {i} of the sweep: {key}={value!r} has the wrong type for '
-                         f'{spec} ({e}).') from e
+        raise ValueError(
+          f'Trial {i} of the sweep: {key}={value!r} has the wrong type for {spec} ({e}).'
+        ) from e
 
 
 # ----------------------------------------------------------------------------- trials
 
+
 @dataclasses.dataclass(frozen=True)
 class Trial:
   index: int
-  name: str                  # sub-workdir name, e.g. '003-config=vgg19,data.sampling=none'
-  config: str                # base config file[:arg]
-  overrides: Override        # dotted key -> value, without 'config'
+  name: str  # sub-workdir name, e.g. '003-config=vgg19,data.sampling=none'
+  config: str  # base config file[:arg]
+  overrides: Override  # dotted key -> value, without 'config'
   workdir: str
-  command: tuple[str, ...]   # argv; argv[0] is 'python' (the sweep runs it with its interpreter)
+  command: tuple[str, ...]  # argv; argv[0] is 'python' (the sweep runs it with its interpreter)
 
 
 def format_value(value: Any) -> str:
@@ -206,16 +215,26 @@ def override_flags(overrides: Override) -> list[str]:
   return [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
 
 
-def train_command(config: str, workdir: str, overrides: Override = (),
-                  extra_flags: Sequence[str] = ()) -> tuple[str, ...]:
+def train_command(
+  config: str, workdir: str, overrides: Override = (), extra_flags: Sequence[str] = ()
+) -> tuple[str, ...]:
   """argv of one training run: sweep-wide `extra_flags` first, then the trial's overrides."""
-  return ('python', '-m', 'launch.train', '--config', config, '--workdir', workdir,
-          *extra_flags, *override_flags(dict(overrides)))
+  return (
+    'python',
+    '-m',
+    'launch.train',
+    '--config',
+    config,
+    '--workdir',
+    workdir,
+    *extra_flags,
+    *override_flags(dict(overrides)),
+  )
 
 
 def _short(key: str, value: Any) -> str:
-  if key == CONFIG_KEY:   # 'configs/vgg19.py:runlocal' -> 'vgg19'
-    return os.path.basename(split_spec(value)[0])[:-len('.py')]
+  if key == CONFIG_KEY:  # 'configs/vgg19.py:runlocal' -> 'vgg19'
+    return os.path.basename(split_spec(value)[0])[: -len('.py')]
   if isinstance(value, float):
     return f'{value:g}'
   return format_value(value)
@@ -236,16 +255,18 @@ def varying_keys(trials: Sequence[Override]) -> list[str]:
   if len(trials) == 1:
     return keys
   sentinel = object()
-  return [k for k in keys
-          if len({json.dumps(t.get(k, sentinel), default=repr) for t in trials}) > 1]
+  return [
+    k for k in keys if len({json.dumps(t.get(k, sentinel), default=repr) for t in trials}) > 1
+  ]
 
 
-def make_trials(base: str, trials: Sequence[Override], workdir: str,
-                extra_flags: Sequence[str] = ()) -> list[Trial]:
+def make_trials(
+  base: str, trials: Sequence[Override], workdir: str, extra_flags: Sequence[str] = ()
+) -> list[Trial]:
   """Trial names, workdirs and commands. A swept key may not also be in `extra_flags`."""
   swept = {k for t in trials for k in t}
   for flag in extra_flags:
-    key = flag.split('=', 1)[0][len('--config.'):]
+    key = flag.split('=', 1)[0][len('--config.') :]
     if key in swept:
       raise ValueError(f'{flag} conflicts with the sweep, which sets {key!r} per trial.')
   keys = varying_keys(trials)
@@ -255,12 +276,14 @@ def make_trials(base: str, trials: Sequence[Override], workdir: str,
     sub = os.path.join(workdir, name)
     config = t.get(CONFIG_KEY, base)
     overrides = {k: v for k, v in t.items() if k != CONFIG_KEY}
-    out.append(Trial(i, name, config, overrides, sub,
-                     train_command(config, sub, overrides, extra_flags)))
+    out.append(
+      Trial(i, name, config, overrides, sub, train_command(config, sub, overrides, extra_flags))
+    )
   return out
 
 
 # ----------------------------------------------------------------------------- status
+
 
 def trial_status(workdir: str) -> str:
   """'finished' (results.json), 'interrupted' (started, no results) or 'pending'."""
@@ -285,12 +308,20 @@ def write_status(sweep_dir: str, status: dict) -> None:
   tmp.replace(d / STATUS_FILE)
 
 
-def status_entry(trial: Trial, status: str, returncode: int | None = None,
-                 wall_time_s: float | None = None) -> dict:
-  return {'index': trial.index, 'status': status, 'returncode': returncode,
-          'wall_time_s': wall_time_s, 'config': trial.config, 'overrides': trial.overrides,
-          'workdir': trial.workdir, 'command': list(trial.command),
-          'updated': time.strftime('%Y-%m-%dT%H:%M:%S')}
+def status_entry(
+  trial: Trial, status: str, returncode: int | None = None, wall_time_s: float | None = None
+) -> dict:
+  return {
+    'index': trial.index,
+    'status': status,
+    'returncode': returncode,
+    'wall_time_s': wall_time_s,
+    'config': trial.config,
+    'overrides': trial.overrides,
+    'workdir': trial.workdir,
+    'command': list(trial.command),
+    'updated': time.strftime('%Y-%m-%dT%H:%M:%S'),
+  }
 
 
 def status_after_run(returncode: int, workdir: str) -> str:
@@ -304,6 +335,7 @@ def status_after_run(returncode: int, workdir: str) -> str:
 
 # ----------------------------------------------------------------------------- running
 
+
 def run_command(argv: Sequence[str], log_path: str | None = None) -> int:
   """Runs one trial with this interpreter, streaming its output (and into `log_path`).
 
@@ -311,8 +343,9 @@ def run_command(argv: Sequence[str], log_path: str | None = None) -> int:
   """
   argv = [sys.executable, *argv[1:]] if argv[0] == 'python' else list(argv)
   log = open(log_path, 'a') if log_path else None  # pylint: disable=consider-using-with
-  proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1)
+  proc = subprocess.Popen(
+    argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+  )
   old = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
   try:
     for line in proc.stdout:
@@ -328,8 +361,9 @@ def run_command(argv: Sequence[str], log_path: str | None = None) -> int:
       log.close()
 
 
-def run_trials(trials: Sequence[Trial], sweep_dir: str, *, runner=run_command,
-               echo=print) -> dict[int, str]:
+def run_trials(
+  trials: Sequence[Trial], sweep_dir: str, *, runner=run_command, echo=print
+) -> dict[int, str]:
   """Runs unfinished trials one after another; returns {index: final status}.
 
   Finished trials (results.json present) are skipped; interrupted ones are re-run with the same
@@ -345,12 +379,14 @@ def run_trials(trials: Sequence[Trial], sweep_dir: str, *, runner=run_command,
   """
   status = read_status(sweep_dir)
   previous = dict(status.get('trials', {}))
-  status['trials'] = {}   # the current sweep's trials only (a renamed trial's entry is dropped)
+  status['trials'] = {}  # the current sweep's trials only (a renamed trial's entry is dropped)
   local = '://' not in sweep_dir
-  for t in trials:   # every trial is listed from the start (launch.compare shows pending ones)
+  for t in trials:  # every trial is listed from the start (launch.compare shows pending ones)
     old = previous.get(t.name, {})
-    status['trials'][t.name] = {**status_entry(t, trial_status(t.workdir)),
-                                **{k: old[k] for k in ('returncode', 'wall_time_s') if k in old}}
+    status['trials'][t.name] = {
+      **status_entry(t, trial_status(t.workdir)),
+      **{k: old[k] for k in ('returncode', 'wall_time_s') if k in old},
+    }
     if old.get('status') == 'failed' and status['trials'][t.name]['status'] != 'finished':
       status['trials'][t.name]['status'] = 'failed'
   write_status(sweep_dir, status)
@@ -363,10 +399,14 @@ def run_trials(trials: Sequence[Trial], sweep_dir: str, *, runner=run_command,
       continue
     old = previous.get(t.name)
     if old and old.get('command') != list(t.command):
-      echo(f'warning: {t.name} was started with a different command:\n  {old.get("command")}\n'
-           f'now:\n  {list(t.command)}')
-    echo(f'[{t.index + 1}/{len(trials)}] {t.name}: {"resuming" if st == "interrupted" else "starting"}'
-         f'\n  {shell_join(t.command)}')
+      echo(
+        f'warning: {t.name} was started with a different command:\n  {old.get("command")}\n'
+        f'now:\n  {list(t.command)}'
+      )
+    echo(
+      f'[{t.index + 1}/{len(trials)}] {t.name}: {"resuming" if st == "interrupted" else "starting"}'
+      f'\n  {shell_join(t.command)}'
+    )
     status['trials'][t.name] = status_entry(t, 'running')
     write_status(sweep_dir, status)
     log_path = None
@@ -392,6 +432,7 @@ def shell_join(argv: Sequence[str]) -> str:
 
 def summary_table(trials: Sequence[Trial], results: dict[int, str]) -> str:
   """One line per trial: index, status, name."""
-  rows = [f'{t.index:>3}  {results.get(t.index, trial_status(t.workdir)):<11}  {t.name}'
-          for t in trials]
+  rows = [
+    f'{t.index:>3}  {results.get(t.index, trial_status(t.workdir)):<11}  {t.name}' for t in trials
+  ]
   return '\n'.join(['  #  status       trial', *rows])

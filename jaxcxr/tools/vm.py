@@ -19,7 +19,7 @@ import dataclasses
 import os
 import re
 import shlex
-from typing import Sequence
+from collections.abc import Sequence
 
 TARGETS = ('gpu', 'tpu', 'tpu_slice')
 REMOTE_DIR = '~/jaxcxr'
@@ -30,21 +30,21 @@ LOG = '~/jaxcxr-run.log'
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  target: str                          # one of TARGETS
-  name: str                            # GPU: [user@]host; TPU: the TPU VM / slice name
-  config: str                          # config or sweep file[:arg]
-  workdir: str                         # on the VM (or gs://...)
-  overrides: tuple[str, ...] = ()      # --config.k=v flags, passed through verbatim
+  target: str  # one of TARGETS
+  name: str  # GPU: [user@]host; TPU: the TPU VM / slice name
+  config: str  # config or sweep file[:arg]
+  workdir: str  # on the VM (or gs://...)
+  overrides: tuple[str, ...] = ()  # --config.k=v flags, passed through verbatim
   zone: str = ''
   project: str = ''
-  source: str = 'copy'                 # 'copy' (git archive + scp) or 'git' (clone on the VM)
+  source: str = 'copy'  # 'copy' (git archive + scp) or 'git' (clone on the VM)
   repo_url: str = ''
   ref: str = 'main'
-  cuda: str = '12'                     # GPU: '12' or '13'
-  jax_version: str = ''                # '' -> unpinned (latest)
-  python: str = 'uv'                   # 'uv' (Python 3.11 venv) or 'system' (the VM's python3)
-  stage: tuple[str, ...] = ()          # 'gs://src=/dst' (or =~/dst) copied to each VM first
-  detach: bool = False                 # nohup the run; output in ~/jaxcxr-run.log
+  cuda: str = '12'  # GPU: '12' or '13'
+  jax_version: str = ''  # '' -> unpinned (latest)
+  python: str = 'uv'  # 'uv' (Python 3.11 venv) or 'system' (the VM's python3)
+  stage: tuple[str, ...] = ()  # 'gs://src=/dst' (or =~/dst) copied to each VM first
+  detach: bool = False  # nohup the run; output in ~/jaxcxr-run.log
   is_sweep: bool = False
 
 
@@ -90,8 +90,18 @@ def pinned_jax_version(requirements_text: str) -> str:
 def run_line(plan: Plan, python: str) -> str:
   """The training (or sweep) command line run on the VM (`python` is inserted unquoted)."""
   module = 'launch.sweep' if plan.is_sweep else 'launch.train'
-  return ' '.join([python, '-m', module, '--config', quote(plan.config),
-                   '--workdir', _home(plan.workdir), *map(quote, plan.overrides)])
+  return ' '.join(
+    [
+      python,
+      '-m',
+      module,
+      '--config',
+      quote(plan.config),
+      '--workdir',
+      _home(plan.workdir),
+      *map(quote, plan.overrides),
+    ]
+  )
 
 
 def quote(s: str) -> str:
@@ -114,24 +124,30 @@ def remote_script(plan: Plan) -> str:
   q = quote
   lines = ['set -euo pipefail']
   if plan.source == 'copy':
-    lines += [f'mkdir -p {_home(REMOTE_DIR)}',
-              f'tar -xzf {_home("~/" + ARCHIVE)} -C {_home(REMOTE_DIR)}']
+    lines += [
+      f'mkdir -p {_home(REMOTE_DIR)}',
+      f'tar -xzf {_home("~/" + ARCHIVE)} -C {_home(REMOTE_DIR)}',
+    ]
   else:
-    lines += [f'[ -d {_home(REMOTE_DIR + "/.git")} ] || git clone -q {q(plan.repo_url)} '
-              f'{_home(REMOTE_DIR)}',
-              f'git -C {_home(REMOTE_DIR)} fetch -q origin {q(plan.ref)}',
-              f'git -C {_home(REMOTE_DIR)} checkout -q FETCH_HEAD']
+    lines += [
+      f'[ -d {_home(REMOTE_DIR + "/.git")} ] || git clone -q {q(plan.repo_url)} '
+      f'{_home(REMOTE_DIR)}',
+      f'git -C {_home(REMOTE_DIR)} fetch -q origin {q(plan.ref)}',
+      f'git -C {_home(REMOTE_DIR)} checkout -q FETCH_HEAD',
+    ]
   lines.append(f'cd {_home(REMOTE_DIR)}')
   jax_req = q(jax_requirement(plan))
   if plan.python == 'uv':
     python = f'{_home(VENV)}/bin/python'
     # uv fetches Python 3.11 where the image has an older one; pip --user fails on images with an
     # externally managed Python (Ubuntu 24.04), hence the installer fallback.
-    lines += ['export PATH="$HOME/.local/bin:$PATH"',
-              'command -v uv >/dev/null || python3 -m pip install -q --user uv || '
-              'curl -LsSf https://astral.sh/uv/install.sh | sh',
-              f'[ -x {python} ] || uv venv -q --python 3.11 {_home(VENV)}',
-              f'uv pip install -q --python {python} -r requirements.txt {jax_req}']
+    lines += [
+      'export PATH="$HOME/.local/bin:$PATH"',
+      'command -v uv >/dev/null || python3 -m pip install -q --user uv || '
+      'curl -LsSf https://astral.sh/uv/install.sh | sh',
+      f'[ -x {python} ] || uv venv -q --python 3.11 {_home(VENV)}',
+      f'uv pip install -q --python {python} -r requirements.txt {jax_req}',
+    ]
   else:
     python = 'python3'
     lines.append(f'python3 -m pip install -q -r requirements.txt {jax_req}')
@@ -167,13 +183,33 @@ def commands(plan: Plan, archive_path: str = '/tmp/' + ARCHIVE) -> list[list[str
     if plan.target == 'gpu':
       out.append(['scp', archive_path, f'{plan.name}:{ARCHIVE}'])
     else:
-      out.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive_path,
-                  f'{plan.name}:{ARCHIVE}', *_tpu_flags(plan)])
+      out.append(
+        [
+          'gcloud',
+          'compute',
+          'tpus',
+          'tpu-vm',
+          'scp',
+          archive_path,
+          f'{plan.name}:{ARCHIVE}',
+          *_tpu_flags(plan),
+        ]
+      )
   if plan.target == 'gpu':
     out.append(['ssh', plan.name, remote_cmd])
   else:
-    out.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', plan.name, *_tpu_flags(plan),
-                f'--command={remote_cmd}'])
+    out.append(
+      [
+        'gcloud',
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'ssh',
+        plan.name,
+        *_tpu_flags(plan),
+        f'--command={remote_cmd}',
+      ]
+    )
   return out
 
 
@@ -181,15 +217,20 @@ def notes(plan: Plan) -> list[str]:
   """Warnings worth printing with the commands."""
   out = []
   if plan.target == 'tpu_slice' and not plan.workdir.startswith(('gs://', '/mnt/', '/gcs/')):
-    out.append(f'--workdir={plan.workdir}: on a multi-host slice every worker must see the same '
-               'workdir (checkpoints are written collectively): use a shared mount (Filestore/NFS, '
-               'or a gcsfuse bucket under /mnt or /gcs).')
+    out.append(
+      f'--workdir={plan.workdir}: on a multi-host slice every worker must see the same '
+      'workdir (checkpoints are written collectively): use a shared mount (Filestore/NFS, '
+      'or a gcsfuse bucket under /mnt or /gcs).'
+    )
   if plan.workdir.startswith('gs://'):
-    out.append('gs:// workdirs need jaxcxr.training to write config.json/results.json through a '
-               'gs-aware file API; with plain open() they fail. Prefer a gcsfuse mount path.')
+    out.append(
+      'gs:// workdirs need jaxcxr.training to write config.json/results.json through a '
+      'gs-aware file API; with plain open() they fail. Prefer a gcsfuse mount path.'
+    )
   if plan.source == 'copy':
-    out.append('source=copy ships the committed tree (git archive HEAD); commit local changes '
-               'first.')
+    out.append(
+      'source=copy ships the committed tree (git archive HEAD); commit local changes first.'
+    )
   return out
 
 

@@ -71,17 +71,21 @@ def _writing(directory: str):
       reason, fix = os.strerror(code), 'fix the filesystem'
     detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
     err = CheckpointWriteError(
-        f'Could not write a checkpoint to {directory}: {reason}. The checkpoints already there '
-        f'are intact; {fix} and re-run the same command to resume from the newest one. '
-        f'({type(e).__name__}: {detail})')
+      f'Could not write a checkpoint to {directory}: {reason}. The checkpoints already there '
+      f'are intact; {fix} and re-run the same command to resume from the newest one. '
+      f'({type(e).__name__}: {detail})'
+    )
     err.errno = code
     raise err from e
 
 
 def _manager(directory: str, max_to_keep: int | None, async_save: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
-      cleanup_tmp_directories=True)
+    max_to_keep=max_to_keep,
+    enable_async_checkpointing=async_save,
+    create=True,
+    cleanup_tmp_directories=True,
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -92,7 +96,7 @@ class Checkpointer:
     self.workdir = workdir
     self.periodic = _manager(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep, async_save)
     self.best = _manager(os.path.join(workdir, BEST_DIR), 1, async_save)
-    self._unreadable = set()   # periodic steps restore_latest found unreadable
+    self._unreadable = set()  # periodic steps restore_latest found unreadable
 
   def save(self, step: int, state: Any, data_iter: Any, host: dict, *, force: bool = True):
     """Saves a periodic checkpoint (async unless disabled).
@@ -114,8 +118,11 @@ class Checkpointer:
     if step in self.best.all_steps():
       return
     with _writing(self.best.directory):
-      self.best.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+      self.best.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
+        force=True,
+      )
 
   def best_step(self) -> int | None:
     """The step best/ holds (the checkpoint the run ships), None when it holds none."""
@@ -150,8 +157,14 @@ class Checkpointer:
       try:
         restored = self.periodic.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint %s/%s/%d is unreadable (%s: %s); trying the previous one.',
-                        self.workdir, CHECKPOINT_DIR, step, type(e).__name__, e)
+        logging.warning(
+          'Checkpoint %s/%s/%d is unreadable (%s: %s); trying the previous one.',
+          self.workdir,
+          CHECKPOINT_DIR,
+          step,
+          type(e).__name__,
+          e,
+        )
         failed = True
         self._unreadable.add(step)
         continue
@@ -164,8 +177,12 @@ class Checkpointer:
     step = self.best_step()
     if step is None:
       return None
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
+    restored = self.best.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()
+      ),
+    )
     return step, restored['state'], dict(restored['host'])
 
 
@@ -181,8 +198,8 @@ def check_writable(workdir: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise ValueError(
-        f'--workdir={workdir!r} is not writable ({e.strerror or e}); checkpoints, logs and the '
-        'report are written there. Choose a writable directory or fix its permissions/mount.'
+      f'--workdir={workdir!r} is not writable ({e.strerror or e}); checkpoints, logs and the '
+      'report are written there. Choose a writable directory or fix its permissions/mount.'
     ) from e
 
 
@@ -202,9 +219,10 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
     diff = _diff(old, new)
     if diff:
       raise ValueError(
-          f'{path} was written by a run with a different config; resuming with this one would mix '
-          f'two runs. Differences (old -> new): {"; ".join(diff[:10])}. Use a new --workdir, '
-          'or the original config.')
+        f'{path} was written by a run with a different config; resuming with this one would mix '
+        f'two runs. Differences (old -> new): {"; ".join(diff[:10])}. Use a new --workdir, '
+        'or the original config.'
+      )
     return
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -227,8 +245,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: {workdir!r} is not a jaxcxr training workdir. Train first with '
-        f'`python -m launch.train --config configs/default.py --workdir {workdir}`.')
+      f'{path} not found: {workdir!r} is not a jaxcxr training workdir. Train first with '
+      f'`python -m launch.train --config configs/default.py --workdir {workdir}`.'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -267,10 +286,12 @@ def read_state_numpy(step_dir: str) -> dict:
   # report and the OOD fit read the shipped checkpoint on process 0 alone; Orbax's default
   # restore would wait there for processes that never come).
   me = jax.process_index()
-  local = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
-                                             barrier_sync_key_prefix=f'jaxcxr_local_read_{me}')
-  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
-                                  multiprocessing_options=local)
+  local = ocp.options.MultiprocessingOptions(
+    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'jaxcxr_local_read_{me}'
+  )
+  checkpointer = ocp.Checkpointer(
+    ocp.PyTreeCheckpointHandler(multiprocessing_options=local), multiprocessing_options=local
+  )
   meta = checkpointer.metadata(path)
   tree = getattr(meta, 'item_metadata', meta)
   tree = getattr(tree, 'tree', tree)
@@ -281,6 +302,7 @@ def read_state_numpy(step_dir: str) -> dict:
 @dataclasses.dataclass
 class InferenceBundle:
   """Everything inference needs from a trained workdir."""
+
   config: ml_collections.ConfigDict
   module: Any
   variables: dict
@@ -308,19 +330,25 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
   steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
   if not steps:
     raise FileNotFoundError(
-        f'No {which!r} checkpoint under {directory}: training has not saved one yet. Run or resume '
-        f'`python -m launch.train --config <config> --workdir {workdir}`.')
+      f'No {which!r} checkpoint under {directory}: training has not saved one yet. Run or resume '
+      f'`python -m launch.train --config <config> --workdir {workdir}`.'
+    )
   step = max(steps)
   path = os.path.join(directory, str(step))
   try:
     tree = read_state_numpy(path)
   except Exception as e:  # pylint: disable=broad-except  (TensorStore reports as ValueError etc.)
     detail = str(e).splitlines()[0][:300] if str(e) else ''
-    fix = ('Use --which latest (the newest periodic checkpoint).' if which == 'best' else
-           'Use --which best, or re-run the training command: it resumes from the checkpoint '
-           'before this one and writes this step again.')
-    raise ValueError(f'The {which!r} checkpoint {path} is unreadable (truncated or corrupted; '
-                     f'{type(e).__name__}: {detail}). {fix}') from None
+    fix = (
+      'Use --which latest (the newest periodic checkpoint).'
+      if which == 'best'
+      else 'Use --which best, or re-run the training command: it resumes from the checkpoint '
+      'before this one and writes this step again.'
+    )
+    raise ValueError(
+      f'The {which!r} checkpoint {path} is unreadable (truncated or corrupted; '
+      f'{type(e).__name__}: {detail}). {fix}'
+    ) from None
   _check_matches(abstract, tree, directory, config.model.name)
   # A run with config.train.ema_decay > 0 validated and selected its EMA weights: infer with them.
   variables = {'params': tree.get('ema_params') or tree['params']}
@@ -331,15 +359,23 @@ def restore_for_inference(workdir: str, which: str = 'best') -> InferenceBundle:
 
 def _check_matches(abstract: dict, tree: dict, directory: str, model_name: str) -> None:
   """Raises ValueError when a checkpoint does not hold this model's parameters."""
-  want = {jax.tree_util.keystr(k): v.shape for k, v in
-          jax.tree_util.tree_leaves_with_path({'params': abstract['params']})}
-  got = {jax.tree_util.keystr(k): np.shape(v) for k, v in
-         jax.tree_util.tree_leaves_with_path({'params': tree.get('params', {})})}
-  problems = [f'{k}: model {want[k]} vs checkpoint {got.get(k, "missing")}'
-              for k in want if got.get(k) != want[k]]
+  want = {
+    jax.tree_util.keystr(k): v.shape
+    for k, v in jax.tree_util.tree_leaves_with_path({'params': abstract['params']})
+  }
+  got = {
+    jax.tree_util.keystr(k): np.shape(v)
+    for k, v in jax.tree_util.tree_leaves_with_path({'params': tree.get('params', {})})
+  }
+  problems = [
+    f'{k}: model {want[k]} vs checkpoint {got.get(k, "missing")}'
+    for k in want
+    if got.get(k) != want[k]
+  ]
   problems += [f'{k}: in the checkpoint but not in {model_name}' for k in got if k not in want]
   if problems:
     raise ValueError(
-        f'The checkpoint in {directory} does not fit model {model_name!r} of the workdir config '
-        f'({len(problems)} mismatches, e.g. {"; ".join(problems[:3])}). Was config.json edited or '
-        'the checkpoint copied from another run?')
+      f'The checkpoint in {directory} does not fit model {model_name!r} of the workdir config '
+      f'({len(problems)} mismatches, e.g. {"; ".join(problems[:3])}). Was config.json edited or '
+      'the checkpoint copied from another run?'
+    )

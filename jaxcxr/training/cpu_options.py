@@ -18,20 +18,23 @@ to have the option (`TESTED_JAXLIB`): XLA rejects an unknown option.
 """
 
 import importlib.metadata
-from typing import Optional
 
 import jax
 
-YNN_FUSION = {'xla_cpu_experimental_ynn_fusion_type':
-              'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'}
-OPTIONS = {'ynn': YNN_FUSION,
-           # oneDNN convolutions (forward and both gradients) as custom calls
-           'onednn': {'xla_cpu_experimental_onednn_custom_call': True}}
-TESTED_JAXLIB = ('0.12.',)   # jaxlib versions whose XLA has the options (measured on)
+YNN_FUSION = {
+  'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'
+}
+OPTIONS = {
+  'ynn': YNN_FUSION,
+  # oneDNN convolutions (forward and both gradients) as custom calls
+  'onednn': {'xla_cpu_experimental_onednn_custom_call': True},
+}
+TESTED_JAXLIB = ('0.12.',)  # jaxlib versions whose XLA has the options (measured on)
 
 
-def compiler_options(ynn_fusion: bool, backend: Optional[str] = None,
-                     jaxlib_version: Optional[str] = None) -> Optional[dict[str, str]]:
+def compiler_options(
+  ynn_fusion: bool, backend: str | None = None, jaxlib_version: str | None = None
+) -> dict[str, str] | None:
   """The jitted steps' `compiler_options`: YNN_FUSION when asked for and applicable, else None.
 
   Args:

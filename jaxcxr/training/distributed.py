@@ -22,9 +22,10 @@ def maybe_initialize() -> bool:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if explicit:
     jax.distributed.initialize(
-        coordinator_address=os.environ['JAXCXR_COORDINATOR'],
-        num_processes=int(os.environ['JAXCXR_NUM_PROCESSES']),
-        process_id=int(os.environ['JAXCXR_PROCESS_ID']))
+      coordinator_address=os.environ['JAXCXR_COORDINATOR'],
+      num_processes=int(os.environ['JAXCXR_NUM_PROCESSES']),
+      process_id=int(os.environ['JAXCXR_PROCESS_ID']),
+    )
   else:
     jax.distributed.initialize()
   return True

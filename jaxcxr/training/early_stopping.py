@@ -36,8 +36,10 @@ def selection_reason(rule: str, select: str, schedule: str, metric: str) -> str:
   if select == 'auto':
     why += f" with the '{schedule}' schedule"
   if rule == 'last':
-    return (f'The last epoch ({why}): the learning-rate schedule anneals, so the final weights are '
-            'the ones it was designed to reach; no epoch is picked on validation noise.')
+    return (
+      f'The last epoch ({why}): the learning-rate schedule anneals, so the final weights are '
+      'the ones it was designed to reach; no epoch is picked on validation noise.'
+    )
   return f'The best epoch by {metric} ({why}).'
 
 
@@ -45,7 +47,7 @@ def selection_reason(rule: str, select: str, schedule: str, metric: str) -> str:
 class EarlyStopping:
   patience: int
   min_delta: float = 0.0
-  mode: str = 'max'          # 'max' for F1/accuracy/AUC, 'min' for losses
+  mode: str = 'max'  # 'max' for F1/accuracy/AUC, 'min' for losses
   best: float | None = None
   best_epoch: int = -1
   bad_epochs: int = 0

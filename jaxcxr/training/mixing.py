@@ -36,8 +36,9 @@ def blend(values: jax.Array, lam: jax.Array | None) -> jax.Array:
   return (lam * v + (1.0 - lam) * v[::-1]).astype(values.dtype)
 
 
-def mix(key: jax.Array, images: jax.Array, *, mixup_alpha: float,
-        cutmix_alpha: float) -> tuple[jax.Array, jax.Array | None]:
+def mix(
+  key: jax.Array, images: jax.Array, *, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[jax.Array, jax.Array | None]:
   """(mixed images, lam): images (B, H, W, C) mixed with `images[::-1]`.
 
   The caller mixes its targets with `blend(targets, lam)`. With both alphas 0 the images are

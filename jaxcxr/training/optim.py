@@ -11,7 +11,8 @@ The 'plateau' schedule is host-driven: the jitted step multiplies its updates by
 """
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,26 +22,30 @@ SCHEDULES = ('constant', 'cosine', 'step', 'plateau')
 OPTIMIZERS = ('adamw', 'sgd')
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
-                  total_steps: int) -> optax.Schedule:
+def make_schedule(
+  cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule:
   """Peak `cfg.learning_rate` with linear warmup, then constant / cosine / step decay."""
   lr = float(cfg.learning_rate)
-  warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+  warmup = round(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule in ('constant', 'plateau'):
     after = optax.constant_schedule(lr)
   elif cfg.schedule == 'cosine':
-    after = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup),
-                                        alpha=float(cfg.min_lr_ratio))
+    after = optax.cosine_decay_schedule(
+      lr, max(1, total_steps - warmup), alpha=float(cfg.min_lr_ratio)
+    )
   elif cfg.schedule == 'step':
-    boundaries = {int(e * steps_per_epoch) - warmup: float(cfg.step_gamma)
-                  for e in cfg.step_epochs if int(e * steps_per_epoch) > warmup}
+    boundaries = {
+      int(e * steps_per_epoch) - warmup: float(cfg.step_gamma)
+      for e in cfg.step_epochs
+      if int(e * steps_per_epoch) > warmup
+    }
     after = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     raise ValueError(f'config.optim.schedule={cfg.schedule!r}: expected one of {SCHEDULES}.')
   if warmup <= 0:
     return after
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), after], boundaries=[warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], boundaries=[warmup])
 
 
 def _decay_mask(params: Any) -> Any:
@@ -60,9 +65,9 @@ def _base_tx(cfg: ml_collections.ConfigDict, lr: Callable[[int], float]):
   raise ValueError(f'config.optim.name={cfg.name!r}: expected one of {OPTIMIZERS}.')
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
-                   head_names: Sequence[str]) -> tuple[optax.GradientTransformation,
-                                                       optax.Schedule]:
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int, head_names: Sequence[str]
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optimizer.
 
   Args:
@@ -79,13 +84,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_s
   if mult == 1.0:
     tx = head_tx
   else:
-    backbone_tx = (optax.set_to_zero() if mult == 0.0 else
-                   _base_tx(cfg, lambda step: mult * schedule(step)))
+    backbone_tx = (
+      optax.set_to_zero() if mult == 0.0 else _base_tx(cfg, lambda step: mult * schedule(step))
+    )
     heads = frozenset(head_names)
 
     def labels(params):
-      return {k: jax.tree.map(lambda _: 'head' if k in heads else 'backbone', v)
-              for k, v in params.items()}
+      return {
+        k: jax.tree.map(lambda _: 'head' if k in heads else 'backbone', v)
+        for k, v in params.items()
+      }
 
     tx = optax.multi_transform({'head': head_tx, 'backbone': backbone_tx}, labels)
   if cfg.grad_clip_norm:
@@ -96,6 +104,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_s
 @dataclasses.dataclass
 class PlateauScaler:
   """Reduce-on-plateau on an epoch metric (like torch's ReduceLROnPlateau, mode max or min)."""
+
   factor: float
   patience: int
   min_delta: float = 0.0

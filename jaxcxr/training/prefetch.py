@@ -12,7 +12,8 @@ when that batch was fetched.
 
 import collections
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 
@@ -28,8 +29,8 @@ class DevicePrefetch(grain.DatasetIterator):
     super().__init__(parent)
     self._put = put
     self._size = size
-    self._queue = collections.deque()   # (device batch, parent state after fetching it)
-    self._consumed_state = None          # parent state after the last batch handed out
+    self._queue = collections.deque()  # (device batch, parent state after fetching it)
+    self._consumed_state = None  # parent state after the last batch handed out
     if size < 1:
       raise ValueError(f'prefetch size={size}: must be >= 1.')
 
@@ -42,7 +43,7 @@ class DevicePrefetch(grain.DatasetIterator):
 
   def get_state(self) -> dict[str, Any]:
     """The parent's state after the batches handed out (prefetched ones are not consumed)."""
-    if self._consumed_state is None:   # nothing handed out since creation or `set_state`
+    if self._consumed_state is None:  # nothing handed out since creation or `set_state`
       return self._parent.get_state()
     return copy.deepcopy(self._consumed_state)
 

@@ -10,11 +10,11 @@ import os
 import sys
 from typing import Any
 
-from absl import logging as absl_logging
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from absl import logging as absl_logging
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -48,7 +48,7 @@ def _summary_writer_class():
   """
   hide = 'torch' not in sys.modules
   if hide:
-    sys.modules['torch'] = None   # `import torch` raises ImportError while this is set
+    sys.modules['torch'] = None  # `import torch` raises ImportError while this is set
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
@@ -73,8 +73,15 @@ class RunLog:
     self._truncate_after(resume_step)
     writer = _summary_writer_class()
     self._tb = writer(os.path.join(workdir, 'tensorboard')) if writer else None
-    self._bar = tqdm.tqdm(total=total_steps, initial=resume_step, unit='step', dynamic_ncols=True,
-                          file=sys.stderr, disable=None, mininterval=2.0)
+    self._bar = tqdm.tqdm(
+      total=total_steps,
+      initial=resume_step,
+      unit='step',
+      dynamic_ncols=True,
+      file=sys.stderr,
+      disable=None,
+      mininterval=2.0,
+    )
 
   def _truncate_after(self, step: int):
     if not os.path.exists(self.path):
@@ -109,8 +116,9 @@ class RunLog:
   def progress(self, step: int, **postfix):
     if self._bar is not None:
       self._bar.n = step
-      self._bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v)
-                             for k, v in postfix.items()}, refresh=False)
+      self._bar.set_postfix(
+        {k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False
+      )
       self._bar.refresh()
 
   def message(self, text: str):

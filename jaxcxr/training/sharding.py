@@ -9,7 +9,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing.
@@ -58,7 +59,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh, mode: str = 'replicated') -
   if mode == 'fsdp':
     n = mesh.shape[DATA_AXIS]
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, _fsdp_spec(tuple(np.shape(x)), n)), abstract_state)
+      lambda x: NamedSharding(mesh, _fsdp_spec(tuple(np.shape(x)), n)), abstract_state
+    )
   raise ValueError(f"param_sharding={mode!r}: expected 'replicated' or 'fsdp'.")
 
 
@@ -69,5 +71,7 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharded along the batch dimension over all devices of the mesh.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

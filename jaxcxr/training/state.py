@@ -25,8 +25,8 @@ from jaxcxr.models import weights
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
-  lr_scale: jax.Array = None   # host-driven plateau factor; multiplies every update
-  ema_params: Any = None       # exponential moving average of params (config.train.ema_decay > 0)
+  lr_scale: jax.Array = None  # host-driven plateau factor; multiplies every update
+  ema_params: Any = None  # exponential moving average of params (config.train.ema_decay > 0)
 
 
 def class_names_for(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -81,8 +81,7 @@ def init_variables(module: nn.Module, config, key: jax.Array) -> dict:
 
 def abstract_variables(module: nn.Module, config) -> dict:
   """Shapes and dtypes of `init_variables` (nothing computed)."""
-  variables = jax.eval_shape(
-      functools.partial(init_variables, module, config), jax.random.key(0))
+  variables = jax.eval_shape(functools.partial(init_variables, module, config), jax.random.key(0))
   variables.setdefault('batch_stats', {})
   return variables
 
@@ -101,8 +100,13 @@ def read_pretrained(config) -> dict | None:
   return {c: {k: v for k, v in tree.items() if k not in heads} for c, tree in variables.items()}
 
 
-def create_train_state(config, module: nn.Module, tx: optax.GradientTransformation,
-                       key: jax.Array, pretrained: dict | None = None) -> TrainState:
+def create_train_state(
+  config,
+  module: nn.Module,
+  tx: optax.GradientTransformation,
+  key: jax.Array,
+  pretrained: dict | None = None,
+) -> TrainState:
   """Fresh state: random init, with every backbone variable taken from `pretrained` when given.
 
   Args:
@@ -119,9 +123,13 @@ def create_train_state(config, module: nn.Module, tx: optax.GradientTransformati
   """
   variables = init_variables(module, config, key)
   if pretrained is not None:
-    variables = weights.load_pretrained(variables, pretrained,
-                                        skip=head_names(config.model.name))
+    variables = weights.load_pretrained(variables, pretrained, skip=head_names(config.model.name))
   ema = variables['params'] if config.train.get('ema_decay', 0.0) > 0 else None
-  return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}),
-                           lr_scale=jnp.ones((), jnp.float32), ema_params=ema)
+  return TrainState.create(
+    apply_fn=module.apply,
+    params=variables['params'],
+    tx=tx,
+    batch_stats=variables.get('batch_stats', {}),
+    lr_scale=jnp.ones((), jnp.float32),
+    ema_params=ema,
+  )

@@ -12,7 +12,7 @@ their running statistics), while the head trains (dropout on).
 """
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -34,15 +34,20 @@ def _frozen_batch_norm(head: Sequence[str]):
   The intercepted layer is re-bound to its own scope with `use_running_average=True`, so it reads
   the same variables and the model code stays unchanged.
   """
+
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if (isinstance(module, nn.BatchNorm) and context.method_name == '__call__'
-        and not (module.path and module.path[0] in head)):
-      if module.use_running_average is None:   # mode given at call time
+    if (
+      isinstance(module, nn.BatchNorm)
+      and context.method_name == '__call__'
+      and not (module.path and module.path[0] in head)
+    ):
+      if module.use_running_average is None:  # mode given at call time
         return next_fun(*args, **{**kwargs, 'use_running_average': True})
       if not module.use_running_average:
         return module.clone(parent=module.scope, use_running_average=True)(*args, **kwargs)
     return next_fun(*args, **kwargs)
+
   return nn.intercept_methods(interceptor)
 
 
@@ -52,12 +57,20 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_smoothing: float,
-               class_weights: jax.Array | None,
-               frozen_backbone_head: Sequence[str] | None = None,
-               schedule: optax.Schedule | None = None,
-               ema_decay: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict,
+  key: jax.Array,
+  *,
+  dtype,
+  label_smoothing: float,
+  class_weights: jax.Array | None,
+  frozen_backbone_head: Sequence[str] | None = None,
+  schedule: optax.Schedule | None = None,
+  ema_decay: float = 0.0,
+  mixup_alpha: float = 0.0,
+  cutmix_alpha: float = 0.0,
+) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch; a non-finite step leaves the state unchanged.
 
   Args:
@@ -84,15 +97,24 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   frozen = frozen_backbone_head is not None
 
   def loss_fn(params):
-    x, lam = mixing.mix(jax.random.fold_in(dropout_key, 1), preprocess.to_model_input(
-        batch['image'], dtype), mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
-    if frozen:   # no backbone gradients: XLA drops their computation
-      params = {k: v if k in frozen_backbone_head else jax.lax.stop_gradient(v)
-                for k, v in params.items()}
+    x, lam = mixing.mix(
+      jax.random.fold_in(dropout_key, 1),
+      preprocess.to_model_input(batch['image'], dtype),
+      mixup_alpha=mixup_alpha,
+      cutmix_alpha=cutmix_alpha,
+    )
+    if frozen:  # no backbone gradients: XLA drops their computation
+      params = {
+        k: v if k in frozen_backbone_head else jax.lax.stop_gradient(v) for k, v in params.items()
+      }
     with _frozen_batch_norm(frozen_backbone_head) if frozen else contextlib.nullcontext():
       logits, new_vars = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-          rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+        {'params': params, 'batch_stats': state.batch_stats},
+        x,
+        train=True,
+        rngs={'dropout': dropout_key},
+        mutable=['batch_stats'],
+      )
     logits = logits.astype(jnp.float32)
     n = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], n), label_smoothing)
@@ -110,18 +132,24 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, dtype, label_s
   new_params = optax.apply_updates(state.params, updates)
   # Checking the updates catches NaN/inf gradients and optimizer overflow alike.
   finite = jnp.isfinite(loss) & _is_finite(updates)
-  new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
-                            batch_stats=new_stats)
+  new_state = state.replace(
+    step=state.step + 1, params=new_params, opt_state=new_opt_state, batch_stats=new_stats
+  )
   if ema_decay > 0 and state.ema_params is not None:
     d = ema_decay_at(state.step, ema_decay)
     new_state = new_state.replace(
-        ema_params=optax.incremental_update(new_params, state.ema_params, 1.0 - d))
+      ema_params=optax.incremental_update(new_params, state.ema_params, 1.0 - d)
+    )
   # Keep the old state on a non-finite step (and still advance the step so keys stay in sync).
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   kept = kept.replace(step=state.step + 1)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  metrics = {'loss': loss, 'accuracy': accuracy, 'finite': finite,
-             'grad_norm': optax.tree.norm(grads)}
+  metrics = {
+    'loss': loss,
+    'accuracy': accuracy,
+    'finite': finite,
+    'grad_norm': optax.tree.norm(grads),
+  }
   if schedule is not None:
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32) * state.lr_scale
   return kept, metrics

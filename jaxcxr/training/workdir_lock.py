@@ -43,7 +43,7 @@ def _pid_running(pid: int) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:   # exists, owned by someone else
+  except PermissionError:  # exists, owned by someone else
     return True
   return True
 
@@ -53,22 +53,25 @@ def _read_holder(path: str) -> dict:
     with open(path) as f:
       holder = json.load(f)
     return holder if isinstance(holder, dict) else {}
-  except (OSError, ValueError):   # vanished, or being written
+  except (OSError, ValueError):  # vanished, or being written
     return {}
 
 
 def _describe(holder: dict, path: str) -> str:
   if not holder:
     return f'another run (its lock file {path} is being written)'
-  return (f'the run with pid {holder.get("pid")} on host {holder.get("host")!r}, started '
-          f'{holder.get("started", "?")}')
+  return (
+    f'the run with pid {holder.get("pid")} on host {holder.get("host")!r}, started '
+    f'{holder.get("started", "?")}'
+  )
 
 
 class WorkdirLock:
   """The lock of one workdir, held by this process (see the module docstring)."""
 
-  def __init__(self, workdir: str, *, stale_after_s: float = STALE_AFTER_S,
-               heartbeat_s: float = HEARTBEAT_S):
+  def __init__(
+    self, workdir: str, *, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
+  ):
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
     self.stale_after_s = stale_after_s
     self.heartbeat_s = heartbeat_s
@@ -78,7 +81,7 @@ class WorkdirLock:
 
   def acquire(self) -> None:
     """Takes the lock, or raises WorkdirInUse naming the live holder."""
-    for _ in range(10):   # retried only when the holder released (deleted) the file meanwhile
+    for _ in range(10):  # retried only when the holder released (deleted) the file meanwhile
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
         if self._try_take(fd):
@@ -98,12 +101,12 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       flocked = True
-    except BlockingIOError:   # a live process on this host holds it
+    except BlockingIOError:  # a live process on this host holds it
       raise WorkdirInUse(self._message(_read_holder(self.path))) from None
     except OSError as e:
       if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         raise
-      flocked = False   # no flock on this filesystem: pid and heartbeat checks only
+      flocked = False  # no flock on this filesystem: pid and heartbeat checks only
     try:
       if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
         return False
@@ -118,8 +121,11 @@ class WorkdirLock:
         stale = time.time() - os.fstat(fd).st_mtime > self.stale_after_s
       if not stale:
         raise WorkdirInUse(self._message(holder))
-      logging.warning('Taking over the stale lock %s of %s (no longer running).', self.path,
-                      _describe(holder, self.path))
+      logging.warning(
+        'Taking over the stale lock %s of %s (no longer running).',
+        self.path,
+        _describe(holder, self.path),
+      )
     record = {**me, 'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + '\n').encode(), 0)
@@ -127,17 +133,19 @@ class WorkdirLock:
     return True
 
   def _message(self, holder: dict) -> str:
-    return (f'The workdir {os.path.dirname(self.path)} is in use by {_describe(holder, self.path)}: '
-            'two runs on one workdir would overwrite each other\'s checkpoints and logs. Wait for '
-            'it to end (or stop it), or use another --workdir. If that run is gone (its host '
-            f'died), delete {self.path}; a lock from another host is also taken over '
-            f'{self.stale_after_s:.0f} s after its last heartbeat.')
+    return (
+      f'The workdir {os.path.dirname(self.path)} is in use by {_describe(holder, self.path)}: '
+      "two runs on one workdir would overwrite each other's checkpoints and logs. Wait for "
+      'it to end (or stop it), or use another --workdir. If that run is gone (its host '
+      f'died), delete {self.path}; a lock from another host is also taken over '
+      f'{self.stale_after_s:.0f} s after its last heartbeat.'
+    )
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
       try:
         os.utime(self.path)
-      except OSError:   # the workdir vanished or went read-only: the run itself will report it
+      except OSError:  # the workdir vanished or went read-only: the run itself will report it
         pass
 
   def release(self) -> None:
@@ -152,7 +160,7 @@ class WorkdirLock:
         os.remove(self.path)
     except OSError:
       pass
-    os.close(self._fd)   # drops the flock
+    os.close(self._fd)  # drops the flock
     self._fd = None
 
 

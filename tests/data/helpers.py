@@ -11,7 +11,7 @@ from PIL import Image
 from configs import base
 
 CXR_DEV = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'cxr_dev'
-CXR_EVAL = CXR_DEV.parent / 'cxr_eval'   # external films: scored, never trained or tuned on
+CXR_EVAL = CXR_DEV.parent / 'cxr_eval'  # external films: scored, never trained or tuned on
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:
@@ -24,8 +24,9 @@ def random_image(rng: np.random.Generator, size: int) -> np.ndarray:
   return rng.integers(0, 256, (size, size), dtype=np.uint8)
 
 
-def make_folder(root: Path, counts: dict[str, int], *, size: int = 16, seed: int = 0,
-                subfolder: str = 'images') -> Path:
+def make_folder(
+  root: Path, counts: dict[str, int], *, size: int = 16, seed: int = 0, subfolder: str = 'images'
+) -> Path:
   """Kaggle layout with `counts[class]` distinct random PNGs per class (`<Class>/<subfolder>/`)."""
   rng = np.random.default_rng(seed)
   for name, n in counts.items():
@@ -36,16 +37,24 @@ def make_folder(root: Path, counts: dict[str, int], *, size: int = 16, seed: int
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-  return (struct.pack('>I', len(data)) + kind + data +
-          struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF))
+  return (
+    struct.pack('>I', len(data))
+    + kind
+    + data
+    + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+  )
 
 
 def png_bomb_header(width: int, height: int) -> bytes:
   """A PNG that declares width x height 8-bit grey pixels but carries only one compressed row."""
   ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
   idat = zlib.compress(b'\0' * (width + 1))
-  return (b'\x89PNG\r\n\x1a\n' + png_chunk(b'IHDR', ihdr) + png_chunk(b'IDAT', idat) +
-          png_chunk(b'IEND', b''))
+  return (
+    b'\x89PNG\r\n\x1a\n'
+    + png_chunk(b'IHDR', ihdr)
+    + png_chunk(b'IDAT', idat)
+    + png_chunk(b'IEND', b'')
+  )
 
 
 def png_bytes(array: np.ndarray) -> bytes:

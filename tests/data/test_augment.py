@@ -22,17 +22,20 @@ def test_identity_and_pure_resize():
   g = np.random.default_rng(0).integers(0, 256, (33, 33), dtype=np.uint8)
   np.testing.assert_array_equal(augment.warp(g, augment.affine_matrix(33, 33), 33), g)
   m = augment.affine_matrix(64, 32)
-  np.testing.assert_allclose(m @ [-0.5, -0.5, 1], [-0.5, -0.5])    # corners to corners
+  np.testing.assert_allclose(m @ [-0.5, -0.5, 1], [-0.5, -0.5])  # corners to corners
   np.testing.assert_allclose(m @ [63.5, 63.5, 1], [31.5, 31.5])
-  np.testing.assert_allclose(m @ [31.5, 31.5, 1], [15.5, 15.5])    # centre to centre
+  np.testing.assert_allclose(m @ [31.5, 31.5, 1], [15.5, 15.5])  # centre to centre
 
 
-@pytest.mark.parametrize('kw,moved_to', [
-    (dict(angle_deg=90.0), (16, 11)),        # right of centre -> above it (counter-clockwise)
-    (dict(flip=True), (11, 16)),             # mirrored
+@pytest.mark.parametrize(
+  ('kw', 'moved_to'),
+  [
+    (dict(angle_deg=90.0), (16, 11)),  # right of centre -> above it (counter-clockwise)
+    (dict(flip=True), (11, 16)),  # mirrored
     (dict(shift=(3.0, -2.0)), (24, 14)),
     (dict(zoom=2.0), (26, 16)),
-])
+  ],
+)
 def test_geometry_of_one_dot(kw, moved_to):
   img = _dot(33, 21, 16)  # centre is (16, 16); the dot is 5 px to its right
   out = augment.warp(img, augment.affine_matrix(33, 33, **kw), 33)
@@ -49,8 +52,17 @@ def test_intensity_lut_numbers():
 
 
 def _params(**kw):
-  cfg = ml_collections.ConfigDict(dict(enabled=True, rotation_deg=10.0, zoom=(0.9, 1.1),
-                                       translate=0.06, brightness=0.1, contrast=0.1, hflip=False))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      rotation_deg=10.0,
+      zoom=(0.9, 1.1),
+      translate=0.06,
+      brightness=0.1,
+      contrast=0.1,
+      hflip=False,
+    )
+  )
   cfg.update(kw)
   return augment.AugmentParams.from_config(cfg)
 
@@ -64,8 +76,9 @@ def test_random_map_deterministic_per_rng_and_neutral_when_zero():
   assert a['image'].shape == (32, 32, 1) and a['image'].dtype == np.uint8 and a['label'] == 1
   np.testing.assert_array_equal(a['image'], b['image'])
   assert not np.array_equal(a['image'], c['image'])
-  neutral = augment.TrainAugment(_params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0,
-                                         brightness=0.0, contrast=0.0), 40)
+  neutral = augment.TrainAugment(
+    _params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0), 40
+  )
   out = neutral.random_map({'image': g, 'label': 0}, np.random.default_rng(0))
   np.testing.assert_array_equal(out['image'][..., 0], g)
 
@@ -74,18 +87,21 @@ def test_larger_stored_image_is_shrunk_like_eval_before_the_warp():
   # A dataset stored at 224 px serving a 128 px model: with neutral augmentation the training
   # pixels are exactly the eval resize (antialiased), not an aliased bilinear warp of 224 px.
   from jaxcxr.data import images  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(1)
   stripes = np.where(np.arange(224) % 2 == 0, 255, 0).astype(np.uint8)[None, :].repeat(224, 0)
-  neutral = augment.TrainAugment(_params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0,
-                                         brightness=0.0, contrast=0.0), 128)
+  neutral = augment.TrainAugment(
+    _params(rotation_deg=0.0, zoom=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0), 128
+  )
   out = neutral.random_map({'image': stripes, 'label': 0}, rng)['image'][..., 0]
   np.testing.assert_array_equal(out, images.resize_grey(stripes, 128))
-  assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 30   # 1-px stripes average out
+  assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 30  # 1-px stripes average out
   # Augmented: the same draw on the 224 px record and on its 128 px resize gives the same pixels.
   t = augment.TrainAugment(_params(), 128)
   a = t.random_map({'image': stripes, 'label': 0}, np.random.default_rng(3))['image']
-  b = t.random_map({'image': images.resize_grey(stripes, 128), 'label': 0},
-                   np.random.default_rng(3))['image']
+  b = t.random_map(
+    {'image': images.resize_grey(stripes, 128), 'label': 0}, np.random.default_rng(3)
+  )['image']
   np.testing.assert_array_equal(a, b)
 
 
@@ -95,10 +111,12 @@ def test_hflip_only_when_enabled():
   off = augment.TrainAugment(_params(**neutral), 33)
   on = augment.TrainAugment(_params(hflip=True, **neutral), 33)
   rng = np.random.default_rng(0)
-  xs_off = {_where(off.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0]
-            for _ in range(20)}
-  xs_on = {_where(on.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0]
-           for _ in range(20)}
+  xs_off = {
+    _where(off.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0] for _ in range(20)
+  }
+  xs_on = {
+    _where(on.random_map({'image': img, 'label': 0}, rng)['image'][..., 0])[0] for _ in range(20)
+  }
   assert xs_off == {21} and xs_on == {11, 21}
 
 

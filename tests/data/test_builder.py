@@ -9,12 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import jaxcxr.data as data_lib
-from jaxcxr.data import builder
-from jaxcxr.data import dataset
-from jaxcxr.data import folders
-from jaxcxr.data import images
-from tests.data import helpers
+from jaxcxr.data import builder, dataset, folders, images
 from tests import test_lookalikes as looks
+from tests.data import helpers
 
 THREE = {'COVID': 10, 'Normal': 10, 'Viral Pneumonia': 10}
 
@@ -41,14 +38,19 @@ def test_prepare_counts_splits_metadata(tmp_path):
   # Metadata is on disk and readable by plain TFDS (no jaxcxr classes needed).
   meta = tfds.builder_from_directory(h.dataset_dir).info.metadata
   assert meta['class_counts']['validation'] == [2, 2, 2]
-  assert meta['settings'] == {'split_seed': 0, 'val_fraction': 0.2, 'test_fraction': 0.2,
-                              'stored_size': 32, 'lookalike_threshold': 8}
+  assert meta['settings'] == {
+    'split_seed': 0,
+    'val_fraction': 0.2,
+    'test_fraction': 0.2,
+    'stored_size': 32,
+    'lookalike_threshold': 8,
+  }
   assert meta['num_files_found'] == 30 and meta['skipped'] == [] and meta['duplicates'] == []
   assert meta['lookalikes']['num_groups'] == 0  # distinct random pictures
   # Records: uint8 (32, 32), labels match the class folder of the filename.
   recs = _all_records(h, 'train')
   assert all(r['image'].shape == (32, 32) and r['image'].dtype == np.uint8 for r in recs)
-  for r, name, label in zip(recs, h.filenames('train'), h.labels('train')):
+  for r, name, label in zip(recs, h.filenames('train'), h.labels('train'), strict=True):
     assert name.split('/')[0] == h.class_names[label] == h.class_names[r['label']]
     assert name.split('/')[1] == 'images'
   # The stored pixels are the file resized the torchvision way.
@@ -71,12 +73,18 @@ def test_splits_deterministic_and_duplicates_never_cross(tmp_path):
   _, h = _prepare(tmp_path, folder)
   m = h.metadata
   assert m['duplicates'] == [['COVID/images/COVID-1.png', 'COVID/images/COVID-2.png']]
-  assert m['label_conflicts'] == [['Normal/images/Normal-1.png (label 1)',
-                                   'Viral Pneumonia/images/Viral Pneumonia-1.png (label 2)']]
+  assert m['label_conflicts'] == [
+    [
+      'Normal/images/Normal-1.png (label 1)',
+      'Viral Pneumonia/images/Viral Pneumonia-1.png (label 2)',
+    ]
+  ]
   assert sum(h.num_examples.values()) == 30 - 1 - 2
-  assert [sum(c) for c in zip(*h.class_counts.values())] == [9, 9, 9]
-  hashes = {s: {images.content_hash(r['image']) for r in _all_records(h, s)}
-            for s in ('train', 'validation', 'test')}
+  assert [sum(c) for c in zip(*h.class_counts.values(), strict=True)] == [9, 9, 9]
+  hashes = {
+    s: {images.content_hash(r['image']) for r in _all_records(h, s)}
+    for s in ('train', 'validation', 'test')
+  }
   assert sum(len(v) for v in hashes.values()) == 27  # all distinct, so none shared by splits
   # Same folder, another data_dir: the same split membership.
   cfg2 = helpers.data_config(tmp_path / 'tfds2', source='folder', manual_dir=str(folder))
@@ -84,8 +92,9 @@ def test_splits_deterministic_and_duplicates_never_cross(tmp_path):
   for s in ('train', 'validation', 'test'):
     assert sorted(h2.filenames(s)) == sorted(h.filenames(s))
   # Another split seed: other membership, same per-class counts.
-  cfg3 = helpers.data_config(tmp_path / 'tfds3', source='folder', manual_dir=str(folder),
-                             split_seed=1)
+  cfg3 = helpers.data_config(
+    tmp_path / 'tfds3', source='folder', manual_dir=str(folder), split_seed=1
+  )
   h3 = data_lib.prepare(cfg3, progress=False)
   assert h3.class_counts == h.class_counts
   assert sorted(h3.filenames('test')) != sorted(h.filenames('test'))
@@ -98,13 +107,17 @@ def _lookalike_folder(root):
     for i in range(1, 13):
       helpers.save_png(root / name / 'images' / f'{name}-{i}.png', looks.film(rng, 224))
   cov, nor, vir = (root / name / 'images' for name in THREE)
-  load = lambda path: images.load_grey(path)
+
+  def load(path):
+    return images.load_grey(path)
+
   helpers.save_png(cov / 'COVID-1-rescan.png', looks.noised(load(cov / 'COVID-1.png'), 1))
   helpers.save_png(nor / 'Normal-2-rescan.png', looks.noised(load(nor / 'Normal-2.png'), 2))
   helpers.save_png(nor / 'Normal-2-small.png', looks.resampled(load(nor / 'Normal-2.png'), 48))
   helpers.save_png(nor / 'Normal-5-shifted.png', looks.shifted(load(nor / 'Normal-5.png')))
-  helpers.save_png(vir / 'Viral Pneumonia-3-jpeg.png',
-                   looks.jpeg(load(vir / 'Viral Pneumonia-3.png')))
+  helpers.save_png(
+    vir / 'Viral Pneumonia-3-jpeg.png', looks.jpeg(load(vir / 'Viral Pneumonia-3.png'))
+  )
   # An exact copy (dropped) and a near copy of it: the near copy stays with the kept film.
   helpers.save_png(cov / 'COVID-4-copy.png', load(cov / 'COVID-4.png'))
   helpers.save_png(cov / 'COVID-4-rescan.png', looks.noised(load(cov / 'COVID-4.png'), 3))
@@ -113,17 +126,18 @@ def _lookalike_folder(root):
   return root
 
 
-LOOKALIKES = [{'COVID-1.png', 'COVID-1-rescan.png'},
-              {'Normal-2.png', 'Normal-2-rescan.png', 'Normal-2-small.png'},
-              {'Normal-5.png', 'Normal-5-shifted.png'},
-              {'Viral Pneumonia-3.png', 'Viral Pneumonia-3-jpeg.png'},
-              {'COVID-4-copy.png', 'COVID-4-rescan.png'},   # COVID-4.png: the dropped copy
-              {'Normal-6.png', 'Normal-6-as-VP.png'}]
+LOOKALIKES = [
+  {'COVID-1.png', 'COVID-1-rescan.png'},
+  {'Normal-2.png', 'Normal-2-rescan.png', 'Normal-2-small.png'},
+  {'Normal-5.png', 'Normal-5-shifted.png'},
+  {'Viral Pneumonia-3.png', 'Viral Pneumonia-3-jpeg.png'},
+  {'COVID-4-copy.png', 'COVID-4-rescan.png'},  # COVID-4.png: the dropped copy
+  {'Normal-6.png', 'Normal-6-as-VP.png'},
+]
 
 
 def _split_of(handle):
-  return {n.split('/')[-1]: s for s in ('train', 'validation', 'test')
-          for n in handle.filenames(s)}
+  return {n.split('/')[-1]: s for s in ('train', 'validation', 'test') for n in handle.filenames(s)}
 
 
 def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
@@ -131,14 +145,17 @@ def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
   kw = dict(val_fraction=0.2, test_fraction=0.2, stored_size=32)
   _, h = _prepare(tmp_path, folder, **kw)
   look = h.metadata['lookalikes']
-  assert {frozenset(n.split('/')[-1] for n in g) for g in look['groups']} == \
-      set(map(frozenset, LOOKALIKES))
+  assert {frozenset(n.split('/')[-1] for n in g) for g in look['groups']} == set(
+    map(frozenset, LOOKALIKES)
+  )
   assert (look['num_groups'], look['num_files'], look['threshold_bits']) == (6, 13, 8)
-  assert look['mixed_label_groups'] == [['Normal/images/Normal-6.png (Normal)',
-                                         'Viral Pneumonia/images/Normal-6-as-VP.png '
-                                         '(Viral Pneumonia)']]
-  assert h.metadata['duplicates'] == [['COVID/images/COVID-4-copy.png',
-                                       'COVID/images/COVID-4.png']]
+  assert look['mixed_label_groups'] == [
+    [
+      'Normal/images/Normal-6.png (Normal)',
+      'Viral Pneumonia/images/Normal-6-as-VP.png (Viral Pneumonia)',
+    ]
+  ]
+  assert h.metadata['duplicates'] == [['COVID/images/COVID-4-copy.png', 'COVID/images/COVID-4.png']]
   split_of = _split_of(h)
   for g in LOOKALIKES:
     assert len({split_of[n] for n in g}) == 1, g  # no group spans splits
@@ -146,8 +163,10 @@ def test_lookalikes_kept_in_one_split_and_counted(tmp_path):
   # (COVID 12 + 3 - 1 dropped = 14, Normal 12 + 3 = 15, Viral Pneumonia 12 + 2 = 14).
   assert h.class_counts == {'train': [8, 9, 8], 'validation': [3, 3, 3], 'test': [3, 3, 3]}
   table = dataset.summary_table(h)
-  assert ('look-alike films kept in one split: 13 films in 6 groups (dHash 16x16 within 8 bits; '
-          'groups with different labels: 1)') in table
+  assert (
+    'look-alike films kept in one split: 13 films in 6 groups (dHash 16x16 within 8 bits; '
+    'groups with different labels: 1)'
+  ) in table
   assert 'look-alikes with different labels (kept, one split): Normal/images/Normal-6.png' in table
   # Film by film (lookalike_threshold=-1, version 1.0.0's split) lets some groups straddle splits.
   _, old = _prepare(tmp_path / 'v1', folder, lookalike_threshold=-1, **kw)
@@ -187,8 +206,11 @@ def test_older_version_reused_only_when_its_splits_hold(tmp_path):
   cfg, v1 = _prepare(tmp_path / 'second', folder, lookalike_threshold=-1)
   old_dir = _as_version_1_0(v1)
   cfg.lookalike_threshold = 8
-  with pytest.raises(ValueError, match=r'\(dataset version 1.0.0\)[\s\S]*Here [1-9]\d* of 43 films '
-                     r'would not be in the split they were in[\s\S]*--overwrite'):
+  with pytest.raises(
+    ValueError,
+    match=r'\(dataset version 1.0.0\)[\s\S]*Here [1-9]\d* of 43 films '
+    r'would not be in the split they were in[\s\S]*--overwrite',
+  ):
     data_lib.prepare(cfg, progress=False)
   assert not Path(v1.dataset_dir).exists()  # nothing half-written
   h = data_lib.prepare(cfg, overwrite=True, progress=False)  # --overwrite replaces it
@@ -200,8 +222,11 @@ def test_lookalike_threshold_checked_and_recorded(tmp_path):
   folder = helpers.make_folder(tmp_path / 'kaggle', THREE)
   cfg, _ = _prepare(tmp_path, folder, lookalike_threshold=4)
   cfg.lookalike_threshold = 8
-  with pytest.raises(ValueError, match=r'settings.lookalike_threshold: prepared 4, requested 8'
-                     r'[\s\S]*--config.data.lookalike_threshold=8'):
+  with pytest.raises(
+    ValueError,
+    match=r'settings.lookalike_threshold: prepared 4, requested 8'
+    r'[\s\S]*--config.data.lookalike_threshold=8',
+  ):
     data_lib.prepare(cfg, progress=False)
   cfg.lookalike_threshold = 300
   with pytest.raises(ValueError, match=r'lookalike_threshold=300; expected -1'):
@@ -214,8 +239,11 @@ def test_class_folders_match_case_insensitively(tmp_path):
     (root / name).mkdir(parents=True)
   (root / 'covid' / 'images').mkdir()
   found = folders.class_folders(root, ('COVID', 'Normal', 'Viral Pneumonia'))
-  assert found == {'COVID': root / 'covid' / 'images', 'Normal': root / 'NORMAL',
-                   'Viral Pneumonia': root / 'viral pneumonia'}
+  assert found == {
+    'COVID': root / 'covid' / 'images',
+    'Normal': root / 'NORMAL',
+    'Viral Pneumonia': root / 'viral pneumonia',
+  }
   if (root / 'COVID').is_dir():
     return  # a case-insensitive file system: 'Covid' below would be 'covid'
   (root / 'Covid').mkdir()
@@ -258,8 +286,11 @@ def test_new_image_size_reuses_the_prepared_folder(tmp_path):
     assert h2.filenames('test') == h.filenames('test')
   # Larger than the stored side: that needs larger stored images, and the message says so.
   cfg.image_size = 256
-  with pytest.raises(ValueError, match=r'stored_size: prepared 224, requested 256[\s\S]*smaller '
-                     r'than image_size=256[\s\S]*--config.data.stored_size=256'):
+  with pytest.raises(
+    ValueError,
+    match=r'stored_size: prepared 224, requested 256[\s\S]*smaller '
+    r'than image_size=256[\s\S]*--config.data.stored_size=256',
+  ):
     data_lib.prepare(cfg, progress=False)
   # A folder prepared at an explicit larger side: the message says how to reuse it.
   cfg.image_size, cfg.stored_size = 128, 160
@@ -292,7 +323,7 @@ def test_four_class_and_flat_folders(tmp_path):
   (folder / 'Normal' / '.DS_Store').write_bytes(b'\0junk')
   _, h4 = _prepare(tmp_path, folder, builder_config='4class')
   assert h4.class_names[-1] == 'Lung_Opacity'
-  assert [sum(c) for c in zip(*h4.class_counts.values())] == [10, 10, 10, 5]
+  assert [sum(c) for c in zip(*h4.class_counts.values(), strict=True)] == [10, 10, 10, 5]
   assert h4.filenames('train')[0].count('/') == 1  # '<Class>/<file>' (no images/ folder)
   assert h4.metadata['ignored_hidden_files'] == ['Normal/.DS_Store']
   _, h3 = _prepare(tmp_path, folder)  # 3class ignores Lung_Opacity/
@@ -304,7 +335,7 @@ def _bad_folder(tmp_path):
   d = folder / 'COVID' / 'images'
   (d / 'zero.png').write_bytes(b'')
   good = helpers.png_bytes(helpers.random_image(np.random.default_rng(5), 32))
-  (d / 'truncated.png').write_bytes(good[:len(good) // 2])
+  (d / 'truncated.png').write_bytes(good[: len(good) // 2])
   (d / 'text.png').write_text('<html>not found</html>')
   (d / 'notes.txt').write_text('reading list')
   (d / 'bomb.png').write_bytes(helpers.png_bomb_header(20000, 20000))
@@ -316,8 +347,13 @@ def _bad_folder(tmp_path):
   return folder
 
 
-BAD = {'zero.png': 'empty (0 bytes)', 'truncated.png': 'truncated', 'text.png': 'not an image',
-       'notes.txt': 'not an image', 'bomb.png': 'decompression bomb'}
+BAD = {
+  'zero.png': 'empty (0 bytes)',
+  'truncated.png': 'truncated',
+  'text.png': 'not an image',
+  'notes.txt': 'not an image',
+  'bomb.png': 'decompression bomb',
+}
 
 
 def test_bad_files_error_names_each_file(tmp_path):
@@ -327,8 +363,9 @@ def test_bad_files_error_names_each_file(tmp_path):
   msg = str(e.value)
   assert msg.startswith(f'5 unusable image file(s) in {folder}')
   for name, reason in BAD.items():
-    line = next(l for l in msg.splitlines() if l.strip().startswith(str(folder / 'COVID' /
-                                                                        'images' / name)))
+    line = next(
+      l for l in msg.splitlines() if l.strip().startswith(str(folder / 'COVID' / 'images' / name))
+    )
     assert reason in line, line
   assert "on_bad_image='skip'" in msg and '--config.data.on_bad_image=skip' in msg
 
@@ -340,11 +377,18 @@ def test_bad_files_skipped_counted_and_reported(tmp_path):
   assert set(skipped) == set(BAD)
   for name, reason in BAD.items():
     assert reason in skipped[name]
-  assert [sum(c) for c in zip(*h.class_counts.values())] == [12, 10, 10]  # + rgba, sixteen
+  assert [sum(c) for c in zip(*h.class_counts.values(), strict=True)] == [
+    12,
+    10,
+    10,
+  ]  # + rgba, sixteen
   table = dataset.summary_table(h)
   assert 'skipped bad files: 5' in table and 'skipped COVID/images/bomb.png' in table
-  by_name = {n: r['image'] for s in ('train', 'validation', 'test')
-             for n, r in zip(h.filenames(s), _all_records(h, s))}
+  by_name = {
+    n: r['image']
+    for s in ('train', 'validation', 'test')
+    for n, r in zip(h.filenames(s), _all_records(h, s), strict=True)
+  }
   assert np.all(by_name['COVID/images/rgba.png'] == 77)
   expect16 = images.resize_grey(np.arange(256, dtype=np.uint8).reshape(16, 16), 32)
   np.testing.assert_array_equal(by_name['COVID/images/sixteen.png'], expect16)

@@ -20,8 +20,15 @@ TINY = ['--config', str(REPO / 'configs' / 'tiny.py')]
 
 def _main(*argv) -> subprocess.CompletedProcess:
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'launch.prepare_data', *argv], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'launch.prepare_data', *argv],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def _rows(stdout: str) -> list[list[str]]:
@@ -29,11 +36,17 @@ def _rows(stdout: str) -> list[list[str]]:
 
 
 def test_prepare_cli_summary_bad_file_and_reprepare_command(tmp_path):
-  folder = helpers.make_folder(tmp_path / 'kaggle',
-                               {'COVID': 5, 'Normal': 5, 'Viral Pneumonia': 5}, size=16)
+  folder = helpers.make_folder(
+    tmp_path / 'kaggle', {'COVID': 5, 'Normal': 5, 'Viral Pneumonia': 5}, size=16
+  )
   (folder / 'Normal' / 'images' / 'broken.png').write_bytes(b'')
-  common = [*TINY, '--config.data.source=folder', f'--config.data.manual_dir={folder}',
-            f'--config.data.data_dir={tmp_path / "tfds"}', '--config.data.image_size=16']
+  common = [
+    *TINY,
+    '--config.data.source=folder',
+    f'--config.data.manual_dir={folder}',
+    f'--config.data.data_dir={tmp_path / "tfds"}',
+    '--config.data.image_size=16',
+  ]
   r = _main(*common)
   assert r.returncode == errors.EXIT_USAGE, r.stderr
   assert 'Traceback' not in r.stderr
@@ -57,7 +70,7 @@ def test_prepare_cli_summary_bad_file_and_reprepare_command(tmp_path):
   assert argv[:3] == ['python', '-m', 'launch.prepare_data'] and argv[-1] == '--overwrite'
   r = _main(*argv[3:])
   assert r.returncode == 0, r.stderr
-  assert ['total', '6', '6', '3', '15'] in _rows(r.stdout)   # 0.4 of 5 per class -> 2 each
+  assert ['total', '6', '6', '3', '15'] in _rows(r.stdout)  # 0.4 of 5 per class -> 2 each
 
 
 def test_prepare_cli_needs_a_source_and_prepares_phantoms(tmp_path):
@@ -65,7 +78,7 @@ def test_prepare_cli_needs_a_source_and_prepares_phantoms(tmp_path):
   assert r.returncode == errors.EXIT_USAGE and 'Traceback' not in r.stderr, r.stderr
   assert 'config.data.manual_dir is empty' in r.stderr
   assert '--config.data.manual_dir=PATH' in r.stderr
-  r = _main(*TINY, f'--config.data.data_dir={tmp_path}')   # tiny: 16 phantoms per class
+  r = _main(*TINY, f'--config.data.data_dir={tmp_path}')  # tiny: 16 phantoms per class
   assert r.returncode == 0, r.stderr
   assert 'cxr_phantom/3class in ' in r.stdout
   assert ['total', '36', '6', '6', '48'] in _rows(r.stdout)

@@ -10,12 +10,13 @@ from tests.data import helpers
 
 @pytest.mark.shared_data
 def test_prepare_cxr_dev(tmp_path, cxr_dev_dir):
-  cfg = helpers.data_config(tmp_path / 'tfds', source='folder', manual_dir=str(cxr_dev_dir),
-                            image_size=64)
+  cfg = helpers.data_config(
+    tmp_path / 'tfds', source='folder', manual_dir=str(cxr_dev_dir), image_size=64
+  )
   h = data_lib.prepare(cfg, progress=False)
   assert h.class_names == ('COVID', 'Normal', 'Viral Pneumonia')
   assert sum(h.num_examples.values()) == 1200
-  assert [sum(c) for c in zip(*h.class_counts.values())] == [400, 400, 400]
+  assert [sum(c) for c in zip(*h.class_counts.values(), strict=True)] == [400, 400, 400]
   assert h.class_counts == {'train': [280] * 3, 'validation': [60] * 3, 'test': [60] * 3}
   assert h.metadata['skipped'] == [] and h.metadata['duplicates'] == []
   b = next(loader.train_iterator(cfg, h, local_batch_size=16, seed=0))

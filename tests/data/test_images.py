@@ -4,8 +4,8 @@ import io
 import time
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from jaxcxr.data import images
 from tests.data import helpers
@@ -24,7 +24,7 @@ def test_zero_byte_file():
 
 def test_truncated_png():
   data = helpers.png_bytes(helpers.random_image(np.random.default_rng(0), 64))
-  msg = _err(data[:len(data) // 2])
+  msg = _err(data[: len(data) // 2])
   assert "'COVID/x.png'" in msg and 'truncated' in msg
 
 
@@ -55,8 +55,8 @@ def test_rgba_composited_on_black():
   rgba = np.zeros((4, 5, 4), np.uint8)
   rgba[..., :3] = [200, 100, 50]
   rgba[..., 3] = 255
-  rgba[0, 0, 3] = 0     # fully transparent -> black
-  rgba[1, 1, 3] = 128   # half -> about half the luma
+  rgba[0, 0, 3] = 0  # fully transparent -> black
+  rgba[1, 1, 3] = 128  # half -> about half the luma
   out = images.decode_grey(helpers.png_bytes(rgba), name='x')
   luma = round(200 * 0.299 + 100 * 0.587 + 50 * 0.114)  # 119
   assert out.shape == (4, 5) and out.dtype == np.uint8
@@ -70,7 +70,7 @@ def test_rgb_equal_channels_is_exact():
   np.testing.assert_array_equal(out, g)
 
 
-@pytest.mark.parametrize('scale,hi', [(257, 255), (16, 4095)])
+@pytest.mark.parametrize(('scale', 'hi'), [(257, 255), (16, 4095)])
 def test_16bit_stretched_min_max(scale, hi):
   g = np.arange(256, dtype=np.uint16).reshape(16, 16)
   data = helpers.png_bytes((g.astype(np.uint32) * scale).astype(np.uint16))
@@ -100,8 +100,9 @@ def test_load_missing_file(tmp_path):
 def test_resize_is_torchvision_bilinear():
   g = helpers.random_image(np.random.default_rng(3), 40)
   out = images.resize_grey(g, 20)
-  np.testing.assert_array_equal(out, np.asarray(Image.fromarray(g).resize((20, 20),
-                                                                         Image.BILINEAR)))
+  np.testing.assert_array_equal(
+    out, np.asarray(Image.fromarray(g).resize((20, 20), Image.BILINEAR))
+  )
   assert images.resize_grey(g, 40) is g
 
 

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 import jaxcxr.data as data_lib
-from jaxcxr.data import dataset
-from jaxcxr.data import images
-from jaxcxr.data import loader
+from jaxcxr.data import dataset, images, loader
 from tests.data import helpers
 
 
@@ -16,7 +14,7 @@ def _take(it, n):
 
 def _assert_same(a, b):
   assert len(a) == len(b)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])
 
@@ -39,7 +37,7 @@ def test_same_seed_same_batches_other_seed_differs(phantom_handle):
   b = _take(loader.train_iterator(cfg, h, local_batch_size=8, seed=3), 4)
   c = _take(loader.train_iterator(cfg, h, local_batch_size=8, seed=4), 4)
   _assert_same(a, b)
-  assert not all(np.array_equal(x['image'], y['image']) for x, y in zip(a, c))
+  assert not all(np.array_equal(x['image'], y['image']) for x, y in zip(a, c, strict=True))
 
 
 def test_augmentation_changes_images_and_can_be_disabled(phantom_handle):
@@ -47,8 +45,9 @@ def test_augmentation_changes_images_and_can_be_disabled(phantom_handle):
   on = _take(loader.train_iterator(cfg, h, local_batch_size=8, seed=0), 3)
   cfg_off = helpers.data_config(cfg.data_dir, **{'augment.enabled': False, 'sampling': 'none'})
   off = _take(loader.train_iterator(cfg_off, h, local_batch_size=8, seed=0), 3)
-  stored = {images.content_hash(r['image'][..., None])
-            for r in (h.source('train')[i] for i in range(24))}
+  stored = {
+    images.content_hash(r['image'][..., None]) for r in (h.source('train')[i] for i in range(24))
+  }
   # Without augmentation every image is a stored record, and one epoch is each record once.
   off_hashes = [images.content_hash(im) for b in off for im in b['image']]
   assert sorted(off_hashes) == sorted(stored)
@@ -61,13 +60,19 @@ def test_process_blocks_concatenate_to_the_global_batch(phantom_handle, sampling
   cfg, h = phantom_handle
   cfg = helpers.data_config(cfg.data_dir, sampling=sampling)
   single = _take(loader.train_iterator(cfg, h, local_batch_size=12, seed=1), 5)
-  parts = [_take(loader.train_iterator(cfg, h, local_batch_size=4, seed=1, process_index=p,
-                                       process_count=3), 5) for p in range(3)]
+  parts = [
+    _take(
+      loader.train_iterator(cfg, h, local_batch_size=4, seed=1, process_index=p, process_count=3), 5
+    )
+    for p in range(3)
+  ]
   for k in range(5):  # augmentation included: identical pixels, whatever the process count
-    np.testing.assert_array_equal(np.concatenate([p[k]['image'] for p in parts]),
-                                  single[k]['image'])
-    np.testing.assert_array_equal(np.concatenate([p[k]['label'] for p in parts]),
-                                  single[k]['label'])
+    np.testing.assert_array_equal(
+      np.concatenate([p[k]['image'] for p in parts]), single[k]['image']
+    )
+    np.testing.assert_array_equal(
+      np.concatenate([p[k]['label'] for p in parts]), single[k]['label']
+    )
 
 
 def test_processes_read_disjoint_records_covering_each_epoch(phantom_handle):
@@ -75,8 +80,9 @@ def test_processes_read_disjoint_records_covering_each_epoch(phantom_handle):
   cfg = helpers.data_config(cfg.data_dir, sampling='none', **{'augment.enabled': False})
   per_proc = []
   for p in range(2):  # epoch = 24 records = 3 global batches of 2 x 4
-    batches = _take(loader.train_iterator(cfg, h, local_batch_size=4, seed=2, process_index=p,
-                                          process_count=2), 3)
+    batches = _take(
+      loader.train_iterator(cfg, h, local_batch_size=4, seed=2, process_index=p, process_count=2), 3
+    )
     per_proc.append([images.content_hash(im) for b in batches for im in b['image']])
   assert not set(per_proc[0]) & set(per_proc[1])
   stored = [images.content_hash(h.source('train')[i]['image'][..., None]) for i in range(24)]
@@ -84,10 +90,17 @@ def test_processes_read_disjoint_records_covering_each_epoch(phantom_handle):
 
 
 def _imbalanced_handle(tmp_path):
-  folder = helpers.make_folder(tmp_path / 'imb', {'COVID': 40, 'Normal': 4, 'Viral Pneumonia': 4},
-                               size=8)
-  cfg = helpers.data_config(tmp_path / 'tfds', source='folder', manual_dir=str(folder),
-                            image_size=8, val_fraction=0.0, test_fraction=0.0)
+  folder = helpers.make_folder(
+    tmp_path / 'imb', {'COVID': 40, 'Normal': 4, 'Viral Pneumonia': 4}, size=8
+  )
+  cfg = helpers.data_config(
+    tmp_path / 'tfds',
+    source='folder',
+    manual_dir=str(folder),
+    image_size=8,
+    val_fraction=0.0,
+    test_fraction=0.0,
+  )
   return cfg, data_lib.prepare(cfg, progress=False)
 
 
@@ -119,6 +132,7 @@ def test_resume_from_get_state(phantom_handle):
 def test_resume_with_two_workers_through_orbax(phantom_handle, tmp_path):
   import grain  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   cfg, h = phantom_handle
   ref = _take(loader.train_iterator(cfg, h, local_batch_size=8, seed=6), 6)
   cfg2 = helpers.data_config(cfg.data_dir, num_workers=2, prefetch=2)
@@ -146,7 +160,7 @@ def test_eval_pads_and_has_no_augmentation(phantom_handle):
   n = h.num_examples['test']
   assert n == 6
   batches = list(loader.eval_iterator(cfg, h, 'test', local_batch_size=4))
-  assert len(batches) == 2   # ceil(6 / 4): the last batch padded
+  assert len(batches) == 2  # ceil(6 / 4): the last batch padded
   for b in batches:
     assert b['image'].shape == (4, 32, 32, 1) and b['image'].dtype == np.uint8
     assert b['valid'].dtype == np.bool_ and b['index'].dtype == np.int32
@@ -155,7 +169,7 @@ def test_eval_pads_and_has_no_augmentation(phantom_handle):
   assert not batches[1]['image'][2:].any()
   src = h.source('test')
   for b in batches:
-    for img, label, idx, ok in zip(b['image'], b['label'], b['index'], b['valid']):
+    for img, label, idx, ok in zip(b['image'], b['label'], b['index'], b['valid'], strict=True):
       if ok:
         np.testing.assert_array_equal(img[..., 0], src[int(idx)]['image'])
         assert label == src[int(idx)]['label']
@@ -166,25 +180,32 @@ def test_eval_pads_and_has_no_augmentation(phantom_handle):
 
 def test_eval_multi_process_blocks(phantom_handle):
   cfg, h = phantom_handle
-  per = [list(loader.eval_iterator(cfg, h, 'test', local_batch_size=2, process_index=p,
-                                   process_count=2)) for p in range(2)]
+  per = [
+    list(loader.eval_iterator(cfg, h, 'test', local_batch_size=2, process_index=p, process_count=2))
+    for p in range(2)
+  ]
   assert len(per[0]) == len(per[1]) == 2
-  gathered = np.concatenate([np.concatenate([per[p][k]['index'] for p in range(2)])
-                             for k in range(2)])
+  gathered = np.concatenate(
+    [np.concatenate([per[p][k]['index'] for p in range(2)]) for k in range(2)]
+  )
   assert gathered.tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
 
 
 def test_eval_resizes_stored_images(tmp_path):
-  folder = helpers.make_folder(tmp_path / 'k', {'COVID': 3, 'Normal': 3, 'Viral Pneumonia': 3},
-                               size=40)
-  cfg = helpers.data_config(tmp_path / 'tfds', source='folder', manual_dir=str(folder),
-                            image_size=16, stored_size=24)
+  folder = helpers.make_folder(
+    tmp_path / 'k', {'COVID': 3, 'Normal': 3, 'Viral Pneumonia': 3}, size=40
+  )
+  cfg = helpers.data_config(
+    tmp_path / 'tfds', source='folder', manual_dir=str(folder), image_size=16, stored_size=24
+  )
   h = data_lib.prepare(cfg, progress=False)
   b = next(iter(loader.eval_iterator(cfg, h, 'train', local_batch_size=2)))
   from jaxcxr.data import preprocess  # pylint: disable=g-import-not-at-top
+
   name = h.filenames('train')[int(b['index'][0])]
   np.testing.assert_array_equal(
-      b['image'][0], preprocess.load_image_for_inference(folder / name, 16, stored_size=24))
+    b['image'][0], preprocess.load_image_for_inference(folder / name, 16, stored_size=24)
+  )
   assert dataset.stored_size(cfg) == 24
   t = next(loader.train_iterator(cfg, h, local_batch_size=2, seed=0))
   assert t['image'].shape == (2, 16, 16, 1)

@@ -9,21 +9,29 @@ import pytest
 from jaxcxr.models import layers
 
 
-@pytest.mark.parametrize('kernel, stride, padding, use_bias', [
-    (1, 1, 0, False),   # ResNet / DenseNet bottleneck 1x1
-    (1, 2, 0, False),   # ResNet downsample
-    (3, 1, 1, True),    # VGG / small CNN 3x3 (with bias)
-    (3, 2, 1, False),   # ResNet strided 3x3
-    (7, 2, 3, False),   # stems
-])
+@pytest.mark.parametrize(
+  ('kernel', 'stride', 'padding', 'use_bias'),
+  [
+    (1, 1, 0, False),  # ResNet / DenseNet bottleneck 1x1
+    (1, 2, 0, False),  # ResNet downsample
+    (3, 1, 1, True),  # VGG / small CNN 3x3 (with bias)
+    (3, 2, 1, False),  # ResNet strided 3x3
+    (7, 2, 3, False),  # stems
+  ],
+)
 def test_conv_matches_nn_conv_in_params_outputs_and_gradients(kernel, stride, padding, use_bias):
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
   ours = layers.conv(4, kernel, jnp.float32, 'c', stride, padding, use_bias)
-  ref = nn.Conv(4, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
-                use_bias=use_bias)
+  ref = nn.Conv(
+    4,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((padding, padding),) * 2,
+    use_bias=use_bias,
+  )
   params = ours.init(jax.random.key(1), x)
   ref_params = ref.init(jax.random.key(1), x)
-  jax.tree.map(np.testing.assert_array_equal, params, ref_params)   # same names, init, values
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)  # same names, init, values
   np.testing.assert_array_equal(ours.apply(params, x), ref.apply(params, x))
 
   def loss(module, p, x):
@@ -48,7 +56,9 @@ def _grad_fn():
   return jax.jit(jax.grad(lambda w: jnp.sum(layers.conv2d(x, w, 1, 1) ** 2)))
 
 
-@pytest.mark.parametrize('platform, dots, convs', [('cpu', 1, 1), ('cuda', 0, 2), ('tpu', 0, 2)])
+@pytest.mark.parametrize(
+  ('platform', 'dots', 'convs'), [('cpu', 1, 1), ('cuda', 0, 2), ('tpu', 0, 2)]
+)
 def test_im2col_weight_grad_only_on_cpu(platform, dots, convs):
   """GPU / TPU keep XLA's weight-gradient convolution; only the CPU lowering has the matmul."""
   text = _grad_fn().trace(jnp.ones((3, 3, 4, 5))).lower(lowering_platforms=(platform,)).as_text()

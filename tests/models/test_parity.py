@@ -19,20 +19,19 @@ import torch
 
 from jaxcxr import models
 from jaxcxr.models import weights
-from tests.models.torch_reference import randomized_torchvision
-from tests.models.torch_reference import torch_forward
+from tests.models.torch_reference import randomized_torchvision, torch_forward
 
 ATOL = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply_fn(name: str, **overrides):
   model = models.build(name, 1000, **overrides)
   return jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))
 
 
 def jax_forward(name, variables, x, **overrides):
-  with jax.default_matmul_precision('highest'):   # compiled (and cached) at this precision
+  with jax.default_matmul_precision('highest'):  # compiled (and cached) at this precision
     logits, state = _apply_fn(name, **overrides)(variables, x)
   return np.asarray(logits), np.asarray(state['intermediates']['cam_features'][0])
 
@@ -44,7 +43,8 @@ class Converted:
     self.name = name
     self.torch_model = randomized_torchvision(name)
     self.variables = weights.from_torchvision(
-        name, {k: v.numpy() for k, v in self.torch_model.state_dict().items()})
+      name, {k: v.numpy() for k, v in self.torch_model.state_dict().items()}
+    )
     self.x = np.random.RandomState(0).randn(2, size, size, 3).astype(np.float32)
     self.torch_logits, self.torch_fmap = torch_forward(name, self.torch_model, self.x)
     self.logits, self.fmap = jax_forward(name, self.variables, self.x)
@@ -54,9 +54,11 @@ def _check(c: Converted):
   logit_diff = float(np.abs(c.logits - c.torch_logits).max())
   fmap_diff = float(np.abs(c.fmap - c.torch_fmap).max())
   fmap_scale = float(np.abs(c.torch_fmap).max())
-  print(f'\n{c.name} @ {c.x.shape[1]}px: max |logits diff| {logit_diff:.2e} '
-        f'(|logits| <= {np.abs(c.torch_logits).max():.1f}), max |cam diff| {fmap_diff:.2e} '
-        f'(|cam| <= {fmap_scale:.1f})')
+  print(
+    f'\n{c.name} @ {c.x.shape[1]}px: max |logits diff| {logit_diff:.2e} '
+    f'(|logits| <= {np.abs(c.torch_logits).max():.1f}), max |cam diff| {fmap_diff:.2e} '
+    f'(|cam| <= {fmap_scale:.1f})'
+  )
   assert c.logits.shape == c.torch_logits.shape == (2, 1000)
   assert c.fmap.shape == c.torch_fmap.shape
   assert logit_diff <= ATOL
@@ -142,19 +144,22 @@ def test_densenet_memory_efficient_identical():
   variables = jax.jit(plain.init)(jax.random.key(1), x)
 
   def loss(model, params):
-    return model.apply({**variables, 'params': params}, x, train=True,
-                       mutable=['batch_stats'])[0].sum()
+    return model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])[
+      0
+    ].sum()
 
   def outputs(model, params):
     return model.apply({**variables, 'params': params}, x), jax.grad(loss, 1)(model, params)
 
-  grad_jaxpr = lambda m: str(jax.make_jaxpr(jax.grad(loss, 1), static_argnums=0)(
-      m, variables['params']))
+  def grad_jaxpr(m):
+    return str(jax.make_jaxpr(jax.grad(loss, 1), static_argnums=0)(m, variables['params']))
+
   assert 'remat' in grad_jaxpr(remat) and 'remat' not in grad_jaxpr(plain)
   (y_plain, g_plain), (y_remat, g_remat) = jax.jit(
-      lambda p: (outputs(plain, p), outputs(remat, p)))(variables['params'])
+    lambda p: (outputs(plain, p), outputs(remat, p))
+  )(variables['params'])
   np.testing.assert_array_equal(y_plain, y_remat)
-  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -25,20 +25,37 @@ def _abstract_variables(name, size=224, batch=2, **overrides):
 
 # (name, Grad-CAM map (H, W, C) at 224 px), from torchvision's architectures.
 CAM_SHAPES = {
-    **{n: (14, 14, 512) for n in TORCHVISION_NAMES if n.startswith('vgg')},
-    'resnet18': (7, 7, 512), 'resnet34': (7, 7, 512), 'resnet50': (7, 7, 2048),
-    'resnet101': (7, 7, 2048), 'resnet152': (7, 7, 2048),
-    'densenet121': (7, 7, 1024), 'densenet161': (7, 7, 2208), 'densenet169': (7, 7, 1664),
-    'densenet201': (7, 7, 1920),
+  **{n: (14, 14, 512) for n in TORCHVISION_NAMES if n.startswith('vgg')},
+  'resnet18': (7, 7, 512),
+  'resnet34': (7, 7, 512),
+  'resnet50': (7, 7, 2048),
+  'resnet101': (7, 7, 2048),
+  'resnet152': (7, 7, 2048),
+  'densenet121': (7, 7, 1024),
+  'densenet161': (7, 7, 2208),
+  'densenet169': (7, 7, 1664),
+  'densenet201': (7, 7, 1920),
 }
 
 # Published torchvision parameter counts (docs "num_params"), a check independent of torch.
 PUBLISHED = {
-    'vgg11': 132863336, 'vgg13': 133047848, 'vgg16': 138357544, 'vgg19': 143667240,
-    'vgg11_bn': 132868840, 'vgg13_bn': 133053736, 'vgg16_bn': 138365992,
-    'vgg19_bn': 143678248, 'resnet18': 11689512, 'resnet34': 21797672, 'resnet50': 25557032,
-    'resnet101': 44549160, 'resnet152': 60192808, 'densenet121': 7978856,
-    'densenet161': 28681000, 'densenet169': 14149480, 'densenet201': 20013928,
+  'vgg11': 132863336,
+  'vgg13': 133047848,
+  'vgg16': 138357544,
+  'vgg19': 143667240,
+  'vgg11_bn': 132868840,
+  'vgg13_bn': 133053736,
+  'vgg16_bn': 138365992,
+  'vgg19_bn': 143678248,
+  'resnet18': 11689512,
+  'resnet34': 21797672,
+  'resnet50': 25557032,
+  'resnet101': 44549160,
+  'resnet152': 60192808,
+  'densenet121': 7978856,
+  'densenet161': 28681000,
+  'densenet169': 14149480,
+  'densenet201': 20013928,
 }
 
 
@@ -47,8 +64,9 @@ def test_counts_match_torchvision(name):
   with torch.device('meta'):  # architecture only, no memory or init time
     tv = getattr(torchvision.models, name)()
   tv_params = sum(p.numel() for p in tv.parameters())
-  tv_stats = sum(b.numel() for k, b in tv.named_buffers() if k.endswith(('running_mean',
-                                                                         'running_var')))
+  tv_stats = sum(
+    b.numel() for k, b in tv.named_buffers() if k.endswith(('running_mean', 'running_var'))
+  )
   variables = _abstract_variables(name)
   assert _count(variables['params']) == tv_params == PUBLISHED[name]
   assert _count(variables.get('batch_stats', {})) == tv_stats
@@ -63,13 +81,14 @@ def test_num_classes_head(name):
   assert models.HEAD_PARAMS[models.family(name)] == models.HEAD_PARAMS[name]
 
 
-@pytest.mark.parametrize('name,size,cam_hw', [
-    ('vgg11', 64, 4), ('vgg11', 100, 6), ('resnet18', 128, 4), ('densenet121', 96, 3)])
+@pytest.mark.parametrize(
+  ('name', 'size', 'cam_hw'),
+  [('vgg11', 64, 4), ('vgg11', 100, 6), ('resnet18', 128, 4), ('densenet121', 96, 3)],
+)
 def test_logits_shape_at_other_sizes(name, size, cam_hw):
   model = models.build(name, 3)
   variables = _abstract_variables(name, size=size, batch=1, num_classes=3)
-  logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables,
-                          jnp.zeros((1, size, size, 3)))
+  logits = jax.eval_shape(model.apply, variables, jnp.zeros((1, size, size, 3)))
   assert logits.shape == (1, 3)
   assert variables['perturbations']['cam_features'].shape[1:3] == (cam_hw, cam_hw)
 
@@ -79,8 +98,11 @@ def test_unknown_name_lists_names():
     models.build('resnet7', 3)
   with pytest.raises(ValueError, match='num_classes'):
     models.build('resnet18', 0)
-  with pytest.raises(ValueError, match=r"resnet18 has no option\(s\) \['dropout_rate'\]; its "
-                                       r"options: \['block', 'dtype', 'stage_sizes'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"resnet18 has no option\(s\) \['dropout_rate'\]; its "
+    r"options: \['block', 'dtype', 'stage_sizes'\]",
+  ):
     models.build('resnet18', 3, dropout_rate=0.1)
 
 
@@ -99,6 +121,7 @@ def test_bfloat16_compute_float32_params(name):
   params_and_stats = {k: variables[k] for k in ('params', 'batch_stats')}
   assert {a.dtype for a in jax.tree.leaves(params_and_stats)} == {jnp.dtype(jnp.float32)}
   logits, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, mutable=['intermediates']), variables, x)
+    lambda v, x: model.apply(v, x, mutable=['intermediates']), variables, x
+  )
   assert logits.dtype == jnp.bfloat16
   assert state['intermediates']['cam_features'][0].dtype == jnp.bfloat16

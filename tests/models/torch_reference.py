@@ -20,14 +20,16 @@ def randomized_torchvision(name: str, seed: int = 0, **kwargs) -> torch.nn.Modul
   torch.manual_seed(seed)
   model = getattr(torchvision.models, name)(**kwargs)
   bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  branch_ends = {id(m.bn2) for m in model.modules()
-                 if isinstance(m, torchvision.models.resnet.BasicBlock)}
-  branch_ends |= {id(m.bn3) for m in model.modules()
-                  if isinstance(m, torchvision.models.resnet.Bottleneck)}
+  branch_ends = {
+    id(m.bn2) for m in model.modules() if isinstance(m, torchvision.models.resnet.BasicBlock)
+  }
+  branch_ends |= {
+    id(m.bn3) for m in model.modules() if isinstance(m, torchvision.models.resnet.Bottleneck)
+  }
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, torch.nn.Linear):
-        m.weight.normal_(0.0, (2.0 / m.in_features)**0.5)
+        m.weight.normal_(0.0, (2.0 / m.in_features) ** 0.5)
         m.bias.normal_(0.0, 0.1)
     for m in bns:
       m.weight.uniform_(*((0.1, 0.5) if id(m) in branch_ends else (0.5, 1.5)))

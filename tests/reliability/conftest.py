@@ -17,6 +17,7 @@ RECORDS_ENV = 'JAXCXR_RELIABILITY_RECORDS'
 def data_dir(tmp_path_factory):
   """Tiny phantom data (configs/tiny.py), prepared once and shared by every run of the suite."""
   from jaxcxr import data  # pylint: disable=g-import-not-at-top
+
   d = tmp_path_factory.mktemp('tfds')
   config, _ = th.tiny_config(d)
   data.prepare(config.data, progress=False)
@@ -68,4 +69,5 @@ def record(request):
       return
     with open(path, 'a') as f:
       f.write(json.dumps({'test': request.node.nodeid, **fields}, default=str) + '\n')
+
   return write

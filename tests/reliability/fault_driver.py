@@ -26,8 +26,7 @@ import time
 
 import jax.numpy as jnp
 
-from jaxcxr.training import steps
-from jaxcxr.training import validation
+from jaxcxr.training import steps, validation
 
 FAULT_ENV = 'JAXCXR_FAULT'
 
@@ -49,6 +48,7 @@ def _hold_eval(marker: str):
 
 def json_handler():
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh  # pylint: disable=g-import-not-at-top
+
   return jh.JsonCheckpointHandler
 
 
@@ -67,7 +67,7 @@ def enospc_save_fn(n: int, under: str = ''):
     if len(calls) != n:
       return await real(self, x, directory)
     path = directory / self._filename  # pylint: disable=protected-access
-    path.write_text('{"partial": ')   # what a full disk leaves behind
+    path.write_text('{"partial": ')  # what a full disk leaves behind
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
   return _save_fn
@@ -99,13 +99,16 @@ def install(spec: str) -> None:
   elif kind == 'nan_update':
     _nan_update(int(arg))
   else:
-    raise SystemExit(f'{FAULT_ENV}={spec!r}: unknown fault (hold_eval:<marker>, '
-                     'enospc_save:<n>, enospc_best:<n>, nan_update:<k>)')
+    raise SystemExit(
+      f'{FAULT_ENV}={spec!r}: unknown fault (hold_eval:<marker>, '
+      'enospc_save:<n>, enospc_best:<n>, nan_update:<k>)'
+    )
 
 
 if __name__ == '__main__':
   from launch import cli  # pylint: disable=g-import-not-at-top
   from launch import train as launch_train  # pylint: disable=g-import-not-at-top  (defines flags)
+
   install(os.environ.get(FAULT_ENV, ''))
   sys.argv[0] = 'launch.train'
-  cli.run(launch_train.main)   # what launch/train.py's __main__ runs
+  cli.run(launch_train.main)  # what launch/train.py's __main__ runs

@@ -18,9 +18,14 @@ REPO = th.REPO
 # select='best': the fault counts (the n-th checkpoint write) were laid out for a best/ save at
 # every improving epoch; the 'last' rule writes best/ once, at the end (a full disk during that
 # save: test_training_faults.py::test_disk_full_at_the_final_shipped_save_then_resume).
-CHAIN_OVERRIDES = {'train.num_epochs': 3, 'checkpoint.every_steps': 3,
-                   'checkpoint.async_save': True, 'early_stopping.select': 'best',
-                   'early_stopping.metric': 'val_macro_f1', 'early_stopping.mode': 'max'}
+CHAIN_OVERRIDES = {
+  'train.num_epochs': 3,
+  'checkpoint.every_steps': 3,
+  'checkpoint.async_save': True,
+  'early_stopping.select': 'best',
+  'early_stopping.metric': 'val_macro_f1',
+  'early_stopping.mode': 'max',
+}
 STEPS_PER_EPOCH = 5
 TOTAL_STEPS = 15
 
@@ -33,16 +38,19 @@ class Run:
     self.log.parent.mkdir(parents=True, exist_ok=True)
     self._out = open(self.log, 'w')
     self.t0 = time.time()
-    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                 text=True)
+    self.proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True
+    )
 
   def wait_for(self, predicate, timeout: float = 300, poll: float = 0.01, what: str = ''):
     """Polls `predicate` until true; fails if the process ends first or the timeout passes."""
     t0 = time.time()
     while not predicate():
       if self.proc.poll() is not None:
-        raise AssertionError(f'run ended ({self.proc.returncode}) before {what or predicate}:\n'
-                             + self.output()[-4000:])
+        raise AssertionError(
+          f'run ended ({self.proc.returncode}) before {what or predicate}:\n'
+          + self.output()[-4000:]
+        )
       if time.time() - t0 > timeout:
         self.kill()
         raise AssertionError(f'timed out after {timeout} s waiting for {what or predicate}')
@@ -122,6 +130,7 @@ def corrupt_latest(workdir) -> tuple[int, Path]:
 
 def readable(step_dir) -> bool:
   from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
+
   try:
     checkpoint.read_state_numpy(str(step_dir))
   except Exception:  # pylint: disable=broad-except
@@ -141,8 +150,14 @@ def resumed_step(output: str) -> int:
 
 def cli(module: str, *args, env: dict, timeout: float = 300) -> subprocess.Popen:
   """Starts `python -m module args` with captured text output (use .communicate())."""
-  return subprocess.Popen([sys.executable, '-m', module, *map(str, args)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, '-m', module, *map(str, args)],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 MESSAGE_STARTS = ('error:', 'FATAL Flags parsing error')
@@ -160,11 +175,12 @@ def message(stderr: str, starts: tuple[str, ...] = MESSAGE_STARTS) -> str:
   first = [i for i, line in enumerate(lines) if line.startswith(starts)]
   if not first:
     return ''
-  return '\n'.join(l for l in lines[first[-1]:] if not _is_log_line(l))
+  return '\n'.join(l for l in lines[first[-1] :] if not _is_log_line(l))
 
 
-def clear_failure(rc: int, stderr: str, want_rc: int, *needles: str,
-                  starts: tuple[str, ...] = MESSAGE_STARTS) -> list[str]:
+def clear_failure(
+  rc: int, stderr: str, want_rc: int, *needles: str, starts: tuple[str, ...] = MESSAGE_STARTS
+) -> list[str]:
   """Problems with a failed CLI run ([] = a clear failure).
 
   Clear means: the documented exit status, and the run ends with a message that starts with

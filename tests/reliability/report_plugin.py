@@ -15,7 +15,16 @@ def pytest_runtest_logreport(report):
   if not path:
     return
   if report.when != 'call' and report.passed and report.duration < 1.0:
-    return   # quick setup/teardown phases carry no information
+    return  # quick setup/teardown phases carry no information
   with open(path, 'a') as f:
-    f.write(json.dumps({'test': report.nodeid, 'phase': report.when, 'outcome': report.outcome,
-                        'seconds': round(report.duration, 2)}) + '\n')
+    f.write(
+      json.dumps(
+        {
+          'test': report.nodeid,
+          'phase': report.when,
+          'outcome': report.outcome,
+          'seconds': round(report.duration, 2),
+        }
+      )
+      + '\n'
+    )

@@ -23,8 +23,8 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from tests import train_helpers as th
 from tests.data import helpers
@@ -33,9 +33,13 @@ from tests.reliability import harness
 THREE = {'COVID': 4, 'Normal': 4, 'Viral Pneumonia': 4}
 
 # Unusable files and the reason each failure must give.
-BAD_FILES = {'zero.png': 'empty (0 bytes)', 'truncated.png': 'truncated',
-             'text.png': 'not an image', 'page.jpg': 'not an image',
-             'bomb.png': 'decompression bomb'}
+BAD_FILES = {
+  'zero.png': 'empty (0 bytes)',
+  'truncated.png': 'truncated',
+  'text.png': 'not an image',
+  'page.jpg': 'not an image',
+  'bomb.png': 'decompression bomb',
+}
 
 
 def _tiff(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -52,9 +56,13 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
 
 def _bad_bytes() -> dict[str, bytes]:
   good = helpers.png_bytes(helpers.random_image(np.random.default_rng(5), 32))
-  return {'zero.png': b'', 'truncated.png': good[:len(good) // 2],
-          'text.png': b'<html>404 not found</html>', 'page.jpg': b'<!DOCTYPE html>\n<html>',
-          'bomb.png': helpers.png_bomb_header(20000, 20000)}
+  return {
+    'zero.png': b'',
+    'truncated.png': good[: len(good) // 2],
+    'text.png': b'<html>404 not found</html>',
+    'page.jpg': b'<!DOCTYPE html>\n<html>',
+    'bomb.png': helpers.png_bomb_header(20000, 20000),
+  }
 
 
 def _odd_images() -> dict[str, tuple[bytes, np.ndarray]]:
@@ -62,44 +70,54 @@ def _odd_images() -> dict[str, tuple[bytes, np.ndarray]]:
   checker = (np.indices((6, 6)).sum(0) % 2).astype(bool)
   la = np.zeros((4, 4, 2), np.uint8)
   la[..., 0], la[..., 1] = 100, 255
-  la[0, 0, 1] = 0                                   # transparent -> black
+  la[0, 0, 1] = 0  # transparent -> black
   la_want = np.full((4, 4), 100, np.uint8)
   la_want[0, 0] = 0
   cmyk = np.zeros((3, 3, 4), np.uint8)
-  cmyk[1, 1, 3] = 255                               # full black ink -> 0; no ink -> white
+  cmyk[1, 1, 3] = 255  # full black ink -> 0; no ink -> white
   cmyk_want = np.full((3, 3), 255, np.uint8)
   cmyk_want[1, 1] = 0
-  i32 = (np.arange(16, dtype=np.int32).reshape(4, 4) * 1000 - 5000)
+  i32 = np.arange(16, dtype=np.int32).reshape(4, 4) * 1000 - 5000
   f32 = np.linspace(-1.0, 3.0, 16, dtype=np.float32).reshape(4, 4)
   ramp = np.round(np.arange(16) * 255 / 15).astype(np.uint8).reshape(4, 4)
-  wide = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (1, 20))[:, :1000]    # 1 x 1000
+  wide = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (1, 20))[:, :1000]  # 1 x 1000
   portrait = np.zeros((8, 4), np.uint8)
   portrait[0, :] = 200
   exif = Image.Exif()
-  exif[0x0112] = 6                                  # orientation: rotate 90 degrees clockwise
+  exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise
   return {
-      'bilevel_1.png': (_encode(Image.fromarray(checker), 'PNG'),
-                        np.where(checker, 255, 0).astype(np.uint8)),
-      'grey_alpha_LA.png': (_encode(Image.fromarray(la, 'LA'), 'PNG'), la_want),
-      'cmyk.tif': (_tiff(cmyk, 'CMYK'), cmyk_want),
-      'int32_I.tif': (_tiff(i32), ramp),
-      'float_F.tif': (_tiff(f32), ramp),
-      'constant16.png': (helpers.png_bytes(np.full((5, 5), 1234, np.uint16)),
-                         np.zeros((5, 5), np.uint8)),
-      'one_pixel.png': (helpers.png_bytes(np.full((1, 1), 77, np.uint8)),
-                        np.full((1, 1), 77, np.uint8)),
-      'one_by_thousand.png': (helpers.png_bytes(wide), wide),
-      'exif_rotated.png': (_encode(Image.fromarray(portrait), 'PNG', exif=exif), np.rot90(portrait, -1)),
+    'bilevel_1.png': (
+      _encode(Image.fromarray(checker), 'PNG'),
+      np.where(checker, 255, 0).astype(np.uint8),
+    ),
+    'grey_alpha_LA.png': (_encode(Image.fromarray(la, 'LA'), 'PNG'), la_want),
+    'cmyk.tif': (_tiff(cmyk, 'CMYK'), cmyk_want),
+    'int32_I.tif': (_tiff(i32), ramp),
+    'float_F.tif': (_tiff(f32), ramp),
+    'constant16.png': (
+      helpers.png_bytes(np.full((5, 5), 1234, np.uint16)),
+      np.zeros((5, 5), np.uint8),
+    ),
+    'one_pixel.png': (
+      helpers.png_bytes(np.full((1, 1), 77, np.uint8)),
+      np.full((1, 1), 77, np.uint8),
+    ),
+    'one_by_thousand.png': (helpers.png_bytes(wide), wide),
+    'exif_rotated.png': (
+      _encode(Image.fromarray(portrait), 'PNG', exif=exif),
+      np.rot90(portrait, -1),
+    ),
   }
 
 
 @pytest.mark.parametrize('name', sorted(_odd_images()))
 def test_odd_modes_and_sizes_decode_to_documented_grey(name, record):
   from jaxcxr.data import images  # pylint: disable=g-import-not-at-top
+
   data, want = _odd_images()[name]
   try:
     got = images.decode_grey(data, name=name)
-  except Exception as e:   # an odd but valid file must decode; count a failure as unclear
+  except Exception as e:  # an odd but valid file must decode; count a failure as unclear
     record(bad_input=f'odd image {name}', clear=False, problems=[repr(e)])
     raise
   record(bad_input=f'odd image {name}', clear=True, decoded=bool(np.array_equal(got, want)))
@@ -112,6 +130,7 @@ def test_odd_modes_and_sizes_decode_to_documented_grey(name, record):
 
 
 # ----------------------------------------------------------------------------- CLI failures
+
 
 def _can_mount() -> bool:
   return os.geteuid() == 0 and shutil.which('mount') is not None
@@ -137,70 +156,152 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
   cases = {}
 
   def case(name, module, args, rc, *needles, **extra):
-    cases[name] = {'module': module, 'args': [str(a) for a in args], 'want_rc': rc,
-                   'needles': list(needles), **extra}
+    cases[name] = {
+      'module': module,
+      'args': [str(a) for a in args],
+      'want_rc': rc,
+      'needles': list(needles),
+      **extra,
+    }
 
   # Config flags and values.
-  case('mistyped_key', 'launch.train', _train_args(root / 'w1', '--config.train.batch_sise=8'),
-       1, '--config.train.batch_sise', "no key 'batch_sise'", 'Did you mean "batch_size"')
-  case('mistyped_section', 'launch.train', _train_args(root / 'w2', '--config.trian.batch_size=8'),
-       1, "no key 'trian'", 'Did you mean "train"')
-  case('bad_value_type', 'launch.train', _train_args(root / 'w3', '--config.train.batch_size=8x'),
-       1, 'config.train.batch_size=8x')
+  case(
+    'mistyped_key',
+    'launch.train',
+    _train_args(root / 'w1', '--config.train.batch_sise=8'),
+    1,
+    '--config.train.batch_sise',
+    "no key 'batch_sise'",
+    'Did you mean "batch_size"',
+  )
+  case(
+    'mistyped_section',
+    'launch.train',
+    _train_args(root / 'w2', '--config.trian.batch_size=8'),
+    1,
+    "no key 'trian'",
+    'Did you mean "train"',
+  )
+  case(
+    'bad_value_type',
+    'launch.train',
+    _train_args(root / 'w3', '--config.train.batch_size=8x'),
+    1,
+    'config.train.batch_size=8x',
+  )
 
   # Data folders.
   bad = helpers.make_folder(root / 'bad_kaggle', THREE)
   for name, data in _bad_bytes().items():
     (bad / 'COVID' / 'images' / name).write_bytes(data)
-  case('bad_image_files', 'launch.train',
-       _train_args(root / 'w5', '--config.data.source=folder', f'--config.data.manual_dir={bad}',
-                   f'--config.data.data_dir={root / "tfds_bad"}'),
-       2, f'{len(BAD_FILES)} unusable image file(s)', "on_bad_image='skip'",
-       *[f'{n}: ' for n in BAD_FILES], *BAD_FILES.values())
+  case(
+    'bad_image_files',
+    'launch.train',
+    _train_args(
+      root / 'w5',
+      '--config.data.source=folder',
+      f'--config.data.manual_dir={bad}',
+      f'--config.data.data_dir={root / "tfds_bad"}',
+    ),
+    2,
+    f'{len(BAD_FILES)} unusable image file(s)',
+    "on_bad_image='skip'",
+    *[f'{n}: ' for n in BAD_FILES],
+    *BAD_FILES.values(),
+  )
   missing = helpers.make_folder(root / 'two_classes', {'COVID': 3, 'Normal': 3})
-  case('missing_class_folder', 'launch.train',
-       _train_args(root / 'w6', '--config.data.source=folder',
-                   f'--config.data.manual_dir={missing}', f'--config.data.data_dir={root / "t6"}'),
-       2, "Class folder 'Viral Pneumonia/' is missing", "found folders: ['COVID', 'Normal']")
+  case(
+    'missing_class_folder',
+    'launch.train',
+    _train_args(
+      root / 'w6',
+      '--config.data.source=folder',
+      f'--config.data.manual_dir={missing}',
+      f'--config.data.data_dir={root / "t6"}',
+    ),
+    2,
+    "Class folder 'Viral Pneumonia/' is missing",
+    "found folders: ['COVID', 'Normal']",
+  )
   good = helpers.make_folder(root / 'kaggle', THREE)
   from jaxcxr import data as data_lib  # pylint: disable=g-import-not-at-top
-  cfg, _ = th.tiny_config(root / 'tfds_good', **{'data.source': 'folder',
-                                                 'data.manual_dir': str(good)})
+
+  cfg, _ = th.tiny_config(
+    root / 'tfds_good', **{'data.source': 'folder', 'data.manual_dir': str(good)}
+  )
   data_lib.prepare(cfg.data, progress=False)
-  case('dataset_prepared_for_other_config', 'launch.train',
-       _train_args(root / 'w8', '--config.data.source=folder', f'--config.data.manual_dir={good}',
-                   f'--config.data.data_dir={root / "tfds_good"}', '--config.data.val_fraction=0.3'),
-       2, 'was prepared with other settings', 'settings.val_fraction: prepared 0.15, requested 0.3',
-       'python -m launch.prepare_data')
+  case(
+    'dataset_prepared_for_other_config',
+    'launch.train',
+    _train_args(
+      root / 'w8',
+      '--config.data.source=folder',
+      f'--config.data.manual_dir={good}',
+      f'--config.data.data_dir={root / "tfds_good"}',
+      '--config.data.val_fraction=0.3',
+    ),
+    2,
+    'was prepared with other settings',
+    'settings.val_fraction: prepared 0.15, requested 0.3',
+    'python -m launch.prepare_data',
+  )
 
   # Converted weights of another architecture (cnn_small's, small to write, for a cnn_bn model;
   # a resnet18 directory for resnet34 takes the same path).
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxcxr import models  # pylint: disable=g-import-not-at-top
   from jaxcxr.models import weights  # pylint: disable=g-import-not-at-top
+
   small = models.build('cnn_small', 3).init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-  converted = weights.save_converted(root / 'cnn_small_converted', 'cnn_small',
-                                     {k: small[k] for k in ('params', 'batch_stats') if k in small})
-  case('weights_of_other_arch', 'launch.train',
-       _train_args(root / 'w9', f'--config.data.data_dir={d}',
-                   f'--config.model.pretrained={converted}'),
-       2, str(converted), 'holds cnn_small weights', "config.model.name='cnn_bn'")
+  converted = weights.save_converted(
+    root / 'cnn_small_converted',
+    'cnn_small',
+    {k: small[k] for k in ('params', 'batch_stats') if k in small},
+  )
+  case(
+    'weights_of_other_arch',
+    'launch.train',
+    _train_args(
+      root / 'w9', f'--config.data.data_dir={d}', f'--config.model.pretrained={converted}'
+    ),
+    2,
+    str(converted),
+    'holds cnn_small weights',
+    "config.model.name='cnn_bn'",
+  )
 
   # Unwritable workdirs (root ignores permission bits: a path under a file, a read-only mount).
   blocker = root / 'a_file'
   blocker.write_text('x')
-  case('workdir_under_a_file', 'launch.train',
-       _train_args(blocker / 'run', f'--config.data.data_dir={d}'), 2, str(blocker / 'run'),
-       'writable', no_training=blocker / 'run')
+  case(
+    'workdir_under_a_file',
+    'launch.train',
+    _train_args(blocker / 'run', f'--config.data.data_dir={d}'),
+    2,
+    str(blocker / 'run'),
+    'writable',
+    no_training=blocker / 'run',
+  )
   ro = root / 'readonly_run'
   shutil.copytree(reference, ro)
-  mounted = _can_mount() and not subprocess.run(
-      f'mount --bind {ro} {ro} && mount -o remount,ro,bind {ro}', shell=True,
-      capture_output=True).returncode
+  mounted = (
+    _can_mount()
+    and not subprocess.run(
+      f'mount --bind {ro} {ro} && mount -o remount,ro,bind {ro}',
+      shell=True,
+      capture_output=True,
+      check=False,
+    ).returncode
+  )
   if mounted:
-    case('workdir_read_only_resume', 'launch.train',
-         _train_args(ro, *[f'--config.{k}={v}' for k, v in chain_overrides.items()]), 2,
-         f"--workdir='{ro}' is not writable (Read-only file system)")
+    case(
+      'workdir_read_only_resume',
+      'launch.train',
+      _train_args(ro, *[f'--config.{k}={v}' for k, v in chain_overrides.items()]),
+      2,
+      f"--workdir='{ro}' is not writable (Read-only file system)",
+    )
 
   # Inference on bad files and odd files (odd ones must be predicted, bad ones listed).
   scans = root / 'scans'
@@ -209,24 +310,42 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
     (scans / name).write_bytes(data)
   for name, (data, _) in _odd_images().items():
     (scans / name).write_bytes(data)
-  case('predict_bad_and_odd_files', 'launch.predict',
-       ['--workdir', reference, '--images', scans, '--out', root / 'scans.csv'],
-       1, f'{len(_odd_images())} predictions written', f'{len(BAD_FILES)} failed.',
-       starts=('failed: ',))   # partial success: one line per bad file, then the summary
-  case('predict_unwritable_out', 'launch.predict',
-       ['--workdir', reference, '--split', 'test', '--out', blocker / 'p.csv'], 74,
-       str(blocker / 'p.csv'))
+  case(
+    'predict_bad_and_odd_files',
+    'launch.predict',
+    ['--workdir', reference, '--images', scans, '--out', root / 'scans.csv'],
+    1,
+    f'{len(_odd_images())} predictions written',
+    f'{len(BAD_FILES)} failed.',
+    starts=('failed: ',),
+  )  # partial success: one line per bad file, then the summary
+  case(
+    'predict_unwritable_out',
+    'launch.predict',
+    ['--workdir', reference, '--split', 'test', '--out', blocker / 'p.csv'],
+    74,
+    str(blocker / 'p.csv'),
+  )
   other = _copy_with_model(reference, root / 'other_model', 'cnn_small')
-  case('predict_checkpoint_of_other_model', 'launch.predict',
-       ['--workdir', other, '--split', 'test', '--out', root / 'o.csv'], 2,
-       'does not fit model', "'cnn_small'")
+  case(
+    'predict_checkpoint_of_other_model',
+    'launch.predict',
+    ['--workdir', other, '--split', 'test', '--out', root / 'o.csv'],
+    2,
+    'does not fit model',
+    "'cnn_small'",
+  )
   corrupt = root / 'corrupt_latest'
   shutil.copytree(reference, corrupt)
   step, _ = harness.corrupt_latest(corrupt)
-  case('evaluate_truncated_checkpoint', 'launch.evaluate',
-       ['--workdir', corrupt, '--split', 'validation', '--which', 'latest'], 2,
-       f"The 'latest' checkpoint {corrupt / 'checkpoints' / str(step)} is unreadable",
-       '--which best')
+  case(
+    'evaluate_truncated_checkpoint',
+    'launch.evaluate',
+    ['--workdir', corrupt, '--split', 'validation', '--which', 'latest'],
+    2,
+    f"The 'latest' checkpoint {corrupt / 'checkpoints' / str(step)} is unreadable",
+    '--which best',
+  )
 
   # A .pth that runs code when unpickled (launch.convert must refuse it, nothing executed).
   try:
@@ -237,15 +356,27 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
     marker = root / 'pwned'
     evil = root / 'evil.pth'
     torch.save({'conv1.weight': torch.ones(1), 'payload': _Evil(marker)}, evil)
-    case('convert_pth_with_pickled_code', 'launch.convert',
-         ['--arch=resnet18', f'--source={evil}', f'--out={root / "converted"}'], 2,
-         'contains pickled objects other than tensors and was refused', marker=marker)
+    case(
+      'convert_pth_with_pickled_code',
+      'launch.convert',
+      ['--arch=resnet18', f'--source={evil}', f'--out={root / "converted"}'],
+      2,
+      'contains pickled objects other than tensors and was refused',
+      marker=marker,
+    )
 
   def run(item):
     name, c = item
     t0 = time.time()
-    r = subprocess.run([sys.executable, '-m', c['module'], *c['args']], cwd=th.REPO, env=run_env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+      [sys.executable, '-m', c['module'], *c['args']],
+      cwd=th.REPO,
+      env=run_env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
     return name, r, time.time() - t0
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
@@ -270,24 +401,48 @@ class _Evil:
 
 # Each a distinct failure path; same-path variants are left to the library tests listed above
 # (unknown model name, empty class folder, evaluate on another model's checkpoint, ...).
-CLI_CASES = ['mistyped_key', 'mistyped_section', 'bad_value_type', 'bad_image_files',
-             'missing_class_folder', 'dataset_prepared_for_other_config', 'weights_of_other_arch',
-             'workdir_under_a_file', 'workdir_read_only_resume', 'predict_bad_and_odd_files',
-             'predict_unwritable_out', 'predict_checkpoint_of_other_model',
-             'evaluate_truncated_checkpoint', 'convert_pth_with_pickled_code']
+CLI_CASES = [
+  'mistyped_key',
+  'mistyped_section',
+  'bad_value_type',
+  'bad_image_files',
+  'missing_class_folder',
+  'dataset_prepared_for_other_config',
+  'weights_of_other_arch',
+  'workdir_under_a_file',
+  'workdir_read_only_resume',
+  'predict_bad_and_odd_files',
+  'predict_unwritable_out',
+  'predict_checkpoint_of_other_model',
+  'evaluate_truncated_checkpoint',
+  'convert_pth_with_pickled_code',
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', CLI_CASES)
 def test_cli_failure_is_a_clear_message(cli_runs, name, record):
   if name not in cli_runs:
-    pytest.skip('needs a read-only bind mount (root + mount)' if 'read_only' in name
-                else 'needs torch to write the .pth')
+    pytest.skip(
+      'needs a read-only bind mount (root + mount)'
+      if 'read_only' in name
+      else 'needs torch to write the .pth'
+    )
   c = cli_runs[name]
-  problems = harness.clear_failure(c['rc'], c['stderr'], c['want_rc'], *c['needles'],
-                                   **({'starts': c['starts']} if 'starts' in c else {}))
-  record(bad_input=name, clear=not problems, exit_status=c['rc'], problems=problems,
-         seconds=round(c['seconds'], 1))
+  problems = harness.clear_failure(
+    c['rc'],
+    c['stderr'],
+    c['want_rc'],
+    *c['needles'],
+    **({'starts': c['starts']} if 'starts' in c else {}),
+  )
+  record(
+    bad_input=name,
+    clear=not problems,
+    exit_status=c['rc'],
+    problems=problems,
+    seconds=round(c['seconds'], 1),
+  )
   assert not problems, '\n'.join(problems) + '\n--- stderr tail:\n' + c['stderr'][-3000:]
   if 'no_training' in c:
     assert not os.path.exists(c['no_training'])
@@ -300,6 +455,7 @@ def test_restore_for_inference_refuses_a_checkpoint_of_another_model(reference, 
   """config.json says cnn_small, the checkpoint holds cnn_bn: a ValueError naming both, before
   any prediction (in-process twin of the launch.predict case)."""
   from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
+
   work = _copy_with_model(reference, tmp_path / 'w', 'cnn_small')
   with pytest.raises(ValueError) as e:
     checkpoint.restore_for_inference(str(work))
@@ -313,13 +469,15 @@ def test_restore_for_inference_refuses_a_checkpoint_of_another_model(reference, 
 def test_predict_lists_each_bad_file_and_predicts_every_odd_one(cli_runs):
   c = cli_runs['predict_bad_and_odd_files']
   scans = cli_runs['_scans']
-  failed = {line.split(': ', 2)[1]: line for line in c['stderr'].splitlines()
-            if line.startswith('failed: ')}
+  failed = {
+    line.split(': ', 2)[1]: line for line in c['stderr'].splitlines() if line.startswith('failed: ')
+  }
   assert sorted(failed) == sorted(str(scans / n) for n in BAD_FILES)
   for name, reason in BAD_FILES.items():
     assert reason in failed[str(scans / name)], failed[str(scans / name)]
-  rows = (c['args'][c['args'].index('--out') + 1])
+  rows = c['args'][c['args'].index('--out') + 1]
   import csv  # pylint: disable=g-import-not-at-top
+
   with open(rows) as f:
     got = [r['file'] for r in csv.DictReader(f)]
   assert got == sorted(str(scans / n) for n in _odd_images())

@@ -13,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcxr.training import checkpoint
-from jaxcxr.training import loop
+from jaxcxr.training import checkpoint, loop
 from tests import train_helpers as th
-from tests.reliability import fault_driver
-from tests.reliability import harness
+from tests.reliability import fault_driver, harness
 
 
 def _state(value: float) -> dict:
@@ -37,11 +35,13 @@ def _truncate_state(step_dir):
 def train_iter(data_dir):
   from jaxcxr import data  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import loader  # pylint: disable=g-import-not-at-top
+
   config, _ = th.tiny_config(data_dir)
   handle = data.prepare(config.data, progress=False)
 
   def make():
     return loader.train_iterator(config.data, handle, local_batch_size=8, seed=0)
+
   return make
 
 
@@ -57,8 +57,9 @@ def test_unreadable_only_checkpoint_restarts_data_at_the_beginning(tmp_path, tra
   ckpt.wait()
   _truncate_state(tmp_path / 'checkpoints' / '3')
   fresh = train_iter()
-  restored = checkpoint.Checkpointer(str(tmp_path), async_save=False).restore_latest(_ABSTRACT,
-                                                                                    fresh)
+  restored = checkpoint.Checkpointer(str(tmp_path), async_save=False).restore_latest(
+    _ABSTRACT, fresh
+  )
   got = next(fresh)['label']
   record(fault='truncated_only_checkpoint', data_stream_restarted=bool(np.array_equal(got, first)))
   assert restored is None
@@ -95,11 +96,21 @@ def tiny_tmpfs(tmp_path):
   """A 1 MiB tmpfs (a disk that really fills up); skipped where mounting is not permitted."""
   mnt = tmp_path / 'tmpfs'
   mnt.mkdir()
-  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mnt)],
-                     capture_output=True, text=True) if _can_mount() else None
+  r = (
+    subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mnt)],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    if _can_mount()
+    else None
+  )
   if r is None or r.returncode:
-    pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip() if r else "not root"}); the '
-                'injected-ENOSPC tests cover the same path')
+    pytest.skip(
+      f'cannot mount a tmpfs here ({r.stderr.strip() if r else "not root"}); the '
+      'injected-ENOSPC tests cover the same path'
+    )
   yield mnt
   subprocess.run(['umount', '-l', str(mnt)], check=False)
 
@@ -107,11 +118,15 @@ def tiny_tmpfs(tmp_path):
 def _check_disk_full(err, directory, record, how, ckpt_root):
   msg = str(err)
   intact = harness.readable(ckpt_root / 'checkpoints' / '1')
-  resumed = checkpoint.Checkpointer(str(ckpt_root), async_save=False).restore_latest(_ABSTRACT,
-                                                                                   None)
-  record(fault=f'disk_full_{how}', bad_input=f'disk full at a checkpoint save ({how})',
-         clear=('the disk is full' in msg and str(directory) in msg),
-         data_lost=int(not intact or resumed is None or resumed[0] != 1))
+  resumed = checkpoint.Checkpointer(str(ckpt_root), async_save=False).restore_latest(
+    _ABSTRACT, None
+  )
+  record(
+    fault=f'disk_full_{how}',
+    bad_input=f'disk full at a checkpoint save ({how})',
+    clear=('the disk is full' in msg and str(directory) in msg),
+    data_lost=int(not intact or resumed is None or resumed[0] != 1),
+  )
   assert isinstance(err, checkpoint.CheckpointWriteError) and err.errno == errno.ENOSPC
   assert msg.startswith(f'Could not write a checkpoint to {directory}: the disk is full')
   assert 'already there are intact' in msg and 're-run the same command' in msg
@@ -121,7 +136,8 @@ def _check_disk_full(err, directory, record, how, ckpt_root):
 
 @pytest.mark.parametrize('async_save', [False, True], ids=['sync', 'async'])
 def test_injected_enospc_mid_save_is_clear_and_keeps_earlier_checkpoints(
-    tmp_path, monkeypatch, async_save, record):
+  tmp_path, monkeypatch, async_save, record
+):
   ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=async_save)
   ckpt.save(1, _state(1.0), None, {'step': 1})
   ckpt.wait()
@@ -129,11 +145,16 @@ def test_injected_enospc_mid_save_is_clear_and_keeps_earlier_checkpoints(
   monkeypatch.setattr(handler, '_save_fn', fault_driver.enospc_save_fn(1))
   with pytest.raises(checkpoint.CheckpointWriteError) as e:
     ckpt.save(2, _state(2.0), None, {'step': 2})
-    ckpt.wait()   # async: the failure surfaces here
+    ckpt.wait()  # async: the failure surfaces here
   monkeypatch.undo()
   assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] != ['1']  # the cut-short save
-  _check_disk_full(e.value, tmp_path / 'checkpoints', record, 'injected_' +
-                   ('async' if async_save else 'sync'), tmp_path)
+  _check_disk_full(
+    e.value,
+    tmp_path / 'checkpoints',
+    record,
+    'injected_' + ('async' if async_save else 'sync'),
+    tmp_path,
+  )
 
 
 def test_real_full_disk_mid_save_is_clear_and_keeps_earlier_checkpoints(tiny_tmpfs, record):
@@ -141,8 +162,11 @@ def test_real_full_disk_mid_save_is_clear_and_keeps_earlier_checkpoints(tiny_tmp
   ckpt = checkpoint.Checkpointer(str(tiny_tmpfs), async_save=True)
   ckpt.save(1, _state(1.0), None, {'step': 1})
   ckpt.wait()
-  big = {'w': jnp.full((64, 64), 2.0), 'step': jnp.asarray(2, jnp.int32),
-         'noise': jax.random.normal(jax.random.key(0), (512, 1024))}   # 2 MiB, incompressible
+  big = {
+    'w': jnp.full((64, 64), 2.0),
+    'step': jnp.asarray(2, jnp.int32),
+    'noise': jax.random.normal(jax.random.key(0), (512, 1024)),
+  }  # 2 MiB, incompressible
   with pytest.raises(checkpoint.CheckpointWriteError) as e:
     ckpt.save(2, big, None, {'step': 2})
     ckpt.wait()
@@ -158,8 +182,10 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
   blocker.write_text('not a directory')
   with pytest.raises((ValueError, OSError)) as e:
     loop.train_and_evaluate(config, str(blocker / 'run'))
-  record(bad_input='workdir under a regular file (in-process)',
-         clear=str(blocker / 'run') in str(e.value))
+  record(
+    bad_input='workdir under a regular file (in-process)',
+    clear=str(blocker / 'run') in str(e.value),
+  )
   assert str(blocker / 'run') in str(e.value)
 
   work = tmp_path / 'readonly'
@@ -167,6 +193,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
 
   def erofs(*args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(work))
+
   monkeypatch.setattr(tempfile, 'mkstemp', erofs)
   with pytest.raises(ValueError) as e:
     checkpoint.write_config(str(work), config)
@@ -180,9 +207,11 @@ def test_partial_last_metrics_row_does_not_block_the_resume(tmp_path, record):
   """A full disk can cut the last metrics.jsonl row short (a kill -9 cannot: one small write).
   After space is freed, the resumed run must still open its log."""
   from jaxcxr.training import run_log  # pylint: disable=g-import-not-at-top
+
   rows = [{'kind': 'train', 'step': s, 'loss': 1.0} for s in (1, 2, 3)]
   (tmp_path / 'metrics.jsonl').write_text(
-      ''.join(json.dumps(r) + '\n' for r in rows) + '{"kind": "train", "st')
+    ''.join(json.dumps(r) + '\n' for r in rows) + '{"kind": "train", "st'
+  )
   try:
     run_log.RunLog(str(tmp_path), resume_step=2).close()
     ok = True

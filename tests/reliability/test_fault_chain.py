@@ -40,12 +40,16 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
   def launch(name, fault=''):
     """Starts the same command; returns (run, the step it must resume at)."""
     expect = (harness.committed_steps(ckpt_dir) or [0])[-1]
-    run = harness.train_run(chain_overrides, work, tmp_path / f'{len(launches)}_{name}.log',
-                            run_env, driver_fault=fault)
+    run = harness.train_run(
+      chain_overrides, work, tmp_path / f'{len(launches)}_{name}.log', run_env, driver_fault=fault
+    )
     launches.append((name, run, expect))
     # Until the run has opened its log, metrics.jsonl still holds the previous run's rows.
-    run.wait_for(lambda: 'resuming at step' in run.output() or 'starting fresh' in run.output(),
-                 poll=0.1, what='the start message')
+    run.wait_for(
+      lambda: 'resuming at step' in run.output() or 'starting fresh' in run.output(),
+      poll=0.1,
+      what='the start message',
+    )
     got = harness.resumed_step(run.output())
     record(launch=name, resumed_at=got, expected=expect)
     assert got == expect, f'{name}: resumed at {got}, newest checkpoint was {expect}'
@@ -54,8 +58,10 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
   # 1. kill -9 in the middle of training steps (once a first checkpoint is there to resume from).
   run, start = launch('kill9_step')
   at = rng.randint(4, 8)
-  run.wait_for(lambda: harness.committed_steps(ckpt_dir) and harness.last_train_step(work) >= at,
-               what=f'a checkpoint and step {at}')
+  run.wait_for(
+    lambda: harness.committed_steps(ckpt_dir) and harness.last_train_step(work) >= at,
+    what=f'a checkpoint and step {at}',
+  )
   run.kill()
   record(fault='kill9_step', step=harness.last_train_step(work))
 
@@ -88,7 +94,9 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
   rc = run.wait(timeout=120)
   seconds = time.time() - t_signal
   out = run.output()
-  saved = int(out.split('SIGTERM: checkpoint of step ')[1].split()[0]) if 'SIGTERM: c' in out else -1
+  saved = (
+    int(out.split('SIGTERM: checkpoint of step ')[1].split()[0]) if 'SIGTERM: c' in out else -1
+  )
   record(fault='sigterm', step=saved, exit_status=rc, seconds_to_exit=round(seconds, 2))
   assert rc == errors.EXIT_PREEMPTED, out[-3000:]
   assert seconds < SIGTERM_BUDGET_S, seconds
@@ -122,13 +130,22 @@ def test_fault_chain_resumes_bitwise(reference, chain_overrides, run_env, tmp_pa
   want_rows = {(r['kind'], r['step']): r for r in harness.rows(reference) if r['kind'] != 'final'}
   got_rows = {(r['kind'], r['step']): r for r in harness.rows(work) if r['kind'] != 'final'}
   lost = [k for k in want_rows if k not in got_rows]
-  changed = [k for k in want_rows if k in got_rows and k[0] == 'train'
-             and got_rows[k]['loss'] != want_rows[k]['loss']]
-  changed += [k for k in want_rows if k in got_rows and k[0] == 'epoch'
-              and any(got_rows[k][m] != v for m, v in want_rows[k].items() if m.startswith('val_'))]
+  changed = [
+    k
+    for k in want_rows
+    if k in got_rows and k[0] == 'train' and got_rows[k]['loss'] != want_rows[k]['loss']
+  ]
+  changed += [
+    k
+    for k in want_rows
+    if k in got_rows
+    and k[0] == 'epoch'
+    and any(got_rows[k][m] != v for m, v in want_rows[k].items() if m.startswith('val_'))
+  ]
   # Every launch after the first resumed, and so did the final one.
-  record(resumes=len(launches), bitwise=same, differing=diff[:5],
-         data_lost=len(lost) + len(changed))
+  record(
+    resumes=len(launches), bitwise=same, differing=diff[:5], data_lost=len(lost) + len(changed)
+  )
   assert same, f'final state differs from the uninterrupted run in {diff}'
   assert not lost and not changed, (lost, changed)
   np.testing.assert_array_equal(th.losses(work), th.losses(reference))
