@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -109,8 +110,20 @@ def test_conv_dtypes_reads_hlo_and_stablehlo():
   assert benchmark.conv_dtypes(shlo) == {'bf16': 1}
 
 
-def test_matmul_flops_positive():
-  assert benchmark.matmul_flops(n=64, steps=2) > 0
+def test_matmul_flops_is_2n3_over_the_median_step(monkeypatch):
+  """FLOP/s = 2 n^3 / the median of the timed matmuls (warm-up calls untimed), on a scripted
+  clock: timed calls of 0.6, 0.1 and 0.2 s give 2 * 64^3 / 0.2 (their mean would give / 0.3)."""
+  ticks = iter([10.0, 10.6, 20.0, 20.1, 30.0, 30.2])
+  calls = []
+
+  def perf_counter():
+    calls.append(len(calls))
+    return next(ticks)
+
+  monkeypatch.setattr(benchmark, 'time', types.SimpleNamespace(perf_counter=perf_counter))
+  flops = benchmark.matmul_flops(n=64, steps=3)
+  assert len(calls) == 6  # start and end of each of the 3 timed calls, none for the warm-ups
+  assert flops == pytest.approx(2 * 64**3 / 0.2, rel=1e-12)
 
 
 def test_tap_matmul_weight_grad_equals_xla():
@@ -357,7 +370,7 @@ def test_worker_error_carries_the_stderr_tail():
     '-c',
     'import sys; sys.stderr.write("no torchvision model xyz"); sys.exit(3)',
   ]
-  with pytest.raises(compare.WorkerError, match='(?s)exited with status 3.*no torchvision model'):
+  with pytest.raises(compare.WorkerError, match=r'(?s)exited with status 3.*no torchvision model'):
     compare.Worker('torch', crash, {'arch': 'xyz'}, timeout_s=60)
 
 
@@ -621,7 +634,7 @@ ENTRY %main.9 (p0: f32[3,3,8,16], p1: f32[2,8,8,8], /*index=2*/p2: f32[16]) -> f
   %subtract.1 = f32[16]{0} subtract(%p2, %p2), metadata={op_name="jit(train_step)/sub"}
   ROOT %r = f32[] constant(0)
 }
-"""
+"""  # noqa: E501  (verbatim XLA HLO text: its instruction lines are as long as XLA writes them)
 
 
 def test_profile_classifies_the_ops_of_a_train_step():
@@ -676,9 +689,25 @@ def test_torch_accel_reference_runs_a_step_pair_on_cpu(monkeypatch):
   pytest.importorskip('torchvision')
   monkeypatch.syspath_prepend(str(REPO / 'scripts'))  # it imports torch_reference beside it
   ref = _load_script('torch_accel_reference')
-  row = ref.measure('resnet18', 2, 32, steps=1, dtype='bfloat16', device='cpu')
-  assert row['arch'] == 'resnet18' and row['batch'] == 2
-  assert row['train_img_s'] > 0 and row['eval_img_s'] > 0
+  # The real steps run; their durations are scripted: the first (compiling) call of each part,
+  # then `steps` timed ones whose median sets images/s = batch / median.
+  scripted = {'train': [5.0, 0.4, 0.1, 0.2], 'eval': [7.0, 0.05, 0.5, 0.1]}
+  ran = []
+  real_run = ref.TorchArch.run
+
+  def run(self, key):
+    real_run(self, key)
+    ran.append(key)
+    part = key.split('/')[0]
+    return scripted[part][sum(k.split('/')[0] == part for k in ran) - 1]
+
+  monkeypatch.setattr(ref.TorchArch, 'run', run)
+  row = ref.measure('resnet18', 2, 32, steps=3, dtype='bfloat16', device='cpu')
+  assert ran == ['train/bfloat16'] * 4 + ['eval/bfloat16'] * 4
+  assert row['arch'] == 'resnet18' and row['batch'] == 2 and row['mode'] == 'eager'
+  assert row['first_call_s'] == {'train': 5.0, 'eval': 7.0}
+  assert row['train_img_s'] == pytest.approx(2 / 0.2, rel=1e-12)  # median of 0.4, 0.1, 0.2
+  assert row['eval_img_s'] == pytest.approx(2 / 0.1, rel=1e-12)  # median of 0.05, 0.5, 0.1
 
 
 def test_variant_ab_times_every_variant_alternately():
