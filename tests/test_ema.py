@@ -48,7 +48,9 @@ def test_ema_update_and_eval_use_it():
   # Warm-up decay min(0.99, (1 + t) / (10 + t)): 0.1 at step 0, 2/11 at step 1.
   for d, before, after in ((0.1, s0, s1), (2 / 11, s1, s2)):
     jax.tree.map(
-      lambda e, e0, p: np.testing.assert_allclose(e, d * e0 + (1 - d) * p, rtol=1e-5, atol=1e-6),
+      lambda e, e0, p, d=d: np.testing.assert_allclose(
+        e, d * e0 + (1 - d) * p, rtol=1e-5, atol=1e-6
+      ),
       after.ema_params,
       before.ema_params,
       after.params,

@@ -6,6 +6,7 @@ and the head `classifier`.
 """
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,9 +100,10 @@ class DenseBlock(nn.Module):
   the layer's input-side parameters are zero-padded to match, `_padded_layer_variables`). XLA then
   compiles one layer body per chunk instead of one per layer (DenseNet-201 with `scan_chunk=8`:
   13 bodies instead of 98), which is what makes its compile short; the price is the 1x1
-  bottleneck over up to `scan_chunk - 1` layers' worth of zero channels. Parameter names, shapes and initialisation are
-  the unrolled block's (the unrolled path declares them at init), so checkpoints, converted
-  torchvision weights and `scan_chunk` are independent. Training with dropout > 0 runs unrolled.
+  bottleneck over up to `scan_chunk - 1` layers' worth of zero channels. Parameter names, shapes
+  and initialisation are the unrolled block's (the unrolled path declares them at init), so
+  checkpoints, converted torchvision weights and `scan_chunk` are independent. Training with
+  dropout > 0 runs unrolled.
   """
 
   num_layers: int
@@ -164,7 +166,7 @@ class DenseBlock(nn.Module):
       x, updates = lax.scan(body, _pad_channels(x, width), (stacked, offsets))
       for i, j in enumerate(chunk):  # running statistics of the real channels only
         if train:
-          stats = jax.tree.map(lambda a: a[i], updates['batch_stats'])
+          stats = jax.tree.map(operator.itemgetter(i), updates['batch_stats'])
           stats['norm1'] = {k: v[: c0 + j * g] for k, v in stats['norm1'].items()}
           self.put_variable('batch_stats', names[j], stats)
     return x
@@ -184,7 +186,8 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
-  """torchvision DenseNet-BC; the Grad-CAM map is relu(norm5(features)).
+  """torchvision DenseNet-BC; 'cam_features' is relu(norm5(features)); the outputs of dense blocks
+  1-3 (before their transition) are marked 'cam_stage_denseblock1' .. 'cam_stage_denseblock3'.
 
   Attributes:
     growth_rate: channels each dense layer adds.
@@ -228,6 +231,7 @@ class DenseNet(nn.Module):
       )(x, train)
       num_features += num_layers * self.growth_rate
       if i != len(self.block_config) - 1:
+        x = layers.mark_cam_stage(self, f'denseblock{i + 1}', x)
         num_features //= 2
         x = Transition(num_features, self.dtype, name=f'transition{i + 1}')(x, train)
     x = nn.relu(layers.batch_norm(train, self.dtype, 'norm5')(x))

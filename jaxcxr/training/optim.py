@@ -90,15 +90,17 @@ def make_optimizer(
     heads = frozenset(head_names)
 
     def labels(params):
-      return {
-        k: jax.tree.map(lambda _: 'head' if k in heads else 'backbone', v)
-        for k, v in params.items()
-      }
+      return {k: _label_all(v, 'head' if k in heads else 'backbone') for k, v in params.items()}
 
     tx = optax.multi_transform({'head': head_tx, 'backbone': backbone_tx}, labels)
   if cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx, schedule
+
+
+def _label_all(tree, label: str):
+  """`tree` with every leaf replaced by `label` (an optax.multi_transform label tree)."""
+  return jax.tree.map(lambda _: label, tree)
 
 
 @dataclasses.dataclass
