@@ -14,20 +14,27 @@ is turned into pixels the same way everywhere:
 - Resizing to a square side uses Pillow bilinear with antialiasing, which is what torchvision's
   `Resize((S, S))` does on PIL images (the paper's pipeline); aspect ratio is not preserved.
 
+- DICOM. Files with the `DICM` preamble, and preamble-less DICOM data sets Pillow cannot open,
+  go to `jaxcxr.data.dicom` (modality LUT, VOI window, MONOCHROME1 inverted, 8 bits: the film as a
+  viewer shows it), then take the same path as a PNG film. `decode` also returns the DICOM
+  header's allowlisted facts for the input checks.
+
 Every failure is an `ImageError` that names the file, the reason and what to do.
 """
 
+import dataclasses
 import hashlib
 import io
 import os
 import warnings
 import zlib
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-PathLike = Union[str, os.PathLike]
+from jaxcxr.data import dicom
+
+PathLike = str | os.PathLike
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -74,10 +81,56 @@ def _to_grey(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('L'))
 
 
+@dataclasses.dataclass
+class Decoded:
+  """A decoded film: grey pixels and, for DICOM, the header's allowlisted facts.
+
+  Attributes:
+    grey: uint8 (H, W), C-contiguous.
+    header: `dicom.Film.header` for a DICOM file, None for other formats.
+    colour: the colour spread of DICOM colour data (0 for monochrome); None for other formats
+      (`input_checks.file_colour` measures those).
+  """
+
+  grey: np.ndarray
+  header: dict | None = None
+  colour: float | None = None
+
+
+def _decode_dicom(data: bytes, name: PathLike, max_pixels: int, remedy: str) -> Decoded:
+  try:
+    film = dicom.read_film(data, max_pixels=max_pixels)
+  except dicom.DicomError as e:
+    raise ImageError(name, e.reason, remedy) from None
+  except MemoryError:
+    raise ImageError(name, 'it is too large to decode in the memory available', remedy) from None
+  return Decoded(film.grey, film.header, film.colour)
+
+
+def decode(
+  data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, remedy: str = ''
+) -> Decoded:
+  """`decode_grey` plus the DICOM header facts (see `Decoded`).
+
+  Raises:
+    ImageError: as `decode_grey`.
+  """
+  if dicom.has_preamble(data):
+    return _decode_dicom(data, name, max_pixels, remedy)
+  try:
+    return Decoded(_decode_pillow(data, name=name, max_pixels=max_pixels, remedy=remedy))
+  except ImageError as e:
+    if e.reason.startswith('it is not an image Pillow can identify') and dicom.headerless_dicom(
+      data
+    ):
+      return _decode_dicom(data, name, max_pixels, remedy)
+    raise
+
+
 def decode_grey(
   data: bytes, *, name: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, remedy: str = ''
 ) -> np.ndarray:
-  """Decodes encoded image bytes (PNG/JPEG/BMP/TIFF/...) into uint8 (H, W).
+  """Decodes encoded image bytes (PNG/JPEG/BMP/TIFF/DICOM/...) into uint8 (H, W).
 
   Args:
     data: the file's bytes.
@@ -91,6 +144,11 @@ def decode_grey(
   Raises:
     ImageError: empty, truncated, corrupt, non-image or too-large input.
   """
+  return decode(data, name=name, max_pixels=max_pixels, remedy=remedy).grey
+
+
+def _decode_pillow(data: bytes, *, name: PathLike, max_pixels: int, remedy: str) -> np.ndarray:
+  """`decode_grey` of a format Pillow reads."""
   if not data:
     raise ImageError(name, 'the file is empty (0 bytes)', remedy)
   try:
@@ -136,16 +194,20 @@ def decode_grey(
     raise ImageError(name, reason, remedy) from None
 
 
+def read_bytes(path: PathLike, remedy: str = '') -> bytes:
+  """A file's bytes; an unreadable file is an `ImageError` naming it."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise ImageError(path, f'it cannot be read ({e.strerror or e})', remedy) from None
+
+
 def load_grey(
   path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, remedy: str = ''
 ) -> np.ndarray:
   """Reads and decodes an image file into uint8 (H, W); see `decode_grey`."""
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise ImageError(path, f'it cannot be read ({e.strerror or e})', remedy) from None
-  return decode_grey(data, name=path, max_pixels=max_pixels, remedy=remedy)
+  return decode_grey(read_bytes(path, remedy), name=path, max_pixels=max_pixels, remedy=remedy)
 
 
 def resize_grey(image: np.ndarray, size: int) -> np.ndarray:

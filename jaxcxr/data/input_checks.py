@@ -14,6 +14,21 @@ Each check has a name (the `ood_reason` of `launch.predict`'s CSV) and a number 
 - `too_small`: short side far below the model's input side (upsampling invents detail). Flagged
   below `Thresholds.min_side_fraction` x image_size.
 
+What a DICOM header says (`jaxcxr.data.dicom`'s allowlisted facts), each its own reason; a file
+without the attribute is not flagged by it:
+
+- `header_modality`: Modality (0008,0060) is not a radiograph (`RADIOGRAPH_MODALITIES`: CR, DX,
+  DR, RG); CT, MR, US, MG, OT, ... are flagged.
+- `header_body_part`: BodyPartExamined (0018,0015) names a part that is not the chest
+  (`CHEST_WORDS`: CHEST, THORAX, TORAX, PECHO, LUNG, ...).
+- `header_view`: ViewPosition (0018,5101) (or the ViewCodeSequence meaning) is lateral or oblique
+  (LL, RL, LLO, RLO, LATERAL, ...): the model saw frontal (PA / AP) films only.
+- `header_frames`: NumberOfFrames (0028,0008) > 1 (frame 0 is what the model sees).
+- `header_colour`: SamplesPerPixel (0028,0002) > 1 or a colour PhotometricInterpretation (RGB,
+  YBR_*, PALETTE COLOR): radiographs are monochrome.
+- `header_for_processing`: PresentationIntentType (0008,0068) or ImageType says FOR PROCESSING:
+  raw detector data, before the vendor's processing that every training film had.
+
 A file that cannot be decoded stays an `images.ImageError` (the checks need pixels). The checks
 never change the pixels the model sees: `inspect_bytes` returns the same grey array as
 `images.decode_grey`. The feature-space score (`jaxcxr.evaluation.ood`) catches what they cannot.
@@ -23,16 +38,32 @@ import dataclasses
 import io
 import os
 import warnings
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from jaxcxr.data import images as images_lib
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
-REASONS = ('colour', 'near_constant', 'aspect_ratio', 'too_small')
+PIXEL_REASONS = ('colour', 'near_constant', 'aspect_ratio', 'too_small')
+HEADER_REASONS = (
+  'header_modality',
+  'header_body_part',
+  'header_view',
+  'header_frames',
+  'header_colour',
+  'header_for_processing',
+)
+REASONS = PIXEL_REASONS + HEADER_REASONS
+
+# Modalities of a projection radiograph: computed / digital radiography (DR: an older, non-standard
+# code some archives still write), RG: radiographic imaging (digitised film).
+RADIOGRAPH_MODALITIES = ('CR', 'DX', 'DR', 'RG')
+# Words of a BodyPartExamined that mean the chest (English, Spanish / Portuguese, German, French).
+CHEST_WORDS = ('CHEST', 'THORA', 'TORAX', 'TÓRAX', 'PECHO', 'LUNG', 'PULM', 'BRUST', 'POITRINE')
+# ViewPosition values that are not a frontal film.
+NON_FRONTAL_VIEWS = ('LL', 'RL', 'LLO', 'RLO', 'LAT', 'LATERAL', 'OBLIQUE')
 
 # Colour statistics are computed on a copy at most this many pixels on a side (a 4000 px photo
 # costs a thumbnail, not 48 MB of RGB).
@@ -69,11 +100,13 @@ class Inspection:
     grey: uint8 (H, W), exactly `images.decode_grey` of the file.
     reasons: names (of `REASONS`) of the checks that flagged it, in `REASONS` order; empty = passed.
     measures: the number each check decided on: {'colour', 'spread', 'aspect', 'short_side'}.
+    header: a DICOM file's allowlisted header facts (`jaxcxr.data.dicom.HEADER_KEYS`), else None.
   """
 
   grey: np.ndarray
   reasons: list[str]
   measures: dict[str, float]
+  header: dict | None = None
 
   @property
   def passed(self) -> bool:
@@ -154,7 +187,28 @@ def check(
     'aspect_ratio': measures['aspect'] > thresholds.max_aspect,
     'too_small': measures['short_side'] < thresholds.min_side_fraction * image_size,
   }
-  return [r for r in REASONS if flagged[r]], measures
+  return [r for r in PIXEL_REASONS if flagged[r]], measures
+
+
+def header_reasons(header: dict | None) -> list[str]:
+  """The `HEADER_REASONS` a DICOM file's header facts flag (module docstring), in order."""
+  if not header:
+    return []
+  modality = header.get('modality') or ''
+  body = header.get('body_part') or ''
+  view = (header.get('view_position') or '').replace(' ', '')
+  photometric = header.get('photometric') or ''
+  intent = {header.get('presentation_intent') or '', header.get('image_type') or ''}
+  flagged = {
+    'header_modality': bool(modality) and modality not in RADIOGRAPH_MODALITIES,
+    'header_body_part': bool(body) and not any(w in body for w in CHEST_WORDS),
+    'header_view': view in NON_FRONTAL_VIEWS,
+    'header_frames': int(header.get('frames') or 1) > 1,
+    'header_colour': int(header.get('samples_per_pixel') or 1) > 1
+    or photometric not in ('', 'MONOCHROME1', 'MONOCHROME2'),
+    'header_for_processing': 'FOR PROCESSING' in intent,
+  }
+  return [r for r in HEADER_REASONS if flagged[r]]
 
 
 def inspect_bytes(
@@ -171,9 +225,11 @@ def inspect_bytes(
   Raises:
     images.ImageError: the bytes are not a readable image (the checks need pixels).
   """
-  grey = images_lib.decode_grey(data, name=name, max_pixels=max_pixels, remedy=remedy)
-  reasons, measures = check(grey, file_colour(data), image_size, thresholds)
-  return Inspection(grey, reasons, measures)
+  decoded = images_lib.decode(data, name=name, max_pixels=max_pixels, remedy=remedy)
+  colour = file_colour(data) if decoded.colour is None else decoded.colour
+  reasons, measures = check(decoded.grey, colour, image_size, thresholds)
+  reasons += header_reasons(decoded.header)
+  return Inspection(decoded.grey, reasons, measures, decoded.header)
 
 
 def inspect_file(
@@ -189,13 +245,8 @@ def inspect_file(
   Raises:
     images.ImageError: unreadable or undecodable file, naming it.
   """
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise images_lib.ImageError(path, f'it cannot be read ({e.strerror or e})', remedy) from None
   return inspect_bytes(
-    data,
+    images_lib.read_bytes(path, remedy),
     name=path,
     image_size=image_size,
     thresholds=thresholds,
