@@ -20,6 +20,7 @@ from PIL import Image
 
 from configs import tiny
 from jaxcxr import data, models
+from jaxcxr.data import phantom
 from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report
 from jaxcxr.training import checkpoint
 from tests.test_gradcam import numpy_variables
@@ -160,8 +161,8 @@ def test_predict_files_and_split_agree(setup, workdir, tmp_path):
     inference.predict_workdir(workdir, out_split, images=files, split='test')
 
 
-def test_gradcam_images_and_split(setup, workdir, tmp_path):
-  _, handle = setup
+def test_gradcam_images_and_split(setup, workdir, tmp_path, monkeypatch):
+  bundle, handle = setup
   files = [os.path.join(handle.phantom_dir, n) for n in handle.filenames('test')[:3]]
   out = tmp_path / 'cams'
   missing = str(tmp_path / 'missing.png')
@@ -178,6 +179,44 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   source = np.asarray(Image.open(files[0]).convert('L'))
   np.testing.assert_array_equal(panel[-32 * 7 :, : 32 * 7 : 7, 0], source.repeat(7, 0))
 
+  # The pointing game, recomputed here: the test split's lesion masks (from the phantom folder),
+  # the true-class maps and an own argmax-in-mask. The random model's maps miss every lesion, so
+  # the maps of three of the four lesion films are planted (some mispredicted: their true-class
+  # maps are a second pass): the true class's map peaks inside the lesion, any other outside it.
+  greys, labels, index = gradcam.split_images(bundle.config.data, handle, 'test')
+  names = handle.filenames('test')
+  masks = np.stack([phantom.load_lesion_mask(handle.phantom_dir, names[i], 32) for i in index])
+  lesion = [i for i in range(len(index)) if not names[index[i]].startswith('Normal/')]
+  assert len(index) == 6 and len(lesion) == 4  # 2 COVID + 2 viral pneumonia films have lesions
+  assert all(masks[i].any() == (i in lesion) for i in range(len(index)))
+  real_cams = gradcam.cams_uint8
+  true_cams, probs, _ = real_cams(
+    bundle.module, bundle.variables, greys, labels, method='gradcam++', batch_size=4
+  )
+  planted = lesion[:3]
+  assert (probs[planted].argmax(1) != labels[planted]).any()  # the second pass is exercised
+
+  def planted_map(i, target):
+    peak = np.flatnonzero(masks[i] if target == labels[i] else ~masks[i])[0]
+    cam = np.zeros((32, 32), np.float32)
+    cam.flat[peak] = 1.0
+    return cam
+
+  def cams_uint8(module, variables, images, target=-1, **kwargs):
+    cams, p, targets = real_cams(module, variables, images, target, **kwargs)
+    cams = np.array(cams)
+    for j, image in enumerate(images):
+      i = next((i for i in planted if np.array_equal(greys[i], image)), None)
+      if i is not None:
+        cams[j] = planted_map(i, targets[j])
+    return cams, p, targets
+
+  monkeypatch.setattr(gradcam, 'cams_uint8', cams_uint8)
+  for i in planted:
+    true_cams[i] = planted_map(i, labels[i])
+  hits = [bool(masks[i].flat[np.argmax(true_cams[i])]) for i in lesion]
+  assert hits == [True, True, True, False]  # the planted three; the random model's map misses
+
   grid = gradcam.explain_workdir(
     workdir, str(out), split='test', method='gradcam++', per_class=1, batch_size=4
   )
@@ -185,8 +224,8 @@ def test_gradcam_images_and_split(setup, workdir, tmp_path):
   panels = [p for p in grid['written'][1:] if os.path.basename(p).startswith('test_')]
   shown = sum(len(v) for kinds in grid['shown'].values() for v in kinds.values())
   assert len(panels) == shown >= 1 and all(os.path.exists(p) for p in panels)
-  assert 0.0 <= grid['pointing_game'] <= 1.0
-  assert grid['pointing_game_images'] >= 1  # COVID / pneumonia phantoms have lesions
+  assert grid['pointing_game_images'] == 4
+  assert grid['pointing_game'] == np.mean(hits) == 0.75
   with pytest.raises(ValueError, match='not a class'):
     gradcam.explain_workdir(workdir, str(out), images=files, target='Cat')
 
