@@ -32,10 +32,14 @@ MARKER = 'ZQXMARKER'
 MARKER_UID = '1.2.826.0.1.3680043.2.1125.987654321'
 
 
-def _lut_item(first: int, bits: int, table: np.ndarray) -> Dataset:
+def _lut_item(first: int, bits: int, table: np.ndarray, ow: bool = False) -> Dataset:
+  """A Modality / VOI LUT item; LUTData as US values, or OW bytes (no 64 kB limit)."""
   item = Dataset()
   item.add_new('LUTDescriptor', 'US', [len(table) % 65536, first, bits])
-  item.add_new('LUTData', 'US', [int(v) for v in table])
+  if ow:
+    item.add_new('LUTData', 'OW', np.asarray(table, '<u2').tobytes())
+  else:
+    item.add_new('LUTData', 'US', [int(v) for v in table])
   return item
 
 
@@ -178,8 +182,8 @@ ENCODINGS = {
       },
     ),
   ),
-  # 15 bits, MONOCHROME1, VOI LUT Sequence (8-bit output, 128 stored values per grey level) that
-  # wins over a wrong window also present.
+  # 15 bits, MONOCHROME1, VOI LUT Sequence (16-bit output as OW, 128 stored values per grey level)
+  # that wins over a wrong window also present.
   'j2k_lossless_15bit_mono1_voi_lut': _enc(
     pydicom.uid.JPEG2000Lossless,
     lambda p: (
@@ -188,7 +192,7 @@ ENCODINGS = {
         'bits_stored': 15,
         'photometric': 'MONOCHROME1',
         'attrs': {
-          'VOILUTSequence': Sequence([_lut_item(0, 8, _ramp_lut(32768, 128, 8))]),
+          'VOILUTSequence': Sequence([_lut_item(0, 16, _ramp_lut(32768, 128, 16, 257), ow=True)]),
           'WindowCenter': 100,
           'WindowWidth': 50,
         },

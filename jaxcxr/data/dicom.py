@@ -280,6 +280,10 @@ def _sop_class(ds: pydicom.Dataset) -> str:
 def _decode_frame(data: bytes, syntax: str) -> np.ndarray:
   """Frame 0 of the pixel data (rows, cols[, samples]) with the preferred installed plugin."""
   uid = pydicom.uid.UID(syntax)
+  if not uid.is_transfer_syntax:
+    raise DicomError(
+      f'its transfer syntax is {_syntax_name(syntax)}: no decoder reads it; {_CONVERT}'
+    )
   if uid.is_compressed:
     try:
       decoder = pydicom.pixels.get_decoder(uid)
@@ -362,7 +366,9 @@ def window(x: np.ndarray, center: float, width: float, function: str = 'LINEAR')
   if function == 'SIGMOID':
     if width <= 0:
       raise DicomError(f'its SIGMOID window has width {width} (must be > 0); fix WindowWidth')
-    y = np.exp(np.float32(-4.0 / width) * (x - np.float32(center)))
+    y = np.float32(-4.0 / width) * (x - np.float32(center))
+    np.clip(y, -80, 80, out=y)  # exp stays finite in float32 (255 / (1 + e^80) is 0 anyway)
+    np.exp(y, out=y)
     y += np.float32(1.0)
     return np.float32(255.0) / y
   if function == 'LINEAR_EXACT':
