@@ -21,7 +21,6 @@ Exit status: 0 done; 1 bad flags or a failed measurement; 75 refused because the
 
 import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -34,6 +33,7 @@ from jaxcxr.benchmarks import loop as benchmark_loop
 from jaxcxr.benchmarks import options as benchmark_options
 from jaxcxr.benchmarks import profile as benchmark_profile
 from jaxcxr.benchmarks import worker as benchmark_worker
+from launch import cli
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MODE = flags.DEFINE_enum(
@@ -208,4 +208,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

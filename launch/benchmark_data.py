@@ -9,12 +9,11 @@ The data settings (source, sizes, augmentation, read threads, data_dir) come fro
 `launch.train`; the batch is `config.train.batch_size`. See jaxcxr/benchmarks/data.py.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr.benchmarks import data as benchmark_data
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain worker counts to time.')
@@ -34,4 +33,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

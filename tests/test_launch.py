@@ -23,9 +23,6 @@ from jaxcxr.training import run_log
 from tests import train_helpers as th
 from tests.data import helpers
 
-# launch/benchmark*.py are being thinned on another branch (issue 12, item 3); drop them from this
-# set when they start through cli.run too.
-NOT_YET = {'benchmark', 'benchmark_data'}
 INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')  # absl's INFO prefix, e.g. "I1130 06:14:39.28"
 LINE_BUDGET = 12  # 2 TFDS "prepared" lines, the header, 2 epochs, 2 summary lines, + slack
 
@@ -45,9 +42,7 @@ def _main_calls(path) -> list[str]:
 
 @pytest.mark.parametrize(
   'path',
-  sorted(
-    p for p in (th.REPO / 'launch').glob('*.py') if p.stem not in {'__init__', 'cli'} | NOT_YET
-  ),
+  sorted(p for p in (th.REPO / 'launch').glob('*.py') if p.stem not in {'__init__', 'cli'}),
   ids=lambda p: p.stem,
 )
 def test_every_launcher_starts_through_cli_run(path):
@@ -118,8 +113,9 @@ def test_run_prints_one_line_per_epoch_and_no_library_info(folder_run):
   out, _, _ = folder_run
   lines = out.splitlines()
   assert len(lines) <= LINE_BUDGET, out
-  assert not [l for l in lines if INFO_LINE.match(l)], out
-  assert [l.split(':')[0] for l in lines if l.startswith('epoch ')] == ['epoch 1', 'epoch 2']
+  assert not [line for line in lines if INFO_LINE.match(line)], out
+  epochs = [line.split(':')[0] for line in lines if line.startswith('epoch ')]
+  assert epochs == ['epoch 1', 'epoch 2']
   assert lines[-1].startswith('Results in ') and 'test_accuracy=' in lines[-2]
 
 

@@ -66,8 +66,9 @@ def to_model_input_np(images_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
 # Test-time augmentation (config.eval.tta): (zoom, shift x, shift y), shifts as fractions of the
 # side. The input itself, four shifts and two zooms: milder versions of the training augmentation
 # (translate 0.06, zoom 0.9-1.1). docs/RESULTS.md has what they bought on real X-rays.
+IDENTITY_VIEW = (1.0, 0.0, 0.0)  # (zoom, dx, dy) of the input itself
 TTA_VIEWS = (
-  (1.0, 0.0, 0.0),
+  IDENTITY_VIEW,
   (1.0, 0.04, 0.0),
   (1.0, -0.04, 0.0),
   (1.0, 0.0, 0.04),
@@ -87,7 +88,7 @@ def tta_views(images, views=TTA_VIEWS) -> jax.Array:
   _, h, w, _ = x.shape
   out = []
   for zoom, dx, dy in views:
-    if (zoom, dx, dy) == (1.0, 0.0, 0.0):
+    if (zoom, dx, dy) == IDENTITY_VIEW:
       out.append(x)
       continue
     scale = jnp.array([zoom, zoom], jnp.float32)
@@ -100,10 +101,13 @@ def view_averaged_probs(
   logits_fn: Callable[[jax.Array], jax.Array], images, views=TTA_VIEWS
 ) -> jax.Array:
   """Softmax of `logits_fn` (model input -> logits) averaged over `tta_views`: float32 (B, C)."""
-  b = images.shape[0]
-  logits = logits_fn(tta_views(images, views)).astype(jnp.float32)
-  probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.mean(probs.reshape((len(views), b) + probs.shape[1:]), axis=0)
+  return average_views(logits_fn(tta_views(images, views)), len(views))
+
+
+def average_views(logits: jax.Array, num_views: int) -> jax.Array:
+  """(V * B, C) logits of `tta_views` -> float32 (B, C): the softmax averaged over the views."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.mean(probs.reshape((num_views, -1) + probs.shape[1:]), axis=0)
 
 
 def prepare_grey(image: np.ndarray, image_size: int, stored_size: int = 0) -> np.ndarray:

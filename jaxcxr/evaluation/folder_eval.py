@@ -23,7 +23,6 @@ the model without a folder is noted (its recall is 0 by convention), and a folde
 subfolder at all is an error naming the folder and the layout expected.
 """
 
-import concurrent.futures
 import csv
 import dataclasses
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jaxcxr.data import dataset, preprocess
+from jaxcxr.data import dataset
 from jaxcxr.data import folders as folders_lib
 from jaxcxr.data import images as images_lib
 from jaxcxr.evaluation import gradcam, inference, ood_eval, report
@@ -115,35 +114,6 @@ def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder
     ignored_folders=[d for d in subdirs if d not in used],
     hidden=hidden,
   )
-
-
-def load_films(
-  paths: Sequence[Path], image_size: int, *, stored_size: int, max_pixels: int, threads: int = 0
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-  """Reads films as the model sees them, in parallel; unreadable ones are reported, not raised.
-
-  Returns:
-    (uint8 (N_ok, S, S, 1), ok: int64 (N_ok,) indices into `paths`, failed: [(index, reason)]).
-  """
-
-  def one(path):
-    try:
-      return preprocess.load_image_for_inference(
-        path, image_size, stored_size=stored_size, max_pixels=max_pixels
-      ), ''
-    except (OSError, ValueError) as e:  # ImageError is a ValueError naming the file
-      return None, getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'
-
-  with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-    results = list(pool.map(one, paths))
-  ok = [i for i, (img, _) in enumerate(results) if img is not None]
-  failed = [(i, reason) for i, (img, reason) in enumerate(results) if img is None]
-  greys = (
-    np.stack([results[i][0] for i in ok])
-    if ok
-    else np.zeros((0, image_size, image_size, 1), np.uint8)
-  )
-  return greys, np.asarray(ok, np.int64), failed
 
 
 def shortcut_on_films(
@@ -269,20 +239,23 @@ def _notes(folder: LabelledFolder, failed: list, class_names: Sequence[str]) -> 
 
 
 def _ood_section(
-  workdir: str, bundle, files: Sequence[Path], name: str, batch_size: int
-) -> dict | None:
-  """The OOD section with the folder's readable films as the in-distribution set (None when the
-  checkpoint has no fitted score)."""
-  model = ood_lib.load_for(workdir, bundle)[0]
-  if model is None:
-    return None
-  pictures = [Path(f).read_bytes() for f in files]
+  bundle,
+  model: ood_lib.OodModel,
+  films: inference.Films,
+  outputs: np.ndarray,
+  name: str,
+  batch_size: int,
+) -> dict:
+  """The OOD section with the folder's readable films as the in-distribution set, from the read
+  and forward pass that gave the predictions."""
+  inside = ood_eval.scored(model, films.reasons, films.greys, outputs)
   return ood_eval.evaluate(
     bundle,
     model,
-    pictures,
+    [],
     in_name=f'folder {name}',
-    per_set=min(ood_eval.DEFAULT_PER_SET, max(16, len(pictures))),
+    inside=inside,
+    per_set=min(ood_eval.DEFAULT_PER_SET, max(16, len(films.ok))),
     batch_size=batch_size,
     material_size=min(224, 2 * int(bundle.image_size)),
   )
@@ -327,12 +300,17 @@ def evaluate_folder(
   folder = scan_labelled_folder(eval_dir, names)
   batch_size = batch_size or int(cfg.eval.batch_size)
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
-  greys, ok, failed = load_films(
+  ood_model = ood_lib.load_for(workdir, bundle)[0] if ood else None
+  # Each file is read and decoded once; one forward pass gives the probabilities and, with a
+  # fitted score, the OOD features.
+  films = inference.read_films(
     folder.files,
     bundle.image_size,
     stored_size=dataset.stored_size(cfg.data),
     max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
+    keep_greys=ood_model is not None,
   )
+  greys, ok, failed = films.inputs, films.ok, films.failed
   unreadable = [(folder.relative(folder.files[i]), reason) for i, reason in failed]
   if not len(ok):
     shown = '\n'.join(f'  {n}: {r}' for n, r in unreadable[:10])
@@ -341,8 +319,14 @@ def evaluate_folder(
       f'{folder.root} could be read:\n{shown}'
     )
   labels = folder.labels[ok]
-  predict = inference.make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
-  probs = inference.predict_arrays(predict, greys, batch_size).astype(np.float64)
+  make = inference.make_predict_fn if ood_model is None else inference.make_outputs_fn
+  probs = inference.predict_arrays(
+    make(bundle.module, bundle.variables, tta=bundle.tta), greys, batch_size
+  )
+  outputs = None
+  if ood_model is not None:
+    probs, outputs = probs
+  probs = probs.astype(np.float64)
   metrics = compute_metrics(
     labels, probs, names, n_bootstrap=n_bootstrap, seed=int(cfg.get('seed', 0))
   )
@@ -364,13 +348,13 @@ def evaluate_folder(
       batch_size=batch_size,
     )
   ood_section = None
-  if ood:
-    ood_section = _ood_section(workdir, bundle, [folder.files[i] for i in ok], name, batch_size)
-    if ood_section is None:
-      metrics['notes'].append(
-        f'No out-of-distribution section: no score is fitted for this '
-        f'checkpoint (python -m launch.fit_ood --workdir {workdir}).'
-      )
+  if ood_model is not None:
+    ood_section = _ood_section(bundle, ood_model, films, outputs, name, batch_size)
+  elif ood:
+    metrics['notes'].append(
+      f'No out-of-distribution section: no score is fitted for this '
+      f'checkpoint (python -m launch.fit_ood --workdir {workdir}).'
+    )
   extra = {
     'workdir': os.path.abspath(workdir),
     'checkpoint': which,

@@ -4,7 +4,9 @@ The same preprocessing as training and evaluation runs on the device (`to_model_
 batch has one static shape (the last is zero-padded), so a whole folder compiles once.
 """
 
+import concurrent.futures
 import csv
+import dataclasses
 import functools
 import glob
 import os
@@ -16,6 +18,7 @@ import numpy as np
 
 from jaxcxr import data
 from jaxcxr.data import dataset, input_checks, preprocess
+from jaxcxr.data import images as images_lib
 from jaxcxr.evaluation import export, ood
 from jaxcxr.training import checkpoint, sharding, validation
 
@@ -49,16 +52,49 @@ def make_predict_fn(module, variables: dict, *, dtype=jnp.float32, tta: bool = F
   return functools.partial(predict, variables)
 
 
-def predict_arrays(predict_fn: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Probabilities of uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches -> (N, C)."""
+def make_outputs_fn(module, variables: dict, *, dtype=jnp.float32, tta: bool = False) -> Callable:
+  """fn(images uint8 (B, S, S, 1)) -> (probabilities (B, C), OOD outputs (B, C + K)), jitted.
+
+  One forward pass gives both: the probabilities of `make_predict_fn` (averaged over
+  `preprocess.tta_views` when `tta`) and the outputs of `ood.make_feature_fn` (logits and pooled
+  `cam_features` of the image itself: the identity view, whose rows are the input exactly).
+  Arguments as `make_predict_fn`.
+  """
+  variables = {k: v for k, v in variables.items() if k in ('params', 'batch_stats')}
+  views = preprocess.TTA_VIEWS if tta else (preprocess.IDENTITY_VIEW,)
+  own = views.index(preprocess.IDENTITY_VIEW)
+
+  @jax.jit
+  def outputs(variables, images):
+    b = images.shape[0]
+    x = preprocess.tta_views(images, views) if tta else images
+    logits, state = module.apply(
+      variables, preprocess.to_model_input(x, dtype), train=False, mutable=['intermediates']
+    )
+    probs = preprocess.average_views(logits, len(views))
+    mine = jax.tree.map(lambda a: a[own * b : (own + 1) * b], (logits, state['intermediates']))
+    return probs, ood.outputs_of(*mine)
+
+  return functools.partial(outputs, variables)
+
+
+def predict_arrays(predict_fn: Callable, images: np.ndarray, batch_size: int):
+  """`predict_fn` over uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches.
+
+  Returns:
+    What `predict_fn` returns for a batch, each array cut to the real rows and concatenated:
+    probabilities (N, C) for `make_predict_fn`, (probabilities, outputs) for `make_outputs_fn`.
+  """
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(predict_fn(chunk))[:n])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    out.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], predict_fn(chunk)))
+  if not out:
+    return np.zeros((0, 0), np.float32)
+  return jax.tree.map(lambda *a: np.concatenate(a), *out)
 
 
 def predict_files(
@@ -87,6 +123,69 @@ def predict_files(
   return out['probs'], out['files'], out['failed']
 
 
+@dataclasses.dataclass
+class Films:
+  """Image files read once: what the model, the input checks and the OOD material need.
+
+  Attributes:
+    inputs: uint8 (N_ok, S, S, 1), as the model sees them (`preprocess.prepare_grey`).
+    ok: int64 (N_ok,) indices into the paths of the readable files.
+    failed: [(index, reason)] of the others.
+    reasons: [[input check names]] per readable file (`jaxcxr.data.input_checks`).
+    greys: the decoded uint8 (H, W) films (only with `keep_greys`, else empty).
+  """
+
+  inputs: np.ndarray
+  ok: np.ndarray
+  failed: list[tuple[int, str]]
+  reasons: list[list[str]]
+  greys: list[np.ndarray]
+
+
+def read_films(
+  paths: Sequence,
+  image_size: int,
+  *,
+  stored_size: int = 0,
+  max_pixels: int = images_lib.DEFAULT_MAX_PIXELS,
+  thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS,
+  keep_greys: bool = False,
+  threads: int = 0,
+) -> Films:
+  """Reads and decodes each file once (threads), runs the input checks, resizes for the model.
+
+  Unreadable files are reported (`Films.failed`), not raised.
+  """
+
+  def one(path):
+    try:
+      ins = input_checks.inspect_file(
+        path,
+        image_size=image_size,
+        thresholds=thresholds,
+        max_pixels=max_pixels,
+        remedy=_INFERENCE_REMEDY,
+      )
+    except (OSError, ValueError) as e:  # ImageError is a ValueError naming the file
+      return None, getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'
+    return ins, preprocess.prepare_grey(ins.grey, image_size, stored_size)
+
+  with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    results = list(pool.map(one, paths))
+  ok = [i for i, (ins, _) in enumerate(results) if ins is not None]
+  return Films(
+    inputs=(
+      np.stack([results[i][1] for i in ok])
+      if ok
+      else np.zeros((0, image_size, image_size, 1), np.uint8)
+    ),
+    ok=np.asarray(ok, np.int64),
+    failed=[(i, reason) for i, (ins, reason) in enumerate(results) if ins is None],
+    reasons=[results[i][0].reasons for i in ok],
+    greys=[results[i][0].grey for i in ok] if keep_greys else [],
+  )
+
+
 def predict_files_checked(
   predict_fn: Callable,
   paths: Sequence[str],
@@ -94,53 +193,43 @@ def predict_files_checked(
   batch_size: int,
   *,
   stored_size: int = 0,
-  feature_fn: Callable | None = None,
   thresholds: input_checks.Thresholds = input_checks.DEFAULT_THRESHOLDS,
 ) -> dict:
-  """`predict_files` plus the input checks and (optionally) the OOD features of every file.
+  """`predict_files` plus the input checks and (with `make_outputs_fn`) the OOD outputs.
 
-  Each file is decoded once: the checks see its own colours and size
-  (`jaxcxr.data.input_checks`), the model its grey pixels, exactly as `predict_files` does.
+  Each file is read and decoded once (`read_films`, a few batches at a time): the checks see its
+  own colours and size (`jaxcxr.data.input_checks`), the model its grey pixels.
 
   Args:
-    predict_fn, paths, image_size, batch_size, stored_size: as `predict_files`.
-    feature_fn: `ood.make_feature_fn(...)`, run on the same batches; None = no features.
+    predict_fn: `make_predict_fn(...)`, or `make_outputs_fn(...)` for the OOD outputs of the same
+      forward pass.
+    paths, image_size, batch_size, stored_size: as `predict_files`.
     thresholds: where the input checks flag.
 
   Returns:
     {'probs': float32 (N_ok, C), 'files': ok paths, 'failed': [(path, reason)], 'reasons':
-     [[input check names]] per ok file, 'features': (N_ok, D) or None}.
+     [[input check names]] per ok file, 'features': (N_ok, C + K) outputs, or None}.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1.')
-  ok_paths, failed, reasons, probs, features = [], [], [], [], []
-  pending = []
-
-  def flush():
-    if pending:
-      batch = np.stack(pending)
-      probs.append(predict_arrays(predict_fn, batch, batch_size))
-      if feature_fn is not None:
-        features.append(predict_arrays(feature_fn, batch, batch_size))
-      pending.clear()
-
-  for path in paths:
-    try:
-      ins = input_checks.inspect_file(
-        path, image_size=image_size, thresholds=thresholds, remedy=_INFERENCE_REMEDY
-      )
-    except (OSError, ValueError) as e:  # ImageError is a ValueError naming the file
-      failed.append((str(path), getattr(e, 'reason', None) or f'{type(e).__name__}: {e}'))
+  files, failed, reasons, probs, features = [], [], [], [], []
+  step = batch_size * max(1, 64 // batch_size)  # files decoded at a time (bounded memory)
+  for start in range(0, len(paths), step):
+    chunk = list(paths[start : start + step])
+    films = read_films(chunk, image_size, stored_size=stored_size, thresholds=thresholds)
+    failed += [(str(chunk[i]), reason) for i, reason in films.failed]
+    if not len(films.ok):
       continue
-    pending.append(preprocess.prepare_grey(ins.grey, image_size, stored_size))
-    ok_paths.append(str(path))
-    reasons.append(ins.reasons)
-    if len(pending) == batch_size:
-      flush()
-  flush()
+    files += [str(chunk[i]) for i in films.ok]
+    reasons += films.reasons
+    out = predict_arrays(predict_fn, films.inputs, batch_size)
+    if isinstance(out, tuple):
+      out, outputs = out
+      features.append(outputs)
+    probs.append(out)
   return {
     'probs': (np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, 0), np.float32)),
-    'files': ok_paths,
+    'files': files,
     'failed': failed,
     'reasons': reasons,
     'features': np.concatenate(features) if features else None,
@@ -229,21 +318,23 @@ def predict_workdir(
   cfg = bundle.config
   names = list(bundle.class_names)
   batch_size = batch_size or int(cfg.eval.batch_size)
-  predict = make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
   ood_model, ood_warning = ood.load_for(workdir, bundle)
-  feature_fn = (
-    ood.make_feature_fn(bundle.module, bundle.variables) if ood_model is not None else None
-  )
   failed, true_labels, features = [], None, None
   if split:
     handle = data.prepare(cfg.data)
     mesh = sharding.make_mesh(jax.devices()[:1])
+    predict = make_predict_fn(bundle.module, bundle.variables, tta=bundle.tta)
     labels, probs, index = validation.predict_split(
       predict, cfg.data, handle, split, local_batch_size=batch_size, mesh=mesh
     )
-    if feature_fn is not None:
+    if ood_model is not None:
       _, features, _ = validation.predict_split(
-        feature_fn, cfg.data, handle, split, local_batch_size=batch_size, mesh=mesh
+        ood.make_feature_fn(bundle.module, bundle.variables),
+        cfg.data,
+        handle,
+        split,
+        local_batch_size=batch_size,
+        mesh=mesh,
       )
     filenames = handle.filenames(split)
     files = [filenames[i] for i in index]
@@ -256,13 +347,13 @@ def predict_workdir(
       if not found:
         failed.append((spec, 'no image files match'))
       paths += found
+    make = make_predict_fn if ood_model is None else make_outputs_fn  # one pass for both
     result = predict_files_checked(
-      predict,
+      make(bundle.module, bundle.variables, tta=bundle.tta),
       paths,
       bundle.image_size,
       batch_size,
       stored_size=dataset.stored_size(cfg.data),
-      feature_fn=feature_fn,
       thresholds=thresholds,
     )
     probs, files, reasons, features = (

@@ -57,11 +57,17 @@ def make_feature_fn(
   def features(variables, images):
     x = preprocess.to_model_input(images, dtype)
     logits, state = module.apply(variables, x, train=False, mutable=['intermediates'])
-    pooled = state['intermediates'][CAM_NAME][0].astype(jnp.float32).mean(axis=(1, 2))
-    return jnp.concatenate([logits.astype(jnp.float32), pooled], axis=-1)
+    return outputs_of(logits, state['intermediates'])
 
   # Variables are an argument, not closed-over constants, so they are not baked into the HLO.
   return functools.partial(features, variables)
+
+
+def outputs_of(logits: jax.Array, intermediates: dict) -> jax.Array:
+  """float32 (B, C + K): the logits, then the global-average-pooled `cam_features` of one forward
+  pass (`module.apply(..., mutable=['intermediates'])`); runs inside jit."""
+  pooled = intermediates[CAM_NAME][0].astype(jnp.float32).mean(axis=(1, 2))
+  return jnp.concatenate([logits.astype(jnp.float32), pooled], axis=-1)
 
 
 def split_outputs(

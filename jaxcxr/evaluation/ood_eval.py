@@ -11,9 +11,9 @@ alarms on the in-distribution films. `markdown` is the report section.
 """
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from jaxcxr.data import images as images_lib
 from jaxcxr.evaluation import inference, ood
 from jaxcxr.training import checkpoint
 
-Picture = Union[bytes, np.ndarray]  # a file's bytes, or uint8 pixels (H, W[, 3 or 4])
+Picture = bytes | np.ndarray  # a file's bytes, or uint8 pixels (H, W[, 3 or 4])
 
 DEFAULT_PER_SET = 64
 SCORES = ('mahalanobis', 'energy')
@@ -107,16 +107,29 @@ def score_pictures(
     reasons.append(ins.reasons)
     greys.append(ins.grey)
     inputs.append(preprocess.prepare_grey(ins.grey, image_size, stored_size))
-  outs = []
-  for start in range(0, len(inputs), batch_size):
-    chunk = np.stack(inputs[start : start + batch_size])
-    n = len(chunk)
-    if n < batch_size:  # one static batch shape: one compilation
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.uint8)])
-    outs.append(np.asarray(feature_fn(chunk))[:n])
+  outputs = inference.predict_arrays(feature_fn, np.stack(inputs), batch_size) if inputs else None
+  return scored(model, reasons, greys, outputs, skipped)
+
+
+def scored(
+  model: ood.OodModel,
+  reasons: list[list[str]],
+  greys: list[np.ndarray],
+  outputs: np.ndarray | None,
+  skipped: Sequence[str] = (),
+) -> dict:
+  """`score_pictures`' result from pictures already decoded, checked and run through the model.
+
+  Args:
+    model: the fitted score.
+    reasons: input check names per picture; greys: its decoded uint8 (H, W) pixels.
+    outputs: (N, C + K) `ood.make_feature_fn` / `inference.make_outputs_fn` outputs, or None
+      when there are no pictures.
+    skipped: reasons of the pictures that did not decode.
+  """
   scores = (
-    ood.score(model, np.concatenate(outs))
-    if outs
+    ood.score(model, outputs)
+    if outputs is not None and len(outputs)
     else {'mahalanobis': np.zeros(0), 'energy': np.zeros(0)}
   )
   return {
@@ -124,7 +137,7 @@ def score_pictures(
     'greys': greys,
     'mahalanobis': scores['mahalanobis'],
     'energy': scores['energy'],
-    'skipped': skipped,
+    'skipped': list(skipped),
   }
 
 
@@ -173,6 +186,7 @@ def evaluate(
   in_pictures: Sequence[Picture],
   *,
   in_name: str,
+  inside: dict | None = None,
   extra_sets: dict[str, Sequence[Picture]] | None = None,
   per_set: int = DEFAULT_PER_SET,
   seed: int = 0,
@@ -186,6 +200,8 @@ def evaluate(
     model: the fitted score of that checkpoint.
     in_pictures: in-distribution films (file bytes or uint8 pixels).
     in_name: what they are (e.g. 'test split' or a folder).
+    inside: the in-distribution films already read and run through the model (`scored(...)`:
+      one read and forward pass shared with the prediction); `in_pictures` is then unused.
     extra_sets: further OOD sets {name: pictures} (e.g. another data set's films).
     per_set: pictures per generated set, and films per transformed set.
     seed: material seed.
@@ -211,7 +227,7 @@ def evaluate(
       batch_size=batch_size,
     )
 
-  inside = run(in_pictures)
+  inside = inside if inside is not None else run(in_pictures)
   in_flagged = np.array([bool(r) for r in inside['reasons']], bool)
   sets = material_sets(
     inside['greys'],
@@ -360,11 +376,11 @@ def run_section(
 
 
 def _pct(x) -> str:
-  return 'n/a' if x is None or x != x else f'{100 * x:.1f} %'
+  return 'n/a' if x is None or math.isnan(x) else f'{100 * x:.1f} %'
 
 
 def _auc(x) -> str:
-  return 'n/a' if x is None or x != x else f'{x:.3f}'
+  return 'n/a' if x is None or math.isnan(x) else f'{x:.3f}'
 
 
 def markdown(result: dict) -> str:
@@ -427,7 +443,7 @@ def _finite(x):
     return {k: _finite(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
     return [_finite(v) for v in x]
-  if isinstance(x, float) and x != x:
+  if isinstance(x, float) and math.isnan(x):
     return None
   return x
 

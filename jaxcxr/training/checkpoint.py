@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import pathlib
 import re
 import sys
 import tempfile
@@ -46,7 +47,7 @@ class CheckpointWriteError(OSError):
 
 
 def _os_errno(e: BaseException) -> int | None:
-  """The errno of an I/O failure: an OSError, or TensorStore's ValueError ("[os_error_code='28']")."""
+  """errno of an I/O failure: an OSError, or TensorStore's ValueError ("[os_error_code='28']")."""
   if isinstance(e, OSError):
     return e.errno if e.errno is not None else errno.EIO
   m = re.search(r"os_error_code='(\d+)'", str(e))
@@ -289,12 +290,13 @@ def read_state_numpy(step_dir: str) -> dict:
   local = ocp.options.MultiprocessingOptions(
     primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'jaxcxr_local_read_{me}'
   )
-  checkpointer = ocp.Checkpointer(
-    ocp.PyTreeCheckpointHandler(multiprocessing_options=local), multiprocessing_options=local
-  )
-  meta = checkpointer.metadata(path)
-  tree = getattr(meta, 'item_metadata', meta)
-  tree = getattr(tree, 'tree', tree)
+  handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=local)
+  checkpointer = ocp.Checkpointer(handler, multiprocessing_options=local)
+  # The item's own metadata (its tree), from the handler: `checkpointer.metadata(path)` would
+  # look for the step's _CHECKPOINT_METADATA inside the item folder (it lives one level up) and
+  # warn on every read that it is missing.
+  meta = handler.metadata(pathlib.Path(path))
+  tree = getattr(meta, 'tree', meta)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
