@@ -38,7 +38,7 @@ from PIL import Image
 
 from jaxcxr import data as data_lib
 from jaxcxr.data import augment as augment_lib
-from jaxcxr.data import builder, dataset, folders, loader, lookalikes, sampling
+from jaxcxr.data import builder, dataset, dicom, folders, loader, lookalikes, sampling
 from jaxcxr.data import images as images_lib
 from jaxcxr.tools import duplicates as dup_lib
 from jaxcxr.tools import explore_plots
@@ -71,7 +71,8 @@ class Inventory:
     root: the folder or dataset directory.
     names: file names relative to the folder (records: their `filename`).
     labels: int (n,) class index.
-    formats, modes: Pillow's format and mode from the header ('stored' / 'L' for records).
+    formats, modes: Pillow's format and mode from the header ('stored' / 'L' for records;
+      DICOM: 'DICOM' and 'MONOCHROME1 12-bit', from its allowlisted header facts).
     sizes: (width, height) as found ((0, 0) when unreadable).
     errors: '' for usable images, else why `images.decode_grey` refused it.
     content: `images.content_hash` of the decoded grey pixels ('' when unusable).
@@ -115,11 +116,20 @@ def _inspect_file(path: Path, max_pixels: int) -> dict:
         out.update(format=im.format or '?', mode=im.mode, size=tuple(im.size))
   except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
     pass  # decode_grey below names the reason
+  if dicom.has_preamble(data):  # Pillow has no DICOM header reader; the allowlisted facts do
+    out.update(format='DICOM')
   try:
-    grey = images_lib.decode_grey(data, name=path, max_pixels=max_pixels)
+    decoded = images_lib.decode(data, name=path, max_pixels=max_pixels)
   except images_lib.ImageError as e:
     return {**out, 'error': e.reason}
-  return {**out, 'facts': _pixel_facts(grey)}
+  if decoded.header is not None:
+    h = decoded.header
+    out.update(
+      format='DICOM',
+      mode=f'{h["photometric"] or "?"} {h["bits_stored"]}-bit',
+      size=(h['columns'], h['rows']),
+    )
+  return {**out, 'facts': _pixel_facts(decoded.grey)}
 
 
 def _map(fn: Callable, items: list, desc: str, progress: bool) -> list:
