@@ -109,9 +109,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.backbone_lr_mult = 1.0  # 0 freezes the backbone (BatchNorm too); 0.1 = discriminative
 
   c.early_stopping = ml_collections.ConfigDict()
-  # Early stopping reads `metric`; the run ships (best/) the checkpoint `select` names: 'last' epoch,
-  # 'best' epoch by `metric`, or 'auto' = last for annealing schedules (cosine, step), else best
-  # (jaxcxr/training/early_stopping.py says why; docs/RESULTS.md has the measurements).
+  # Early stopping reads `metric`; the run ships (best/) the checkpoint `select` names: 'last'
+  # epoch, 'best' epoch by `metric`, or 'auto' = last for annealing schedules (cosine, step), else
+  # best (jaxcxr/training/early_stopping.py says why; docs/RESULTS.md has the measurements).
   c.early_stopping.metric = 'val_loss'  # any key of the per-epoch validation metrics
   c.early_stopping.mode = 'min'
   c.early_stopping.patience = 5

@@ -29,7 +29,10 @@ panels of `launch.evaluate --eval_dir` before trusting a score.
 Args (after a colon): `runlocal` shrinks it to a seconds-long smoke run on phantom data;
 `pretrained` fine-tunes torchvision's ImageNet ResNet-18 instead (full width, 3-channel stem,
 112 px, 6 epochs, backbone at 0.1x the head's learning rate), from the weights that
-`python -m launch.convert --arch resnet18 --source torchvision --out ~/.cache/jaxcxr/weights/resnet18`
+
+  python -m launch.convert --arch resnet18 --source torchvision \
+      --out ~/.cache/jaxcxr/weights/resnet18
+
 writes (`$JAXCXR_WEIGHTS_DIR/resnet18`). Its quality is NOT measured: no ImageNet weights can be
 downloaded on the development machines. Its time is: 2026-12-01, 2-core Xeon (model 207),
 stand-in weights converted from a randomly initialised torchvision ResNet-18: 309 s everything

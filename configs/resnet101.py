@@ -1,4 +1,5 @@
-r"""ResNet101 (torchvision v1.5) fine-tuned from ImageNet weights on the COVID-19 Radiography Database.
+r"""ResNet101 (torchvision v1.5) fine-tuned from ImageNet weights on the COVID-19 Radiography
+Database.
 
 Reference, not a claim: Chowdhury et al. 2020 (IEEE Access 8:132665) report 97.9% 3-class accuracy
 for their best model (DenseNet201 with image augmentation, 5-fold cross-validation on the 2020

@@ -8,14 +8,15 @@ WORKDIR/results.json.
 
   python -m launch.train --config configs/scratch_cnn.py --workdir workdirs/scratch_cnn \
       --config.data.manual_dir=/data/COVID-19_Radiography_Dataset
-  python -m launch.train --config configs/scratch_cnn.py:runlocal --workdir /tmp/scratch  # CPU smoke
+  python -m launch.train --config configs/scratch_cnn.py:runlocal --workdir /tmp/scratch
 
 Hyperparameters, and why:
 - 224 px: the same input as the fine-tuned models, so the comparison is about the model.
 - AdamW, peak LR 3e-3 (no pretrained features to protect; BatchNorm tolerates a large LR), weight
   decay 1e-4 on kernels, 1 warmup epoch + cosine over 30 epochs (from scratch needs more epochs).
-- Label smoothing 0.1, oversampling, the default augmentation, early stopping on validation macro F1
-  with patience 6: the same choices as the fine-tuning recipe (configs/densenet201.py explains them).
+- Label smoothing 0.1, oversampling, the default augmentation, early stopping on validation macro
+  F1 with patience 6: the same choices as the fine-tuning recipe (configs/densenet201.py explains
+  them).
 - Batch 64: the model is tiny, a larger batch keeps an accelerator busy.
 
 Args (comma-separated after a colon): `runlocal` (CPU smoke run), `bf16`.

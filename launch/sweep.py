@@ -1,6 +1,7 @@
 r"""Runs a sweep (configs/sweeps/<name>.py) trial after trial, each as its own training command.
 
-  python -m launch.sweep --config configs/sweeps/seed_models.py:runlocal --workdir /tmp/seed --dry_run
+  python -m launch.sweep --config configs/sweeps/seed_models.py:runlocal --workdir /tmp/seed \
+      --dry_run
   python -m launch.sweep --config configs/sweeps/seed_models.py:runlocal --workdir /tmp/seed
   python -m launch.sweep --config configs/sweeps/seed_models.py --workdir workdirs/seed_models \
       --config.data.manual_dir=/data/COVID-19_Radiography_Dataset

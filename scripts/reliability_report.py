@@ -1,8 +1,8 @@
 r"""Runs the reliability suite and prints its figures (issue #8).
 
-  python scripts/reliability_report.py                 # tests/reliability + the bad-input tests elsewhere
-  python scripts/reliability_report.py --fast          # without the slow subprocess tests
-  python scripts/reliability_report.py --json out.json # also write the figures as JSON
+  python scripts/reliability_report.py                  # tests/reliability + bad inputs elsewhere
+  python scripts/reliability_report.py --fast           # without the slow subprocess tests
+  python scripts/reliability_report.py --json out.json  # also write the figures as JSON
 
 Runs pytest once on tests/reliability plus the bad-input tests of other modules (EXTERNAL below),
 with tests/reliability/report_plugin.py and the `record` fixture writing one JSON line per test
@@ -11,8 +11,10 @@ outcome, injected fault, resume and bad input into a temporary file; then prints
   faults injected            kill -9 / SIGTERM / truncated checkpoints / full disk / NaN updates
   resumes that matched       re-runs after a fault whose final state equals the uninterrupted run
   bad inputs tried           files, folders, configs, weights, workdirs and checkpoints
-  crashes without a message  bad inputs that ended in a traceback or an unclear message (target 0)
-  data lost                  checkpoints or logged rows lost, or resumes that did not match (target 0)
+  crashes without a message  bad inputs that ended in a traceback or an unclear message
+                             (target 0)
+  data lost                  checkpoints or logged rows lost, or resumes that did not match
+                             (target 0)
 
 Exit status: 0 when every test passed and both targets are 0, 1 otherwise.
 """

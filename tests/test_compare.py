@@ -118,7 +118,7 @@ def test_compare_writes_csv_markdown_and_plot(runs):
   assert [float(r['macro_f1']) for r in rows[:3]] == [0.9, 0.7, 0.5]
   assert rows[1]['macro_auc'] == 'nan' and rows[3]['accuracy'] == ''
   md = (runs / 'results.md').read_text()
-  table_lines = [l for l in md.splitlines() if l.startswith('|')]
+  table_lines = [line for line in md.splitlines() if line.startswith('|')]
   assert len(table_lines) == 2 + 5
   assert table_lines[2] == (
     '| 001-b | finished | densenet201 | none | 0.001 | test | 0.9100 | '
@@ -136,7 +136,7 @@ def test_figure_has_bars_per_finished_run_and_paper_line(runs):
   ax = fig.axes[0]
   heights = sorted(round(p.get_height(), 4) for p in ax.patches)
   assert heights == sorted([0.91, 0.75, 0.60, 0.90, 0.70, 0.50])
-  lines = [l for l in ax.get_lines() if list(l.get_ydata()) == [0.979, 0.979]]
+  lines = [line for line in ax.get_lines() if list(line.get_ydata()) == [0.979, 0.979]]
   assert len(lines) == 1 and '97.9%' in lines[0].get_label()
   assert [t.get_text() for t in ax.get_xticklabels()] == ['001-b', 'nested/002-c', '000-a']
 

@@ -151,7 +151,7 @@ def test_bool_keys_refuse_other_types():
 
 
 def test_every_error_is_reported_at_once():
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match='Invalid config:') as e:
     _validate(_tiny(**{'train.log_every_steps': 0, 'eval.split': 'dev', 'data.prefetch': 0}))
   msg = str(e.value)
   assert msg.startswith('Invalid config:')

@@ -32,7 +32,7 @@ def test_the_option_fuses_elementwise_ops_into_the_dot():
   roots = {}
   for on in (False, True):
     hlo = jax.jit(f, compiler_options=cpu_options.compiler_options(on)).lower(x, x).compile()
-    roots[on] = [l for l in hlo.as_text().splitlines() if l.strip().startswith('ROOT')][-1]
+    roots[on] = [line for line in hlo.as_text().splitlines() if line.strip().startswith('ROOT')][-1]
   assert roots[True].split()[1] == '%ynn_fusion'
   assert roots[False].split()[1] != '%ynn_fusion'
 

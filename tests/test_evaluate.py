@@ -1,4 +1,5 @@
-"""Tests for jaxcxr.evaluation.metrics / report: metrics against hand-computed values, bootstrap, report files."""
+"""Tests for jaxcxr.evaluation.metrics / report: metrics against hand-computed values, bootstrap,
+report files."""
 
 import json
 import math

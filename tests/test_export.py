@@ -1,8 +1,10 @@
-"""Tests for jaxcxr.evaluation.export: leaderboard labels, preprocessing spec/preprocessor, ONNX parity."""
+"""Tests for jaxcxr.evaluation.export: leaderboard labels, preprocessing spec/preprocessor, ONNX
+parity."""
 
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -83,7 +85,7 @@ def test_standalone_preprocessor_matches_pipeline(tmp_path, stored_size):
   size = 32
   spec = export.preprocessing_spec(size, stored_size=stored_size)
   script = export.write_preprocessor_py(str(tmp_path / 'preprocessor.py'), spec)
-  text = open(script).read()
+  text = Path(script).read_text()
   assert 'import jaxcxr' not in text and 'from jaxcxr' not in text
   loader = importlib.util.spec_from_file_location('generated_preprocessor', script)
   generated = importlib.util.module_from_spec(loader)

@@ -111,11 +111,11 @@ def test_modes_without_colour_and_thresholds():
 
 
 def test_unreadable_files_stay_errors(tmp_path):
-  with pytest.raises(images.ImageError, match='missing.png'):
+  with pytest.raises(images.ImageError, match=r'missing\.png'):
     input_checks.inspect_file(tmp_path / 'missing.png', image_size=SIZE)
   bad = tmp_path / 'bad.png'
   bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'x' * 20)
-  with pytest.raises(images.ImageError, match='bad.png'):
+  with pytest.raises(images.ImageError, match=r'bad\.png'):
     input_checks.inspect_file(bad, image_size=SIZE, remedy='Check it.')
 
 

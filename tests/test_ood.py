@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,11 @@ def _synthetic(n, seed, shift=0.0):
   feats = centres[labels] + rng.normal(0, 0.3, (n, K)) + shift
   logits = np.eye(C)[labels] * 4 + rng.normal(0, 0.5, (n, C))
   return np.concatenate([logits, feats], 1), labels
+
+
+def _csv_rows(path) -> list[dict]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize(
@@ -114,7 +120,7 @@ def test_save_load_round_trip_and_staleness(tmp_path):
   got, why = ood.load_for(str(tmp_path), Bundle)
   assert got is None and 'step 7' in why and '--refit' in why
   (tmp_path / ood.FILE).write_bytes(b'not a zip')
-  with pytest.raises(ValueError, match='unreadable.*launch.fit_ood'):
+  with pytest.raises(ValueError, match=r'unreadable.*launch\.fit_ood'):
     ood.load(str(tmp_path))
 
 
@@ -152,7 +158,7 @@ def test_run_report_has_the_ood_section_and_saves_the_score(run):
     'a tolerance bound keeping false alarms on films like the '
     'validation split at most 5% with 95% confidence'
   )
-  rep = json.loads(open(os.path.join(run, 'report.json')).read())['ood']
+  rep = json.loads(Path(run, 'report.json').read_text())['ood']
   names = [s['name'] for s in rep['sets']]
   assert names == [
     'noise',
@@ -173,7 +179,7 @@ def test_run_report_has_the_ood_section_and_saves_the_score(run):
     assert sets[name]['checks'] == 1.0 and sets[name]['flagged']['mahalanobis'] == 1.0, name
     assert sets[name]['auroc']['mahalanobis_with_checks'] == 1.0, name
   assert rep['in_distribution']['n'] == 6 and rep['in_distribution']['false_alarm']['checks'] == 0
-  md = open(os.path.join(run, 'report.md')).read()
+  md = Path(run, 'report.md').read_text()
   assert '## Out-of-distribution inputs' in md and '| corner_crop | transformed X-rays |' in md
 
 
@@ -189,7 +195,7 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   out = str(tmp_path / 'p.csv')
   result = inference.predict_workdir(run, out, images=films + odd, leaderboard_labels=True)
   assert result['rows'] == 9 and not result['ood_warning']
-  rows = list(csv.DictReader(open(out)))
+  rows = _csv_rows(out)
   assert list(rows[0])[-4:] == ['leaderboard_label', 'ood_score', 'in_distribution', 'ood_reason']
   model = ood.load(run)
   for r in rows:
@@ -207,7 +213,7 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   inference.predict_workdir(
     run, rejected, images=films + odd, leaderboard_labels=True, reject_ood=True
   )
-  for a, b in zip(rows, csv.DictReader(open(rejected)), strict=True):
+  for a, b in zip(rows, _csv_rows(rejected), strict=True):
     flagged = a['in_distribution'] == 'false'
     assert (b['predicted_label'] == inference.REJECTED_LABEL) == flagged
     assert (b['leaderboard_label'] == inference.REJECTED_LABEL) == flagged
@@ -215,7 +221,7 @@ def test_predict_columns_reasons_and_reject(run, tmp_path):
   # A prepared split: the same scores as its files (same pixels, same features).
   split = inference.predict_workdir(run, str(tmp_path / 's.csv'), split='test')
   assert split['rows'] == 6
-  for a, b in zip(rows[:6], csv.DictReader(open(tmp_path / 's.csv')), strict=True):
+  for a, b in zip(rows[:6], _csv_rows(tmp_path / 's.csv'), strict=True):
     assert float(a['ood_score']) == pytest.approx(float(b['ood_score']), rel=1e-4, abs=1e-4)
 
 
@@ -226,7 +232,7 @@ def test_predict_without_a_fitted_score_uses_the_checks_only(run, tmp_path):
   blank = material.write(tmp_path / 'blank.png', material.blank_rgba(64))
   result = inference.predict_workdir(str(work), str(tmp_path / 'p.csv'), images=[blank])
   assert 'launch.fit_ood' in result['ood_warning'] and result['ood_flagged'] == 1
-  row = next(csv.DictReader(open(tmp_path / 'p.csv')))
+  (row,) = _csv_rows(tmp_path / 'p.csv')
   assert row['ood_score'] == '' and row['ood_reason'] == 'near_constant'
 
 
@@ -252,7 +258,7 @@ def test_folder_evaluation_has_the_ood_section(run, tmp_path):
   )
   assert [s['name'] for s in section['sets']][:3] == ['noise', 'blank', 'gradient']
   inference.predict_workdir(run, str(tmp_path / 'p.csv'), images=files)
-  flagged = [r['in_distribution'] == 'false' for r in csv.DictReader(open(tmp_path / 'p.csv'))]
+  flagged = [r['in_distribution'] == 'false' for r in _csv_rows(tmp_path / 'p.csv')]
   assert section['in_distribution']['false_alarm']['mahalanobis'] == pytest.approx(np.mean(flagged))
   assert '## Out-of-distribution inputs' in (tmp_path / 'rep' / 'report.md').read_text()
   work = tmp_path / 'copy'

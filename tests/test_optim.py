@@ -128,5 +128,5 @@ def test_clipping_bounds_the_global_norm():
 def test_unknown_names():
   with pytest.raises(ValueError, match='schedule'):
     optim.make_schedule(_cfg(schedule='linear'), 10, 100)
-  with pytest.raises(ValueError, match='optim.name'):
+  with pytest.raises(ValueError, match=r'optim\.name'):
     optim.make_optimizer(_cfg(name='lamb'), 10, 100, ('classifier',))

@@ -55,7 +55,8 @@ def test_fsdp_shards_large_arrays_and_follows_the_replicated_losses(data_dir, tm
   """Same 5 steps (global batch 16 over 8 devices), replicated vs FSDP parameters.
 
   FSDP changes only where the arrays live and the order of the reductions (XLA all-gathers the
-  parameters and reduce-scatters the gradients), so the losses agree to float32 round-off: rtol 1e-5.
+  parameters and reduce-scatters the gradients), so the losses agree to float32 round-off:
+  rtol 1e-5.
   """
   proc = subprocess.run(
     [sys.executable, '-c', _DRIVER, str(data_dir), str(tmp_path)],

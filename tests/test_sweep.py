@@ -137,7 +137,7 @@ def test_override_flags_parse_back_through_config_flags():
 def test_bad_overrides_name_the_key(tmp_path):
   with pytest.raises(ValueError, match=r"Trial 1 .*'optim.lr' is not a key of configs/tiny.py"):
     sweep.check_overrides('configs/tiny.py', [{'seed': 1}, {'optim.lr': 1e-3}])
-  with pytest.raises(ValueError, match='data.sampling=3 has the wrong type'):
+  with pytest.raises(ValueError, match=r'data\.sampling=3 has the wrong type'):
     sweep.check_overrides('configs/tiny.py', [{'data.sampling': 3}])
   with pytest.raises(ValueError, match="conflicts with the sweep, which sets 'seed'"):
     sweep.make_trials('configs/tiny.py', [{'seed': 1}], str(tmp_path), ['--config.seed=2'])

@@ -1,4 +1,5 @@
-"""Test-time augmentation (config.eval.tta): the views, and one averaging for training and predict."""
+"""Test-time augmentation (config.eval.tta): the views, and one averaging for training and
+predict."""
 
 import functools
 

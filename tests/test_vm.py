@@ -196,7 +196,7 @@ def test_remote_script_runs_and_passes_flags_through_exactly(tmp_path, target):
   ]
   assert run['dist'] == ('1' if target == 'tpu_slice' else None)
   assert run['cwd'] == str(home / 'jaxcxr')
-  calls = [json.loads(l) for l in log.read_text().splitlines()]
+  calls = [json.loads(line) for line in log.read_text().splitlines()]
   extra = 'tpu' if target == 'tpu_slice' else 'cuda12'
   assert calls == [
     ['tar', '-xzf', f'{home}/jaxcxr-src.tar.gz', '-C', f'{home}/jaxcxr'],

@@ -1,5 +1,5 @@
-"""jaxcxr.models.weights: key map, layouts, strict conversion, sources (.pth, .safetensors, URL), Orbax
-round trip and load_pretrained. torch/torchvision are test-only here."""
+"""jaxcxr.models.weights: key map, layouts, strict conversion, sources (.pth, .safetensors, URL),
+Orbax round trip and load_pretrained. torch/torchvision are test-only here."""
 
 import functools
 import hashlib
@@ -411,7 +411,7 @@ def test_save_and_load_converted(tmp_path, resnet18_variables):
   arch, variables = weights.load_converted(out)
   assert arch == 'resnet18'
   jax.tree.map(np.testing.assert_array_equal, variables, resnet18_variables)
-  with pytest.raises(weights.WeightsError, match='not a converted-weights dir.*launch.convert'):
+  with pytest.raises(weights.WeightsError, match=r'not a converted-weights dir.*launch\.convert'):
     weights.load_converted(tmp_path)
 
 

@@ -103,9 +103,11 @@ def test_only_process_zero_takes_it_and_all_fail_together(tmp_path, monkeypatch)
   with workdir_lock.one_run(str(tmp_path)):
     assert not (tmp_path / 'run.lock').exists()
   monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all', lambda x: x | True)
-  with pytest.raises(errors.WorkdirInUse, match='see process 0'):
-    with workdir_lock.one_run(str(tmp_path)):
-      pass
+  with (
+    pytest.raises(errors.WorkdirInUse, match='see process 0'),
+    workdir_lock.one_run(str(tmp_path)),
+  ):
+    pass
 
 
 def test_second_launch_fails_at_once_naming_the_first_and_kill9_leaves_no_block(tmp_path):

@@ -96,7 +96,8 @@ def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
 
 
 def losses(workdir) -> np.ndarray:
-  rows = [json.loads(line) for line in open(Path(workdir) / 'metrics.jsonl') if line.strip()]
+  lines = (Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  rows = [json.loads(line) for line in lines if line.strip()]
   return np.array([r['loss'] for r in rows if r['kind'] == 'train'])
 
 

@@ -1,4 +1,5 @@
-"""Accelerator benchmark (issue #14 item 5): bf16 train / eval images/s at the largest batch that fits.
+"""Accelerator benchmark (issue #14 item 5): bf16 train / eval images/s at the largest batch that
+fits.
 
 For each architecture: batch sizes double from `start_batch` until a step runs out of device
 memory (XLA's RESOURCE_EXHAUSTED, caught) or `max_batch`; then `bisect` halvings between the last

@@ -55,7 +55,8 @@ def peak_rss_mb() -> float:
 
 
 def sgd_optimizer(learning_rate: float = 0.01, momentum: float = 0.9):
-  """Plain SGD + momentum through `jaxcxr.training.optim` (constant schedule, no clipping, no decay)."""
+  """Plain SGD + momentum through `jaxcxr.training.optim` (constant schedule, no clipping, no
+  decay)."""
   cfg = ml_collections.ConfigDict(
     {
       'name': 'sgd',

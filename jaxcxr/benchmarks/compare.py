@@ -38,7 +38,7 @@ class Worker:
   def __init__(self, name: str, cmd: Sequence[str], setup: dict, timeout_s: float):
     self.name = name
     self.timeout_s = timeout_s
-    self._err = tempfile.TemporaryFile(mode='w+')
+    self._err = tempfile.TemporaryFile(mode='w+')  # noqa: SIM115 (lives as long as the worker; finish() closes it)
     self._proc = subprocess.Popen(
       [*cmd, '--setup=' + json.dumps(setup)],
       stdin=subprocess.PIPE,

@@ -170,7 +170,9 @@ class BareStep:
 
 # cProfile names the jitted call after JAX's traceback-filtering wrapper.
 _LABELS = {
-  'reraise_with_filtered_traceback': 'jitted train_step call (includes the first call: trace + compile)'
+  'reraise_with_filtered_traceback': (
+    'jitted train_step call (includes the first call: trace + compile)'
+  )
 }
 
 

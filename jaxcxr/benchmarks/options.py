@@ -30,7 +30,8 @@ from jaxcxr.training import cpu_options
 
 @contextlib.contextmanager
 def _patched(name: str, value) -> Iterator[None]:
-  """While tracing: `jaxcxr.models.layers.<name>` is `value` (a workaround swapped for XLA's own)."""
+  """While tracing: `jaxcxr.models.layers.<name>` is `value` (a workaround swapped for XLA's
+  own)."""
   original = getattr(layers, name)
   setattr(layers, name, value)
   try:
@@ -46,7 +47,8 @@ def _xla_wgrad():
 
 
 def _xla_scan_igrad():
-  """Convolutions in DenseNet's scanned blocks keep XLA's input gradient (im2col weight grad kept)."""
+  """Convolutions in DenseNet's scanned blocks keep XLA's input gradient (im2col weight grad
+  kept)."""
   conv2d = layers.conv2d
   return _patched('conv2d', lambda x, k, stride, padding, *_: conv2d(x, k, stride, padding, False))
 

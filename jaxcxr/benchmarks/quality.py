@@ -49,7 +49,11 @@ def _load() -> float:
 def run_timed(
   cmd: Sequence[str], timeout_s: float, log_path: str, env: dict | None = None
 ) -> tuple[int | None, float]:
-  """Runs `cmd` with output to `log_path`. Returns (exit status, or None if killed at timeout; s)."""
+  """Runs `cmd` with output to `log_path`.
+
+  Returns:
+    (exit status, or None if killed at timeout; seconds).
+  """
   t0 = time.perf_counter()
   with open(log_path, 'w') as log:
     try:

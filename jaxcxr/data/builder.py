@@ -40,6 +40,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -130,14 +131,14 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = 'covid19_radiography'
   VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {
     '1.0.0': 'Stratified deduplicated splits, uint8 grey stored at a fixed size.',
     '1.1.0': (
       'Look-alike films (16x16 dHash within lookalike_threshold bits) kept in one '
       'split; 1.0.0 split film by film, so near copies could sit in train and test.'
     ),
   }
-  BUILDER_CONFIGS = [
+  BUILDER_CONFIGS: ClassVar[list[CxrConfig]] = [
     CxrConfig(
       name='3class',
       class_names=CLASS_NAMES_3,

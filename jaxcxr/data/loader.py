@@ -245,7 +245,8 @@ def steps_per_epoch(handle: DatasetHandle, global_batch_size: int) -> int:
 
 
 def class_weights(handle: DatasetHandle) -> np.ndarray:
-  """float32 (num_classes,) loss weights proportional to 1 / train count, mean 1 over train examples.
+  """float32 (num_classes,) loss weights proportional to 1 / train count, mean 1 over train
+  examples.
 
   w_c = N / (K_present * n_c) for classes present in train (0 for absent ones), so
   sum_c n_c w_c / N = 1.

@@ -1,9 +1,10 @@
 """Synthetic chest-radiograph phantoms with known lesion positions (no download needed).
 
 Each image is a PA chest film drawn with numpy, all images of a chunk at once:
-thorax soft tissue, two lung fields (dark) with vascular texture, a heart shadow overlapping the left
-lung (image right), spine/mediastinum, posterior ribs, a diaphragm dome, exposure/gamma/gradient
-variation, quantum noise and, in some images of every class, a burned-in corner marker.
+thorax soft tissue, two lung fields (dark) with vascular texture, a heart shadow overlapping the
+left lung (image right), spine/mediastinum, posterior ribs, a diaphragm dome,
+exposure/gamma/gradient variation, quantum noise and, in some images of every class, a burned-in
+corner marker.
 
 Findings are added inside the lung fields (never behind the heart) and returned as a lesion mask:
 
@@ -14,9 +15,10 @@ Findings are added inside the lung fields (never behind the heart) and returned 
 - `Lung_Opacity` (4-class only): one or two compact dense focal opacities anywhere in one lung.
 - `Normal`: none (empty mask).
 
-Class shortcuts are avoided: exposure, gamma, anatomy, noise and the marker are drawn from the same
-distributions for every class, and the exposure spread (~10 grey levels) dwarfs the mean brightness a
-lesion adds (~1-2 grey levels), so only the local pattern and its position tell classes apart.
+Class shortcuts are avoided: exposure, gamma, anatomy, noise and the marker are drawn from the
+same distributions for every class, and the exposure spread (~10 grey levels) dwarfs the mean
+brightness a lesion adds (~1-2 grey levels), so only the local pattern and its position tell
+classes apart.
 
 Everything is deterministic from `seed`. Output layout (the Kaggle one plus masks):
 `<Class>/images/<Class>-<i>.png` and `<Class>/lesion_masks/<Class>-<i>.png` (0/255), i from 1.

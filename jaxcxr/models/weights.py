@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import flax.traverse_util
 import jax
@@ -37,7 +37,7 @@ import numpy as np
 from jaxcxr import models
 from jaxcxr.models import vgg
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 Variables = dict[str, Any]
 
 CACHE_ENV = 'JAXCXR_WEIGHTS_DIR'
@@ -352,7 +352,7 @@ def _read_pth(path: pathlib.Path) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    detail = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l), '')
+    detail = next((line.strip() for line in str(e).splitlines() if 'Unsupported' in line), '')
     raise WeightsError(
       f'{path} contains pickled objects other than tensors and was refused (read with '
       f'torch.load(weights_only=True), nothing in it was executed). {detail}'

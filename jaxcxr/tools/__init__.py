@@ -1,1 +1,2 @@
-"""What a user runs on top of everything: sweeps, run comparison, accelerator-VM launch, data exploration."""
+"""What a user runs on top of everything: sweeps, run comparison, accelerator-VM launch, data
+exploration."""

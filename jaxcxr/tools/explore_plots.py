@@ -1,8 +1,9 @@
 """Presentation of the data exploration report: figures (matplotlib object API) and explore.md.
 
-Each figure function draws one PNG from plain numbers and uint8 arrays prepared by `jaxcxr.tools.explore`:
-class counts per split and per training epoch, image grids (samples, augmentation preview, duplicate
-groups), intensity histograms and the nearest-neighbour perceptual-hash distances. `markdown`
+Each figure function draws one PNG from plain numbers and uint8 arrays prepared by
+`jaxcxr.tools.explore`: class counts per split and per training epoch, image grids (samples,
+augmentation preview, duplicate groups), intensity histograms and the nearest-neighbour
+perceptual-hash distances. `markdown`
 renders the report dict (explore.json) as explore.md with the figures embedded.
 """
 

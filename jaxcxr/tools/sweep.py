@@ -16,6 +16,7 @@ Each trial becomes one command, `python -m launch.train --config FILE[:arg] --wo
 here is pure or touches only the sweep's workdir; `launch/sweep.py` runs the commands.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -342,23 +343,21 @@ def run_command(argv: Sequence[str], log_path: str | None = None) -> int:
   A SIGTERM sent to the sweep alone is forwarded to the trial, which checkpoints and exits 75.
   """
   argv = [sys.executable, *argv[1:]] if argv[0] == 'python' else list(argv)
-  log = open(log_path, 'a') if log_path else None  # pylint: disable=consider-using-with
-  proc = subprocess.Popen(
-    argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-  )
-  old = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-  try:
-    for line in proc.stdout:
-      sys.stdout.write(line)
-      sys.stdout.flush()
-      if log:
-        log.write(line)
-        log.flush()
-    return proc.wait()
-  finally:
-    signal.signal(signal.SIGTERM, old)
-    if log:
-      log.close()
+  with open(log_path, 'a') if log_path else contextlib.nullcontext() as log:
+    proc = subprocess.Popen(
+      argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    old = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+      for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if log:
+          log.write(line)
+          log.flush()
+      return proc.wait()
+    finally:
+      signal.signal(signal.SIGTERM, old)
 
 
 def run_trials(

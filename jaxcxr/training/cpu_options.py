@@ -22,7 +22,9 @@ import importlib.metadata
 import jax
 
 YNN_FUSION = {
-  'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'
+  'xla_cpu_experimental_ynn_fusion_type': (
+    'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'
+  )
 }
 OPTIONS = {
   'ynn': YNN_FUSION,

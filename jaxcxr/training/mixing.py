@@ -29,7 +29,8 @@ def cutmix_mask(key: jax.Array, lam: jax.Array, height: int, width: int) -> jax.
 
 
 def blend(values: jax.Array, lam: jax.Array | None) -> jax.Array:
-  """`lam * v + (1 - lam) * v[::-1]` along the batch axis (in float32); `values` when lam is None."""
+  """`lam * v + (1 - lam) * v[::-1]` along the batch axis (in float32); `values` when lam is
+  None."""
   if lam is None:
     return values
   v = values.astype(jnp.float32)

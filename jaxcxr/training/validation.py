@@ -27,7 +27,8 @@ def _local_rows(x: jax.Array, mesh) -> np.ndarray:
 
 
 def _gather(local: np.ndarray) -> np.ndarray:
-  """(num_batches, B_local, ...) of every process -> (num_batches * B_global, ...) in split order."""
+  """(num_batches, B_local, ...) of every process -> (num_batches * B_global, ...) in split
+  order."""
   if jax.process_count() > 1:
     every = np.asarray(multihost_utils.process_allgather(local))  # (P, nb, B_local, ...)
     local = np.moveaxis(every, 0, 1)  # (nb, P, B_local, ...)

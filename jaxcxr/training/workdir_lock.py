@@ -143,10 +143,9 @@ class WorkdirLock:
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
-      try:
+      # The workdir vanished or went read-only: the run itself will report it.
+      with contextlib.suppress(OSError):
         os.utime(self.path)
-      except OSError:  # the workdir vanished or went read-only: the run itself will report it
-        pass
 
   def release(self) -> None:
     """Deletes the lock file (if still ours) and drops the lock."""

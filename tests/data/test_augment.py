@@ -123,5 +123,5 @@ def test_hflip_only_when_enabled():
 def test_config_validation():
   with pytest.raises(ValueError, match=r'augment.zoom=\(1.1, 0.9\)'):
     _params(zoom=(1.1, 0.9))
-  with pytest.raises(ValueError, match='augment.contrast=1.5 must be < 1'):
+  with pytest.raises(ValueError, match=r'augment\.contrast=1\.5 must be < 1'):
     _params(contrast=1.5)

@@ -194,7 +194,7 @@ def test_older_version_reused_only_when_its_splits_hold(tmp_path):
   # A data_dir alone (no manual folder to check the splits against) is refused with the command.
   shutil.rmtree(h2.dataset_dir)
   cfg.manual_dir = ''
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match='was prepared by an older jaxcxr') as e:
     data_lib.prepare(cfg, progress=False)
   msg = str(e.value)
   assert f'The dataset in {old_dir} was prepared by an older jaxcxr (dataset version 1.0.0)' in msg
@@ -255,7 +255,7 @@ def test_mismatched_settings_detected_with_command(tmp_path):
   folder = helpers.make_folder(tmp_path / 'kaggle', THREE)
   cfg, _ = _prepare(tmp_path, folder, val_fraction=0.2, stored_size=32)
   cfg.val_fraction, cfg.stored_size = 0.3, 48
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match=r'settings\.val_fraction: prepared 0\.2') as e:
     data_lib.prepare(cfg, progress=False)
   msg = str(e.value)
   assert 'settings.val_fraction: prepared 0.2, requested 0.3' in msg
@@ -364,7 +364,9 @@ def test_bad_files_error_names_each_file(tmp_path):
   assert msg.startswith(f'5 unusable image file(s) in {folder}')
   for name, reason in BAD.items():
     line = next(
-      l for l in msg.splitlines() if l.strip().startswith(str(folder / 'COVID' / 'images' / name))
+      entry
+      for entry in msg.splitlines()
+      if entry.strip().startswith(str(folder / 'COVID' / 'images' / name))
     )
     assert reason in line, line
   assert "on_bad_image='skip'" in msg and '--config.data.on_bad_image=skip' in msg
@@ -403,7 +405,7 @@ def test_folder_errors(tmp_path):
   (folder / 'Viral Pneumonia' / 'images').mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match=r'Viral Pneumonia/images contains no image files'):
     _prepare(tmp_path, folder)
-  with pytest.raises(FileNotFoundError, match='does not exist. Download the Kaggle'):
+  with pytest.raises(FileNotFoundError, match=r'does not exist\. Download the Kaggle'):
     _prepare(tmp_path, tmp_path / 'nowhere')
   with pytest.raises(ValueError, match=r"Unknown builder config '5class'.*\['3class', '4class'\]"):
     _prepare(tmp_path, folder, builder_config='5class')

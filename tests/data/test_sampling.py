@@ -51,7 +51,7 @@ def test_oversample_is_with_replacement_and_reseeded_per_epoch():
 
 
 def test_unknown_mode():
-  with pytest.raises(ValueError, match="sampling='weighted'.*balanced.*oversample"):
+  with pytest.raises(ValueError, match=r"sampling='weighted'.*balanced.*oversample"):
     sampling.EpochResampleMapDataset(
       grain.MapDataset.range(120), LABELS_10_1_1, 3, mode='weighted', seed=0
     )
@@ -158,7 +158,7 @@ def test_stratified_split_counts_and_determinism():
   names = [f'f{i:03d}' for i in range(len(labels))]
   a = sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.2, seed=3)
   for c, n in [(0, 40), (1, 20), (2, 7)]:
-    got = [s for s, l in zip(a, labels, strict=True) if l == c]
+    got = [s for s, label in zip(a, labels, strict=True) if label == c]
     assert got.count('test') == round(n * 0.2) and got.count('validation') == round(n * 0.15)
     assert got.count('train') == n - round(n * 0.2) - round(n * 0.15)
   assert a == sampling.stratified_split(labels, names, val_fraction=0.15, test_fraction=0.2, seed=3)
@@ -215,7 +215,7 @@ def test_groups_stay_whole_and_classes_stay_stratified():
     assert len({a[i] for i in g}) == 1, g  # no group spans splits
   # Per-class counts are those of the film-by-film split: round(n * fraction) per class.
   for c, n in [(0, 150), (1, 100), (2, 50)]:
-    got = [s for s, l in zip(a, labels, strict=True) if l == c]
+    got = [s for s, label in zip(a, labels, strict=True) if label == c]
     assert (got.count('test'), got.count('validation')) == (round(n * 0.15), round(n * 0.15))
   # Groups land in every split, about as often as single films do (not parked in train).
   grouped = [a[g[0]] for g in groups]

@@ -36,7 +36,7 @@ class Run:
   def __init__(self, cmd: list[str], log: Path, env: dict):
     self.log = Path(log)
     self.log.parent.mkdir(parents=True, exist_ok=True)
-    self._out = open(self.log, 'w')
+    self._out = open(self.log, 'w')  # noqa: SIM115 (held while the run lives; kill() or wait() closes it)
     self.t0 = time.time()
     self.proc = subprocess.Popen(
       cmd, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True
@@ -175,7 +175,7 @@ def message(stderr: str, starts: tuple[str, ...] = MESSAGE_STARTS) -> str:
   first = [i for i, line in enumerate(lines) if line.startswith(starts)]
   if not first:
     return ''
-  return '\n'.join(l for l in lines[first[-1] :] if not _is_log_line(l))
+  return '\n'.join(line for line in lines[first[-1] :] if not _is_log_line(line))
 
 
 def clear_failure(
@@ -193,7 +193,7 @@ def clear_failure(
     problems.append(f'exit status {rc}, expected {want_rc}')
   msg = message(stderr, starts)
   if not msg:
-    tail = '\n'.join(l for l in stderr.splitlines() if not _is_log_line(l))[-1500:]
+    tail = '\n'.join(line for line in stderr.splitlines() if not _is_log_line(line))[-1500:]
     problems.append(f'no error message at the end of stderr; it ends with:\n{tail}')
     return problems
   if 'Traceback (most recent call last)' in msg:

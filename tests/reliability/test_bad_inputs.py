@@ -457,7 +457,7 @@ def test_restore_for_inference_refuses_a_checkpoint_of_another_model(reference, 
   from jaxcxr.training import checkpoint  # pylint: disable=g-import-not-at-top
 
   work = _copy_with_model(reference, tmp_path / 'w', 'cnn_small')
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match="does not fit model 'cnn_small'") as e:
     checkpoint.restore_for_inference(str(work))
   msg = str(e.value)
   record(bad_input='restore_for_inference with another model', clear='does not fit' in msg)

@@ -1,5 +1,5 @@
-"""jaxcxr.training.checkpoint under faults, in-process and fast: unreadable checkpoints, a full disk in the
-middle of a save (injected ENOSPC, sync and async), and an unwritable workdir."""
+"""jaxcxr.training.checkpoint under faults, in-process and fast: unreadable checkpoints, a full
+disk in the middle of a save (injected ENOSPC, sync and async), and an unwritable workdir."""
 
 import errno
 import json
@@ -115,6 +115,11 @@ def tiny_tmpfs(tmp_path):
   subprocess.run(['umount', '-l', str(mnt)], check=False)
 
 
+def _save_and_wait(ckpt, step: int, state: dict) -> None:
+  ckpt.save(step, state, None, {'step': step})
+  ckpt.wait()
+
+
 def _check_disk_full(err, directory, record, how, ckpt_root):
   msg = str(err)
   intact = harness.readable(ckpt_root / 'checkpoints' / '1')
@@ -144,8 +149,7 @@ def test_injected_enospc_mid_save_is_clear_and_keeps_earlier_checkpoints(
   handler = fault_driver.json_handler()
   monkeypatch.setattr(handler, '_save_fn', fault_driver.enospc_save_fn(1))
   with pytest.raises(checkpoint.CheckpointWriteError) as e:
-    ckpt.save(2, _state(2.0), None, {'step': 2})
-    ckpt.wait()  # async: the failure surfaces here
+    _save_and_wait(ckpt, 2, _state(2.0))  # async: the failure surfaces in wait()
   monkeypatch.undo()
   assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] != ['1']  # the cut-short save
   _check_disk_full(
@@ -168,8 +172,7 @@ def test_real_full_disk_mid_save_is_clear_and_keeps_earlier_checkpoints(tiny_tmp
     'noise': jax.random.normal(jax.random.key(0), (512, 1024)),
   }  # 2 MiB, incompressible
   with pytest.raises(checkpoint.CheckpointWriteError) as e:
-    ckpt.save(2, big, None, {'step': 2})
-    ckpt.wait()
+    _save_and_wait(ckpt, 2, big)
   _check_disk_full(e.value, tiny_tmpfs / 'checkpoints', record, 'tmpfs', tiny_tmpfs)
 
 
@@ -195,7 +198,7 @@ def test_unwritable_workdir_fails_before_any_work(tmp_path, monkeypatch, record)
     raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(work))
 
   monkeypatch.setattr(tempfile, 'mkstemp', erofs)
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(ValueError, match=r'is not writable \(Read-only file system\)') as e:
     checkpoint.write_config(str(work), config)
   msg = str(e.value)
   record(bad_input='read-only workdir (injected EROFS)', clear='is not writable' in msg)
