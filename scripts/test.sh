@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the runtime, test and export dependencies, then runs the whole test suite on two
-# pytest-xdist workers. Each test file (and tests/reliability as a whole) stays on one worker, so
-# module and session fixtures are built once (tests/conftest.py); pass -n 0 to run serially.
+# Installs the runtime, test and export dependencies, runs `ruff check` and `ruff format --check`
+# (settings in pyproject.toml; a finding fails the script before any test runs), then runs the
+# whole test suite on two pytest-xdist workers. Each test file (and tests/reliability as a whole)
+# stays on one worker, so module and session fixtures are built once (tests/conftest.py); pass
+# -n 0 to run serially.
 # --no-loadscope-reorder: groups are handed out in tests/conftest.py's order, longest first (xdist
 # would order them by test count, which put the longest groups last).
 # (jax2onnx is installed with --no-deps: its metadata pins an old orbax-checkpoint that its
@@ -10,4 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements-test.txt -r requirements-export.txt
 python3 -m pip install -q --no-deps jax2onnx==0.17.1
+python3 -m ruff check .
+python3 -m ruff format --check .
 python3 -m pytest tests -q -n 2 --dist loadgroup --no-loadscope-reorder "$@"
