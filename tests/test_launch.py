@@ -23,8 +23,9 @@ from jaxcxr.training import run_log
 from tests import train_helpers as th
 from tests.data import helpers
 
-INFO_LINE = re.compile(r'^I\d{4} \d\d:\d\d:\d\d')  # absl's INFO prefix, e.g. "I1130 06:14:39.28"
-LINE_BUDGET = 12  # 2 TFDS "prepared" lines, the header, 2 epochs, 2 summary lines, + slack
+# absl's prefix of an INFO / WARNING / ERROR line, e.g. "I1130 06:14:39.28", "W1206 13:50:38.17"
+ABSL_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d')
+RUN_LINES = 7  # the dataset line, the header, 2 epochs, the OOD fit, the test metrics, 'Results in'
 
 
 def _main_calls(path) -> list[str]:
@@ -106,22 +107,50 @@ def folder_run(tmp_path_factory):
   out, _ = proc.communicate(timeout=600)  # EOF: the run and its resource tracker have exited
   watcher.join()
   assert proc.returncode == 0, out[-4000:]
-  return out, seen, _ours(proc.pid)
+  return out, seen, _ours(proc.pid), root / 'work'
 
 
 def test_run_prints_one_line_per_epoch_and_no_library_info(folder_run):
-  out, _, _ = folder_run
+  out, _, _, _ = folder_run
   lines = out.splitlines()
-  assert len(lines) <= LINE_BUDGET, out
-  assert not [line for line in lines if INFO_LINE.match(line)], out
-  epochs = [line.split(':')[0] for line in lines if line.startswith('epoch ')]
-  assert epochs == ['epoch 1', 'epoch 2']
+  assert not [line for line in lines if ABSL_LINE.match(line)], out
+  assert not [line for line in lines if 'warn' in line.lower()], out
+  # Exactly these lines, in this order: what the dataset build did, the run's header, one line
+  # per epoch, the test metrics, where the results are.
+  assert len(lines) == RUN_LINES, out
+  assert lines[0].startswith('Preparing the covid19_radiography dataset (3class) in ')
+  assert 'parameters;' in lines[1] and lines[1].endswith('starting fresh.')
+  assert [line.split(':')[0] for line in lines[2:4]] == ['epoch 1', 'epoch 2']
   assert lines[-1].startswith('Results in ') and 'test_accuracy=' in lines[-2]
+
+
+@pytest.mark.parametrize(
+  'args',
+  [
+    ['launch.predict', '--split', 'test', '--out', '{work}/p.csv'],
+    ['launch.evaluate', '--split', 'test'],
+  ],
+  ids=['predict', 'evaluate'],
+)
+def test_commands_on_a_run_print_no_warning(folder_run, args):
+  """The shipped checkpoint is read without Orbax's "Metadata file does not exist" warning, and
+  no other library line reaches the output."""
+  work = folder_run[3]
+  cmd = [sys.executable, '-m', args[0], '--workdir', str(work)]
+  cmd += [a.format(work=work) for a in args[1:]]
+  r = subprocess.run(
+    cmd, cwd=th.REPO, env=th.env(), capture_output=True, text=True, timeout=300, check=False
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = (r.stdout + r.stderr).splitlines()
+  assert lines, 'the command printed nothing'
+  assert not [line for line in lines if ABSL_LINE.match(line)], lines
+  assert not [line for line in lines if 'warn' in line.lower()], lines
 
 
 @pytest.mark.skipif(not shm.supported(), reason='needs Linux /dev/shm')
 def test_run_closes_its_workers_and_leaves_no_shared_memory(folder_run):
-  out, seen, left = folder_run
+  out, seen, left, _ = folder_run
   assert 'resource_tracker' not in out and 'leaked' not in out, out
   assert seen, 'the workers never created a psm_jaxcxr_<pid>_* segment (naming not applied?)'
   assert not left, f'left in /dev/shm: {sorted(left)}'

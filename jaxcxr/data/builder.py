@@ -164,6 +164,19 @@ class CovidRadiography(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls):  # pylint: disable=invalid-name
     return None
 
+  # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"
+  # before and "... downloaded and prepared to ..." after a build (tensorflow-datasets 4.9.10):
+  # nothing is downloaded here and no size is known, so one line in our words replaces both.
+  def _log_download_bytes(self) -> None:
+    print(
+      f'Preparing the {self.name} dataset ({self.builder_config.name}) in {self.data_dir}: '
+      'once, later runs reuse it.',
+      flush=True,
+    )
+
+  def _log_download_done(self) -> None:
+    pass
+
   def __init__(self, *, settings: PrepareSettings | None = None, **kwargs):
     self._settings = settings or PrepareSettings()
     super().__init__(**kwargs)
