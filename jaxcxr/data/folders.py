@@ -163,13 +163,18 @@ def list_films(spec: str) -> list[str]:
   """Films of a folder (recursive, sorted), a glob pattern, or one file (`is_film_file`).
 
   A file named on its own is returned as it is (its decode says what is wrong with it); files of
-  a folder or a glob are kept when `is_film_file`.
+  a folder or a glob are kept when `is_film_file`; a DICOMDIR (a CD's index, never an image) is
+  skipped in a folder or a glob.
   """
   if os.path.isdir(spec):
     found = []
     for root, dirs, files in os.walk(spec):
       dirs[:] = [d for d in dirs if not d.startswith('.')]
-      found += [os.path.join(root, f) for f in files if is_film_file(os.path.join(root, f))]
+      found += [
+        os.path.join(root, f)
+        for f in files
+        if f.upper() != 'DICOMDIR' and is_film_file(os.path.join(root, f))
+      ]
     return sorted(found)
   if os.path.isfile(spec):
     return [spec]
@@ -178,7 +183,10 @@ def list_films(spec: str) -> list[str]:
     return []
   out = []
   for p in matches:
-    out += list_films(p) if os.path.isdir(p) else [p] if is_film_file(p) else []
+    if os.path.isdir(p):
+      out += list_films(p)
+    elif os.path.basename(p).upper() != 'DICOMDIR' and is_film_file(p):
+      out.append(p)
   return sorted(set(out))
 
 

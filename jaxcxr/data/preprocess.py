@@ -29,7 +29,7 @@ from jaxcxr.data import images as images_lib
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INFERENCE_REMEDY = 'Check that it is a readable PNG/JPEG/BMP/TIFF chest X-ray image.'
+_INFERENCE_REMEDY = 'Check that it is a readable PNG/JPEG/BMP/TIFF/DICOM chest X-ray image.'
 
 
 def _scale_bias(xp, dtype):

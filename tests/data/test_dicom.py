@@ -248,6 +248,7 @@ def test_list_films_by_extension_or_preamble(tmp_path):
   (tmp_path / 'export' / 'metadata.xlsx').write_bytes(b'PK\x03\x04' + bytes(300))
   (tmp_path / 'export' / 'notes.txt').write_text('not a film\n' * 30)
   df.write(tmp_path / 'export' / '.hidden.dcm', film)
+  df.write(tmp_path / 'export' / 'DICOMDIR', film)  # a CD's index (a real one holds no image)
   want = sorted([a, b, str(c)])
   assert folders.list_films(str(tmp_path / 'export')) == want
   assert folders.list_films(str(tmp_path / 'export' / '*')) == want  # a glob recurses into folders
