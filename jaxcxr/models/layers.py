@@ -281,20 +281,39 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(x, axis=(1, 2))
 
 
+CAM_FEATURES = 'cam_features'  # the last stage: the OOD score's features, Grad-CAM's coarsest map
+CAM_STAGE_PREFIX = 'cam_stage_'  # an earlier stage's output: 'cam_stage_layer3'
+
+
 def mark_cam_features(module: nn.Module, fmap: jnp.ndarray) -> jnp.ndarray:
   """Names `fmap` for Grad-CAM; call it from the top-level module so the path is ('cam_features',).
 
   `variables['perturbations']['cam_features']` receives the gradient w.r.t. the map and
   `state['intermediates']['cam_features'][0]` its value (with `mutable=['intermediates']`).
   """
-  fmap = module.perturb('cam_features', fmap)
-  module.sow('intermediates', 'cam_features', fmap)
+  fmap = module.perturb(CAM_FEATURES, fmap)
+  module.sow('intermediates', CAM_FEATURES, fmap)
+  return fmap
+
+
+def mark_cam_stage(module: nn.Module, stage: str, fmap: jnp.ndarray) -> jnp.ndarray:
+  """Names an earlier stage's output `fmap` 'cam_stage_<stage>' for Grad-CAM (finer maps).
+
+  Same contract as `mark_cam_features`, under another name: the Grad-CAM layer is chosen by name
+  at explanation time (`jaxcxr.evaluation.gradcam`, 'auto': the deepest marked map of at least 7x7
+  at the input size), while 'cam_features' stays the last stage the OOD score is fitted on.
+  """
+  name = CAM_STAGE_PREFIX + stage
+  fmap = module.perturb(name, fmap)
+  module.sow('intermediates', name, fmap)
   return fmap
 
 
 __all__ = [
   'BN_EPSILON',
   'BN_MOMENTUM',
+  'CAM_FEATURES',
+  'CAM_STAGE_PREFIX',
   'Conv2d',
   'adaptive_avg_pool',
   'batch_norm',
@@ -304,6 +323,7 @@ __all__ = [
   'im2col_weight_grad',
   'input_grad_by_forward_conv',
   'mark_cam_features',
+  'mark_cam_stage',
   'max_pool',
   'max_pool_grad_by_taps',
 ]

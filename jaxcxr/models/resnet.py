@@ -65,7 +65,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """torchvision ResNet; the Grad-CAM map is the `layer4` output.
+  """torchvision ResNet; 'cam_features' is the `layer4` output, `layer1`-`layer3` are marked
+  'cam_stage_layer1' .. 'cam_stage_layer3' (finer Grad-CAM maps).
 
   Attributes:
     block: `BasicBlock` or `Bottleneck`.
@@ -94,6 +95,8 @@ class ResNet(nn.Module):
         downsample = j == 0 and (stride != 1 or in_planes != planes * self.block.expansion)
         x = self.block(planes, stride, downsample, self.dtype, name=f'layer{i + 1}_{j}')(x, train)
         in_planes = planes * self.block.expansion
+      if i < len(self.stage_sizes) - 1:
+        x = layers.mark_cam_stage(self, f'layer{i + 1}', x)
     x = layers.mark_cam_features(self, x)
     x = layers.global_avg_pool(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name=HEAD)(x)

@@ -24,7 +24,10 @@ HEAD = 'classifier'
 
 
 class SmallCNN(nn.Module):
-  """Plain conv net; the Grad-CAM map is the last conv activation (before global pooling).
+  """Plain conv net; 'cam_features' is the last conv activation (before global pooling).
+
+  Every earlier block's activation is marked too ('cam_stage_conv1', ...): Grad-CAM's 'auto' layer
+  is the deepest one of at least 7x7 (`jaxcxr.evaluation.gradcam`).
 
   Attributes:
     num_classes: size of the head.
@@ -53,6 +56,8 @@ class SmallCNN(nn.Module):
       if self.batch_norm:
         x = layers.batch_norm(train, self.dtype, f'bn{i + 1}')(x)
       x = nn.relu(x)
+      if i < len(self.widths) - 1:  # earlier blocks: finer Grad-CAM maps ('cam_stage_conv<i>')
+        x = layers.mark_cam_stage(self, f'conv{i + 1}', x)
     x = layers.mark_cam_features(self, x)
     x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -60,7 +65,10 @@ class SmallCNN(nn.Module):
 
 
 class GreyResNet(nn.Module):
-  """ResNet-18-style network with a one-channel stem; the Grad-CAM map is the last stage's output.
+  """ResNet-18-style network with a one-channel stem; 'cam_features' is the last stage's output.
+
+  The earlier stages' outputs are marked 'cam_stage_layer1' .. 'cam_stage_layer3' (at 112 px:
+  28, 14, 7 and 4 cells a side for layer1 .. layer4).
 
   Attributes:
     num_classes: size of the head.
@@ -92,6 +100,8 @@ class GreyResNet(nn.Module):
           x, train
         )
         in_width = width
+      if i < len(self.widths) - 1:
+        x = layers.mark_cam_stage(self, f'layer{i + 1}', x)
     x = layers.mark_cam_features(self, x)
     x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

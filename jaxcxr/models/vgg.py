@@ -64,7 +64,8 @@ def feature_layers(cfg: Sequence[int | str], batch_norm: bool) -> list[tuple[int
 
 
 class VGG(nn.Module):
-  """torchvision VGG; the Grad-CAM map is the last conv ReLU output, before the last max-pool.
+  """torchvision VGG; 'cam_features' is the last conv ReLU output, before the last max-pool; the
+  last ReLU before each earlier max-pool is marked 'cam_stage_block1', 'cam_stage_block2', ...
 
   Attributes:
     cfg: conv widths and 'M' pools (one of `CFGS`).
@@ -88,6 +89,12 @@ class VGG(nn.Module):
     x = jnp.asarray(x, self.dtype)
     spec = feature_layers(self.cfg, self.batch_norm)
     last_relu = max(i for i, kind, _ in spec if kind == 'relu')
+    # The ReLU right before each max-pool ends a block: its output is a finer Grad-CAM map.
+    block_ends = [
+      i
+      for (i, kind, _), nxt in zip(spec, spec[1:] + [(0, '', 0)], strict=True)
+      if kind == 'relu' and nxt[1] == 'pool' and i != last_relu
+    ]
     for i, kind, width in spec:
       if kind == 'conv':
         x = layers.conv(width, 3, self.dtype, f'features_{i}', padding=1, use_bias=True)(x)
@@ -97,6 +104,8 @@ class VGG(nn.Module):
         x = nn.relu(x)
         if i == last_relu:  # the last conv ReLU (before the final max-pool in torchvision cfgs)
           x = layers.mark_cam_features(self, x)
+        elif i in block_ends:
+          x = layers.mark_cam_stage(self, f'block{block_ends.index(i) + 1}', x)
       else:
         x = layers.max_pool(x, 2, 2)
     x = layers.adaptive_avg_pool(x, POOL_HW)
