@@ -100,8 +100,10 @@ def write(
     ds['PixelData'].VR = 'OB'
     ds.file_meta.TransferSyntaxUID = syntax
     ds.LossyImageCompression = '01'
-  elif syntax in (pydicom.uid.JPEGLosslessSV1, pydicom.uid.JPEGLossless):
-    return _gdcm_lossless(ds, str(path))
+  elif syntax in _GDCM_SYNTAXES:
+    return _gdcm_encode(ds, str(path), syntax)
+  elif syntax == pydicom.uid.JPEGLSNearLossless:
+    ds.compress(syntax, jls_error=2)
   elif syntax == pydicom.uid.JPEG2000 and lossy_ratio:
     ds.compress(syntax, j2k_cr=[lossy_ratio], use_mct=False)
   elif pydicom.uid.UID(syntax).is_compressed:
@@ -118,9 +120,21 @@ def write(
   return str(path)
 
 
-def _gdcm_lossless(ds: Dataset, path: str) -> str:
-  """JPEG Lossless process 14 SV1 by GDCM (pydicom has no encoder for it)."""
-  import gdcm  # pylint: disable=g-import-not-at-top  (only this encoding needs it)
+# Syntaxes GDCM encodes for the tests (pydicom has no encoder for them).
+_GDCM_SYNTAXES = (
+  pydicom.uid.JPEGLosslessSV1,
+  pydicom.uid.JPEGExtended12Bit,
+)
+
+
+def _gdcm_encode(ds: Dataset, path: str, syntax: str) -> str:
+  """JPEG Lossless process 14 SV1 or JPEG Extended by GDCM."""
+  import gdcm  # pylint: disable=g-import-not-at-top  (only these encodings need it)
+
+  kind = {
+    pydicom.uid.JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1,
+    pydicom.uid.JPEGExtended12Bit: gdcm.TransferSyntax.JPEGExtendedProcess2_4,
+  }[syntax]
 
   raw = path + '.raw.dcm'
   ds.save_as(raw, enforce_file_format=True)
@@ -128,7 +142,7 @@ def _gdcm_lossless(ds: Dataset, path: str) -> str:
   reader.SetFileName(raw)
   assert reader.Read(), raw
   change = gdcm.ImageChangeTransferSyntax()
-  change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+  change.SetTransferSyntax(gdcm.TransferSyntax(kind))
   change.SetInput(reader.GetImage())
   assert change.Change()
   writer = gdcm.ImageWriter()
@@ -249,6 +263,8 @@ ENCODINGS = {
   ),
   # A bare data set without the 128-byte preamble and file meta (implicit VR).
   'no_preamble_8bit': _enc(pydicom.uid.ImplicitVRLittleEndian, lambda p: (p, {'preamble': False})),
+  # JPEG-LS near-lossless, NEAR=2: every stored value within 2 (8 bits: 2 grey levels).
+  'jpegls_near_lossless_8bit': _enc(pydicom.uid.JPEGLSNearLossless, lambda p: (p, {}), tol=2),
   # Lossy: JPEG 2000 at 10:1 and JPEG Baseline quality 95 (tolerances: max abs difference).
   'j2k_lossy_8bit_10to1': _enc(pydicom.uid.JPEG2000, lambda p: (p, {'lossy_ratio': 10}), tol=40),
   'jpeg_baseline_8bit_q95': _enc(pydicom.uid.JPEGBaseline8Bit, lambda p: (p, {}), tol=16),

@@ -32,10 +32,12 @@ facts that identify no one. Errors are `DicomError(reason)` with no file name an
 (a name, a date), so they are silenced for pydicom (module-level `_quiet_pydicom`).
 
 Decoders (requirements.txt, wheels only): uncompressed and deflated (pydicom), RLE Lossless
-(pylibjpeg-rle, MIT), JPEG Baseline (Pillow, HPND), JPEG 2000 (pylibjpeg-openjpeg, MIT), JPEG
-Extended 12-bit, JPEG Lossless (process 14, SV1) and JPEG-LS (python-gdcm, Apache-2.0 wrapper
-of BSD GDCM; pyjpegls, MIT wrapper of BSD CharLS, for JPEG-LS too). pylibjpeg-libjpeg (GPLv3) is
-deliberately not used.
+(pylibjpeg-rle, MIT), JPEG Baseline and 8-bit JPEG Extended (Pillow, HPND), JPEG 2000
+(pylibjpeg-openjpeg, MIT), JPEG Lossless (process 14, SV1) and JPEG-LS (python-gdcm, Apache-2.0
+wrapper of BSD GDCM; pyjpegls, MIT wrapper of BSD CharLS, for JPEG-LS too). pylibjpeg-libjpeg
+(GPLv3) is deliberately not used, so 12-bit JPEG Extended (lossy 12-bit JPEG, rare in chest
+radiography) is refused with a message saying how to convert it: pydicom's GDCM plugin refuses
+12-bit JPEG, and GDCM's own reader wraps the codec's undershoot below 0 to 4095 (measured).
 """
 
 import dataclasses
@@ -277,7 +279,7 @@ def _sop_class(ds: pydicom.Dataset) -> str:
   return f"'{uid.name}'" if uid.name != str(uid) else 'a private SOP class'
 
 
-def _decode_frame(data: bytes, syntax: str) -> np.ndarray:
+def _decode_frame(data: bytes, syntax: str, bits_stored: int) -> np.ndarray:
   """Frame 0 of the pixel data (rows, cols[, samples]) with the preferred installed plugin."""
   uid = pydicom.uid.UID(syntax)
   if not uid.is_transfer_syntax:
@@ -297,6 +299,12 @@ def _decode_frame(data: bytes, syntax: str) -> np.ndarray:
         f'its transfer syntax {_syntax_name(syntax)} needs {package} to decode '
         f'(pip install -r requirements.txt), or {_CONVERT}'
       )
+    if uid == pydicom.uid.JPEGExtended12Bit and bits_stored > 8:
+      raise DicomError(
+        f'its transfer syntax {_syntax_name(syntax)} holds {bits_stored}-bit samples: the only '
+        'pydicom decoder for them is pylibjpeg-libjpeg, which is GPLv3 and not shipped here; '
+        f'{_CONVERT}'
+      )
     plugins = decoder.available_plugins
     plugin = _PREFERRED.get(uid, '')
     plugin = plugin if plugin in plugins else ''
@@ -311,7 +319,8 @@ def _decode_frame(data: bytes, syntax: str) -> np.ndarray:
   except Exception as e:  # decoders raise many types; their text is not shown
     raise DicomError(
       f'its pixel data cannot be decoded ({_syntax_name(syntax)}, {type(e).__name__}): the file '
-      f'is truncated or corrupt; export it again, or {_CONVERT}'
+      f'is truncated or corrupt, or a variant the decoder does not support; export it again, or '
+      f'{_CONVERT}'
     ) from None
 
 
@@ -514,7 +523,7 @@ def read_film(data: bytes, *, max_pixels: int) -> Film:
       if ds.is_implicit_VR
       else pydicom.uid.ExplicitVRLittleEndian
     )
-  frame = _decode_frame(data, syntax)
+  frame = _decode_frame(data, syntax, header['bits_stored'])
   if frame.shape[:2] != (rows, cols):
     raise DicomError(
       f'its pixel data is {frame.shape[:2]}, not Rows x Columns {(rows, cols)}; export it again'

@@ -174,6 +174,14 @@ def test_no_image_truncated_and_undecodable(tmp_path, monkeypatch):
   assert 'python-gdcm==3.2.6' in str(e.value) and 'l.dcm' in str(e.value)
 
 
+def test_12bit_jpeg_extended_is_refused_with_the_reason(tmp_path):
+  stored = _phantom_films()[0].astype(np.uint16) * 16
+  path = df.write(tmp_path / 'e.dcm', stored, bits_stored=12, syntax=pydicom.uid.JPEGExtended12Bit)
+  with pytest.raises(images.ImageError, match='12-bit samples') as e:
+    images.load_grey(path)
+  assert 'GPLv3' in str(e.value) and 'gdcmconv --raw' in str(e.value) and 'e.dcm' in str(e.value)
+
+
 def test_private_transfer_syntax_is_named(tmp_path):
   path = df.write(tmp_path / 'p.dcm', _phantom_films()[0])
   ds = pydicom.dcmread(path)
