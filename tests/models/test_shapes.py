@@ -107,10 +107,30 @@ def test_unknown_name_lists_names():
 
 
 def test_vgg_custom_cfg_marks_last_relu():
-  """A cfg without the final pool (used by small smoke tests): the map is the last ReLU."""
-  model = models.build('vgg11', 3, cfg=(8, 'M', 16))
-  variables = jax.eval_shape(model.init, _RNGS, jnp.zeros((1, 32, 32, 3)))
-  assert variables['perturbations']['cam_features'].shape == (1, 16, 16, 16)
+  """A cfg without the final pool (used by small smoke tests): the map is the last ReLU's output,
+  i.e. relu of the last conv (features_3; features_4 is its ReLU), and the ReLU before the pool
+  ends block 1."""
+  model = models.build('vgg11', 3, cfg=(8, 'M', 16), classifier_width=8)
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  variables = model.init(_RNGS, x)
+  assert {k: v.shape for k, v in variables['perturbations'].items()} == {
+    'cam_features': (2, 16, 16, 16),
+    'cam_stage_block1': (2, 32, 32, 8),
+  }
+  _, state = model.apply(
+    variables,
+    x,
+    mutable=['intermediates'],
+    capture_intermediates=lambda m, _: m.name in ('features_0', 'features_3'),
+  )
+  marked = np.asarray(state['intermediates']['cam_features'][0])
+  last_conv = np.asarray(state['intermediates']['features_3']['__call__'][0])
+  assert last_conv.shape == marked.shape
+  assert 0.2 < (last_conv < 0).mean() < 0.8  # the ReLU has something to cut
+  np.testing.assert_array_equal(marked, np.maximum(last_conv, 0))
+  first_conv = np.asarray(state['intermediates']['features_0']['__call__'][0])
+  block1 = np.asarray(state['intermediates']['cam_stage_block1'][0])
+  np.testing.assert_array_equal(block1, np.maximum(first_conv, 0))
 
 
 @pytest.mark.parametrize('name', ['vgg11_bn', 'resnet18', 'densenet121'])
