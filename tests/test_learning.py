@@ -19,20 +19,24 @@ indicator stopped working; do not just lower the number.
   0.99, the last epoch shipped, test-time augmentation), then scored on the 1,231 external films of
   ../shared/data/cxr_eval (`launch.evaluate --eval_dir`'s code). Measured 2026-12-04 (jax 0.12,
   2-core AMD EPYC): test macro-F1 0.848 (180 films), cxr_eval macro-F1 0.811. Asserted: each
-  >= measured - 0.05.
+  >= measured - 0.05. The same model on the three real DICOM films of ../shared/data/dicom
+  (2026-12-06, 2-core Xeon): the two genuine ones in distribution (OOD score 0.80 and -0.44,
+  threshold 2.52), the copy tagged MONOCHROME1 (read inverted) flagged `features` (6.88).
 """
 
+import csv
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxcxr.data import phantom
-from jaxcxr.evaluation import folder_eval
-from tests import train_helpers
+from jaxcxr.evaluation import folder_eval, inference
+from tests import dicom_films, train_helpers
 from tests.data import helpers as data_helpers
 
 PHANTOM_VARIANT = {
@@ -154,3 +158,16 @@ def test_cxr_dev_short_run(tmp_path):
   assert f1 >= CXR_EVAL_SHORT_F1 - MARGIN, (
     f'cxr_eval macro-F1 {f1:.3f} (measured {CXR_EVAL_SHORT_F1})'
   )
+  if dicom_films.REAL.is_dir():  # the real DICOM films (SOURCES.md): read right side up
+    rows = _predict_real_dicoms(tmp_path / 'w', tmp_path / 'dicom.csv')
+    for name in ('siim_cr_jpeg_baseline_monochrome2', 'cr_chest_monochrome1_10bit_window'):
+      assert rows[name]['in_distribution'] == 'true', rows[name]
+    inverted = rows['siim_same_pixels_tagged_monochrome1']
+    assert inverted['in_distribution'] == 'false' and 'features' in inverted['ood_reason']
+
+
+def _predict_real_dicoms(workdir, out) -> dict[str, dict]:
+  """launch.predict's rows for the three real DICOM films, by file stem."""
+  inference.predict_workdir(str(workdir), str(out), images=[str(dicom_films.REAL / '*.dcm')])
+  with open(out) as f:
+    return {Path(r['file']).stem: r for r in csv.DictReader(f)}
