@@ -2,9 +2,11 @@
 
 `dicom_main(...)` prints
 1. per encoding (a chest film resampled to the size, written with pydicom's / Pillow's / GDCM's
-   encoders): file MB, decode ms per film (median of `repeats`, wall and this thread's CPU), and
-   the peak memory the decode added (resident set, VmHWM reset through /proc/self/clear_refs;
-   tracemalloc's peak of Python / NumPy allocations beside it);
+   encoders): file MB, decode ms per film (median of `repeats`, wall and the process's CPU: a
+   decoder's own threads count; GDCM's JPEG 2000 uses several), and
+   the peak memory the decode added (resident set: freed heap trimmed, VmHWM reset through
+   /proc/self/clear_refs; tracemalloc's peak of Python / NumPy allocations beside it, which
+   leaves out the C decoders' own buffers);
 2. with `workdir`: `inference.predict_workdir` on a folder of DICOM films (the 1024 px JPEG
    Baseline film copied `n_predict` times), wall seconds, and the share of it spent in
    `dicom.read_film` (timed by wrapping it).
@@ -12,6 +14,8 @@ Each line says the load average: other processes on the machine share the cores.
 """
 
 import contextlib
+import ctypes
+import gc
 import io
 import os
 import platform
@@ -92,7 +96,10 @@ def _status_kb(key: str) -> int:
 
 
 def _reset_peak_rss() -> bool:
-  """Resets VmHWM to the current RSS (Linux >= 4.0); False where it cannot."""
+  """Returns freed heap to the OS (glibc malloc_trim: else a decode reuses the arena and adds no
+  RSS), then resets VmHWM to the current RSS (Linux >= 4.0); False where it cannot."""
+  with contextlib.suppress(OSError, AttributeError):
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
   try:
     with open('/proc/self/clear_refs', 'w') as f:
       f.write('5')
@@ -107,11 +114,12 @@ def measure(data: bytes, repeats: int) -> dict:
   dicom.read_film(data, max_pixels=max_pixels)  # warm-up: plugin imports, caches
   walls, cpus = [], []
   for _ in range(repeats):
-    t, c = time.perf_counter(), time.thread_time()
+    t, c = time.perf_counter(), time.process_time()
     dicom.read_film(data, max_pixels=max_pixels)
     walls.append(time.perf_counter() - t)
-    cpus.append(time.thread_time() - c)
+    cpus.append(time.process_time() - c)
   rss = float('nan')
+  gc.collect()
   if _reset_peak_rss():
     before = _status_kb('VmRSS')
     film = dicom.read_film(data, max_pixels=max_pixels)
@@ -185,7 +193,7 @@ def dicom_main(
   *, source: str = '', repeats: int = 5, workdir: str = '', n_predict: int = 64, only: str = ''
 ) -> int:
   """`launch.benchmark_dicom`: prints the sections of the module docstring."""
-  print(f'DICOM decode, one thread; {_cpu_model()}; {_load()}')
+  print(f'DICOM decode, one film at a time; {_cpu_model()}; {_load()}')
   print(f'  film from: {source or "a phantom (no --source)"}; median of {repeats} decodes')
   print(
     f'  {"film":<34} {"file MB":>8} {"wall ms":>9} {"CPU ms":>9} {"peak RSS MB":>12} '
