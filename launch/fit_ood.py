@@ -45,7 +45,7 @@ _SPLIT = flags.DEFINE_enum(
 _IN_DIR = flags.DEFINE_string(
   'in_dir',
   '',
-  'In-distribution films: every image under this '
+  'In-distribution films: every image (PNG/JPEG/... or DICOM by content) under this '
   'folder (recursive) instead of --split; only scored, nothing is '
   'tuned on it.',
 )

@@ -22,7 +22,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json +
 _IMAGES = flags.DEFINE_multi_string(
   'images',
   [],
-  'Image files, folders or globs (repeatable; extra positional arguments are taken as images too).',
+  'Image files (PNG/JPEG/... or DICOM), folders (recursive) or globs (repeatable; extra '
+  'positional arguments are taken as images too).',
 )
 _SPLIT = flags.DEFINE_string('split', '', 'Explain a prepared split instead of --images.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder.')

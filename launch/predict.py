@@ -3,6 +3,7 @@ r"""Predicts image files (or a prepared split) with a trained workdir and writes
   python -m launch.predict --workdir workdirs/default --images /data/new_xrays \
       --out predictions.csv [--leaderboard_labels]
   python -m launch.predict --workdir workdirs/default --split test --out test_predictions.csv
+  python -m launch.predict --workdir workdirs/default --images /data/dicom_export --out p.csv
 
 Columns: file, predicted_label, one probability column per class (prob_<class>), then
 leaderboard_label (with --leaderboard_labels), true_label (with --split), and whether the image is
@@ -14,7 +15,12 @@ threshold; docs/OOD.md). Labels are unchanged unless --reject_ood: then a row wi
 in_distribution=false gets the label OUT_OF_DISTRIBUTION (predicted_label and leaderboard_label;
 the probabilities stay). Rows follow the input order (files sorted by path for a folder).
 Unreadable files are skipped, listed on stderr and counted; the exit status is 1 when any file
-failed (out-of-distribution images are not failures).
+failed (out-of-distribution images are not failures). Films: PNG / JPEG / BMP / TIFF and DICOM, a
+DICOM recognised by content with or without `.dcm` (archive exports named by UID, nested study /
+series / instance folders: folders are searched recursively); DICOM header facts add their own
+ood_reason (header_modality, header_body_part, header_view, header_frames, header_colour,
+header_for_processing; docs/WORKFLOW.md 7b). No header value is written anywhere: files are named
+by the path given.
 """
 
 import sys
@@ -27,7 +33,10 @@ from launch import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
 _IMAGES = flags.DEFINE_multi_string(
-  'images', [], 'Image folder (recursive), glob or file; repeatable.'
+  'images',
+  [],
+  'Film folder (recursive: nested DICOM study folders too), glob or file; PNG/JPEG/BMP/TIFF or '
+  'DICOM (by content, any name); repeatable.',
 )
 _SPLIT = flags.DEFINE_string('split', '', 'Predict a prepared split instead of --images.')
 _OUT = flags.DEFINE_string('out', 'predictions.csv', 'Output CSV.')
