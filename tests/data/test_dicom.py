@@ -319,3 +319,39 @@ def test_real_films_read_right_side_up(real):
   assert _lungs_minus_mediastinum(tagged.grey) > 20
   assert cr.header['bits_stored'] == 10 and cr.header['photometric'] == 'MONOCHROME1'
   assert siim.grey.shape == (1024, 1024) and cr.grey.shape == (440, 440)
+
+
+def test_prepare_a_kaggle_folder_of_dicom_and_png_films(tmp_path):
+  """The dataset builder reads DICOM (any name) beside PNGs: the stored records are the films."""
+  import jaxcxr.data as data_lib  # pylint: disable=g-import-not-at-top  (heavy: this test only)
+
+  rng = np.random.default_rng(3)
+  films = {}
+  for label, name in enumerate(('COVID', 'Normal', 'Viral Pneumonia')):
+    greys = phantom.render(label, 6, image_size=32, rng=rng)['image']
+    for i, grey in enumerate(greys):
+      rel = f'{name}/f{i}' + ('.png' if i % 3 == 0 else '.dcm' if i % 3 == 1 else '')
+      if i % 3 == 0:
+        helpers.save_png(tmp_path / 'kaggle' / rel, grey)
+      else:
+        encoding = 'explicit_12bit_window' if i % 2 else 'rle_16bit_rescale_linear_exact'
+        df.write_encoding(tmp_path / 'kaggle' / rel, grey, encoding)
+      films[rel] = grey
+  cfg = helpers.data_config(
+    tmp_path / 'tfds',
+    source='folder',
+    manual_dir=str(tmp_path / 'kaggle'),
+    stored_size=32,
+    lookalike_threshold=-1,
+  )
+  handle = data_lib.prepare(cfg, progress=False)
+  seen = 0
+  for split in ('train', 'validation', 'test'):
+    if not handle.num_examples[split]:
+      continue
+    source = handle.source(split)
+    for i, name in enumerate(handle.filenames(split)):
+      stored = np.asarray(source[i]['image'])
+      np.testing.assert_array_equal(stored.reshape(films[name].shape), films[name])
+      seen += 1
+  assert seen == len(films) == 18
