@@ -186,12 +186,12 @@ def headerless_dicom(data: bytes) -> bool:
 
 
 def _text(value, size: int = 16) -> str:
-  """A code string, upper case, printable ASCII, at most `size` characters."""
+  """A code string, upper case, printable characters only, at most `size` characters."""
   if value is None:
     return ''
   if isinstance(value, pydicom.multival.MultiValue):
     value = '\\'.join(str(v) for v in value)
-  s = ''.join(c for c in str(value) if 32 <= ord(c) < 127).strip().upper()
+  s = ''.join(c for c in str(value) if c.isprintable()).strip().upper()
   return s[:size]
 
 

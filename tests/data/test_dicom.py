@@ -200,6 +200,7 @@ def _inspect(path) -> input_checks.Inspection:
   [
     ({}, []),
     ({'Modality': 'DX', 'BodyPartExamined': 'TORAX', 'ViewPosition': 'AP'}, []),
+    ({'BodyPartExamined': 'Tórax'}, []),
     ({'Modality': 'CT'}, ['header_modality']),
     ({'Modality': 'OT'}, ['header_modality']),
     ({'BodyPartExamined': 'SKULL'}, ['header_body_part']),
