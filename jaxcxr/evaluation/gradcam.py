@@ -1,8 +1,17 @@
 """Grad-CAM and Grad-CAM++ from one batched forward + backward pass (`jax.grad`).
 
-Every model marks its last convolutional feature map A (B, h, w, K) as 'cam_features'
-(docs/ARCHITECTURE.md): `perturb` adds `variables['perturbations']['cam_features']` to it, so the
-gradient of a score w.r.t. a zero perturbation is the gradient w.r.t. A, and `sow` returns A itself.
+Every model marks its last convolutional feature map as 'cam_features' and the outputs of its
+earlier stages as 'cam_stage_<stage>' (docs/ARCHITECTURE.md): `perturb` adds
+`variables['perturbations'][name]` to a map A (B, h, w, K), so the gradient of a score w.r.t. a
+zero perturbation is the gradient w.r.t. A, and `sow` returns A itself.
+
+Which map (`layer`): 'auto' (the default) takes the deepest marked map that is at least
+`MIN_CAM_SIDE` (7) cells a side at the input size, so the map is never coarser than 7x7 where the
+model has such a stage (the recipe's `cnn_res18_half` at 112 px: layer3, 7x7, instead of its 4x4
+last stage; ResNets at 224 px and the default `cnn_bn` at 64 px keep their last stage, 7x7 / 8x8).
+'last' is the last stage ('cam_features', the maps before issue #30), a stage name ('layer3') one
+stage, and 'a+b' averages the min-max-normalised maps of several layers after upsampling.
+docs/RESULTS.md has the phantom localisation at each resolution that chose 'auto'.
 The score is the sum over the batch of each image's target-class logit y^c, so one `jax.grad` call
 gives every image's dy^c/dA. Only the head after A is differentiated (the parameters are not), so a
 Grad-CAM batch costs little more than the forward pass (`launch.benchmark` times both).
@@ -35,7 +44,9 @@ from jaxcxr.evaluation import inference, plots
 from jaxcxr.training import checkpoint
 
 METHODS = ('gradcam', 'gradcam++')
-CAM_NAME = 'cam_features'
+CAM_NAME = 'cam_features'  # the last stage (also the OOD score's features: jaxcxr.evaluation.ood)
+STAGE_PREFIX = 'cam_stage_'
+MIN_CAM_SIDE = 7  # 'auto': the deepest map with at least this many cells a side
 
 
 def _model_variables(variables: dict) -> dict:
@@ -43,9 +54,81 @@ def _model_variables(variables: dict) -> dict:
   return {k: v for k, v in variables.items() if k not in ('perturbations', 'intermediates')}
 
 
-def _feature_map(module, variables: dict, x: jnp.ndarray) -> jnp.ndarray:
+def _feature_map(module, variables: dict, x: jnp.ndarray, name: str = CAM_NAME) -> jnp.ndarray:
   _, state = module.apply(variables, x, train=False, mutable=['intermediates'])
-  return state['intermediates'][CAM_NAME][0]
+  return state['intermediates'][name][0]
+
+
+@functools.lru_cache(maxsize=64)
+def _marked_shapes(module, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+  """{mark name: (B, h, w, K)} of every map `module` marks for an input of `shape` (traced once)."""
+  keys = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
+  variables = jax.eval_shape(
+    lambda x: module.init(keys, x, train=False), jax.ShapeDtypeStruct(shape, jnp.float32)
+  )
+  return {k: tuple(v.shape) for k, v in variables.get('perturbations', {}).items()}
+
+
+def _display(name: str) -> str:
+  return 'last' if name == CAM_NAME else name.removeprefix(STAGE_PREFIX)
+
+
+def resolve_layers(module, shape: Sequence[int], layer: str = 'auto') -> tuple[str, ...]:
+  """The mark names `layer` means for `module` at input `shape` (B, H, W, C).
+
+  Args:
+    module: a model marking 'cam_features' (and 'cam_stage_*' for earlier stages).
+    shape: the model input's shape.
+    layer: 'auto' (the deepest map of at least MIN_CAM_SIDE cells a side, the last stage on a
+      tie; the largest map when none is that fine), 'last', a stage name such as 'layer3', or
+      several joined by '+' (their maps averaged).
+
+  Raises:
+    ValueError: a name the model does not mark (the message lists the ones it does).
+  """
+  marks = _marked_shapes(module, tuple(int(d) for d in shape))
+  if not marks:
+    raise ValueError(f'{type(module).__name__} marks no Grad-CAM feature map ({CAM_NAME!r}).')
+  out = []
+  for part in layer.split('+'):
+    part = part.strip()
+    if part == 'auto':
+      side = {k: min(v[1:3]) for k, v in marks.items()}
+      fine = [k for k in marks if side[k] >= MIN_CAM_SIDE]
+      # Deepest = smallest map; on a tie the last stage, then the later stage name.
+      name = (
+        min(fine, key=lambda k: (side[k], k != CAM_NAME, [-ord(c) for c in k]))
+        if fine
+        else max(marks, key=lambda k: side[k])
+      )
+    elif part in ('last', CAM_NAME):
+      name = CAM_NAME
+    else:
+      name = part if part.startswith(STAGE_PREFIX) else STAGE_PREFIX + part
+    if name not in marks:
+      known = ', '.join(['auto', 'last'] + sorted(_display(k) for k in marks if k != CAM_NAME))
+      raise ValueError(
+        f'Grad-CAM layer {part!r} is not marked by {type(module).__name__}; choose from: {known} '
+        "(or several joined by '+')."
+      )
+    if name not in out:
+      out.append(name)
+  return tuple(out)
+
+
+def map_side(module, shape: Sequence[int], layer: str = 'auto') -> int:
+  """Cells a side of the finest map `layer` uses (the shorter side): what the indicator judges."""
+  marks = _marked_shapes(module, tuple(int(d) for d in shape))
+  return max(min(marks[n][1:3]) for n in resolve_layers(module, shape, layer))
+
+
+def describe_layers(module, shape: Sequence[int], layer: str = 'auto') -> str:
+  """Human-readable map size, e.g. 'layer3, 7x7 at 112 px' (what reports and launchers print)."""
+  marks = _marked_shapes(module, tuple(int(d) for d in shape))
+  parts = [
+    f'{_display(n)} {marks[n][1]}x{marks[n][2]}' for n in resolve_layers(module, shape, layer)
+  ]
+  return f'{" + ".join(parts)} at {shape[1]} px'
 
 
 def _weights(method: str, fmap: jnp.ndarray, grads: jnp.ndarray) -> jnp.ndarray:
@@ -66,30 +149,45 @@ def _normalise(maps: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'method'))
-def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray, method: str) -> dict:
-  fmap_shape = jax.eval_shape(functools.partial(_feature_map, module, variables), x)
-  zeros = jnp.zeros(fmap_shape.shape, fmap_shape.dtype)
+@functools.partial(jax.jit, static_argnames=('module', 'method', 'names'))
+def _cam_batch(
+  module, variables: dict, x: jnp.ndarray, target: jnp.ndarray, method: str, names: tuple
+) -> dict:
+  _, state_shape = jax.eval_shape(
+    lambda v, x: module.apply(v, x, train=False, mutable=['intermediates']), variables, x
+  )
+  # Every marked map needs a perturbation (flax refuses a partial collection); only `names` are
+  # differentiated.
+  zeros = {k: jnp.zeros(v[0].shape, v[0].dtype) for k, v in state_shape['intermediates'].items()}
 
-  def score(perturbation):
-    v = {**variables, 'perturbations': {CAM_NAME: perturbation}}
+  def score(chosen_perturbations):
+    v = {**variables, 'perturbations': {**zeros, **chosen_perturbations}}
     logits, state = module.apply(v, x, train=False, mutable=['intermediates'])
     logits = logits.astype(jnp.float32)
     chosen = jnp.where(target < 0, jnp.argmax(logits, axis=-1), target)
     total = jnp.take_along_axis(logits, chosen[:, None], axis=1).sum()
-    return total, (state['intermediates'][CAM_NAME][0], logits, chosen)
+    return total, ({n: state['intermediates'][n][0] for n in names}, logits, chosen)
 
-  grads, (fmap, logits, chosen) = jax.grad(score, has_aux=True)(zeros)
-  fmap = fmap.astype(jnp.float32)
-  grads = grads.astype(jnp.float32)
-  weights = _weights(method, fmap, grads)
-  raw = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', fmap, weights))
+  grads, (fmaps, logits, chosen) = jax.grad(score, has_aux=True)({n: zeros[n] for n in names})
   b, height, width = x.shape[0], x.shape[1], x.shape[2]
+  raws, weights = [], []
+  for n in names:
+    w = _weights(method, fmaps[n].astype(jnp.float32), grads[n].astype(jnp.float32))
+    weights.append(w)
+    raws.append(jax.nn.relu(jnp.einsum('bhwk,bk->bhw', fmaps[n].astype(jnp.float32), w)))
+  if len(raws) == 1:
+    raw = raws[0]
+  else:  # several layers: each normalised map upsampled to the finest one's grid, averaged
+    fine = max(r.shape[1] * r.shape[2] for r in raws)
+    hw = next(r.shape[1:] for r in raws if r.shape[1] * r.shape[2] == fine)
+    raw = jnp.mean(
+      jnp.stack([_normalise(jax.image.resize(r, (b, *hw), method='bilinear')) for r in raws]), 0
+    )
   cam = _normalise(jax.image.resize(raw, (b, height, width), method='bilinear'))
   return {
     'cam': cam,
     'raw': raw,
-    'weights': weights,
+    'weights': jnp.concatenate(weights, axis=-1),
     'logits': logits,
     'probs': jax.nn.softmax(logits, axis=-1),
     'target': chosen,
@@ -97,7 +195,13 @@ def _cam_batch(module, variables: dict, x: jnp.ndarray, target: jnp.ndarray, met
 
 
 def grad_cam(
-  module, variables: dict, x: jnp.ndarray, target=None, *, method: str = 'gradcam'
+  module,
+  variables: dict,
+  x: jnp.ndarray,
+  target=None,
+  *,
+  method: str = 'gradcam',
+  layer: str = 'auto',
 ) -> dict:
   """Grad-CAM / Grad-CAM++ maps of a batch (jitted; one forward + backward).
 
@@ -108,19 +212,22 @@ def grad_cam(
     target: None (each image's predicted class), an int (one class for all) or (B,) ints;
       -1 entries mean "predicted".
     method: 'gradcam' or 'gradcam++'.
+    layer: the feature map(s) explained: 'auto', 'last', a stage or 'a+b' (`resolve_layers`).
 
   Returns:
-    {'cam': (B, H, W) in [0, 1], 'raw': (B, h, w) un-normalised map at feature resolution,
-     'weights': (B, K) channel weights, 'logits': (B, C), 'probs': (B, C),
+    {'cam': (B, H, W) in [0, 1], 'raw': (B, h, w) un-normalised map at feature resolution
+     (several layers: the mean of their normalised maps on the finest grid), 'weights': (B, K)
+     channel weights (several layers: concatenated), 'logits': (B, C), 'probs': (B, C),
      'target': (B,) class explained}.
   """
   if method not in METHODS:
     raise ValueError(f'Unknown Grad-CAM method {method!r}; choose one of {METHODS}.')
   x = jnp.asarray(x)
+  names = resolve_layers(module, x.shape, layer)
   if target is None:
     target = -1
   target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), (x.shape[0],))
-  return _cam_batch(module, _model_variables(variables), x, target, method)
+  return _cam_batch(module, _model_variables(variables), x, target, method, names)
 
 
 def overlay(
@@ -280,6 +387,30 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray) -> float:
   return float(hits[valid].mean())
 
 
+def energy_in_mask(cams: np.ndarray, masks: np.ndarray) -> float:
+  """Mean share of each map's mass inside its mask (images with empty masks or maps ignored).
+
+  The energy-based pointing game (Wang et al., Score-CAM, 2020): where the pointing game asks
+  whether the peak lies on the lesion, this asks how much of the evidence does.
+
+  Args:
+    cams: (N, H, W) non-negative maps.
+    masks: (N, H, W) bool.
+
+  Returns:
+    Mean share in [0, 1]; NaN when no image has both a mask and a non-zero map.
+  """
+  cams = np.asarray(cams, np.float64)
+  masks = np.asarray(masks, bool)
+  n = cams.shape[0]
+  total = cams.reshape(n, -1).sum(1)
+  inside = (cams * masks).reshape(n, -1).sum(1)
+  valid = masks.reshape(n, -1).any(1) & (total > 0)
+  if not valid.any():
+    return float('nan')
+  return float(np.mean(inside[valid] / total[valid]))
+
+
 def rank_correlation(cams_a: np.ndarray, cams_b: np.ndarray) -> float:
   """Mean over images of the Spearman rank correlation of two maps (constant maps skipped)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -295,7 +426,14 @@ def rank_correlation(cams_a: np.ndarray, cams_b: np.ndarray) -> float:
 
 
 def randomisation_check(
-  module, variables: dict, x: jnp.ndarray, key: jax.Array, *, method: str = 'gradcam', target=None
+  module,
+  variables: dict,
+  x: jnp.ndarray,
+  key: jax.Array,
+  *,
+  method: str = 'gradcam',
+  target=None,
+  layer: str = 'auto',
 ) -> float:
   """Model-randomisation test (Adebayo et al. 2018): all weights re-initialised.
 
@@ -303,9 +441,9 @@ def randomisation_check(
   returned mean Spearman correlation between the trained and the random model's maps (same
   target classes) should be low.
   """
-  trained = grad_cam(module, variables, x, target, method=method)
+  trained = grad_cam(module, variables, x, target, method=method, layer=layer)
   random_vars = module.init({'params': key, 'dropout': key}, x[:1], train=False)
-  random = grad_cam(module, random_vars, x, trained['target'], method=method)
+  random = grad_cam(module, random_vars, x, trained['target'], method=method, layer=layer)
   return rank_correlation(np.asarray(trained['cam']), np.asarray(random['cam']))
 
 
@@ -333,6 +471,7 @@ def cams_uint8(
   *,
   method: str = 'gradcam',
   batch_size: int = 16,
+  layer: str = 'auto',
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Maps of uint8 (N, S, S, 1) images in fixed-size (zero-padded) batches: one compilation.
 
@@ -342,6 +481,7 @@ def cams_uint8(
     target: one class index for all, or (N,) indices; -1 = the predicted class.
     method: 'gradcam' or 'gradcam++'.
     batch_size: static batch size.
+    layer: the feature map(s) explained (`resolve_layers`).
 
   Returns:
     (cams (N, S, S) in [0, 1], probs (N, C), targets (N,)).
@@ -356,7 +496,12 @@ def cams_uint8(
       chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
       chunk_target = np.concatenate([chunk_target, np.full(batch_size - n, -1, np.int32)])
     out = grad_cam(
-      module, variables, _to_model_input(jnp.asarray(chunk)), chunk_target, method=method
+      module,
+      variables,
+      _to_model_input(jnp.asarray(chunk)),
+      chunk_target,
+      method=method,
+      layer=layer,
     )
     cams.append(np.asarray(out['cam'])[:n])
     probs.append(np.asarray(out['probs'])[:n])
@@ -376,6 +521,7 @@ def explain_workdir(
   per_class: int = 3,
   which: str = 'best',
   batch_size: int = 16,
+  layer: str = 'auto',
 ) -> dict:
   """Grad-CAM overlays for a training workdir's model (launch.gradcam).
 
@@ -384,7 +530,8 @@ def explain_workdir(
   predicted_label, target_label, target_probability). split: a per-class grid of correct and
   wrong predictions (explaining the prediction, at the model's input size), the same examples as
   source-resolution panels (`<split>_<class>_<correct|wrong>_<k>_<method>.png`), and for phantom
-  data the pointing-game hit rate of the true-class maps against the lesion masks.
+  data the pointing-game hit rate of the true-class maps against the lesion masks and the share of
+  their mass inside them.
 
   Args:
     workdir: training workdir.
@@ -397,21 +544,30 @@ def explain_workdir(
     per_class: split grid: examples of each kind per class.
     which: 'best' or 'latest' checkpoint.
     batch_size: Grad-CAM batch size.
+    layer: the feature map(s) explained (`resolve_layers`; 'auto': at least 7x7).
 
   Returns:
-    {'written': [paths], 'failed': [(path, reason)], 'method', and for a split 'shown',
-     'pointing_game', 'pointing_game_images'}.
+    {'written': [paths], 'failed': [(path, reason)], 'method', 'cam_map' (e.g. 'layer3 7x7 at
+     112 px'), and for a split 'shown', 'pointing_game', 'energy_in_mask',
+     'pointing_game_images'}.
   """
   if bool(images) == bool(split):
     raise ValueError('Give either --images (files, folders or globs) or --split, not both.')
   bundle = checkpoint.restore_for_inference(workdir, which=which)
   target_index = _target_index(target, bundle.class_names)
+  size = bundle.image_size
+  result = {
+    'written': [],
+    'failed': [],
+    'method': method,
+    'cam_map': describe_layers(bundle.module, (batch_size, size, size, 3), layer),
+  }
   os.makedirs(out, exist_ok=True)
-  result = {'written': [], 'failed': [], 'method': method}
+  options = {'method': method, 'batch_size': batch_size, 'layer': layer}
   if split:
-    _explain_split(bundle, split, out, method, target_index, alpha, per_class, batch_size, result)
+    _explain_split(bundle, split, out, target_index, alpha, per_class, options, result)
   else:
-    _explain_files(bundle, images, out, method, target_index, alpha, batch_size, result)
+    _explain_files(bundle, images, out, target_index, alpha, options, result)
   return result
 
 
@@ -447,16 +603,13 @@ def load_source(handle, data_cfg, split: str, index: int) -> tuple[np.ndarray, s
   )
 
 
-def _explain_split(
-  bundle, split, out, method, target_index, alpha, per_class, batch_size, result
-) -> None:
-  """A per-class grid of right and wrong predictions of a split; the pointing game on phantoms."""
+def _explain_split(bundle, split, out, target_index, alpha, per_class, options, result) -> None:
+  """A per-class grid of right and wrong predictions of a split; localisation on phantoms."""
+  method = options['method']
   names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   handle = data.prepare(bundle.config.data)
-  greys, labels, index = split_images(bundle.config.data, handle, split, batch_size)
-  cams, probs, _ = cams_uint8(
-    bundle.module, bundle.variables, greys, target_index, method=method, batch_size=batch_size
-  )
+  greys, labels, index = split_images(bundle.config.data, handle, split, options['batch_size'])
+  cams, probs, _ = cams_uint8(bundle.module, bundle.variables, greys, target_index, **options)
   preds = probs.argmax(1)
   path = os.path.join(out, f'grid_{split}_{suffix}.png')
   result['shown'] = save_overlay_grid(
@@ -469,7 +622,7 @@ def _explain_split(
     probs=probs,
     per_class=per_class,
     alpha=alpha,
-    title=f'{method} ({split}, step {bundle.step}): rows = true class',
+    title=f'{method}, {result["cam_map"]} ({split}, step {bundle.step}): rows = true class',
   )
   result['written'].append(path)
   for name, kinds in result['shown'].items():
@@ -490,19 +643,16 @@ def _explain_split(
     redo = np.flatnonzero((preds != labels) & masks.reshape(len(masks), -1).any(1))
     if target_index < 0 and redo.size:
       true_cams[redo] = cams_uint8(
-        bundle.module,
-        bundle.variables,
-        greys[redo],
-        labels[redo],
-        method=method,
-        batch_size=batch_size,
+        bundle.module, bundle.variables, greys[redo], labels[redo], **options
       )[0]
     result['pointing_game'] = pointing_game(true_cams, masks)
+    result['energy_in_mask'] = energy_in_mask(true_cams, masks)
     result['pointing_game_images'] = int(masks.reshape(len(masks), -1).any(1).sum())
 
 
-def _explain_files(bundle, images, out, method, target_index, alpha, batch_size, result) -> None:
+def _explain_files(bundle, images, out, target_index, alpha, options, result) -> None:
   """One overlay per readable image file and cams.csv."""
+  method = options['method']
   names, size, suffix = list(bundle.class_names), bundle.image_size, method.replace('+', 'p')
   paths = []
   for spec in images:
@@ -524,9 +674,7 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
   if not ok:
     return
   greys = np.stack(greys)
-  cams, probs, targets = cams_uint8(
-    bundle.module, bundle.variables, greys, target_index, method=method, batch_size=batch_size
-  )
+  cams, probs, targets = cams_uint8(bundle.module, bundle.variables, greys, target_index, **options)
   used = set()
   with open(os.path.join(out, 'cams.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
@@ -554,15 +702,20 @@ def _explain_files(bundle, images, out, method, target_index, alpha, batch_size,
 
 __all__ = [
   'METHODS',
+  'MIN_CAM_SIDE',
   'cams_uint8',
+  'describe_layers',
+  'energy_in_mask',
   'explain_workdir',
   'grad_cam',
   'load_source',
+  'map_side',
   'overlay',
   'pointing_game',
   'probability_header',
   'randomisation_check',
   'rank_correlation',
+  'resolve_layers',
   'save_overlay_grid',
   'source_panel',
   'split_images',

@@ -52,6 +52,7 @@ from jaxcxr.evaluation import gradcam
 EXAMPLES_PER_CLASS = 2  # most confident right and wrong predictions drawn per predicted class
 CORNER_FRACTION = 0.3  # corner squares: 0.3 x 0.3 of the image each (36% of the area together)
 CORNER_FLAG = 1.5  # flag: mean corner share > 1.5 x the corners' area share
+MIN_JUDGE_SIDE = 7  # maps coarser than 7x7 cannot tell lung from border: see the module docstring
 PEAK_FLAG = 0.9  # flag: peak outside the lungs on >= 90% of the class's images (and more
 # mass outside them than a uniform map)
 FRAME_FRACTION = 0.1  # border frame: the outer 10% of each side (36% of the area)
@@ -147,16 +148,29 @@ def cam_shares(
 
 
 def indicator(
-  shares: dict[str, np.ndarray], preds: Sequence[int], class_names: Sequence[str]
+  shares: dict[str, np.ndarray],
+  preds: Sequence[int],
+  class_names: Sequence[str],
+  *,
+  map_side: int | None = None,
 ) -> dict:
   """Per predicted class: mean shares, their uniform-map baselines, and whether it is flagged.
+
+  Args:
+    shares: `cam_shares(...)`.
+    preds: (N,) predicted classes.
+    class_names: names by index.
+    map_side: cells a side of the Grad-CAM map the shares come from (`gradcam.map_side`); below
+      `MIN_JUDGE_SIDE` nothing is flagged and the verdict is 'too coarse to judge'. None: unknown
+      (judged).
 
   Returns:
     {'per_class': {name: {'n', 'corners', 'corners_area', 'border', 'border_area',
      'outside_lung', 'outside_lung_area', 'peak_outside_lung', 'flagged', 'reason'}},
-     'flagged': [names], 'corner_fraction', 'corner_flag', 'peak_flag', 'frame_fraction'};
-    classes never predicted have n = 0 and NaN shares.
+     'flagged': [names], 'verdict', 'too_coarse', 'map_side', 'corner_fraction', 'corner_flag',
+     'peak_flag', 'frame_fraction'}; classes never predicted have n = 0 and NaN shares.
   """
+  too_coarse = map_side is not None and map_side < MIN_JUDGE_SIDE
   preds = np.asarray(preds)
   per_class, flagged = {}, []
   for k, name in enumerate(class_names):
@@ -186,14 +200,21 @@ def indicator(
         f'{row["outside_lung"]:.0%} of the mass outside them '
         f'({row["outside_lung_area"]:.0%} of the area)'
       )
-    row['flagged'] = bool(reasons)
+    row['flagged'] = bool(reasons) and not too_coarse
     row['reason'] = '; '.join(reasons)
     if row['flagged']:
       flagged.append(name)
     per_class[name] = row
+  if too_coarse:
+    verdict = f'too coarse to judge ({map_side}x{map_side} map)'
+  else:
+    verdict = ('flagged: ' + ', '.join(flagged)) if flagged else 'no class flagged'
   return {
     'per_class': per_class,
     'flagged': flagged,
+    'verdict': verdict,
+    'too_coarse': too_coarse,
+    'map_side': map_side,
     'corner_fraction': CORNER_FRACTION,
     'corner_flag': CORNER_FLAG,
     'peak_flag': PEAK_FLAG,
@@ -201,12 +222,13 @@ def indicator(
   }
 
 
-def markdown(ind: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
+def markdown(ind: dict, figures: Sequence[tuple[str, str]] = (), cam_map: str = '') -> str:
   """The report section: the per-class table, the verdict, and links to the example panels."""
   lines = [
     '## Shortcut indicator (where the Grad-CAM evidence is)',
     '',
-    'Per predicted class, on the Grad-CAM map of the predicted class: the share of its mass '
+    (f'Grad-CAM map: {cam_map}. ' if cam_map else '')
+    + 'Per predicted class, on the Grad-CAM map of the predicted class: the share of its mass '
     f'in the four corner squares ({ind["corner_fraction"]:.0%} of each side, where markers '
     f'and text sit), in the border frame (outer {ind["frame_fraction"]:.0%} of each side) '
     'and outside the lung mask (an intensity heuristic, see `jaxcxr.evaluation.shortcut`), '
@@ -230,17 +252,21 @@ def markdown(ind: dict, figures: Sequence[tuple[str, str]] = ()) -> str:
       f'{r["peak_outside_lung"]:.2f} | '
       f'{"**yes**: " + r["reason"] if r["flagged"] else "no"} |'
     )
-  lines += [
-    '',
-    (
+  if ind.get('too_coarse'):
+    verdict = (
+      f'**Too coarse to judge**: a {ind["map_side"]}x{ind["map_side"]} map cannot tell the '
+      f'lungs from the border (below {MIN_JUDGE_SIDE}x{MIN_JUDGE_SIDE}, the phantom shortcut '
+      'model and the clean ones overlap); nothing is flagged.'
+    )
+  elif ind['flagged']:
+    verdict = (
       '**Flagged: ' + ', '.join(ind['flagged']) + '.** The model may be using '
       'evidence outside the lungs (markers, text, borders) for these classes; check the '
       'examples below.'
     )
-    if ind['flagged']
-    else 'No class flagged (the numbers can still show evidence below or beside the lungs).',
-    '',
-  ]
+  else:
+    verdict = 'No class flagged (the numbers can still show evidence below or beside the lungs).'
+  lines += ['', verdict, '']
   if figures:
     lines += (
       [
@@ -288,6 +314,7 @@ def analyse_split(
   per_class: int = EXAMPLES_PER_CLASS,
   batch_size: int = 16,
   alpha: float = 0.4,
+  layer: str = 'auto',
 ) -> dict:
   """Grad-CAM of every image of a split, the indicator, and panels of the telling examples.
 
@@ -300,17 +327,22 @@ def analyse_split(
     per_class: most confident right and wrong predictions drawn per predicted class.
     batch_size: Grad-CAM batch size.
     alpha: overlay weight.
+    layer: the Grad-CAM layer(s) (`gradcam.resolve_layers`; 'auto': at least 7x7).
 
   Returns:
     {'indicator': `indicator(...)`, 'figures': [(title, path relative to out_dir)],
-     'images': N}.
+     'images': N, 'cam_map': e.g. 'layer3 7x7 at 112 px'}.
   """
   greys, labels, index = gradcam.split_images(data_cfg, handle, split, batch_size)
-  cams, probs, _ = gradcam.cams_uint8(module, variables, greys, -1, batch_size=batch_size)
+  cams, probs, _ = gradcam.cams_uint8(
+    module, variables, greys, -1, batch_size=batch_size, layer=layer
+  )
   preds = probs.argmax(1)
   lungs = np.stack([lung_mask(g) for g in greys])
   shares = cam_shares(cams, lungs)
-  ind = indicator(shares, preds, class_names)
+  shape = (batch_size, *greys.shape[1:3], 3)
+  side = gradcam.map_side(module, shape, layer)
+  ind = indicator(shares, preds, class_names, map_side=side)
   os.makedirs(os.path.join(out_dir, 'shortcut'), exist_ok=True)
   figures = []
   for i, kind, rank in select_examples(labels, preds, probs, per_class):
@@ -326,7 +358,12 @@ def analyse_split(
       os.path.join(out_dir, rel)
     )
     figures.append((f'predicted {pred}, {kind} #{rank}', rel))
-  return {'indicator': ind, 'figures': figures, 'images': len(greys)}
+  return {
+    'indicator': ind,
+    'figures': figures,
+    'images': len(greys),
+    'cam_map': gradcam.describe_layers(module, shape, layer),
+  }
 
 
 __all__ = [
@@ -334,6 +371,7 @@ __all__ = [
   'CORNER_FRACTION',
   'EXAMPLES_PER_CLASS',
   'FRAME_FRACTION',
+  'MIN_JUDGE_SIDE',
   'analyse_split',
   'border_frame',
   'cam_shares',
