@@ -2,10 +2,12 @@ r"""Grad-CAM resolution A/B on phantom-trained workdirs: localisation and the sh
 
   python -m launch.benchmark_cam --workdir workdirs/phantom_default --workdir workdirs/marked \
       [--layers last,auto,auto+last] [--split test] [--lesion_dir DIR] [--out cam_layers.json]
+  python -m launch.benchmark_cam --workdir workdirs/cxr_cpu --eval_dir ../shared/data/cxr_eval
 
 Per workdir and Grad-CAM layer: the map size, the pointing game and the energy inside the lesion
 mask (true-class maps of the films with a lesion), and the shortcut indicator's figures
-(`jaxcxr.benchmarks.cam_layers`). The workdirs must be trained on phantom films (lesion masks).
+(`jaxcxr.benchmarks.cam_layers`). The workdirs must be trained on phantom films (lesion masks);
+with --eval_dir, any workdir: the indicator per layer on that folder's films.
 """
 
 import json
@@ -22,6 +24,9 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'Split scored.')
 _LESION_DIR = flags.DEFINE_string(
   'lesion_dir', '', 'Phantom folder with lesion_masks/ (default: the workdir data folder).'
 )
+_EVAL_DIR = flags.DEFINE_string(
+  'eval_dir', '', 'A labelled folder of real films instead: the indicator per layer only.'
+)
 _OUT = flags.DEFINE_string('out', '', 'Optional JSON of every figure.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -31,6 +36,11 @@ def main(argv):
   results = []
   try:
     for workdir in _WORKDIRS.value:
+      if _EVAL_DIR.value:
+        results.append(
+          cam_layers.measure_folder(workdir, _EVAL_DIR.value, layers=tuple(_LAYERS.value))
+        )
+        continue
       results.append(
         cam_layers.measure_workdir(
           workdir, _LESION_DIR.value, layers=tuple(_LAYERS.value), split=_SPLIT.value

@@ -15,8 +15,8 @@ is scored on one split with the same checkpoint:
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import phantom
-from jaxcxr.evaluation import gradcam, shortcut
+from jaxcxr.data import dataset, phantom
+from jaxcxr.evaluation import folder_eval, gradcam, inference, shortcut
 from jaxcxr.training import checkpoint
 
 
@@ -85,6 +85,57 @@ def measure_workdir(
   return out
 
 
+def measure_folder(
+  workdir: str,
+  eval_dir: str,
+  *,
+  layers: tuple[str, ...] = ('last', 'auto'),
+  batch_size: int = 32,
+) -> dict:
+  """The shortcut indicator of one workdir on a labelled folder's films for each layer choice.
+
+  Returns:
+    {'workdir', 'model', 'image_size', 'images', 'accuracy', 'rows': [{'layer', 'map',
+     'map_side', 'indicator'}]} (no lesion masks on real films: no localisation figures).
+  """
+  bundle = checkpoint.restore_for_inference(workdir)
+  folder = folder_eval.scan_labelled_folder(eval_dir, list(bundle.class_names))
+  films = inference.read_films(
+    folder.files, bundle.image_size, stored_size=dataset.stored_size(bundle.config.data)
+  )
+  greys, labels = films.inputs, folder.labels[films.ok]
+  lungs = np.stack([shortcut.lung_mask(g) for g in greys])
+  size = bundle.image_size
+  shape = (batch_size, size, size, 3)
+  out = {
+    'workdir': workdir,
+    'model': bundle.config.model.name,
+    'image_size': size,
+    'images': len(labels),
+    'rows': [],
+  }
+  for layer in layers:
+    cams, probs, _ = gradcam.cams_uint8(
+      bundle.module, bundle.variables, greys, -1, batch_size=batch_size, layer=layer
+    )
+    preds = probs.argmax(1)
+    out['accuracy'] = float(np.mean(preds == labels))
+    side = gradcam.map_side(bundle.module, shape, layer)
+    out['rows'].append(
+      {
+        'layer': layer,
+        'map': gradcam.describe_layers(bundle.module, shape, layer),
+        'map_side': side,
+        'pointing_game': float('nan'),
+        'energy_in_mask': float('nan'),
+        'indicator': shortcut.indicator(
+          shortcut.cam_shares(cams, lungs), preds, bundle.class_names, map_side=side
+        ),
+      }
+    )
+  return out
+
+
 def table(results: list[dict]) -> str:
   """Markdown table: one row per workdir and layer."""
   lines = [
@@ -107,4 +158,4 @@ def table(results: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-__all__ = ['measure_workdir', 'table']
+__all__ = ['measure_folder', 'measure_workdir', 'table']

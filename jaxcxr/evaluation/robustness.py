@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from jaxcxr.evaluation import inference
+
 PERTURBATIONS = (
   'zoom_in',
   'zoom_out',
@@ -138,6 +140,52 @@ def _scores(labels, preds, num_classes: int) -> dict:
   }
 
 
+def summarise(
+  labels: Sequence[int],
+  clean_probs: np.ndarray,
+  perturbed_probs: dict[str, np.ndarray],
+  class_names: Sequence[str],
+  *,
+  zoom_range: Sequence[float] = (0.9, 1.1),
+  seed: int = 0,
+) -> dict:
+  """The section from probabilities: clean (N, C) and {kind: (N, C)} of the perturbed films.
+
+  Returns:
+    {'clean': {'macro_f1', 'accuracy'}, 'perturbations': {kind: {'description', 'macro_f1',
+     'accuracy', 'changed', 'f1_drop'}}, 'images': N, 'seed'}.
+  """
+  labels = np.asarray(labels)
+  c = len(class_names)
+  clean = np.asarray(clean_probs).argmax(1)
+  factors = zoom_factors(zoom_range)
+  out = {'clean': _scores(labels, clean, c), 'perturbations': {}, 'images': len(labels)}
+  out['seed'] = seed
+  for kind, probs in perturbed_probs.items():
+    preds = np.asarray(probs).argmax(1)
+    row = _scores(labels, preds, c)
+    row['changed'] = float(np.mean(preds != clean))
+    row['f1_drop'] = out['clean']['macro_f1'] - row['macro_f1']
+    row['description'] = _DESCRIPTIONS[kind].format(z=factors.get(kind, 0.0))
+    out['perturbations'][kind] = row
+  return out
+
+
+def perturbed_predictions(
+  predict: Callable[[np.ndarray], np.ndarray],
+  images: np.ndarray,
+  labels: Sequence[int],
+  *,
+  zoom_range: Sequence[float] = (0.9, 1.1),
+  kinds: Sequence[str] = PERTURBATIONS,
+  seed: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(clean probabilities, {kind: probabilities}) of `predict` on the films and their variants."""
+  mates = partners(labels, seed)
+  clean = np.asarray(predict(images))
+  return clean, {k: np.asarray(predict(perturb(images, k, mates, zoom_range))) for k in kinds}
+
+
 def evaluate(
   predict: Callable[[np.ndarray], np.ndarray],
   images: np.ndarray,
@@ -160,24 +208,35 @@ def evaluate(
     seed: draws the partner films.
 
   Returns:
-    {'clean': {'macro_f1', 'accuracy'}, 'perturbations': {kind: {'description', 'macro_f1',
-     'accuracy', 'changed', 'f1_drop'}}, 'images': N, 'seed'}.
+    `summarise(...)`.
   """
-  labels = np.asarray(labels)
-  c = len(class_names)
-  clean = np.asarray(predict(images)).argmax(1)
-  mates = partners(labels, seed)
-  factors = zoom_factors(zoom_range)
-  out = {'clean': _scores(labels, clean, c), 'perturbations': {}, 'images': len(labels)}
-  out['seed'] = seed
-  for kind in kinds:
-    preds = np.asarray(predict(perturb(images, kind, mates, zoom_range))).argmax(1)
-    row = _scores(labels, preds, c)
-    row['changed'] = float(np.mean(preds != clean))
-    row['f1_drop'] = out['clean']['macro_f1'] - row['macro_f1']
-    row['description'] = _DESCRIPTIONS[kind].format(z=factors.get(kind, 0.0))
-    out['perturbations'][kind] = row
-  return out
+  clean, perturbed = perturbed_predictions(
+    predict, images, labels, zoom_range=zoom_range, kinds=kinds, seed=seed
+  )
+  return summarise(labels, clean, perturbed, class_names, zoom_range=zoom_range, seed=seed)
+
+
+def for_model(
+  module,
+  variables: dict,
+  images: np.ndarray,
+  labels: Sequence[int],
+  class_names: Sequence[str],
+  *,
+  zoom_range: Sequence[float] = (0.9, 1.1),
+  batch_size: int = 64,
+  seed: int = 0,
+) -> dict:
+  """`evaluate` with a trained model's plain (no test-time augmentation) jitted predictor."""
+  fn = inference.make_predict_fn(module, variables)
+  return evaluate(
+    lambda x: inference.predict_arrays(fn, x, batch_size),
+    images,
+    labels,
+    class_names,
+    zoom_range=zoom_range,
+    seed=seed,
+  )
 
 
 def markdown(section: dict, title: str = 'Robustness to non-lung changes') -> str:
@@ -202,6 +261,24 @@ def markdown(section: dict, title: str = 'Robustness to non-lung changes') -> st
   return '\n'.join(lines + [''])
 
 
+def comparison_table(sections: dict[str, dict]) -> str:
+  """Markdown: one row per perturbation, macro-F1 and changed predictions per named model."""
+  names = list(sections)
+  first = sections[names[0]]
+  head = ' | '.join(f'{n} macro-F1 | {n} changed' for n in names)
+  lines = [f'| films | {head} |', '|---|' + '---:|' * (2 * len(names))]
+  clean = ' | '.join(f'{sections[n]["clean"]["macro_f1"]:.3f} | -' for n in names)
+  lines.append(f'| clean | {clean} |')
+  for kind, row in first['perturbations'].items():
+    cells = ' | '.join(
+      f'{sections[n]["perturbations"][kind]["macro_f1"]:.3f} | '
+      f'{sections[n]["perturbations"][kind]["changed"]:.1%}'
+      for n in names
+    )
+    lines.append(f'| {row["description"]} | {cells} |')
+  return '\n'.join(lines)
+
+
 def summary_line(section: dict) -> str:
   """One line for a launcher: the clean macro-F1 and the worst perturbation."""
   worst = max(section['perturbations'].items(), key=lambda kv: kv[1]['f1_drop'])
@@ -216,12 +293,16 @@ __all__ = [
   'FRAME_FRACTION',
   'PERTURBATIONS',
   'TEXT_FRACTION',
+  'comparison_table',
   'corner_mask',
   'evaluate',
+  'for_model',
   'frame_mask',
   'markdown',
   'partners',
   'perturb',
+  'perturbed_predictions',
+  'summarise',
   'summary_line',
   'swap_region',
   'zoom',
