@@ -165,8 +165,9 @@ def indicator(
       (judged).
 
   Returns:
-    {'per_class': {name: {'n', 'corners', 'corners_area', 'border', 'border_area',
-     'outside_lung', 'outside_lung_area', 'peak_outside_lung', 'flagged', 'reason'}},
+    {'per_class': {name: {'n', 'n_empty' (all-zero maps), 'corners', 'corners_area', 'border',
+     'border_area', 'outside_lung', 'outside_lung_area', 'peak_outside_lung', 'flagged',
+     'reason'}},
      'flagged': [names], 'verdict', 'too_coarse', 'map_side', 'corner_fraction', 'corner_flag',
      'peak_flag', 'frame_fraction'}; classes never predicted have n = 0 and NaN shares.
   """
@@ -175,7 +176,8 @@ def indicator(
   per_class, flagged = {}, []
   for k, name in enumerate(class_names):
     sel = (preds == k) & np.isfinite(shares['corners'])
-    row = {'n': int(sel.sum())}
+    # An all-zero map (no positive evidence at this layer) has no shares: counted, not averaged.
+    row = {'n': int(sel.sum()), 'n_empty': int(((preds == k) & ~sel).sum())}
     for key in (
       'corners',
       'corners_area',
@@ -242,11 +244,12 @@ def markdown(ind: dict, figures: Sequence[tuple[str, str]] = (), cam_map: str = 
     '|---|---:|---:|---:|---:|---:|---|',
   ]
   for name, r in ind['per_class'].items():
+    n = f'{r["n"]} (+{r["n_empty"]} empty maps)' if r.get('n_empty') else str(r['n'])
     if not r['n']:
-      lines.append(f'| {name} | 0 | n/a | n/a | n/a | n/a | |')
+      lines.append(f'| {name} | {n} | n/a | n/a | n/a | n/a | |')
       continue
     lines.append(
-      f'| {name} | {r["n"]} | {r["corners"]:.2f} ({r["corners_area"]:.2f}) | '
+      f'| {name} | {n} | {r["corners"]:.2f} ({r["corners_area"]:.2f}) | '
       f'{r["border"]:.2f} ({r["border_area"]:.2f}) | '
       f'{r["outside_lung"]:.2f} ({r["outside_lung_area"]:.2f}) | '
       f'{r["peak_outside_lung"]:.2f} | '
