@@ -270,12 +270,11 @@ def comparison_table(sections: dict[str, dict]) -> str:
   clean = ' | '.join(f'{sections[n]["clean"]["macro_f1"]:.3f} | -' for n in names)
   lines.append(f'| clean | {clean} |')
   for kind, row in first['perturbations'].items():
-    cells = ' | '.join(
-      f'{sections[n]["perturbations"][kind]["macro_f1"]:.3f} | '
-      f'{sections[n]["perturbations"][kind]["changed"]:.1%}'
-      for n in names
-    )
-    lines.append(f'| {row["description"]} | {cells} |')
+    cells = []
+    for n in names:
+      r = sections[n]['perturbations'].get(kind)  # absent: that side ran out of budget
+      cells.append(f'{r["macro_f1"]:.3f} | {r["changed"]:.1%}' if r else '- | -')
+    lines.append(f'| {row["description"]} | {" | ".join(cells)} |')
   return '\n'.join(lines)
 
 
