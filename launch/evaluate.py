@@ -2,12 +2,17 @@ r"""Evaluates a trained workdir on a split, or on any labelled folder, and write
 
   python -m launch.evaluate --workdir workdirs/default [--split test] [--which best] [--shortcut]
   python -m launch.evaluate --workdir workdirs/default --eval_dir /data/new_hospital [--out DIR]
+  python -m launch.evaluate --workdir workdirs/default --labels_csv /data/public_set/labels.csv
 
 With --split: the prepared split of the run's data config; report in <workdir>/eval_<split>/.
 With --eval_dir: a Kaggle-layout folder (COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a
 4-class model; names matched case-insensitively]) scored as it is, without preparing a dataset:
 report in <workdir>/eval_folder_<folder name>/, with predictions.csv and unreadable.csv (files that
-could not be read are listed and skipped). Either way: report.json, report.md, the figures
+could not be read are listed and skipped). With --labels_csv (beside or instead of --eval_dir): a
+CSV with a file column (file, path, filename, image, study, ...) and a label column (label, class,
+...): each row's file, or every film of the study folder it names, with that class; paths relative
+to --eval_dir, else to the CSV's folder. DICOM films are read like PNGs (docs/WORKFLOW.md 7b).
+Either way: report.json, report.md, the figures
 (confusion matrix, ROC curves, reliability diagram, training curves) and, with the shortcut
 indicator, Grad-CAM example panels in shortcut/; with the run's out-of-distribution score fitted
 (--ood, the default then), its section: how many of these films `launch.predict` would flag, and
@@ -30,6 +35,12 @@ _EVAL_DIR = flags.DEFINE_string(
   '',
   'A labelled Kaggle-layout folder to score instead of a split (one subfolder '
   'per class: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/]); no dataset is prepared.',
+)
+_LABELS_CSV = flags.DEFINE_string(
+  'labels_csv',
+  '',
+  'A CSV of file (or study folder) -> class to score, beside or instead of --eval_dir class '
+  'folders; paths relative to --eval_dir, else to the CSV.',
 )
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Checkpoint to evaluate.')
 _OUT = flags.DEFINE_string(
@@ -61,12 +72,15 @@ flags.mark_flags_as_required(['workdir'])
 
 def _evaluate() -> tuple[dict, str]:
   """(result, title) of the evaluation the flags ask for."""
-  if _EVAL_DIR.value:
+  if _EVAL_DIR.value or _LABELS_CSV.value:
     if flags.FLAGS['split'].present:
-      raise ValueError('Give either --split (a prepared split) or --eval_dir (a folder), not both.')
+      raise ValueError(
+        'Give either --split (a prepared split) or --eval_dir / --labels_csv (films), not both.'
+      )
     result = folder_eval.evaluate_folder(
       _WORKDIR.value,
       _EVAL_DIR.value,
+      labels_csv=_LABELS_CSV.value,
       which=_WHICH.value,
       out=_OUT.value,
       batch_size=_BATCH.value,

@@ -17,6 +17,12 @@ workdirs), the report has its section too, the folder's films as the in-distribu
 share of them that `launch.predict` would flag (a new hospital's false-alarm rate) and the AUROC of
 the score against generated pictures (noise, photos, text, transformed films).
 
+With a labels CSV (`labels_csv`, `launch.evaluate --labels_csv`: file or study folder -> class,
+`folders.read_labels_csv`) a public set is scored as it is downloaded, beside or instead of class
+folders; a film labelled twice with two classes, an unknown class or a missing file is an error
+naming it (and the CSV row). DICOM films are read as every command reads them
+(`jaxcxr.data.dicom`); the header's input checks feed the OOD section.
+
 Unreadable files are listed and counted, not fatal. Subfolders that are no class of the model
 (Lung_Opacity/ for a 3-class model, anything else) are named in the report and skipped; a class of
 the model without a folder is noted (its recall is 0 by convention), and a folder with no class
@@ -67,8 +73,48 @@ class LabelledFolder:
   hidden: list[str]
 
   def relative(self, path: Path) -> str:
-    """A file's name relative to the folder (as in the report's CSVs)."""
-    return Path(path).relative_to(self.root).as_posix()
+    """A file's name relative to the folder (as in the report's CSVs); a file of a labels CSV
+    outside it: its path."""
+    try:
+      return Path(path).relative_to(self.root).as_posix()
+    except ValueError:
+      return str(path)
+
+
+def scan_labelled(eval_dir, class_names: Sequence[str], labels_csv='') -> LabelledFolder:
+  """`scan_labelled_folder`, plus (or instead) the films of a labels CSV.
+
+  Paths of the CSV are relative to `eval_dir` when given, else to the CSV's folder.
+
+  Raises:
+    FileNotFoundError / ValueError: as `scan_labelled_folder` and `folders.read_labels_csv`; a
+      film of both with two different classes (naming it and both classes).
+  """
+  if not labels_csv:
+    return scan_labelled_folder(eval_dir, class_names)
+  names = tuple(class_names)
+  files, labels, _ = folders_lib.read_labels_csv(labels_csv, names, root=eval_dir or None)
+  files = [Path(f).resolve() for f in files]
+  root = Path(eval_dir or Path(labels_csv).expanduser().parent).expanduser().resolve()
+  folder = LabelledFolder(root, [], np.zeros(0, np.int64), {}, list(names), [], [])
+  if eval_dir and folders_lib.class_folders(root, names):
+    folder = scan_labelled_folder(eval_dir, class_names)
+  label_of = {f: int(k) for f, k in zip(folder.files, folder.labels, strict=True)}
+  for f, k in zip(files, labels, strict=True):
+    if label_of.get(f, k) != k:
+      raise ValueError(
+        f'{folder.relative(f)} is labelled {names[k]!r} in {labels_csv} but lies in the '
+        f'{names[label_of[f]]!r} class folder. Fix the CSV or move the file.'
+      )
+    label_of[f] = k
+  order = sorted(label_of, key=lambda f: (label_of[f], str(f)))
+  found = {names[label_of[f]] for f in order}
+  return dataclasses.replace(
+    folder,
+    files=order,
+    labels=np.asarray([label_of[f] for f in order], np.int64),
+    missing=[c for c in names if c not in found],
+  )
 
 
 def scan_labelled_folder(eval_dir, class_names: Sequence[str]) -> LabelledFolder:
@@ -265,6 +311,7 @@ def evaluate_folder(
   workdir: str,
   eval_dir: str,
   *,
+  labels_csv: str = '',
   which: str = 'best',
   out: str = '',
   batch_size: int = 0,
@@ -276,7 +323,8 @@ def evaluate_folder(
 
   Args:
     workdir: training workdir (config.json + checkpoints; metrics.jsonl for the curves).
-    eval_dir: the labelled folder (see the module docstring).
+    eval_dir: the labelled folder (see the module docstring); '' with `labels_csv`.
+    labels_csv: a labels CSV (file or folder -> class), beside or instead of class folders.
     which: 'best' or 'latest' checkpoint.
     out: report folder; '' = <workdir>/eval_folder_<folder name>.
     batch_size: 0 = config.eval.batch_size.
@@ -297,7 +345,7 @@ def evaluate_folder(
   bundle = checkpoint.restore_for_inference(workdir, which=which)
   cfg = bundle.config
   names = list(bundle.class_names)
-  folder = scan_labelled_folder(eval_dir, names)
+  folder = scan_labelled(eval_dir, names, labels_csv)
   batch_size = batch_size or int(cfg.eval.batch_size)
   n_bootstrap = bootstrap if bootstrap >= 0 else int(cfg.eval.bootstrap)
   ood_model = ood_lib.load_for(workdir, bundle)[0] if ood else None
@@ -362,6 +410,7 @@ def evaluate_folder(
     'model': cfg.model.name,
     'image_size': int(bundle.image_size),
     'eval_dir': str(folder.root),
+    'labels_csv': str(labels_csv) or 'none',
     'files_found': len(folder.files),
     'unreadable_files': len(failed),
     'ignored_folders': ', '.join(folder.ignored_folders) or 'none',

@@ -8,7 +8,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
-import glob
 import os
 from collections.abc import Callable, Sequence
 
@@ -17,15 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.data import dataset, input_checks, preprocess
+from jaxcxr.data import dataset, folders, input_checks, preprocess
 from jaxcxr.data import images as images_lib
 from jaxcxr.evaluation import export, ood
 from jaxcxr.training import checkpoint, sharding, validation
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+# Film extensions; files with another or no extension count when they are DICOM (preamble).
+IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS
 # The predicted and leaderboard label of a row flagged out of distribution, with --reject_ood.
 REJECTED_LABEL = 'OUT_OF_DISTRIBUTION'
-_INFERENCE_REMEDY = 'Check that it is a readable PNG/JPEG/BMP/TIFF chest X-ray image.'
+_INFERENCE_REMEDY = 'Check that it is a readable PNG/JPEG/BMP/TIFF/DICOM chest X-ray image.'
 
 
 def make_predict_fn(module, variables: dict, *, dtype=jnp.float32, tta: bool = False) -> Callable:
@@ -237,15 +237,10 @@ def predict_files_checked(
 
 
 def list_images(spec: str) -> list[str]:
-  """Image files of a folder (recursive, sorted), a glob pattern, or one file."""
-  if os.path.isdir(spec):
-    found = []
-    for root, _, files in os.walk(spec):
-      found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found)
-  if os.path.isfile(spec):
-    return [spec]
-  return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+  """Films of a folder (recursive: study / series / instance exports too, sorted), a glob pattern
+  (folders it matches searched the same way), or one file: `folders.list_films` (by extension, or
+  by the DICOM preamble for files named by UID with no extension)."""
+  return folders.list_films(spec)
 
 
 def _ood_columns(

@@ -453,7 +453,7 @@ def _read_folder(spec: str) -> list[bytes]:
   if not paths:
     raise FileNotFoundError(
       f'No image files under {spec!r} (folders are searched recursively '
-      f'for {", ".join(inference.IMAGE_EXTENSIONS)}).'
+      f'for {", ".join(inference.IMAGE_EXTENSIONS)}, and DICOM files by content).'
     )
   out = []
   for path in paths:
