@@ -300,10 +300,10 @@ IDENTIFYING = {
   'SeriesDate': '19020304',
   'AcquisitionDate': '19020304',
   'ContentDate': '19020304',
-  'StudyTime': '040506',
-  'SeriesTime': '040506',
-  'AcquisitionTime': '040506',
-  'ContentTime': '040506',
+  'StudyTime': '013859.271828',
+  'SeriesTime': '013859.271828',
+  'AcquisitionTime': '013859.271828',
+  'ContentTime': '013859.271828',
   'AccessionNumber': f'{MARKER}AC',
   'StudyID': f'{MARKER}S'[:16],
   'StudyDescription': f'{MARKER} study',
@@ -328,7 +328,7 @@ IDENTIFYING = {
   'FrameOfReferenceUID': MARKER_UID + '.4',
 }
 # Markers of the dates and times above (no other test value looks like them).
-DATE_MARKERS = ('19010203', '19020304', '040506')
+DATE_MARKERS = ('19010203', '19020304', '013859.271828')
 
 
 def identifying_attrs() -> dict:
