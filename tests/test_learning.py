@@ -64,7 +64,9 @@ def _train(config: str, workdir, overrides: dict, timeout: int = 1800) -> dict:
   )
   assert r.returncode == 0, r.stderr[-3000:]
   with open(workdir / 'report.json') as f:
-    return json.load(f)
+    report = json.load(f)
+  report['output_lines'] = (r.stdout + r.stderr).splitlines()
+  return report
 
 
 def _mark_covid_corner(clean, out):
@@ -87,6 +89,22 @@ def test_default_phantom_variant_learns_and_is_not_flagged(tmp_path):
   )
   acc = report['metrics']['accuracy']
   assert acc >= VARIANT_ACCURACY - MARGIN, f'test accuracy {acc:.3f} (measured {VARIANT_ACCURACY})'
+  # The README's main job prints only lines a user can act on: the dataset it prepared and where,
+  # the run's header, one line per epoch, the test metrics, where the results are (16 lines for
+  # configs/default.py's 12 epochs; 18 before #28, with TFDS's two download lines and Orbax's
+  # missing-metadata warning).
+  lines = report['output_lines']
+  assert [line for line in lines if not line.startswith('epoch ')] == [
+    lines[0],
+    lines[1],
+    lines[-2],
+    lines[-1],
+  ], lines
+  assert lines[0].startswith('Preparing the cxr_phantom dataset (3class) in '), lines
+  assert lines[1].startswith('cnn_bn: ') and lines[1].endswith('starting fresh.'), lines
+  epochs = [line.split(':')[0] for line in lines[2:-2]]
+  assert epochs == [f'epoch {i}' for i in range(1, PHANTOM_VARIANT['train.num_epochs'] + 1)]
+  assert lines[-2].startswith('test_loss=') and lines[-1].startswith('Results in '), lines
   ind = report['shortcut']['indicator']
   assert ind['flagged'] == [], ind
   assert sum(r['n'] for r in ind['per_class'].values()) == report['metrics']['num_examples']
