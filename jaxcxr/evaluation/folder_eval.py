@@ -5,9 +5,10 @@
 `evaluate_folder` finds the class folders of FOLDER as the dataset builder finds them
 (`jaxcxr.data.folders`: COVID/, Normal/, Viral Pneumonia/ [, Lung_Opacity/ for a 4-class model],
 their aliases, matched case-insensitively, `<Class>/images/` when present; subfolders such as masks/
-and hidden files skipped), reads every file with the same decode and resizes as the run's
-evaluation (`preprocess.load_image_for_inference` through the run's stored size), predicts with the
-run's model (test-time augmentation when the run used it) and writes the report of
+and hidden files skipped), reads and decodes every file once (`inference.read_films`: the input
+checks, then the run's evaluation resizes through its stored size), predicts with the run's model
+(test-time augmentation when the run used it) in one forward pass that also gives the OOD features
+(`inference.make_outputs_fn`), and writes the report of
 `report.write_report`: metrics with bootstrap CIs, confusion matrix, ROC curves, reliability
 diagram, the Grad-CAM shortcut indicator with its example panels (source resolution), plus
 `predictions.csv` (one row per scored film) and `unreadable.csv` (file, reason). Nothing is
