@@ -19,6 +19,12 @@ _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed decodes per film (the media
 _WORKDIR = flags.DEFINE_string('workdir', '', 'A trained workdir: time launch.predict on DICOMs.')
 _N_PREDICT = flags.DEFINE_integer('n_predict', 64, 'DICOM films in the predict timing.')
 _ONLY = flags.DEFINE_string('only', '', 'Only films whose name contains this.')
+_PREDICT_FILM = flags.DEFINE_enum(
+  'predict_film',
+  'jpeg_baseline_1024_8bit',
+  list(benchmark_dicom.FILMS),
+  'Film of the predict timing.',
+)
 
 
 def main(argv) -> int:
@@ -29,6 +35,7 @@ def main(argv) -> int:
     workdir=_WORKDIR.value,
     n_predict=_N_PREDICT.value,
     only=_ONLY.value,
+    predict_film=_PREDICT_FILM.value,
   )
 
 
