@@ -78,6 +78,20 @@ def films(tmp_path_factory):
       rows.append(f'{rel},{name}')
       k += 1
   (export / 'labels.csv').write_text('\n'.join(rows) + '\n')
+  # Bad films carrying the markers too: their one-line errors must not quote the header.
+  bad = root / 'bad'
+  whole = Path(_write_film(bad / 'truncated.dcm', greys[0], 2000)).read_bytes()
+  (bad / 'truncated.dcm').write_bytes(whole[: len(whole) * 3 // 4])
+  cut = Path(_write_film(bad / 'cut_header', greys[0], 2001)).read_bytes()
+  (bad / 'cut_header').write_bytes(cut[:700])  # inside the identifying attributes
+  private = _write_film(bad / 'private_syntax.dcm', greys[1], 2002)
+  ds = pydicom.dcmread(private)
+  ds.file_meta.TransferSyntaxUID = '1.2.3.4.5.6'  # a codec's UID, named in the error
+  ds.save_as(private, enforce_file_format=False)
+  report = pydicom.dcmread(_write_film(bad / 'report.dcm', greys[2], 2003))
+  del report.PixelData
+  report.SOPClassUID = df.MARKER_UID + '.8'  # a private SOP class
+  report.save_as(bad / 'report.dcm', enforce_file_format=True)
   return root
 
 
@@ -142,13 +156,19 @@ def test_no_header_value_reaches_any_output(films, tmp_path):
       'launch.fit_ood', '--workdir', work, '--in_dir', export, '--out', out / 'ood', '--refit'
     ),
     'explore': _cmd('launch.explore', '--config', config, *data_flags, '--out', out / 'explore'),
+    'predict_bad': _cmd(
+      'launch.predict', '--workdir', work, '--images', films / 'bad', '--out', out / 'p_bad.csv'
+    ),
   }
   out.mkdir()
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     for name, result in zip(runs, pool.map(_run, runs.values()), strict=True):
       logs[name] = result
   for name, result in logs.items():
-    assert result.returncode == 0, f'{name}: rc {result.returncode}\n{result.stderr[-3000:]}'
+    want = 1 if name == 'predict_bad' else 0  # 1: some file failed
+    assert result.returncode == want, f'{name}: rc {result.returncode}\n{result.stderr[-3000:]}'
+  failed = [line for line in logs['predict_bad'].stderr.splitlines() if line.startswith('failed:')]
+  assert len(failed) == 4, logs['predict_bad'].stderr[-3000:]
   # Every film was read (none failed) and scored.
   for csv_name in ('p_kaggle.csv', 'p_exp.csv'):
     rows = (out / csv_name).read_text().splitlines()
