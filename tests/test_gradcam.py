@@ -248,9 +248,13 @@ def test_cnn_small_contract():
   module = models.build('cnn_small', 3)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   variables = numpy_variables(module, x.shape)
+  # 'auto': the last stage is 4x4 at 32 px, so the map is conv3's (8x8, 64 channels).
   out = gradcam.grad_cam(module, variables, x)
-  assert out['cam'].shape == (2, 32, 32) and out['raw'].shape == (2, 4, 4)
-  assert out['weights'].shape == (2, 128)
+  assert out['cam'].shape == (2, 32, 32) and out['raw'].shape == (2, 8, 8)
+  assert out['weights'].shape == (2, 64)
+  last = gradcam.grad_cam(module, variables, x, layer='last')
+  assert last['raw'].shape == (2, 4, 4) and last['weights'].shape == (2, 128)
+  np.testing.assert_allclose(last['logits'], out['logits'], rtol=1e-6)
   np.testing.assert_allclose(
     out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-6
   )
@@ -298,3 +302,35 @@ def test_gradcam_runs_on_batchnorm_model():
     out['logits'], jax.jit(module.apply)(variables, x), rtol=1e-5, atol=1e-6
   )
   assert np.isfinite(np.asarray(out['cam'])).all()
+
+
+def test_layer_choice_names_and_combinations():
+  module = models.build('cnn_res18_half', 3)
+  shape = (1, 112, 112, 3)
+  assert gradcam.resolve_layers(module, shape) == ('cam_stage_layer3',)
+  assert gradcam.resolve_layers(module, shape, 'last') == ('cam_features',)
+  assert gradcam.resolve_layers(module, shape, 'layer2+last') == (
+    'cam_stage_layer2',
+    'cam_features',
+  )
+  assert gradcam.describe_layers(module, shape) == 'layer3 7x7 at 112 px'
+  assert gradcam.describe_layers(module, shape, 'auto+last') == 'layer3 7x7 + last 4x4 at 112 px'
+  assert gradcam.map_side(module, shape, 'last') == 4 and gradcam.map_side(module, shape) == 7
+  assert gradcam.resolve_layers(module, (1, 224, 224, 3)) == ('cam_features',)  # 7x7 already
+  with pytest.raises(ValueError, match=r"'layer9' is not marked.*auto, last, layer1, layer2"):
+    gradcam.resolve_layers(module, shape, 'layer9')
+  # A model marking only 'cam_features' (the hand-built ones above) uses it whatever its size.
+  assert gradcam.resolve_layers(Tiny(), (1, 16, 16, 3)) == ('cam_features',)
+
+
+def test_combined_layers_average_the_normalised_maps():
+  module = models.build('cnn_bn', 3, widths=(4, 8))  # conv1 32x32, last (conv2) 16x16 at 32 px
+  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  variables = numpy_variables(module, x.shape, seed=3)
+  fine = gradcam.grad_cam(module, variables, x, 0, layer='conv1')
+  coarse = gradcam.grad_cam(module, variables, x, 0, layer='last')
+  both = gradcam.grad_cam(module, variables, x, 0, layer='conv1+last')
+  norm = gradcam._normalise  # pylint: disable=protected-access
+  up = jax.image.resize(coarse['raw'], (2, 32, 32), method='bilinear')
+  np.testing.assert_allclose(both['raw'], (norm(fine['raw']) + norm(up)) / 2, rtol=1e-5, atol=1e-6)
+  assert both['weights'].shape == (2, 4 + 8)  # both layers' channel weights
