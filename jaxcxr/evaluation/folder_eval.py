@@ -285,6 +285,14 @@ def _notes(folder: LabelledFolder, failed: list, class_names: Sequence[str]) -> 
   return notes
 
 
+def _material_films(n: int, seed: int = 0) -> list[int]:
+  """Indices of the films whose transformed copies are the OOD section's 'transformed X-rays'
+  sets (`ood_eval.material_sets` draws per_set of them): drawn before reading, so only these
+  are kept at source resolution."""
+  rng = np.random.default_rng(seed)
+  return sorted(rng.choice(n, min(ood_eval.DEFAULT_PER_SET, n), replace=False).tolist())
+
+
 def _ood_section(
   bundle,
   model: ood_lib.OodModel,
@@ -295,7 +303,7 @@ def _ood_section(
 ) -> dict:
   """The OOD section with the folder's readable films as the in-distribution set, from the read
   and forward pass that gave the predictions."""
-  inside = ood_eval.scored(model, films.reasons, films.greys, outputs)
+  inside = ood_eval.scored(model, films.reasons, list(films.greys.values()), outputs)
   return ood_eval.evaluate(
     bundle,
     model,
@@ -357,7 +365,7 @@ def evaluate_folder(
     bundle.image_size,
     stored_size=dataset.stored_size(cfg.data),
     max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
-    keep_greys=ood_model is not None,
+    keep_greys=_material_films(len(folder.files)) if ood_model is not None else (),
   )
   greys, ok, failed = films.inputs, films.ok, films.failed
   unreadable = [(folder.relative(folder.files[i]), reason) for i, reason in failed]
