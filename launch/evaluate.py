@@ -14,7 +14,8 @@ CSV with a file column (file, path, filename, image, study, ...) and a label col
 to --eval_dir, else to the CSV's folder. DICOM films are read like PNGs (docs/WORKFLOW.md 7b).
 Either way: report.json, report.md, the figures
 (confusion matrix, ROC curves, reliability diagram, training curves) and, with the shortcut
-indicator, Grad-CAM example panels in shortcut/; with the run's out-of-distribution score fitted
+indicator, Grad-CAM example panels in shortcut/ (the map's layer and size printed); the robustness
+section (--norobustness drops it); with the run's out-of-distribution score fitted
 (--ood, the default then), its section: how many of these films `launch.predict` would flag, and
 the score's AUROC against generated pictures. The per-class table is printed.
 """
@@ -24,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from jaxcxr.evaluation import folder_eval, report
+from jaxcxr.evaluation import folder_eval, report, robustness
 from jaxcxr.training import errors
 from launch import cli
 
@@ -67,6 +68,13 @@ _OOD = flags.DEFINE_bool(
   'split or folder as the in-distribution films). Default: when a score is '
   'fitted for the checkpoint.',
 )
+_ROBUSTNESS = flags.DEFINE_bool(
+  'robustness',
+  True,
+  'Add the robustness section: macro-F1 and changed predictions when the films are zoomed, '
+  'their border frame or corner text squares come from another film '
+  '(jaxcxr.evaluation.robustness).',
+)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -87,6 +95,7 @@ def _evaluate() -> tuple[dict, str]:
       bootstrap=_BOOTSTRAP.value,
       shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value,
       ood=_OOD.value is not False,
+      robustness=_ROBUSTNESS.value,
     )
     return result, result['name']
   result = report.evaluate_workdir(
@@ -98,6 +107,7 @@ def _evaluate() -> tuple[dict, str]:
     bootstrap=_BOOTSTRAP.value,
     shortcut=_SHORTCUT.value,
     ood=_OOD.value,
+    robustness=_ROBUSTNESS.value,
   )
   return result, _SPLIT.value
 
@@ -125,15 +135,17 @@ def main(argv):
   for note in m['notes']:
     print(f'note: {note}')
   if result.get('shortcut'):
-    flagged = result['shortcut']['indicator']['flagged']
-    print(
-      'shortcut indicator: '
-      + (
-        f'flagged {", ".join(flagged)} (evidence outside the lungs; see the panels in shortcut/)'
-        if flagged
-        else 'no class flagged'
-      )
+    ind = result['shortcut']['indicator']
+    verdict = (
+      f'flagged {", ".join(ind["flagged"])} (evidence outside the lungs; see the panels in '
+      'shortcut/)'
+      if ind['flagged']
+      else ind.get('verdict', 'no class flagged')
     )
+    cam_map = result['shortcut'].get('cam_map')
+    print(f'shortcut indicator: {verdict}' + (f' (Grad-CAM map: {cam_map})' if cam_map else ''))
+  if result.get('robustness'):
+    print(robustness.summary_line(result['robustness']))
   unreadable = result.get('unreadable', [])
   for name, reason in unreadable[:20]:
     print(f'unreadable: {name}: {reason}', file=sys.stderr)

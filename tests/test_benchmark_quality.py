@@ -9,6 +9,7 @@ import pytest
 
 from jaxcxr.benchmarks import quality as benchmark_quality
 from jaxcxr.data import phantom
+from jaxcxr.evaluation import robustness
 from jaxcxr.training import checkpoint
 from tests import train_helpers
 
@@ -68,6 +69,14 @@ def test_without_torch_runs_the_jaxcxr_side_alone(tmp_path, monkeypatch):
     'external_jax_row',
     lambda workdir, code, wall, budget, sp, csv, n: {'name': 'jaxcxr', 'wall_s': wall},
   )
+  robust_on = []
+  section = robustness.summarise([1], [[0.1, 0.8, 0.1]], {'zoom_in': [[0.9, 0.05, 0.05]]}, NAMES)
+
+  def jax_robustness(workdir, test):
+    robust_on.append(test)
+    return section
+
+  monkeypatch.setattr(benchmark_quality, 'jax_robustness', jax_robustness)
   (tmp_path / 'train').mkdir()
   (tmp_path / 'external').mkdir()
   summary = benchmark_quality.run(
@@ -83,6 +92,11 @@ def test_without_torch_runs_the_jaxcxr_side_alone(tmp_path, monkeypatch):
   assert [r['name'] for r in summary['rows']] == ['jaxcxr'] and summary['rows'][0]['wall_s'] == 3.0
   assert 'after_torch' not in summary['loadavg'] and '| torchvision |' not in summary['table']
   assert not (tmp_path / 'out' / 'torch.json').exists()
+  # The robustness section: the shipped model on the same (external) films, in the table.
+  assert robust_on == [splits['test']] and summary['rows'][0]['robustness'] == section
+  assert (
+    '| zoom 1.1x (training augmentation range) | 0.000 | 100.0% |' in (summary['robustness_table'])
+  )
 
 
 @pytest.mark.slow
@@ -141,3 +155,8 @@ def test_smoke_same_external_images(tmp_path):
     lo, hi = r_['macro_f1_ci']
     assert lo <= r_['macro_f1'] <= hi
   assert '| jaxcxr |' in r.stdout and '| torchvision |' in r.stdout
+  # Both sides' robustness sections: every perturbation of the same 9 films.
+  for r_ in (jax_r, torch_r):
+    assert set(r_['robustness']['perturbations']) == set(robustness.PERTURBATIONS)
+    assert r_['robustness']['images'] == 9
+  assert 'Robustness (' in r.stdout and '| clean |' in summary['robustness_table']

@@ -21,7 +21,7 @@ from PIL import Image
 from configs import tiny
 from jaxcxr import data, models
 from jaxcxr.data import phantom
-from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report
+from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report, robustness
 from jaxcxr.training import checkpoint
 from tests.test_gradcam import numpy_variables
 
@@ -399,6 +399,18 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   assert report['shortcut']['indicator'] and report['shortcut']['figures']
   assert all((work / 'eval_validation' / p).exists() for p in report['shortcut']['figures'])
   assert (work / 'eval_validation' / 'training_curves.png').exists()
+  # The map is stated (tiny.py: cnn_bn at 32 px, last stage 4x4, so conv3's 8x8), and the
+  # robustness section scores the same films under every perturbation.
+  assert report['shortcut']['cam_map'] == 'conv3 8x8 at 32 px'
+  assert report['shortcut']['indicator']['map_side'] == 8
+  assert set(report['robustness']['perturbations']) == set(robustness.PERTURBATIONS)
+  assert report['robustness']['images'] == 6
+  assert (
+    'shortcut indicator: ' in proc.stdout and '(Grad-CAM map: conv3 8x8 at 32 px)' in proc.stdout
+  )
+  assert 'robustness: clean macro-F1 ' in proc.stdout
+  md = (work / 'eval_validation' / 'report.md').read_text()
+  assert '## Robustness to non-lung changes' in md and 'Grad-CAM map: conv3 8x8 at 32 px.' in md
   # A labelled folder, one command: the same report for a new hospital's films.
   _, handle = setup
   folder, _ = _hospital_folder(tmp_path / 'hospital', handle)
@@ -409,6 +421,10 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   assert 'hospital: n=12 accuracy=' in proc.stdout and 'shortcut indicator: ' in proc.stdout
   assert 'unreadable: covid/notes.txt: ' in proc.stderr
   assert (work / 'eval_folder_hospital' / 'shortcut').is_dir()
+  folder_report = json.loads((work / 'eval_folder_hospital' / 'report.json').read_text())
+  assert folder_report['robustness']['images'] == 12
+  assert folder_report['shortcut']['cam_map'] == 'conv3 8x8 at 32 px'
+  assert 'robustness: clean macro-F1 ' in proc.stdout
   proc = _cli(
     'launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--split', 'test'
   )

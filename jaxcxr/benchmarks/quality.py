@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxcxr import data as data_lib
-from jaxcxr.data import folders
+from jaxcxr.data import dataset, folders
+from jaxcxr.evaluation import inference, robustness
 from jaxcxr.evaluation import metrics as metrics_lib
 from jaxcxr.training import checkpoint
 
@@ -196,11 +197,42 @@ def torch_row(
       result = json.load(f)
     labels = np.asarray([label for _, label in test])
     row.update(score(labels, np.asarray(result['probs']), class_names, n_bootstrap))
+    if result.get('robust_probs'):
+      row['robustness'] = robustness.summarise(
+        labels, np.asarray(result['probs']), result['robust_probs'], class_names
+      )
     row['train_img_s'] = result['train_img_s']
     row['recipe'] = result['recipe']
     if result.get('stopped_by_budget'):
       row['status'] = f'ok (stopped after {result["epochs_done"]:.2f} epochs: budget)'
   return row
+
+
+def jax_robustness(workdir: str, test: Sequence) -> dict:
+  """The robustness section of the jaxcxr run's shipped model on the test films ([[path, label]]).
+
+  The same films, perturbations and partner films as the torch worker's (each side perturbs the
+  films at its own input size); no test-time augmentation on either side.
+  """
+  bundle = checkpoint.restore_for_inference(workdir)
+  films = inference.read_films(
+    [p for p, _ in test], bundle.image_size, stored_size=dataset.stored_size(bundle.config.data)
+  )
+  labels = np.asarray([label for _, label in test])[films.ok]
+  return robustness.for_model(
+    bundle.module,
+    bundle.variables,
+    films.inputs,
+    labels,
+    bundle.class_names,
+    zoom_range=tuple(bundle.config.data.augment.zoom),
+  )
+
+
+def robustness_table(rows: Sequence[dict]) -> str:
+  """Both sides' robustness sections side by side ('' when no side has one)."""
+  sections = {r['name']: r['robustness'] for r in rows if r.get('robustness')}
+  return robustness.comparison_table(sections) if sections else ''
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -284,7 +316,7 @@ def run(
   eval_dir: str = '',
   n_bootstrap: int = 1000,
 ) -> dict:
-  """Runs both sides and returns {'rows', 'table', 'class_names', 'budget_s', 'loadavg'}.
+  """Runs both sides: {'rows', 'table', 'robustness_table', 'class_names', 'budget_s', 'loadavg'}.
 
   Args:
     manual_dir: the Kaggle-layout folder.
@@ -341,6 +373,8 @@ def run(
     rows = [external_jax_row(str(workdir), code, wall, budget_s, splits, csv_path, n_bootstrap)]
   else:
     rows = [jax_row(str(workdir), code, wall, budget_s)]
+  if code == 0:  # in this process, untimed: not part of the recipe's wall time
+    rows[0]['robustness'] = jax_robustness(str(workdir), splits['test'])
   loads['after_jaxcxr'] = _load()
   with open(out / 'splits.json', 'w') as f:
     json.dump(splits, f)
@@ -372,6 +406,7 @@ def run(
     'eval_dir': eval_dir,
     'loadavg': loads,
     'table': format_table(rows, splits['class_names']),
+    'robustness_table': robustness_table(rows),
   }
   with open(out / 'benchmark_quality.json', 'w') as f:
     json.dump(summary, f, indent=2)

@@ -44,6 +44,7 @@ from jaxcxr.data import folders as folders_lib
 from jaxcxr.data import images as images_lib
 from jaxcxr.evaluation import gradcam, inference, ood_eval, report
 from jaxcxr.evaluation import ood as ood_lib
+from jaxcxr.evaluation import robustness as robustness_lib
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import compute_metrics
 from jaxcxr.training import checkpoint, run_log
@@ -206,7 +207,9 @@ def shortcut_on_films(
   probs = np.concatenate(probs)
   shares = {k: np.concatenate([s[k] for s in shares]) for k in shares[0]}
   preds = probs.argmax(1)
-  ind = shortcut_lib.indicator(shares, preds, class_names)
+  shape = (batch_size, *greys.shape[1:3], 3)
+  side = gradcam.map_side(module, shape)
+  ind = shortcut_lib.indicator(shares, preds, class_names, map_side=side)
   chosen = shortcut_lib.select_examples(labels, preds, probs, per_class)
   os.makedirs(os.path.join(out_dir, 'shortcut'), exist_ok=True)
   figures = []
@@ -231,7 +234,12 @@ def shortcut_on_films(
       os.path.join(out_dir, rel)
     )
     figures.append((f'predicted {pred}, {kind} #{rank}', rel))
-  return {'indicator': ind, 'figures': figures, 'images': len(greys)}
+  return {
+    'indicator': ind,
+    'figures': figures,
+    'images': len(greys),
+    'cam_map': gradcam.describe_layers(module, shape),
+  }
 
 
 def _write_csvs(
@@ -327,6 +335,7 @@ def evaluate_folder(
   bootstrap: int = -1,
   shortcut: bool = True,
   ood: bool = True,
+  robustness: bool = True,
 ) -> dict:
   """Scores a training workdir's checkpoint on a labelled Kaggle-layout folder (launch.evaluate).
 
@@ -341,9 +350,12 @@ def evaluate_folder(
     shortcut: add the Grad-CAM shortcut indicator and example panels.
     ood: add the out-of-distribution section when the checkpoint has a fitted score (else a note
       says how to fit one).
+    robustness: add the robustness section (`jaxcxr.evaluation.robustness`: the films zoomed,
+      their border frame or corner text squares from a film of another class).
 
   Returns:
     {'metrics', 'files' (everything written), 'out_dir', 'shortcut', 'ood' (the section or None),
+     'robustness' (the section or None),
      'name' (the folder's name, the report's split title), 'files_found', 'unreadable': [(file
      relative to eval_dir, reason)], 'ignored_folders', 'missing_classes'}.
 
@@ -404,6 +416,18 @@ def evaluate_folder(
       names,
       batch_size=batch_size,
     )
+  robust = None
+  if robustness:
+    robust = robustness_lib.for_model(
+      bundle.module,
+      bundle.variables,
+      greys,
+      labels,
+      names,
+      zoom_range=tuple(cfg.data.augment.zoom),
+      batch_size=batch_size,
+      seed=int(cfg.get('seed', 0)),
+    )
   ood_section = None
   if ood_model is not None:
     ood_section = _ood_section(bundle, ood_model, films, outputs, name, batch_size)
@@ -437,6 +461,7 @@ def evaluate_folder(
       extra=extra,
       shortcut=analysis,
       ood=ood_section,
+      robustness=robust,
     )
   )
   return {
@@ -445,6 +470,7 @@ def evaluate_folder(
     'out_dir': out_dir,
     'shortcut': analysis,
     'ood': ood_section,
+    'robustness': robust,
     'name': name,
     'files_found': len(folder.files),
     'unreadable': unreadable,

@@ -16,8 +16,9 @@ import jax
 import numpy as np
 
 from jaxcxr import data
-from jaxcxr.evaluation import inference, ood_eval, plots
+from jaxcxr.evaluation import gradcam, inference, ood_eval, plots
 from jaxcxr.evaluation import ood as ood_lib
+from jaxcxr.evaluation import robustness as robustness_lib
 from jaxcxr.evaluation import shortcut as shortcut_lib
 from jaxcxr.evaluation.metrics import check_inputs, compute_metrics
 from jaxcxr.training import checkpoint, loop, run_log, sharding, validation
@@ -83,6 +84,7 @@ def _markdown(
   extra: dict | None,
   shortcut: dict | None = None,
   ood: dict | None = None,
+  robustness: dict | None = None,
 ) -> str:
   names = metrics['class_names']
   ci = metrics.get('ci95')
@@ -149,7 +151,11 @@ def _markdown(
     lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
   lines.append('')
   if shortcut:
-    lines += [shortcut_lib.markdown(shortcut['indicator'], shortcut['figures'])]
+    lines += [
+      shortcut_lib.markdown(shortcut['indicator'], shortcut['figures'], shortcut.get('cam_map', ''))
+    ]
+  if robustness:
+    lines += [robustness_lib.markdown(robustness)]
   if ood:
     lines += [ood_eval.markdown(ood)]
   if metrics['notes']:
@@ -170,6 +176,7 @@ def write_report(
   extra: dict | None = None,
   shortcut: dict | None = None,
   ood: dict | None = None,
+  robustness: dict | None = None,
 ) -> dict[str, str]:
   """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
 
@@ -184,6 +191,7 @@ def write_report(
     extra: run facts for the report header (workdir, step, model, ...), JSON-able.
     shortcut: `shortcut.analyse_split(...)` (its panels already in `out_dir/shortcut/`), or None.
     ood: `ood_eval.evaluate(...)` / `ood_eval.run_section(...)` (the OOD section), or None.
+    robustness: `robustness.evaluate(...)` (scores under non-lung perturbations), or None.
 
   Returns:
     {file kind: path} of everything written.
@@ -217,17 +225,36 @@ def write_report(
     report['shortcut'] = {
       'indicator': shortcut['indicator'],
       'figures': [p for _, p in shortcut['figures']],
+      'cam_map': shortcut.get('cam_map', ''),
     }
+  if robustness:
+    report['robustness'] = robustness
   if ood:
     report['ood'] = ood
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(_json_safe(report), f, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(_markdown(metrics, split, figures, extra, shortcut, ood))
+    f.write(_markdown(metrics, split, figures, extra, shortcut, ood, robustness))
   written = {k: os.path.join(out_dir, v) for k, v in figures.items()}
   written['json'] = os.path.join(out_dir, 'report.json')
   written['markdown'] = os.path.join(out_dir, 'report.md')
   return written
+
+
+def split_robustness(module, variables, config, handle, split: str, batch_size: int) -> dict:
+  """The robustness section of a prepared split (`robustness.for_model` on its films)."""
+  greys, labels, _ = gradcam.split_images(config.data, handle, split, batch_size)
+  names = handle.class_names
+  return robustness_lib.for_model(
+    module,
+    variables,
+    greys,
+    labels,
+    names,
+    zoom_range=tuple(config.data.augment.zoom),
+    batch_size=batch_size,
+    seed=int(config.get('seed', 0)),
+  )
 
 
 def evaluate_workdir(
@@ -240,6 +267,7 @@ def evaluate_workdir(
   bootstrap: int = -1,
   shortcut: bool | None = None,
   ood: bool | None = None,
+  robustness: bool = True,
 ) -> dict:
   """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
 
@@ -253,9 +281,11 @@ def evaluate_workdir(
     shortcut: add the Grad-CAM shortcut indicator and example panels; None = config.eval.shortcut.
     ood: add the out-of-distribution section (`ood_eval`) with the workdir's fitted score, fitting
       it first if needed; None = when a score is fitted for this checkpoint.
+    robustness: add the robustness section (`jaxcxr.evaluation.robustness`).
 
   Returns:
-    {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir'}.
+    {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir', 'shortcut',
+     'robustness' (the section or None)}.
   """
   bundle = checkpoint.restore_for_inference(workdir, which=which)
   cfg = bundle.config
@@ -301,6 +331,11 @@ def evaluate_workdir(
   ood_section = (
     ood_eval.run_section(workdir, bundle, handle, split, which=which, refit=False) if ood else None
   )
+  robust = (
+    split_robustness(bundle.module, bundle.variables, cfg, handle, split, batch_size)
+    if robustness
+    else None
+  )
   files = write_report(
     out_dir,
     metrics,
@@ -312,8 +347,15 @@ def evaluate_workdir(
     extra=extra,
     shortcut=analysis,
     ood=ood_section,
+    robustness=robust,
   )
-  return {'metrics': metrics, 'files': files, 'out_dir': out_dir, 'shortcut': analysis}
+  return {
+    'metrics': metrics,
+    'files': files,
+    'out_dir': out_dir,
+    'shortcut': analysis,
+    'robustness': robust,
+  }
 
 
 def write_run_report(
@@ -346,6 +388,9 @@ def write_run_report(
     )
   # The out-of-distribution score: fitted on this run's train split, saved for launch.predict.
   ood_section = ood_eval.run_section(workdir, bundle, handle, summary['split'], which=which)
+  robust = split_robustness(
+    bundle.module, bundle.variables, config, handle, summary['split'], config.eval.batch_size
+  )
   return write_report(
     workdir,
     metrics,
@@ -357,6 +402,7 @@ def write_run_report(
     extra=summary,
     shortcut=analysis,
     ood=ood_section,
+    robustness=robust,
   )
 
 
