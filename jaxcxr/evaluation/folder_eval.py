@@ -426,7 +426,6 @@ def evaluate_folder(
       names,
       zoom_range=tuple(cfg.data.augment.zoom),
       batch_size=batch_size,
-      seed=int(cfg.get('seed', 0)),
     )
   ood_section = None
   if ood_model is not None:

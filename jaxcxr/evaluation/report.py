@@ -253,7 +253,6 @@ def split_robustness(module, variables, config, handle, split: str, batch_size: 
     names,
     zoom_range=tuple(config.data.augment.zoom),
     batch_size=batch_size,
-    seed=int(config.get('seed', 0)),
   )
 
 
