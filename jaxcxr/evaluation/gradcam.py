@@ -95,12 +95,11 @@ def resolve_layers(module, shape: Sequence[int], layer: str = 'auto') -> tuple[s
     if part == 'auto':
       side = {k: min(v[1:3]) for k, v in marks.items()}
       fine = [k for k in marks if side[k] >= MIN_CAM_SIDE]
-      # Deepest = smallest map; on a tie the last stage, then the later stage name.
-      name = (
-        min(fine, key=lambda k: (side[k], k != CAM_NAME, [-ord(c) for c in k]))
-        if fine
-        else max(marks, key=lambda k: side[k])
-      )
+      if fine:  # the deepest = the smallest map; on a tie the last stage, else the later stage
+        ties = [k for k in fine if side[k] == min(side[f] for f in fine)]
+        name = CAM_NAME if CAM_NAME in ties else max(ties)
+      else:
+        name = max(marks, key=side.get)
     elif part in ('last', CAM_NAME):
       name = CAM_NAME
     else:
