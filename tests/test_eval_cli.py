@@ -20,6 +20,7 @@ from PIL import Image
 
 from configs import tiny
 from jaxcxr import data, models
+from jaxcxr.benchmarks import cam_layers
 from jaxcxr.data import phantom
 from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report, robustness
 from jaxcxr.training import checkpoint
@@ -436,3 +437,29 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   with open(tmp_path / 'p.csv') as f:
     rows = list(csv.DictReader(f))
   assert {r['leaderboard_label'] for r in rows} <= {'COVID', 'NORMAL', 'PNEUMONIA'}
+
+
+def test_benchmark_cam_layers(setup, workdir, tmp_path):
+  """launch.benchmark_cam's figures: map sizes per layer, localisation as launch.gradcam's split
+  mode computes it, the indicator over every film; on a labelled folder, the indicator alone."""
+  _, handle = setup
+  result = cam_layers.measure_workdir(workdir, layers=('last', 'conv1'), batch_size=4)
+  assert result['images'] == 6 and result['model'] == 'cnn_bn' and result['image_size'] == 32
+  last, conv1 = result['rows']
+  assert (last['map'], last['map_side']) == ('last 16x16 at 32 px', 16)
+  assert (conv1['map'], conv1['map_side']) == ('conv1 32x32 at 32 px', 32)
+  assert last['lesion_images'] == 4  # 2 COVID + 2 viral pneumonia test films
+  for row in (last, conv1):
+    grid = gradcam.explain_workdir(
+      workdir, str(tmp_path / row['layer']), split='test', batch_size=4, layer=row['layer']
+    )
+    assert row['pointing_game'] == grid['pointing_game']
+    assert row['energy_in_mask'] == pytest.approx(grid['energy_in_mask'], abs=1e-6)
+    assert grid['cam_map'] == row['map']
+    per_class = row['indicator']['per_class'].values()
+    assert sum(r['n'] + r['n_empty'] for r in per_class) == 6
+  assert '| last | last 16x16 at 32 px |' in cam_layers.table([result])
+  folder, _ = _hospital_folder(tmp_path / 'hospital', handle)
+  real = cam_layers.measure_folder(workdir, str(folder), layers=('last',), batch_size=4)
+  assert real['images'] == 12 and np.isnan(real['rows'][0]['pointing_game'])
+  assert real['rows'][0]['indicator']['map_side'] == 16
