@@ -23,8 +23,9 @@ Calibration (issue #30, docs/RESULTS.md; `launch.benchmark_cam` on phantom test 
 / 180 films, seed 0): for the recipe's `cnn_res18_half` at 112 px the 7x7 map of layer3 (Grad-CAM's
 'auto') separates the model trained with a corner marker on every COVID film from the clean one:
 the marker model is flagged (its Normal maps put 0.95 of their mass in the corners, 2.6x the
-area, where the marker's absence is read; its COVID maps peak off the lungs on 100 %), the clean
-model is not (corners <= 0.62x, peaks off the lungs <= 73 %). Its last stage, 4x4, cannot: there
+area, where the marker's absence is read; its non-empty COVID maps, 30 of 80, all peak off the
+lungs), the clean model is not (corners <= 0.62x, peaks off the lungs <= 73 %). Its last stage,
+4x4, cannot: there
 the clean model's COVID maps put more mass in the corners (1.11x) than the marker model's (0.86x)
 and peak off the lungs on 100 % of its images against 29 %, so both rules would point the wrong
 way; 14x14 (layer2) and layer3 + last averaged flag neither or the clean one. Below
