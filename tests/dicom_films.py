@@ -95,7 +95,17 @@ def write(
         delattr(ds, key)
     else:
       setattr(ds, key, value)
-  if syntax == pydicom.uid.JPEGBaseline8Bit:
+  if syntax == pydicom.uid.JPEGExtended12Bit and bits_stored > 8:
+    # A 12-bit process 4 codestream by libjpeg-turbo 3 (GDCM writes a 16-bit-precision JPEG here,
+    # which is no standard JPEG Extended stream).
+    import imagecodecs  # pylint: disable=g-import-not-at-top  (only this encoding needs it)
+
+    codestream = imagecodecs.jpeg8_encode(stored, level=95, bitspersample=12)
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(codestream)])
+    ds['PixelData'].VR = 'OB'
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.LossyImageCompression = '01'
+  elif syntax == pydicom.uid.JPEGBaseline8Bit:
     ds.PixelData = pydicom.encaps.encapsulate([jpeg_codestream(stored)])
     ds['PixelData'].VR = 'OB'
     ds.file_meta.TransferSyntaxUID = syntax

@@ -35,9 +35,9 @@ Decoders (requirements.txt, wheels only): uncompressed and deflated (pydicom), R
 (pylibjpeg-rle, MIT), JPEG Baseline and 8-bit JPEG Extended (Pillow, HPND), JPEG 2000
 (pylibjpeg-openjpeg, MIT), JPEG Lossless (process 14, SV1) and JPEG-LS (python-gdcm, Apache-2.0
 wrapper of BSD GDCM; pyjpegls, MIT wrapper of BSD CharLS, for JPEG-LS too). pylibjpeg-libjpeg
-(GPLv3) is deliberately not used, so 12-bit JPEG Extended (lossy 12-bit JPEG, rare in chest
-radiography) is refused with a message saying how to convert it: pydicom's GDCM plugin refuses
-12-bit JPEG, and GDCM's own reader wraps the codec's undershoot below 0 to 4095 (measured).
+(GPLv3) is deliberately not used; 12-bit JPEG Extended (lossy 12-bit JPEG) is decoded by
+libjpeg-turbo 3 through imagecodecs (BSD): pydicom's GDCM plugin refuses 12-bit JPEG, and GDCM's
+own reader wraps the codec's undershoot below 0 to 4095 (measured).
 """
 
 import dataclasses
@@ -45,9 +45,11 @@ import io
 import logging
 import warnings
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pydicom.config
+import pydicom.encaps
 import pydicom.pixels
 import pydicom.uid
 from PIL import Image
@@ -95,7 +97,7 @@ _PREFERRED = {
 DECODERS = {
   pydicom.uid.RLELossless: 'pylibjpeg-rle==2.2.0',
   pydicom.uid.JPEGBaseline8Bit: 'pillow==13.0.0',
-  pydicom.uid.JPEGExtended12Bit: 'python-gdcm==3.2.6',
+  pydicom.uid.JPEGExtended12Bit: 'pillow==13.0.0 (8-bit) or imagecodecs==2026.3.6 (12-bit)',
   pydicom.uid.JPEGLossless: 'python-gdcm==3.2.6',
   pydicom.uid.JPEGLosslessSV1: 'python-gdcm==3.2.6',
   pydicom.uid.JPEGLSLossless: 'pyjpegls==1.5.1 or python-gdcm==3.2.6',
@@ -300,11 +302,7 @@ def _decode_frame(data: bytes, syntax: str, bits_stored: int) -> np.ndarray:
         f'(pip install -r requirements.txt), or {_CONVERT}'
       )
     if uid == pydicom.uid.JPEGExtended12Bit and bits_stored > 8:
-      raise DicomError(
-        f'its transfer syntax {_syntax_name(syntax)} holds {bits_stored}-bit samples: the only '
-        'pydicom decoder for them is pylibjpeg-libjpeg, which is GPLv3 and not shipped here; '
-        f'{_CONVERT}'
-      )
+      return _decode_jpeg12(data, syntax)
     plugins = decoder.available_plugins
     plugin = _PREFERRED.get(uid, '')
     plugin = plugin if plugin in plugins else ''
@@ -322,6 +320,29 @@ def _decode_frame(data: bytes, syntax: str, bits_stored: int) -> np.ndarray:
       f'is truncated or corrupt, or a variant the decoder does not support; export it again, or '
       f'{_CONVERT}'
     ) from None
+
+
+def _decode_jpeg12(data: bytes, syntax: str) -> np.ndarray:
+  """Frame 0 of a 12-bit JPEG Extended (process 4) film, by libjpeg-turbo 3 through imagecodecs.
+
+  pydicom's only decoder for 12-bit lossy JPEG is pylibjpeg-libjpeg (GPLv3), its GDCM plugin
+  refuses 12-bit, and GDCM's own reader wraps the codec's undershoot below 0 to 4095 (measured
+  2026-12-06); libjpeg-turbo >= 3.0 decodes 12-bit JPEG (imagecodecs 2026.3.6, BSD).
+  """
+  try:
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    frames = int(ds.get('NumberOfFrames', 1) or 1)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=frames))
+    pixels = imagecodecs.jpeg8_decode(frame)
+  except Exception as e:  # decoders raise many types; their text is not shown
+    raise DicomError(
+      f'its pixel data cannot be decoded ({_syntax_name(syntax)}, {type(e).__name__}): the file '
+      f'is truncated or corrupt; export it again, or {_CONVERT}'
+    ) from None
+  if int(ds.get('PixelRepresentation', 0)) == 1:  # two's complement samples in the codestream
+    bits = int(ds.get('BitsStored', 12))
+    pixels = np.where(pixels >= 1 << (bits - 1), pixels.astype(np.int32) - (1 << bits), pixels)
+  return pixels
 
 
 def _lut(item, little_endian: bool, signed: bool) -> tuple[int, int, np.ndarray]:

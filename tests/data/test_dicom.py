@@ -174,12 +174,32 @@ def test_no_image_truncated_and_undecodable(tmp_path, monkeypatch):
   assert 'python-gdcm==3.2.6' in str(e.value) and 'l.dcm' in str(e.value)
 
 
-def test_12bit_jpeg_extended_is_refused_with_the_reason(tmp_path):
-  stored = _phantom_films()[0].astype(np.uint16) * 16
+def test_12bit_jpeg_extended_is_decoded(tmp_path):
+  """Lossy 12-bit JPEG (process 4, by libjpeg-turbo): libjpeg-turbo through imagecodecs reads the
+  stored samples back within the codec's loss, and the film reads as the same picture."""
+  stored = _phantom_films()[0].astype(np.uint16) * 16  # 12-bit, 0..4080
   path = df.write(tmp_path / 'e.dcm', stored, bits_stored=12, syntax=pydicom.uid.JPEGExtended12Bit)
-  with pytest.raises(images.ImageError, match='12-bit samples') as e:
+  with open(path, 'rb') as f:
+    data = f.read()
+  frame = dicom._decode_frame(data, pydicom.uid.JPEGExtended12Bit, 12)
+  assert frame.shape == stored.shape
+  diff = np.abs(frame.astype(np.int32) - stored)
+  assert diff.max() <= 16 * 16 and diff.mean() < 16, (diff.max(), diff.mean())  # < 1 grey of 8 bits
+  grey = images.load_grey(path)
+  reference = images.load_grey(df.write(tmp_path / 'u.dcm', stored, bits_stored=12))
+  assert np.abs(grey.astype(int) - reference).mean() < 1.0
+
+
+def test_16bit_precision_jpeg_is_refused_naming_the_syntax(tmp_path):
+  """GDCM writes a 16-bit-precision codestream for 12-bit samples under JPEG Extended: no
+  standard decoder reads it; one line names the file, the syntax and how to convert it."""
+  stored = _phantom_films()[0].astype(np.uint16) * 16
+  ds = pydicom.dcmread(df.write(tmp_path / 'raw.dcm', stored, bits_stored=12))
+  path = df._gdcm_encode(ds, str(tmp_path / 'g.dcm'), pydicom.uid.JPEGExtended12Bit)
+  with pytest.raises(images.ImageError, match='cannot be decoded') as e:
     images.load_grey(path)
-  assert 'GPLv3' in str(e.value) and 'gdcmconv --raw' in str(e.value) and 'e.dcm' in str(e.value)
+  assert 'JPEG Extended' in str(e.value) and 'gdcmconv --raw' in str(e.value)
+  assert 'g.dcm' in str(e.value)
 
 
 def test_private_transfer_syntax_is_named(tmp_path):
