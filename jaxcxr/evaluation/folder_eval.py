@@ -293,14 +293,6 @@ def _notes(folder: LabelledFolder, failed: list, class_names: Sequence[str]) -> 
   return notes
 
 
-def _material_films(n: int, seed: int = 0) -> list[int]:
-  """Indices of the films whose transformed copies are the OOD section's 'transformed X-rays'
-  sets (`ood_eval.material_sets` draws per_set of them): drawn before reading, so only these
-  are kept at source resolution."""
-  rng = np.random.default_rng(seed)
-  return sorted(rng.choice(n, min(ood_eval.DEFAULT_PER_SET, n), replace=False).tolist())
-
-
 def _ood_section(
   bundle,
   model: ood_lib.OodModel,
@@ -377,7 +369,12 @@ def evaluate_folder(
     bundle.image_size,
     stored_size=dataset.stored_size(cfg.data),
     max_pixels=int(cfg.data.get('max_image_pixels', images_lib.DEFAULT_MAX_PIXELS)),
-    keep_greys=_material_films(len(folder.files)) if ood_model is not None else (),
+    # Only the films the OOD section's transformed sets draw stay at source resolution.
+    keep_greys=(
+      ood_eval.material_films(len(folder.files), ood_eval.DEFAULT_PER_SET, seed=0)
+      if ood_model is not None
+      else ()
+    ),
   )
   greys, ok, failed = films.inputs, films.ok, films.failed
   unreadable = [(folder.relative(folder.files[i]), reason) for i, reason in failed]

@@ -155,6 +155,13 @@ def _with_checks(scores: np.ndarray, flagged: np.ndarray, top: float) -> np.ndar
   return np.where(flagged, top + 1.0, scores)
 
 
+def material_films(n: int, per_set: int, seed: int) -> list[int]:
+  """Sorted indices of the min(per_set, n) in-distribution films whose transformed copies are the
+  'transformed X-rays' sets (a caller may keep only these at source resolution)."""
+  rng = np.random.default_rng(seed)
+  return sorted(rng.choice(n, min(per_set, n), replace=False).tolist())
+
+
 def material_sets(
   in_greys: Sequence[np.ndarray], *, per_set: int, size: int, seed: int, phantom_model: bool
 ) -> dict[str, tuple[str, list[Picture]]]:
@@ -170,11 +177,7 @@ def material_sets(
     pictures = ood_material.generated(kind, per_set, size, seed)
     if pictures:
       sets[kind] = ('generated', pictures)
-  rng = np.random.default_rng(seed)
-  chosen = [
-    in_greys[i]
-    for i in sorted(rng.choice(len(in_greys), min(per_set, len(in_greys)), replace=False))
-  ]
+  chosen = [in_greys[i] for i in material_films(len(in_greys), per_set, seed)]
   for kind in ood_material.TRANSFORMS:
     sets[kind] = ('transformed X-rays', ood_material.transformed(kind, chosen, seed))
   return sets
