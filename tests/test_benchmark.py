@@ -32,19 +32,13 @@ from jaxcxr.benchmarks import options as benchmark_options
 from jaxcxr.benchmarks import profile as benchmark_profile
 from jaxcxr.models import layers
 from jaxcxr.training import cpu_options
+from tests import warm
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*flags, timeout=600):
-  return subprocess.run(
-    [sys.executable, '-m', 'launch.benchmark', *flags],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    check=False,
-  )
+  return warm.run_module('launch.benchmark', flags, env=os.environ, cwd=REPO, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- building blocks

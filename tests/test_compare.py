@@ -3,12 +3,11 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from jaxcxr.tools import compare
+from tests import warm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,22 +141,12 @@ def test_figure_has_bars_per_finished_run_and_paper_line(runs):
 
 
 def test_launch_compare_cli(runs, tmp_path_factory):
-  r = subprocess.run(
-    [sys.executable, '-m', 'launch.compare', '--workdir', str(runs), '--noplot'],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
+  r = warm.run_module(
+    'launch.compare', ['--workdir', runs, '--noplot'], env=os.environ, cwd=REPO, timeout=300
   )
   assert r.returncode == 0, r.stderr
   assert '| 001-b | finished | densenet201 |' in r.stdout
   assert (runs / 'results.csv').exists() and not (runs / 'comparison.png').exists()
   empty = tmp_path_factory.mktemp('empty')
-  r = subprocess.run(
-    [sys.executable, '-m', 'launch.compare', '--workdir', str(empty)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  r = warm.run_module('launch.compare', ['--workdir', empty], env=os.environ, cwd=REPO, timeout=300)
   assert r.returncode == 2 and 'No training runs' in r.stderr

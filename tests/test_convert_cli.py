@@ -1,9 +1,8 @@
 """`python -m launch.convert`: a torch-saved .pth -> converted directory -> same logits as torch;
 errors exit non-zero with a message."""
 
+import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -11,20 +10,14 @@ import torch
 
 from jaxcxr import models
 from jaxcxr.models import weights
+from tests import warm
 from tests.models.torch_reference import randomized_torchvision
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _convert(*args):
-  return subprocess.run(
-    [sys.executable, '-m', 'launch.convert', *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  return warm.run_module('launch.convert', args, env=os.environ, cwd=REPO, timeout=300)
 
 
 def test_pth_to_converted_dir_matches_torch(tmp_path):

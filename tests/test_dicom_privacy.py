@@ -100,9 +100,8 @@ def _cmd(module: str, *args) -> list[str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    cmd, cwd=th.REPO, env=th.env(), capture_output=True, text=True, timeout=900, check=False
-  )
+  """`cmd` (a `_cmd`), started warm (tests/warm.py)."""
+  return th.run_cli(cmd[2], *cmd[3:], timeout=900)
 
 
 def _leaks(folder: Path) -> dict[str, list[str]]:

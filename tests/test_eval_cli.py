@@ -10,8 +10,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from jaxcxr.benchmarks import cam_layers
 from jaxcxr.data import phantom
 from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report, robustness
 from jaxcxr.training import checkpoint
+from tests import warm
 from tests.test_gradcam import numpy_variables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,15 +347,7 @@ def test_evaluate_folder_errors(workdir, tmp_path):
 
 def _cli(module, *args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
-  return subprocess.run(
-    [sys.executable, '-m', module, *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    check=False,
-  )
+  return warm.run_module(module, args, env=env, cwd=REPO, timeout=timeout)
 
 
 def test_evaluate_cli_without_checkpoint(tmp_path):

@@ -11,8 +11,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from configs import base
 from jaxcxr.data import lookalikes, phantom, sampling
 from jaxcxr.tools import duplicates, explore
 from jaxcxr.training import errors
-from tests import test_lookalikes
+from tests import test_lookalikes, warm
 
 CXR_DEV = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'cxr_dev'
 CLASSES = ('COVID', 'Normal', 'Viral Pneumonia')
@@ -254,15 +252,7 @@ def _cli(*argv):
   """Runs launch.explore in a subprocess (absl launchers define clashing flags in one process)."""
   repo = Path(__file__).resolve().parents[1]
   env = {**os.environ, 'PYTHONPATH': str(repo), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run(
-    [sys.executable, '-m', 'launch.explore', *argv],
-    cwd=repo,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  return warm.run_module('launch.explore', argv, env=env, cwd=repo, timeout=600)
 
 
 def test_cli_phantom(tmp_path):

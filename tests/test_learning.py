@@ -37,7 +37,7 @@ from PIL import Image
 
 from jaxcxr.data import phantom
 from jaxcxr.evaluation import inference
-from tests import dicom_films, train_helpers
+from tests import dicom_films, train_helpers, warm
 from tests.data import helpers as data_helpers
 
 PHANTOM_VARIANT = {
@@ -50,18 +50,23 @@ VARIANT_ACCURACY = 0.811  # measured, seed 0
 MARGIN = 0.05
 
 
-def _train(config: str, workdir, overrides: dict, timeout: int = 1800) -> dict:
-  cmd = [str(a) for a in train_helpers.train_cmd(overrides, workdir)]
-  cmd[cmd.index('--config') + 1] = str(train_helpers.REPO / 'configs' / config)
-  r = subprocess.run(
-    cmd,
-    cwd=train_helpers.REPO,
-    env=train_helpers.env(fast_compile=False),
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    check=False,
-  )
+def _train(config: str, workdir, overrides: dict, timeout: int = 1800, cold: bool = False) -> dict:
+  """launch.train with `config`; `cold`: a fresh interpreter, not a warm fork (tests/warm.py)."""
+  args = train_helpers.train_cmd(overrides, workdir)[3:]
+  args[args.index('--config') + 1] = str(train_helpers.REPO / 'configs' / config)
+  env = train_helpers.env(fast_compile=False)
+  if cold:
+    r = subprocess.run(
+      [sys.executable, '-m', 'launch.train', *args],
+      cwd=train_helpers.REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+    )
+  else:
+    r = warm.run_module('launch.train', args, env=env, cwd=train_helpers.REPO, timeout=timeout)
   assert r.returncode == 0, r.stderr[-3000:]
   with open(workdir / 'report.json') as f:
     report = json.load(f)
@@ -84,8 +89,9 @@ def _mark_covid_corner(clean, out):
 
 @pytest.mark.slow
 def test_default_phantom_variant_learns_and_is_not_flagged(tmp_path):
+  # A fresh interpreter: its every printed line is asserted, import-time ones included.
   report = _train(
-    'default.py', tmp_path / 'w', {'data.data_dir': tmp_path / 'tfds', **PHANTOM_VARIANT}
+    'default.py', tmp_path / 'w', {'data.data_dir': tmp_path / 'tfds', **PHANTOM_VARIANT}, cold=True
   )
   acc = report['metrics']['accuracy']
   assert acc >= VARIANT_ACCURACY - MARGIN, f'test accuracy {acc:.3f} (measured {VARIANT_ACCURACY})'
@@ -167,18 +173,10 @@ def test_cxr_dev_short_run(tmp_path):
   # `launch.evaluate --eval_dir` in a process of its own: the suite compiles in-process programs
   # at -O0 (tests/conftest.py), and this test-time-augmented pass over 1,231 films ran ~3x slower
   # so compiled (measured 2026-12-06: 120 s vs 44 s under load).
-  cmd = [sys.executable, '-m', 'launch.evaluate', '--workdir', tmp_path / 'w']
-  cmd += ['--eval_dir', data_helpers.CXR_EVAL.resolve(), '--out', tmp_path / 'external']
-  cmd += ['--bootstrap=0', '--noshortcut', '--noood', '--norobustness']  # F1 only (47 -> 26 s)
-  r = subprocess.run(
-    [str(a) for a in cmd],
-    cwd=train_helpers.REPO,
-    env=train_helpers.env(fast_compile=False),
-    capture_output=True,
-    text=True,
-    timeout=1800,
-    check=False,
-  )
+  args = ['--workdir', tmp_path / 'w', '--eval_dir', data_helpers.CXR_EVAL.resolve()]
+  args += ['--out', tmp_path / 'external']
+  args += ['--bootstrap=0', '--noshortcut', '--noood', '--norobustness']  # F1 only (47 -> 26 s)
+  r = train_helpers.run_cli('launch.evaluate', *args, timeout=1800, fast_compile=False)
   assert r.returncode == 0, r.stderr[-3000:]
   external = json.loads((tmp_path / 'external' / 'report.json').read_text())
   assert external['extra']['unreadable_files'] == 0

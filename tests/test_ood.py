@@ -10,8 +10,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,11 +273,9 @@ def test_fit_ood_cli_refits_and_reports(run, tmp_path):
   extra = tmp_path / 'extra'
   material.write_set(extra, 'noise', 4, 48)
   out = tmp_path / 'eval'
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'launch.fit_ood',
+  proc = train_helpers.run_cli(
+    'launch.fit_ood',
+    *[
       '--workdir',
       run,
       '--refit',
@@ -290,27 +286,14 @@ def test_fit_ood_cli_refits_and_reports(run, tmp_path):
       '--out',
       str(out),
     ],
-    cwd=train_helpers.REPO,
-    env=train_helpers.env(),
-    capture_output=True,
-    text=True,
     timeout=300,
-    check=False,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '| more_noise | folder | 4 |' in proc.stdout and 'Fitted score' in proc.stdout
   rep = json.loads((out / 'ood_report.json').read_text())
   assert rep['in_distribution']['n'] == 6 and rep['per_set'] == 6
   assert {s['name']: s['n'] for s in rep['sets']}['text'] == 6
-  bad = subprocess.run(
-    [sys.executable, '-m', 'launch.fit_ood', '--workdir', run, '--ood_dir', 'oops'],
-    cwd=train_helpers.REPO,
-    env=train_helpers.env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  bad = train_helpers.run_cli('launch.fit_ood', '--workdir', run, '--ood_dir', 'oops', timeout=300)
   assert bad.returncode == 2 and 'NAME=FOLDER' in bad.stderr
 
 

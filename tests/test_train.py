@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -293,7 +292,7 @@ def _wait_for(predicate, proc, timeout=300):
   t0 = time.time()
   while not predicate():
     if proc.poll() is not None:
-      raise AssertionError(f'run ended early ({proc.returncode}): {proc.stderr.read()}')
+      raise AssertionError(f'run ended early ({proc.returncode}): {proc.communicate()[1]}')
     if time.time() - t0 > timeout:
       proc.kill()
       raise AssertionError('timed out')
@@ -316,14 +315,7 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
 
   # SIGTERM mid-run: checkpoint written, documented exit status, resume is exact.
   work = tmp_path / 'sigterm'
-  proc = subprocess.Popen(
-    th.train_cmd(overrides, work),
-    cwd=th.REPO,
-    env=th.env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  proc = th.popen_train(overrides, work)
   _wait_for(lambda: _train_steps_logged(work) >= 4, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -339,14 +331,7 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
 
   # kill -9 after a checkpoint: the rerun resumes from it and ends bitwise equal.
   work = tmp_path / 'kill9'
-  proc = subprocess.Popen(
-    th.train_cmd(overrides, work),
-    cwd=th.REPO,
-    env=th.env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  proc = th.popen_train(overrides, work)
   _wait_for((work / 'checkpoints' / '6').exists, proc)
   proc.kill()
   proc.wait()
@@ -396,19 +381,14 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
   port = portpicker.pick_unused_port()
   work = tmp_path / 'multi'
   procs = [
-    subprocess.Popen(
-      th.train_cmd(overrides, work),
-      cwd=th.REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=th.env(
-        1,
-        JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
-        JAXCXR_NUM_PROCESSES=2,
-        JAXCXR_PROCESS_ID=i,
-        JAXCXR_CPU_COLLECTIVES=1,
-      ),
+    th.popen_train(
+      overrides,
+      work,
+      1,
+      JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
+      JAXCXR_NUM_PROCESSES=2,
+      JAXCXR_PROCESS_ID=i,
+      JAXCXR_CPU_COLLECTIVES=1,
     )
     for i in range(2)
   ]
@@ -429,19 +409,14 @@ def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp
   work = tmp_path / 'multi'
   port = portpicker.pick_unused_port()
   procs = [
-    subprocess.Popen(
-      th.train_cmd(overrides, work),
-      cwd=th.REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=th.env(
-        1,
-        JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
-        JAXCXR_NUM_PROCESSES=2,
-        JAXCXR_PROCESS_ID=i,
-        JAXCXR_CPU_COLLECTIVES=1,
-      ),
+    th.popen_train(
+      overrides,
+      work,
+      1,
+      JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
+      JAXCXR_NUM_PROCESSES=2,
+      JAXCXR_PROCESS_ID=i,
+      JAXCXR_CPU_COLLECTIVES=1,
     )
     for i in range(2)
   ]

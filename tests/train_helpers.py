@@ -13,6 +13,7 @@ import numpy as np
 from configs import tiny
 from jaxcxr.training import optim
 from jaxcxr.training import state as state_lib
+from tests import warm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,16 +83,39 @@ def env(devices: int = 1, fast_compile: bool = True, **extra) -> dict:
   return e
 
 
-def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
-  """Runs launch.train in a subprocess; returns the CompletedProcess."""
-  return subprocess.run(
-    train_cmd(overrides, workdir),
+def run_cli(
+  module: str, *args, devices: int = 1, timeout: float = 600, fast_compile: bool = True, **extra_env
+) -> subprocess.CompletedProcess:
+  """`python -m <module> <args>` with `env(...)`, output captured; started warm (tests/warm.py)."""
+  return warm.run_module(
+    module,
+    args,
+    env=env(devices, fast_compile=fast_compile, **extra_env),
     cwd=REPO,
-    env=env(devices, **extra_env),
-    capture_output=True,
-    text=True,
     timeout=timeout,
-    check=False,
+  )
+
+
+def popen_train(overrides, workdir, devices=1, **extra_env):
+  """launch.train in the background (warm, tests/warm.py), its output to pipes: a Popen."""
+  return warm.popen(
+    'launch.train',
+    train_cmd(overrides, workdir)[3:],
+    env=env(devices, **extra_env),
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
+
+
+def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
+  """Runs launch.train in a subprocess (`run_cli`); returns the CompletedProcess."""
+  return run_cli(
+    'launch.train',
+    *train_cmd(overrides, workdir)[3:],
+    devices=devices,
+    timeout=timeout,
+    **extra_env,
   )
 
 

@@ -8,10 +8,10 @@ into one pytest process would clash.
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 from jaxcxr.training import errors
+from tests import warm
 from tests.data import helpers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,15 +20,7 @@ TINY = ['--config', str(REPO / 'configs' / 'tiny.py')]
 
 def _main(*argv) -> subprocess.CompletedProcess:
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run(
-    [sys.executable, '-m', 'launch.prepare_data', *argv],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  return warm.run_module('launch.prepare_data', argv, env=env, cwd=REPO, timeout=300)
 
 
 def _rows(stdout: str) -> list[list[str]]:

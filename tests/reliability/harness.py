@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests import train_helpers as th
+from tests import warm
 
 REPO = th.REPO
 
@@ -38,8 +39,8 @@ class Run:
     self.log.parent.mkdir(parents=True, exist_ok=True)
     self._out = open(self.log, 'w')  # noqa: SIM115 (held while the run lives; kill() or wait() closes it)
     self.t0 = time.time()
-    self.proc = subprocess.Popen(
-      cmd, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT, text=True
+    self.proc = warm.popen(  # cmd: [python, '-m', module, *args], started warm (tests/warm.py)
+      cmd[2], cmd[3:], env=env, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT
     )
 
   def wait_for(self, predicate, timeout: float = 300, poll: float = 0.01, what: str = ''):

@@ -6,8 +6,6 @@ are in tests/data/test_dicom.py; the memory of the largest film is a benchmark f
 """
 
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
@@ -18,6 +16,7 @@ from pydicom.dataset import FileMetaDataset
 from jaxcxr.data import phantom
 from tests import dicom_films as df
 from tests import train_helpers as th
+from tests import warm
 
 # file -> what its one failure line must say.
 BAD = {
@@ -70,11 +69,9 @@ def scans(tmp_path_factory):
 @pytest.mark.slow
 def test_predict_on_bad_dicom(scans, reference, run_env, tmp_path, record):
   out = tmp_path / 'p.csv'
-  r = subprocess.run(
+  r = warm.run_module(
+    'launch.predict',
     [
-      sys.executable,
-      '-m',
-      'launch.predict',
       '--workdir',
       str(reference),
       '--images',
@@ -87,10 +84,7 @@ def test_predict_on_bad_dicom(scans, reference, run_env, tmp_path, record):
     ],
     cwd=th.REPO,
     env=run_env,
-    capture_output=True,
-    text=True,
     timeout=600,
-    check=False,
   )
   failed = {
     line.split(': ', 2)[1]: line for line in r.stderr.splitlines() if line.startswith('failed: ')

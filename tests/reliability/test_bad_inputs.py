@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 from PIL import Image
 
 from tests import train_helpers as th
+from tests import warm
 from tests.data import helpers
 from tests.reliability import harness
 
@@ -368,15 +368,7 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
   def run(item):
     name, c = item
     t0 = time.time()
-    r = subprocess.run(
-      [sys.executable, '-m', c['module'], *c['args']],
-      cwd=th.REPO,
-      env=run_env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-    )
+    r = warm.run_module(c['module'], c['args'], env=run_env, cwd=th.REPO, timeout=600)
     return name, r, time.time() - t0
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
