@@ -128,6 +128,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.bootstrap = 1000  # resamples for the 95% confidence intervals
   c.eval.split = 'test'
   c.eval.shortcut = False  # report: Grad-CAM shortcut indicator + source-resolution examples
+  c.eval.ood = True  # report: the OOD section (the score itself is fitted either way)
+  c.eval.robustness = True  # report: the split under 7 perturbations (evaluation/robustness.py)
   c.eval.tta = False  # final evaluation / predict: softmax averaged over 7 shifted and
   # zoomed views (data.preprocess.TTA_VIEWS); validation stays plain
   return c

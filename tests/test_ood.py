@@ -147,6 +147,22 @@ def run(tmp_path_factory):
   return work
 
 
+def test_run_without_the_report_sections_still_fits_the_score(tmp_path):
+  """eval.ood / eval.robustness False: the report has neither section (nor their cost), and the
+  score launch.predict needs is still fitted on the shipped checkpoint."""
+  overrides = {'eval.ood': False, 'eval.robustness': False}
+  config, _ = train_helpers.tiny_config(tmp_path / 'tfds', **overrides)
+  work = str(tmp_path / 'work')
+  summary = report.train_and_report(config, work)
+  rep = json.loads(Path(work, 'report.json').read_text())
+  assert 'ood' not in rep and 'robustness' not in rep, sorted(rep)
+  markdown = Path(work, 'report.md').read_text()
+  assert 'Out-of-distribution' not in markdown and 'Robustness' not in markdown
+  model = ood.load(work)
+  assert model is not None and model.meta['step'] == summary['best_step']
+  assert model.meta['step'] == checkpoint.restore_for_inference(work).step
+
+
 def test_run_report_has_the_ood_section_and_saves_the_score(run):
   model = ood.load(run)
   bundle = checkpoint.restore_for_inference(run)

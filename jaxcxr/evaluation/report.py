@@ -385,10 +385,19 @@ def write_run_report(
       class_names,
       batch_size=config.eval.batch_size,
     )
-  # The out-of-distribution score: fitted on this run's train split, saved for launch.predict.
-  ood_section = ood_eval.run_section(workdir, bundle, handle, summary['split'], which=which)
-  robust = split_robustness(
-    bundle.module, bundle.variables, config, handle, summary['split'], config.eval.batch_size
+  # The out-of-distribution score: fitted on this run's train split, saved for launch.predict
+  # (without the section, `train_and_report` fits it).
+  ood_section = (
+    ood_eval.run_section(workdir, bundle, handle, summary['split'], which=which)
+    if config.eval.get('ood', True)
+    else None
+  )
+  robust = (
+    split_robustness(
+      bundle.module, bundle.variables, config, handle, summary['split'], config.eval.batch_size
+    )
+    if config.eval.get('robustness', True)
+    else None
   )
   return write_report(
     workdir,
