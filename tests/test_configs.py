@@ -101,6 +101,8 @@ UNCHECKED = {
   'optim.nesterov': 'bool',
   'checkpoint.async_save': 'bool',
   'eval.shortcut': 'bool',
+  'eval.ood': 'bool',
+  'eval.robustness': 'bool',
   'eval.tta': 'bool',
 }
 
