@@ -21,6 +21,7 @@ start `sys.executable` directly. JAXCXR_TEST_COLD=1 makes `run_module` start eve
   python -m tests.warm serve SOCKET     # the server (run_module starts it)
 """
 
+import contextlib
 import io
 import json
 import os
@@ -137,7 +138,8 @@ def serve(path: str) -> None:
           return  # the child's interpreter exits as `python -m` would
         for fd in fds:
           os.close(fd)
-        conn.send(json.dumps({'pid': pid}).encode())
+        with contextlib.suppress(OSError):
+          conn.send(json.dumps({'pid': pid}).encode())
         waiting[pid] = conn
       else:
         os.read(wake_r, 4096)
@@ -146,7 +148,8 @@ def serve(path: str) -> None:
       if not pid:
         break
       conn = waiting.pop(pid)
-      conn.send(json.dumps({'status': os.waitstatus_to_exitcode(status)}).encode())
+      with contextlib.suppress(OSError):  # the client may have gone (a timeout killed the run)
+        conn.send(json.dumps({'status': os.waitstatus_to_exitcode(status)}).encode())
       conn.close()
 
 
