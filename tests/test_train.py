@@ -370,17 +370,12 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
     assert res['train_step_compilations'] == 1
 
 
-@pytest.mark.slow
-def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
-  """Two processes (gloo collectives on localhost) each feed half the batch; same losses."""
+def _two_processes(overrides, work) -> list:
+  """launch.train as processes 0 and 1 of one jax.distributed run (gloo on localhost)."""
   import portpicker  # pylint: disable=g-import-not-at-top
 
-  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 4}
-  single = th.run_train(overrides, tmp_path / 'single', devices=2)
-  assert single.returncode == 0, single.stderr
   port = portpicker.pick_unused_port()
-  work = tmp_path / 'multi'
-  procs = [
+  return [
     th.popen_train(
       overrides,
       work,
@@ -392,6 +387,16 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
     )
     for i in range(2)
   ]
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
+  """Two processes (gloo collectives on localhost) each feed half the batch; same losses."""
+  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 4}
+  single = th.run_train(overrides, tmp_path / 'single', devices=2)
+  assert single.returncode == 0, single.stderr
+  work = tmp_path / 'multi'
+  procs = _two_processes(overrides, work)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err
@@ -403,23 +408,9 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
 def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp_path):
   """SIGTERM to process 1 only: JAX's preemption sync tells process 0 (no per-step collective);
   both write the checkpoint of the same step and exit 75."""
-  import portpicker  # pylint: disable=g-import-not-at-top
-
   overrides = {'data.data_dir': data_dir, 'train.num_epochs': 200, 'checkpoint.every_steps': 1000}
   work = tmp_path / 'multi'
-  port = portpicker.pick_unused_port()
-  procs = [
-    th.popen_train(
-      overrides,
-      work,
-      1,
-      JAXCXR_COORDINATOR=f'127.0.0.1:{port}',
-      JAXCXR_NUM_PROCESSES=2,
-      JAXCXR_PROCESS_ID=i,
-      JAXCXR_CPU_COLLECTIVES=1,
-    )
-    for i in range(2)
-  ]
+  procs = _two_processes(overrides, work)
   try:
     _wait_for(lambda: _train_steps_logged(work) >= 3, procs[0])
     procs[1].send_signal(signal.SIGTERM)
