@@ -1,8 +1,6 @@
 """launch.benchmark_quality: both sides on the same images, one table (tiny phantom smoke run)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -121,10 +119,7 @@ def test_smoke_same_external_images(tmp_path):
     '--config.checkpoint.async_save=False',
     '--config.optim.warmup_epochs=0',
   ]
-  cmd = [
-    sys.executable,
-    '-m',
-    'launch.benchmark_quality',
+  args = [
     f'--manual_dir={folder}',
     f'--eval_dir={external}',
     f'--out={out}',
@@ -133,15 +128,7 @@ def test_smoke_same_external_images(tmp_path):
     '--torch_image_size=32',
     '--torch_batch=8',
   ] + [f'--jax_override={a}' for a in jax]
-  r = subprocess.run(
-    cmd,
-    cwd=train_helpers.REPO,
-    env=train_helpers.env(),
-    capture_output=True,
-    text=True,
-    timeout=900,
-    check=False,
-  )
+  r = train_helpers.run_cli('launch.benchmark_quality', *args, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:] + (out / 'jaxcxr.log').read_text()[-2000:]
   summary = json.loads((out / 'benchmark_quality.json').read_text())
   jax_r, torch_r = summary['rows']

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from ml_collections import config_flags
 
 from jaxcxr.tools import compare, sweep
 from jaxcxr.training import config_checks
+from tests import warm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = sweep.Hyper()
@@ -170,6 +170,11 @@ def test_sweep_file_as_its_own_base_config(tmp_path):
 # ----------------------------------------------------------------------------- status & running
 
 
+def _cli(module: str, *args) -> subprocess.CompletedProcess:
+  """`python -m module args` (warm, tests/warm.py; a sweep's own trainings start cold)."""
+  return warm.run_module(module, args, env=os.environ, cwd=REPO, timeout=900)
+
+
 def _fake_runner(outcomes, calls):
   """A runner that 'trains' by writing results.json, or exits with a given status."""
 
@@ -247,22 +252,14 @@ def test_run_command_streams_output_and_returns_status(tmp_path, capsys):
 
 
 def test_launch_sweep_dry_run_prints_commands_and_runs_nothing(tmp_path):
-  r = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'launch.sweep',
-      '--config',
-      'configs/sweeps/seed_models.py:runlocal',
-      '--workdir',
-      str(tmp_path / 's'),
-      '--dry_run',
-      '--config.eval.bootstrap=10',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
+  r = _cli(
+    'launch.sweep',
+    '--config',
+    'configs/sweeps/seed_models.py:runlocal',
+    '--workdir',
+    tmp_path / 's',
+    '--dry_run',
+    '--config.eval.bootstrap=10',
   )
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
@@ -273,22 +270,14 @@ def test_launch_sweep_dry_run_prints_commands_and_runs_nothing(tmp_path):
     f'--config.eval.bootstrap=10 --config.data.sampling=none'
   )
   assert not (tmp_path / 's').exists()
-  bad = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'launch.sweep',
-      '--config',
-      'configs/sweeps/seed_models.py',
-      '--workdir',
-      str(tmp_path),
-      '--dry_run',
-      '--config.data.sampling=none',
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
+  bad = _cli(
+    'launch.sweep',
+    '--config',
+    'configs/sweeps/seed_models.py',
+    '--workdir',
+    tmp_path,
+    '--dry_run',
+    '--config.data.sampling=none',
   )
   assert bad.returncode == 2 and 'conflicts with the sweep' in bad.stderr
 
@@ -356,26 +345,12 @@ def test_runlocal_sweep_end_to_end(tmp_path):
   sweep_file = tmp_path / 'two_trials.py'
   sweep_file.write_text(_TWO_TRIALS)
   workdir = tmp_path / 'seed'
-  cmd = [
-    sys.executable,
-    '-m',
-    'launch.sweep',
-    '--config',
-    f'{sweep_file}:runlocal',
-    '--workdir',
-    str(workdir),
-  ]
+  args = ['--config', f'{sweep_file}:runlocal', '--workdir', workdir]
   t0 = time.time()
-  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+  r = _cli('launch.sweep', *args)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   print(f'sweep: {time.time() - t0:.0f} s')
-  r = subprocess.run(
-    [sys.executable, '-m', 'launch.compare', '--workdir', str(workdir)],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  r = _cli('launch.compare', '--workdir', workdir)
   assert r.returncode == 0, r.stderr
   print(r.stdout)
   import csv  # pylint: disable=g-import-not-at-top
@@ -389,5 +364,5 @@ def test_runlocal_sweep_end_to_end(tmp_path):
     assert int(row['steps']) == 3 and float(row['wall_time_s']) > 0
   assert (workdir / 'comparison.png').stat().st_size > 10_000
   # A second run finds everything finished and trains nothing.
-  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+  r = _cli('launch.sweep', *args)
   assert r.returncode == 0 and r.stdout.count('finished, skipped.') == 2
