@@ -21,7 +21,7 @@ def get_config(arg: str = ''):
   c.train.log_every_steps = 1
   c.eval.batch_size = 8
   c.eval.bootstrap = 20
-  c.checkpoint.every_steps = 2
+  c.checkpoint.every_steps = 5  # one per epoch (5 steps); tests of mid-epoch saves set their own
   c.checkpoint.async_save = False
   c.optim.warmup_epochs = 0.0
   c.lock()
