@@ -12,6 +12,9 @@ and every `launch.train` subprocess, which reads JAXCXR_JIT_CACHE): the suite co
 tiny models hundreds of times, and a repeated tiny run takes 4 s instead of 14 s (measured). The
 same programs compile with XLA's backend at -O0 (`train_helpers.FAST_COMPILE_XLA_FLAG`), except in
 runs that ask for the default optimisation.
+
+The commands the tests run (`python -m launch.<x>`) start warm where start-up is not what they
+test: forked from a server that imported the libraries once (tests/warm.py).
 """
 
 import os
@@ -55,18 +58,21 @@ def pytest_unconfigure(config):
     shutil.rmtree(path, ignore_errors=True)
 
 
-# The longest groups (seconds of test time in a -n 2 run on the 2-core box: ~420, ~330, ~300,
-# ~150, ~130, ~80, ~70), longest first. scripts/test.sh passes --no-loadscope-reorder, so xdist
-# hands groups out in this collection order; by default it orders them by test count, which put
-# three-test test_learning.py (five minutes) last, alone at the end of the run.
+# The longest groups (seconds of test time in a -n 2 run on the 2-core box, 2026-12-06: ~215,
+# ~125, ~80, ~65, ~55, ~30, ~30, ~30), longest first. scripts/test.sh passes
+# --no-loadscope-reorder, so xdist hands groups out in this collection order; by default it orders
+# them by test count, which put three-test test_learning.py (the longest) last, alone at the end.
 LONGEST_FIRST = (
+  'test_learning.py',
   'test_train.py',
   'reliability',
-  'test_learning.py',
-  'test_benchmark.py',
   'models/test_parity.py',
+  'test_benchmark.py',
   'test_finetune.py',
-  'test_sharding.py',
+  'test_launch.py',
+  'test_eval_cli.py',
+  'test_benchmark_quality.py',
+  'test_dicom_privacy.py',
 )
 
 
