@@ -14,7 +14,6 @@ One subprocess per command (the logs are the real ones); ~2-3 minutes on the 2-c
 
 import concurrent.futures
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +94,14 @@ def films(tmp_path_factory):
   return root
 
 
-def _cmd(module: str, *args) -> list[str]:
-  return [sys.executable, '-m', module, *[str(a) for a in args]]
+def _cmd(module: str, *args) -> list:
+  """[module, *args]: a command for `_run`."""
+  return [module, *args]
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-  """`cmd` (a `_cmd`), started warm (tests/warm.py)."""
-  return th.run_cli(cmd[2], *cmd[3:], timeout=900)
+def _run(cmd: list) -> subprocess.CompletedProcess:
+  """`python -m <cmd>`, started warm (tests/warm.py)."""
+  return th.run_cli(*cmd, timeout=900)
 
 
 def _leaks(folder: Path) -> dict[str, list[str]]:

@@ -27,8 +27,6 @@ indicator stopped working; do not just lower the number.
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,21 +50,14 @@ MARGIN = 0.05
 
 def _train(config: str, workdir, overrides: dict, timeout: int = 1800, cold: bool = False) -> dict:
   """launch.train with `config`; `cold`: a fresh interpreter, not a warm fork (tests/warm.py)."""
-  args = train_helpers.train_cmd(overrides, workdir)[3:]
-  args[args.index('--config') + 1] = str(train_helpers.REPO / 'configs' / config)
-  env = train_helpers.env(fast_compile=False)
-  if cold:
-    r = subprocess.run(
-      [sys.executable, '-m', 'launch.train', *args],
-      cwd=train_helpers.REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-      check=False,
-    )
-  else:
-    r = warm.run_module('launch.train', args, env=env, cwd=train_helpers.REPO, timeout=timeout)
+  r = warm.run_module(
+    'launch.train',
+    train_helpers.train_args(overrides, workdir, config),
+    env=train_helpers.env(fast_compile=False),
+    cwd=train_helpers.REPO,
+    timeout=timeout,
+    cold=cold,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   with open(workdir / 'report.json') as f:
     report = json.load(f)

@@ -2,7 +2,6 @@
 device count from XLA_FLAGS, output, exit status, tracebacks, timeouts, signals)."""
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -16,14 +15,10 @@ from tests import warm
 def _both(args, tmp_path, devices=1):
   """(cold, warm) CompletedProcess of `python -m tests.warm_probe args`."""
   env = th.env(devices, WARM_PROBE='seen')
-  out = []
-  for cold in ('1', ''):
-    os.environ['JAXCXR_TEST_COLD'] = cold
-    try:
-      out.append(warm.run_module('tests.warm_probe', args, env=env, cwd=tmp_path, timeout=120))
-    finally:
-      os.environ.pop('JAXCXR_TEST_COLD')
-  return out
+  return [
+    warm.run_module('tests.warm_probe', args, env=env, cwd=tmp_path, timeout=120, cold=cold)
+    for cold in (True, False)
+  ]
 
 
 def test_warm_run_sees_what_a_cold_run_sees(tmp_path):

@@ -40,17 +40,15 @@ def init_state(config):
   return module, jax.jit(init)(jax.random.key(0))
 
 
-def train_cmd(overrides: dict, workdir) -> list[str]:
+def train_args(overrides: dict, workdir, config: str = 'tiny.py') -> list[str]:
+  """launch.train's flags: configs/<config>, `workdir`, `overrides` as --config.<key>=<value>."""
   flags = [f'--config.{k}={v}' for k, v in overrides.items()]
-  return [
-    sys.executable,
-    '-m',
-    'launch.train',
-    '--config',
-    str(REPO / 'configs' / 'tiny.py'),
-    '--workdir',
-    str(workdir),
-  ] + flags
+  return ['--config', str(REPO / 'configs' / config), '--workdir', str(workdir)] + flags
+
+
+def train_cmd(overrides: dict, workdir) -> list[str]:
+  """`python -m launch.train` with `train_args` (a cold start)."""
+  return [sys.executable, '-m', 'launch.train', *train_args(overrides, workdir)]
 
 
 # The suite compiles hundreds of tiny programs whose run time is negligible; XLA:CPU's LLVM backend
@@ -100,7 +98,7 @@ def popen_train(overrides, workdir, devices=1, **extra_env):
   """launch.train in the background (warm, tests/warm.py), its output to pipes: a Popen."""
   return warm.popen(
     'launch.train',
-    train_cmd(overrides, workdir)[3:],
+    train_args(overrides, workdir),
     env=env(devices, **extra_env),
     cwd=REPO,
     stdout=subprocess.PIPE,
@@ -112,7 +110,7 @@ def run_train(overrides, workdir, devices=1, timeout=600, **extra_env):
   """Runs launch.train in a subprocess (`run_cli`); returns the CompletedProcess."""
   return run_cli(
     'launch.train',
-    *train_cmd(overrides, workdir)[3:],
+    *train_args(overrides, workdir),
     devices=devices,
     timeout=timeout,
     **extra_env,

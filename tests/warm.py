@@ -22,9 +22,12 @@ start `sys.executable` directly. JAXCXR_TEST_COLD=1 makes `run_module` start eve
 """
 
 import contextlib
+import importlib
 import io
 import json
 import os
+import pkgutil
+import runpy
 import select
 import selectors
 import signal
@@ -57,14 +60,9 @@ _MAX_MESSAGE = 1 << 20
 
 
 def _preload() -> None:
-  import importlib  # pylint: disable=g-import-not-at-top
-  import pkgutil  # pylint: disable=g-import-not-at-top
-
   for name in PRELOAD:
     importlib.import_module(name)
-  import jaxcxr  # pylint: disable=g-import-not-at-top
-
-  for m in pkgutil.walk_packages(jaxcxr.__path__, 'jaxcxr.'):
+  for m in pkgutil.walk_packages(sys.modules['jaxcxr'].__path__, 'jaxcxr.'):
     importlib.import_module(m.name)
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
 
@@ -73,8 +71,6 @@ def _preload() -> None:
   # Python threads would not exist in a child; the native pools started by importing numpy and
   # scipy (OpenBLAS) and cv2 (OpenCV) are remade after a fork (checked: warpAffine, a matmul and
   # scipy.linalg.inv in a forked child).
-  import threading  # pylint: disable=g-import-not-at-top
-
   assert threading.active_count() == 1, 'the warm server must fork from its only Python thread'
   # A cold command never loads torch (tests/test_architecture.py); nor may a warm one.
   assert 'torch' not in sys.modules, 'the warm server imported torch'
@@ -93,8 +89,6 @@ def _child(request: dict, fds: list[int]) -> None:
   os.environ.update(request['env'])
   sys.path[0] = request['cwd']  # `python -m` puts the working directory first
   sys.argv = ['-m', *request['args']]
-  import runpy  # pylint: disable=g-import-not-at-top
-
   runpy.run_module(request['module'], run_name='__main__', alter_sys=True)
 
 
@@ -183,6 +177,11 @@ def _server_path(env: dict, cwd: str) -> str:
     return _SERVERS[-1].path
 
 
+def _command(module: str, args) -> list[str]:
+  """The `python -m module args` argv (args as strings)."""
+  return [sys.executable, '-m', module, *[str(a) for a in args]]
+
+
 def _decode(data: bytes) -> str:
   """As subprocess.run(text=True) decodes: universal newlines."""
   return io.TextIOWrapper(io.BytesIO(data), encoding='utf-8', errors='replace').read()
@@ -209,7 +208,7 @@ class Popen:
   """
 
   def __init__(self, module: str, args, *, env: dict, cwd, stdout=None, stderr=None):
-    self.args = [sys.executable, '-m', module, *[str(a) for a in args]]
+    self.args = _command(module, args)
     self.returncode = None
     out_pipe, err_pipe = [], []
     out = _write_fd(stdout, out_pipe)
@@ -278,13 +277,15 @@ class Popen:
     return texts
 
 
-def run_module(module: str, args, *, env: dict, cwd, timeout: float) -> subprocess.CompletedProcess:
+def run_module(
+  module: str, args, *, env: dict, cwd, timeout: float, cold: bool = False
+) -> subprocess.CompletedProcess:
   """`subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
-  timeout=timeout)`, the command forked from the warm server (cold with JAXCXR_TEST_COLD=1)."""
-  args = [str(a) for a in args]
-  if os.environ.get(_COLD_ENV):
+  timeout=timeout)`, the command forked from the warm server; a fresh interpreter when `cold` (a
+  test of start-up itself) or with JAXCXR_TEST_COLD=1."""
+  if cold or os.environ.get(_COLD_ENV):
     return subprocess.run(
-      [sys.executable, '-m', module, *args],
+      _command(module, args),
       cwd=cwd,
       env=env,
       capture_output=True,
@@ -301,7 +302,7 @@ def popen(module: str, args, *, env: dict, cwd, stdout=None, stderr=None):
   """`Popen` (cold with JAXCXR_TEST_COLD=1: subprocess.Popen(..., text=True))."""
   if os.environ.get(_COLD_ENV):
     return subprocess.Popen(
-      [sys.executable, '-m', module, *[str(a) for a in args]],
+      _command(module, args),
       cwd=cwd,
       env=env,
       stdout=stdout,

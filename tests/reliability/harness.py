@@ -34,13 +34,13 @@ TOTAL_STEPS = 15
 class Run:
   """A background subprocess whose stderr/stdout go to files (a pipe could fill and block it)."""
 
-  def __init__(self, cmd: list[str], log: Path, env: dict):
+  def __init__(self, module: str, args: list[str], log: Path, env: dict):
     self.log = Path(log)
     self.log.parent.mkdir(parents=True, exist_ok=True)
     self._out = open(self.log, 'w')  # noqa: SIM115 (held while the run lives; kill() or wait() closes it)
     self.t0 = time.time()
-    self.proc = warm.popen(  # cmd: [python, '-m', module, *args], started warm (tests/warm.py)
-      cmd[2], cmd[3:], env=env, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT
+    self.proc = warm.popen(  # python -m module args, started warm (tests/warm.py)
+      module, args, env=env, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT
     )
 
   def wait_for(self, predicate, timeout: float = 300, poll: float = 0.01, what: str = ''):
@@ -76,11 +76,11 @@ class Run:
 
 def train_run(overrides: dict, workdir, log, env: dict, driver_fault: str = '') -> Run:
   """launch.train (or, with `driver_fault`, tests.reliability.fault_driver) in the background."""
-  cmd = th.train_cmd(overrides, workdir)
+  module = 'launch.train'
   if driver_fault:
-    cmd[2] = 'tests.reliability.fault_driver'
+    module = 'tests.reliability.fault_driver'
     env = dict(env, JAXCXR_FAULT=driver_fault)
-  return Run(cmd, log, env)
+  return Run(module, th.train_args(overrides, workdir), log, env)
 
 
 def rows(workdir, kind: str | None = None) -> list[dict]:
