@@ -84,9 +84,10 @@ def test_bf16_train_step_asks_for_bf16_convs_and_reports_what_xla_runs():
     module, state, benchmark.random_batch(2, 16), jax.random.key(0), jnp.bfloat16
   )
   # 4 forward convs and their input gradients (not the first); on CPU the 4 weight gradients are
-  # im2col matmuls (layers.conv2d), not convolutions.
-  assert timings['lowered_convs'] == {'bf16': 7}, timings['lowered_convs']
-  assert sum(timings['compiled_convs'].values()) >= 7
+  # im2col matmuls (layers.conv2d), not convolutions, and so are the forward and input gradient of
+  # the last conv, whose map (2x2 at 16 px) is smaller than its 3x3 kernel: 3 + 2 convolutions.
+  assert timings['lowered_convs'] == {'bf16': 5}, timings['lowered_convs']
+  assert sum(timings['compiled_convs'].values()) >= 5
   assert state.params['conv1']['kernel'].dtype == jnp.float32
 
 

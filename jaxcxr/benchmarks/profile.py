@@ -18,6 +18,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import tempfile
@@ -141,8 +142,17 @@ def classify(
     return 'conv input-grad' + (' (dilated: strided conv)' if dilated else '')
   in_conv = any(_CONV_PATH.search(n) for n in names)
   if 'dot' in opcodes:
-    # `jaxcxr.models.layers.conv2d` computes weight gradients as matmuls over im2col patches.
-    return 'conv weight-grad (im2col matmul)' if in_conv else 'dot (dense layers, matmuls)'
+    if not in_conv:
+      return 'dot (dense layers, matmuls)'
+    # `jaxcxr.models.layers.conv2d` computes weight gradients as matmuls over im2col patches
+    # (their product has a kernel's size), and on maps smaller than the kernel the forward and the
+    # input gradient too.
+    if not backward:
+      return 'conv forward (im2col matmul)'
+    sizes = {math.prod(s) for s in kernel_shapes}
+    if any(math.prod(o.shape) in sizes for o in members if o.opcode == 'dot'):
+      return 'conv weight-grad (im2col matmul)'
+    return 'conv input-grad (matmul)'
   if opcodes & {'reduce-window', 'select-and-scatter'}:
     return 'pooling (fwd + bwd)'
   if opcodes <= _LAYOUT_OPS:

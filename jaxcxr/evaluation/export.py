@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcxr.data import dataset, preprocess
+from jaxcxr.models import layers
 from jaxcxr.training import checkpoint
 
 # Our class names -> the competition's label strings.
@@ -334,7 +335,7 @@ def export_onnx(
   variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
 
   def probabilities(x):
-    with _onnx_friendly_pooling():
+    with _onnx_friendly_pooling(), layers.xla_convs_only():
       logits = module.apply(variables, x, train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 

@@ -4,6 +4,8 @@ Everything here mirrors a torch.nn layer exactly (same padding, same statistics,
 so that converted torchvision weights reproduce torchvision's outputs.
 """
 
+import contextlib
+import contextvars
 import functools
 from typing import Any
 
@@ -86,6 +88,82 @@ def input_grad_by_forward_conv(g: jnp.ndarray, kernel: jnp.ndarray, padding: int
   return _conv2d(g, flipped, 1, kh - 1 - padding)
 
 
+def smaller_than_kernel(hw: tuple[int, ...], kernel_shape: tuple[int, ...]) -> bool:
+  """Whether a conv's spatial input `hw` is smaller than its kernel in height or width.
+
+  XLA:CPU (jaxlib 0.12) swaps the roles of such a conv's operands (the feature map becomes the
+  window) and runs the result as a generic loop, not a library kernel: a 3x3 conv on a 2x2 map
+  (ResNet's last stage at 64 px, DenseNet's last block) ran at 8 GFLOP/s, 20-30x below the same
+  conv on a 4x4 map (docs/PERFORMANCE.md). Its input gradient (a conv of the 2x2 output gradient)
+  hits the same path.
+  """
+  return hw[0] < kernel_shape[0] or hw[1] < kernel_shape[1]
+
+
+def conv_by_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> jnp.ndarray:
+  """`_conv2d` as one matmul: the kh*kw strided views of the padded input, concatenated along
+  channels into (N, Ho, Wo, kh*kw*C) patches, times the kernel as a (kh*kw*C, O) matrix."""
+  kh, kw, c, o = kernel.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
+  ho = (xp.shape[1] - kh) // stride + 1
+  wo = (xp.shape[2] - kw) // stride + 1
+  taps = _strided_taps(xp, kh, kw, stride, (ho, wo))
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * c, o))
+
+
+def input_grad_by_matmul(
+  g: jnp.ndarray, kernel: jnp.ndarray, x_shape: tuple[int, ...], stride: int, padding: int
+) -> jnp.ndarray:
+  """dL/dx of `_conv2d` (input shape `x_shape`) as the transpose of `conv_by_matmul`: the patch
+  gradients g @ kernel^T (one matmul), each tap's share put back in place by one strided `lax.pad`
+  (interior padding stride - 1) and summed, as `max_pool_grad_by_taps` does."""
+  kh, kw, c, o = kernel.shape
+  ho, wo = g.shape[1:3]
+  hp, wp = x_shape[1] + 2 * padding, x_shape[2] + 2 * padding
+  dpatches = jnp.einsum('nhwo,ko->nhwk', g, kernel.reshape(kh * kw * c, o))
+  zero = jnp.zeros((), dpatches.dtype)
+  dxp = None
+  for t in range(kh * kw):
+    i, j = divmod(t, kw)
+    config = (
+      (0, 0, 0),
+      (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+      (j, wp - j - stride * (wo - 1) - 1, stride - 1),
+      (0, 0, 0),
+    )
+    share = lax.pad(dpatches[..., t * c : (t + 1) * c], zero, config)
+    dxp = share if dxp is None else dxp + share
+  return dxp[:, padding : hp - padding, padding : wp - padding, :] if padding else dxp
+
+
+_XLA_CONVS_ONLY = contextvars.ContextVar('jaxcxr_xla_convs_only', default=False)
+
+
+@contextlib.contextmanager
+def xla_convs_only():
+  """Within it, `conv2d`'s forward is XLA's convolution on every platform, without
+  `lax.platform_dependent`: for tracers that translate a jaxpr instead of lowering it (the ONNX
+  export, whose converter has no rule for the platform switch; ONNX runtimes run Conv well)."""
+  token = _XLA_CONVS_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _XLA_CONVS_ONLY.reset(token)
+
+
+def _conv2d_on_platform(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int):
+  """`_conv2d`; on CPU `conv_by_matmul` where the input is `smaller_than_kernel`."""
+  if _XLA_CONVS_ONLY.get() or not smaller_than_kernel(x.shape[1:3], kernel.shape):
+    return _conv2d(x, kernel, stride, padding)
+  return lax.platform_dependent(
+    x,
+    kernel,
+    cpu=lambda x, k: conv_by_matmul(x, k, stride, padding),
+    default=lambda x, k: _conv2d(x, k, stride, padding),
+  )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(
   x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int, input_grad_as_conv: bool = False
@@ -97,17 +175,20 @@ def conv2d(
   conv; in per-op profiles of full train steps it is the largest cost (resnet101 at 128 px: about
   half the step). As one matmul it runs at matmul speed (train steps 1.5-2x faster, measured A/B).
   The forward pass and the input gradient are XLA's own, so outputs (and torchvision parity) are
-  unchanged. On GPU / TPU the weight gradient stays XLA's (cuDNN / the TPU convolution units do it
-  well, and the im2col patches would cost accelerator memory): `lax.platform_dependent` picks the
-  branch when the step is lowered. With `input_grad_as_conv` (convs inside a `lax.scan` body), a
-  stride-1 conv's input gradient on CPU is `input_grad_by_forward_conv`.
+  unchanged, except on maps `smaller_than_kernel` (a 3x3 conv on a 2x2 map), which XLA:CPU runs
+  20-30x slower than its other convs: there the forward is `conv_by_matmul` and the input
+  gradient `input_grad_by_matmul` (the same sums in another order: float32 round-off). On GPU /
+  TPU every part stays XLA's (cuDNN / the TPU convolution units do them well, and the im2col
+  patches would cost accelerator memory): `lax.platform_dependent` picks the branch when the step
+  is lowered. With `input_grad_as_conv` (convs inside a `lax.scan` body), a stride-1 conv's input
+  gradient on CPU is `input_grad_by_forward_conv`.
   """
-  return _conv2d(x, kernel, stride, padding)
+  return _conv2d_on_platform(x, kernel, stride, padding)
 
 
 def _conv2d_fwd(x, kernel, stride, padding, input_grad_as_conv):
   del input_grad_as_conv
-  return _conv2d(x, kernel, stride, padding), (x, kernel)
+  return _conv2d_on_platform(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, input_grad_as_conv, residuals, g):
@@ -119,6 +200,8 @@ def _conv2d_bwd(stride, padding, input_grad_as_conv, residuals, g):
 
   def cpu_grads(g):
     dkernel = im2col_weight_grad(x, g, kernel.shape, stride, padding).astype(kernel.dtype)
+    if smaller_than_kernel(g.shape[1:3], kernel.shape):
+      return input_grad_by_matmul(g, kernel, x.shape, stride, padding).astype(x.dtype), dkernel
     if input_grad_as_conv and stride == 1:
       return input_grad_by_forward_conv(g, kernel, padding).astype(x.dtype), dkernel
     return vjp(g)[0], dkernel
