@@ -734,6 +734,21 @@ def test_xla_wgrad_variant_traces_xla_s_own_weight_gradient():
   assert 'concatenate' in grad() and 'concatenate' not in xla
 
 
+def test_xla_small_maps_variant_traces_xla_s_own_convs_on_a_2x2_map():
+  """Under `xla_small_maps` a 3x3 conv on a 2x2 map and its gradients lower to XLA's convs (the
+  weight gradient stays a matmul); by default the forward and input gradient are matmuls too."""
+  x, k = jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 4))
+
+  def counts():
+    fn = jax.jit(jax.grad(lambda x, k: jnp.sin(layers.conv2d(x, k, 1, 1)).sum(), argnums=(0, 1)))
+    text = fn.lower(x, k).as_text()
+    return text.count('stablehlo.convolution'), text.count('stablehlo.dot_general')
+
+  with benchmark_options.VARIANTS['xla_small_maps'][1]():
+    xla = counts()
+  assert counts() == (0, 3) and xla == (2, 1)
+
+
 def test_parse_spec_suffixes_combine():
   assert compare.parse_spec('densenet201:scan8:ynn') == (
     'densenet201',

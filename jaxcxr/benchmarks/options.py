@@ -7,7 +7,8 @@ step, on the same batch; the medians are compared with the first variant's.
 
 A variant is a name from `VARIANTS`: XLA:CPU compiler options of the compile (as
 `config.model.cpu_options` passes them), and/or a code path of `jaxcxr.models.layers` swapped for
-XLA's own while the step is traced (`xla_wgrad`: XLA's conv weight gradient instead of im2col).
+XLA's own while the step is traced (`xla_wgrad`: XLA's conv weight gradient instead of im2col, and
+XLA's convs on maps smaller than the kernel; `xla_small_maps`: only the latter).
 Join names with '+' to combine them (`onednn+xla_wgrad`).
 """
 
@@ -53,6 +54,12 @@ def _xla_scan_igrad():
   return _patched('conv2d', lambda x, k, stride, padding, *_: conv2d(x, k, stride, padding, False))
 
 
+def _xla_small_maps():
+  """Convolutions on maps smaller than their kernel keep XLA's forward and input gradient (no
+  matmuls there; the im2col weight gradient kept)."""
+  return _patched('smaller_than_kernel', lambda hw, kernel_shape: False)
+
+
 def _xla_pool():
   """Tiled max-pools differentiate with XLA's select-and-scatter (no gradient by taps)."""
   return _patched('_tiled_max_pool', lambda x, window: layers._max_pool(x, window, window, 0))
@@ -69,6 +76,7 @@ VARIANTS = {
   'xla_wgrad': ({}, _xla_wgrad),
   'xla_scan_igrad': ({}, _xla_scan_igrad),
   'xla_pool': ({}, _xla_pool),
+  'xla_small_maps': ({}, _xla_small_maps),
 }
 
 
