@@ -57,20 +57,47 @@ def _strided_taps(
   ]
 
 
+def _untap(shares: list[jnp.ndarray], kw: int, stride: int, padding: int, padded_hw) -> jnp.ndarray:
+  """The transpose of `_strided_taps`: each tap's (N, Ho, Wo, C) share, row-major with `kw` per
+  row, put back at its offsets in the padded input (one strided `lax.pad`, interior padding
+  stride - 1), summed, and the `padding` cut off again."""
+  hp, wp = padded_hw
+  n, ho, wo, c = shares[0].shape
+  zero = jnp.zeros((), shares[0].dtype)
+  total = jnp.zeros((n, hp, wp, c), shares[0].dtype)
+  for t, share in enumerate(shares):
+    i, j = divmod(t, kw)
+    config = (
+      (0, 0, 0),
+      (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+      (j, wp - j - stride * (wo - 1) - 1, stride - 1),
+      (0, 0, 0),
+    )
+    total = total + lax.pad(share, zero, config)
+  p = padding
+  return total[:, p : hp - p, p : wp - p, :] if p else total
+
+
+def _im2col_patches(
+  x: jnp.ndarray, kh: int, kw: int, stride: int, padding: int, out_hw: tuple[int, int]
+) -> jnp.ndarray:
+  """(N, Ho, Wo, kh*kw*C): the kh*kw strided views of the zero-padded input concatenated along
+  channels, row-major (a 1x1 conv needs no copy)."""
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = _strided_taps(x, kh, kw, stride, out_hw)
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
 def im2col_weight_grad(
   x: jnp.ndarray, g: jnp.ndarray, kernel_shape: tuple[int, ...], stride: int, padding: int
 ) -> jnp.ndarray:
-  """dL/dkernel (kh, kw, C, O) of `_conv2d` as one matmul over N*Ho*Wo.
-
-  The k*k strided views of the padded input (N, Ho, Wo, C) are concatenated along channels into
-  (N, Ho, Wo, kh*kw*C) patches (a 1x1 conv needs none), then contracted with the output gradient
-  g (N, Ho, Wo, O): (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O).
+  """dL/dkernel (kh, kw, C, O) of `_conv2d` as one matmul over N*Ho*Wo: the `_im2col_patches`
+  (N, Ho, Wo, kh*kw*C) contracted with the output gradient g (N, Ho, Wo, O):
+  (kh*kw*C, N*Ho*Wo) @ (N*Ho*Wo, O).
   """
   kh, kw, c, o = kernel_shape
-  if padding:
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = _strided_taps(x, kh, kw, stride, g.shape[1:3])
-  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  patches = _im2col_patches(x, kh, kw, stride, padding, g.shape[1:3])
   return jnp.einsum('nhwk,nhwo->ko', patches, g).reshape(kh, kw, c, o)
 
 
@@ -101,14 +128,12 @@ def smaller_than_kernel(hw: tuple[int, ...], kernel_shape: tuple[int, ...]) -> b
 
 
 def conv_by_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int) -> jnp.ndarray:
-  """`_conv2d` as one matmul: the kh*kw strided views of the padded input, concatenated along
-  channels into (N, Ho, Wo, kh*kw*C) patches, times the kernel as a (kh*kw*C, O) matrix."""
+  """`_conv2d` as one matmul: the `_im2col_patches` (N, Ho, Wo, kh*kw*C) times the kernel as a
+  (kh*kw*C, O) matrix."""
   kh, kw, c, o = kernel.shape
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-  ho = (xp.shape[1] - kh) // stride + 1
-  wo = (xp.shape[2] - kw) // stride + 1
-  taps = _strided_taps(xp, kh, kw, stride, (ho, wo))
-  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  ho = (x.shape[1] + 2 * padding - kh) // stride + 1
+  wo = (x.shape[2] + 2 * padding - kw) // stride + 1
+  patches = _im2col_patches(x, kh, kw, stride, padding, (ho, wo))
   return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * c, o))
 
 
@@ -116,25 +141,12 @@ def input_grad_by_matmul(
   g: jnp.ndarray, kernel: jnp.ndarray, x_shape: tuple[int, ...], stride: int, padding: int
 ) -> jnp.ndarray:
   """dL/dx of `_conv2d` (input shape `x_shape`) as the transpose of `conv_by_matmul`: the patch
-  gradients g @ kernel^T (one matmul), each tap's share put back in place by one strided `lax.pad`
-  (interior padding stride - 1) and summed, as `max_pool_grad_by_taps` does."""
+  gradients g @ kernel^T (one matmul), each tap's share put back in place (`_untap`)."""
   kh, kw, c, o = kernel.shape
-  ho, wo = g.shape[1:3]
-  hp, wp = x_shape[1] + 2 * padding, x_shape[2] + 2 * padding
   dpatches = jnp.einsum('nhwo,ko->nhwk', g, kernel.reshape(kh * kw * c, o))
-  zero = jnp.zeros((), dpatches.dtype)
-  dxp = None
-  for t in range(kh * kw):
-    i, j = divmod(t, kw)
-    config = (
-      (0, 0, 0),
-      (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-      (j, wp - j - stride * (wo - 1) - 1, stride - 1),
-      (0, 0, 0),
-    )
-    share = lax.pad(dpatches[..., t * c : (t + 1) * c], zero, config)
-    dxp = share if dxp is None else dxp + share
-  return dxp[:, padding : hp - padding, padding : wp - padding, :] if padding else dxp
+  shares = [dpatches[..., t * c : (t + 1) * c] for t in range(kh * kw)]
+  padded_hw = (x_shape[1] + 2 * padding, x_shape[2] + 2 * padding)
+  return _untap(shares, kw, stride, padding, padded_hw)
 
 
 _XLA_CONVS_ONLY = contextvars.ContextVar('jaxcxr_xla_convs_only', default=False)
@@ -273,28 +285,18 @@ def max_pool_grad_by_taps(
   stride-1). Elementwise work only, instead of XLA:CPU's select-and-scatter expansion (a
   reduce-window that tracks the argmax with four int32 iotas of the input's size, then a scatter).
   """
-  ho, wo = g.shape[1:3]
   p = padding
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf) if p else x
-  hp, wp = xp.shape[1:3]
-  taps = _strided_taps(xp, window, window, stride, (ho, wo))
+  taps = _strided_taps(xp, window, window, stride, g.shape[1:3])
   best = functools.reduce(jnp.maximum, taps)
   taken = jnp.zeros(g.shape, bool)
-  dxp = jnp.zeros(xp.shape, g.dtype)
   zero = jnp.zeros((), g.dtype)
-  for t, tap in enumerate(taps):
-    i, j = divmod(t, window)
+  shares = []
+  for tap in taps:
     first = (tap == best) & ~taken
     taken = taken | first
-    share = jnp.where(first, g, zero)
-    config = (
-      (0, 0, 0),
-      (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-      (j, wp - j - stride * (wo - 1) - 1, stride - 1),
-      (0, 0, 0),
-    )
-    dxp = dxp + lax.pad(share, zero, config)
-  return dxp[:, p : hp - p, p : wp - p, :] if p else dxp
+    shares.append(jnp.where(first, g, zero))
+  return _untap(shares, window, stride, p, xp.shape[1:3])
 
 
 def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int = 0) -> jnp.ndarray:
