@@ -17,6 +17,7 @@ The commands the tests run (`python -m launch.<x>`) start warm where start-up is
 test: forked from a server that imported the libraries once (tests/warm.py).
 """
 
+import gc
 import os
 import pathlib
 import shutil
@@ -50,6 +51,20 @@ def pytest_configure(config):
   jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_ENV])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_collection_finish(session):
+  """After collection: the imported libraries (jax, flax, torch, TFDS ...) out of the cyclic
+  garbage collector's reach, and full collections rarer.
+
+  A worker's heap grows with every compiled program it keeps; at Python's default thresholds it
+  ran ~50 full collections of ~0.4 s each (~60 s of the two workers' time, measured with
+  gc.callbacks; docs/PERFORMANCE.md "Garbage collection"). Test-only: a worker lives for the
+  whole suite and its cyclic garbage may wait longer.
+  """
+  del session
+  gc.freeze()
+  gc.set_threshold(10_000, 10, 100)
 
 
 def pytest_unconfigure(config):
