@@ -343,8 +343,23 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
   np.testing.assert_array_equal(th.losses(work), th.losses(tmp_path / 'ref'))
 
 
+def _short_run(data_dir) -> dict:
+  """The overrides of the multi-device and multi-process runs: 5 steps of configs/tiny.py."""
+  return {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 5}
+
+
+@pytest.fixture(scope='module')
+def one_device_run(data_dir, tmp_path_factory):
+  """The workdir of `_short_run` on one device in one process: the reference of the 8-device
+  and the two-process runs (one run for both)."""
+  work = tmp_path_factory.mktemp('one_device') / 'work'
+  one = th.run_train(_short_run(data_dir), work, devices=1)
+  assert one.returncode == 0, one.stderr
+  return work
+
+
 @pytest.mark.slow
-def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
+def test_one_vs_eight_devices_same_trajectory(data_dir, one_device_run, tmp_path):
   """Data parallel over 8 simulated devices reproduces the single-device losses.
 
   Only the reduction order differs (per-device partial sums of the batch mean, BatchNorm moments
@@ -353,20 +368,17 @@ def test_one_vs_eight_devices_same_trajectory(data_dir, tmp_path):
   gradient is at round-off level can move by up to ~lr per step either way; we allow lr/2
   absolute per element (lr = 1e-3) and require the mean difference to stay at round-off (1e-6).
   """
-  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 5}
-  one = th.run_train(overrides, tmp_path / 'one', devices=1)
-  eight = th.run_train(overrides, tmp_path / 'eight', devices=8)
-  assert one.returncode == 0, one.stderr
+  eight = th.run_train(_short_run(data_dir), tmp_path / 'eight', devices=8)
   assert eight.returncode == 0, eight.stderr
   assert '8 devices' in eight.stderr
-  np.testing.assert_allclose(th.losses(tmp_path / 'eight'), th.losses(tmp_path / 'one'), rtol=1e-4)
-  a, b = th.final_params(tmp_path / 'one'), th.final_params(tmp_path / 'eight')
+  np.testing.assert_allclose(th.losses(tmp_path / 'eight'), th.losses(one_device_run), rtol=1e-4)
+  a, b = th.final_params(one_device_run), th.final_params(tmp_path / 'eight')
   for k in a:
     if k.startswith('params'):
       np.testing.assert_allclose(b[k], a[k], rtol=0, atol=5e-4, err_msg=k)
       assert np.mean(np.abs(b[k] - a[k])) < 1e-6, k
-  for work in ('one', 'eight'):
-    res = json.loads((tmp_path / work / 'results.json').read_text())['summary']
+  for work in (one_device_run, tmp_path / 'eight'):
+    res = json.loads((work / 'results.json').read_text())['summary']
     assert res['train_step_compilations'] == 1
 
 
@@ -390,18 +402,16 @@ def _two_processes(overrides, work) -> list:
 
 
 @pytest.mark.slow
-def test_two_processes_with_jax_distributed_match_one(data_dir, tmp_path):
-  """Two processes (gloo collectives on localhost) each feed half the batch; same losses."""
-  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 4}
-  single = th.run_train(overrides, tmp_path / 'single', devices=2)
-  assert single.returncode == 0, single.stderr
+def test_two_processes_with_jax_distributed_match_one(data_dir, one_device_run, tmp_path):
+  """Two processes (gloo collectives on localhost) each feed half the batch; the losses of one
+  process on one device (float32 round-off apart, as in the 8-device test)."""
   work = tmp_path / 'multi'
-  procs = _two_processes(overrides, work)
+  procs = _two_processes(_short_run(data_dir), work)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err
   assert '2 processes' in outs[0][1]
-  np.testing.assert_allclose(th.losses(work), th.losses(tmp_path / 'single'), rtol=1e-4)
+  np.testing.assert_allclose(th.losses(work), th.losses(one_device_run), rtol=1e-4)
 
 
 @pytest.mark.slow
