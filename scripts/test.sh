@@ -18,13 +18,4 @@ python3 -m ruff format --check .
 # processes, and without __pycache__ (gitignored) each compiles jaxcxr and the tests from source
 # again (collection alone: 7.1 -> 4.9 s per worker).
 unset PYTHONDONTWRITEBYTECODE
-# Linux: every process of the suite allocates with mimalloc (cmeel-mimalloc, requirements-test.txt)
-# instead of glibc's malloc. XLA's compiler allocates and frees many small objects, and the suite
-# compiles ~2,900 programs: its wall time 483 -> 424 s on the 2-core Xeon (docs/PERFORMANCE.md,
-# "Test suite time"). Nothing in jaxcxr depends on it.
-if [[ "$(uname -s)" == Linux ]]; then
-  MIMALLOC="$(python3 -c 'from importlib import metadata
-print(next(f.locate() for f in metadata.files("cmeel-mimalloc") if f.name == "libmimalloc.so"))')"
-  export LD_PRELOAD="${MIMALLOC}${LD_PRELOAD:+:${LD_PRELOAD}}"
-fi
 python3 -m pytest tests -q -n 2 --dist loadgroup --no-loadscope-reorder "$@"
