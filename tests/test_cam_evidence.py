@@ -10,6 +10,8 @@ positive class carries a lesion blob inside a lung:
   bright corner marker top-left: the easy cue a model learns first.
 """
 
+import functools
+
 import cv2
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ import pytest
 from jaxcxr import models
 from jaxcxr.data import phantom, preprocess
 from jaxcxr.evaluation import gradcam, robustness, shortcut
+from tests import train_helpers
 
 NAMES = ('Lesion', 'Normal')
 SIZE = 48
@@ -61,7 +64,9 @@ def _train(images, labels, seed: int = 0):
   tx = optax.adam(3e-3)
   opt = tx.init(params)
 
-  @jax.jit
+  # 150 steps: compiled at XLA's default optimisation, not the suite's -O0 (in the suite, the
+  # fixture took 20 s at -O0, 12 s so).
+  @functools.partial(jax.jit, compiler_options=train_helpers.OPTIMISED)
   def step(params, stats, opt, batch, y):
     def loss_fn(p):
       logits, new = module.apply(

@@ -344,8 +344,18 @@ def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
 
 
 def _short_run(data_dir) -> dict:
-  """The overrides of the multi-device and multi-process runs: 5 steps of configs/tiny.py."""
-  return {'data.data_dir': data_dir, 'train.num_epochs': 1, 'train.max_steps': 5}
+  """The overrides of the multi-device and multi-process runs: 5 steps of configs/tiny.py.
+
+  A constant learning rate: the step's program then does not depend on the run's length (a
+  cosine schedule bakes its step count into it), so the two-process SIGTERM run, 1,000 steps
+  long, reuses the two-process program compiled before it (the suite's XLA cache).
+  """
+  return {
+    'data.data_dir': data_dir,
+    'train.num_epochs': 1,
+    'train.max_steps': 5,
+    'optim.schedule': 'constant',
+  }
 
 
 @pytest.fixture(scope='module')
@@ -418,7 +428,12 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, one_device_run, 
 def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp_path):
   """SIGTERM to process 1 only: JAX's preemption sync tells process 0 (no per-step collective);
   both write the checkpoint of the same step and exit 75."""
-  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 200, 'checkpoint.every_steps': 1000}
+  overrides = {
+    'data.data_dir': data_dir,
+    'train.num_epochs': 200,
+    'checkpoint.every_steps': 1000,
+    'optim.schedule': 'constant',  # the program of the two-process run above (`_short_run`)
+  }
   work = tmp_path / 'multi'
   procs = _two_processes(overrides, work)
   try:
