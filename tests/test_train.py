@@ -428,11 +428,12 @@ def test_two_processes_with_jax_distributed_match_one(data_dir, one_device_run, 
 def test_two_processes_sigterm_to_one_checkpoints_both_at_one_step(data_dir, tmp_path):
   """SIGTERM to process 1 only: JAX's preemption sync tells process 0 (no per-step collective);
   both write the checkpoint of the same step and exit 75."""
+  # `_short_run`'s settings (so the two-process program compiled above), run for 200 epochs.
   overrides = {
-    'data.data_dir': data_dir,
+    **_short_run(data_dir),
     'train.num_epochs': 200,
+    'train.max_steps': -1,  # configs/tiny.py's: no cap
     'checkpoint.every_steps': 1000,
-    'optim.schedule': 'constant',  # the program of the two-process run above (`_short_run`)
   }
   work = tmp_path / 'multi'
   procs = _two_processes(overrides, work)
