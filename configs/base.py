@@ -130,6 +130,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.shortcut = False  # report: Grad-CAM shortcut indicator + source-resolution examples
   c.eval.ood = True  # report: the OOD section (the score itself is fitted either way)
   c.eval.robustness = True  # report: the split under 7 perturbations (evaluation/robustness.py)
+  c.eval.figures = True  # report: the PNG figures (confusion matrix, ROC, reliability, curves)
   c.eval.tta = False  # final evaluation / predict: softmax averaged over 7 shifted and
   # zoomed views (data.preprocess.TTA_VIEWS); validation stays plain
   return c

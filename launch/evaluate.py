@@ -12,9 +12,9 @@ could not be read are listed and skipped). With --labels_csv (beside or instead 
 CSV with a file column (file, path, filename, image, study, ...) and a label column (label, class,
 ...): each row's file, or every film of the study folder it names, with that class; paths relative
 to --eval_dir, else to the CSV's folder. DICOM films are read like PNGs (docs/WORKFLOW.md 7b).
-Either way: report.json, report.md, the figures
-(confusion matrix, ROC curves, reliability diagram, training curves) and, with the shortcut
-indicator, Grad-CAM example panels in shortcut/ (the map's layer and size printed); the robustness
+Either way: report.json, report.md, the figures (confusion matrix, ROC curves, reliability diagram,
+training curves; --nofigures leaves them out) and, with the shortcut indicator, Grad-CAM example
+panels in shortcut/ (the map's layer and size printed); the robustness
 section (--norobustness drops it); with the run's out-of-distribution score fitted
 (--ood, the default then), its section: how many of these films `launch.predict` would flag, and
 the score's AUROC against generated pictures. The per-class table is printed.
@@ -75,6 +75,12 @@ _ROBUSTNESS = flags.DEFINE_bool(
   'their border frame or corner text squares come from another film '
   '(jaxcxr.evaluation.robustness).',
 )
+_FIGURES = flags.DEFINE_bool(
+  'figures',
+  True,
+  'Draw the PNG figures (confusion matrix, ROC curves, reliability diagram, training curves); '
+  '--nofigures writes report.json and report.md only.',
+)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -96,6 +102,7 @@ def _evaluate() -> tuple[dict, str]:
       shortcut=True if _SHORTCUT.value is None else _SHORTCUT.value,
       ood=_OOD.value is not False,
       robustness=_ROBUSTNESS.value,
+      figures=_FIGURES.value,
     )
     return result, result['name']
   result = report.evaluate_workdir(
@@ -108,6 +115,7 @@ def _evaluate() -> tuple[dict, str]:
     shortcut=_SHORTCUT.value,
     ood=_OOD.value,
     robustness=_ROBUSTNESS.value,
+    figures=_FIGURES.value,
   )
   return result, _SPLIT.value
 

@@ -74,7 +74,8 @@ def test_ema_update_and_eval_use_it():
 @pytest.mark.slow
 def test_ema_run_checkpoints_and_infers_with_the_average(tmp_path):
   r = train_helpers.run_train(
-    {'data.data_dir': tmp_path / 'tfds', 'train.ema_decay': 0.9}, tmp_path / 'w'
+    {'data.data_dir': tmp_path / 'tfds', 'train.ema_decay': 0.9, **train_helpers.LEAN_REPORT},
+    tmp_path / 'w',
   )
   assert r.returncode == 0, r.stderr[-2000:]
   tree = train_helpers.final_params(tmp_path / 'w')

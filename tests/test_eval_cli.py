@@ -22,7 +22,7 @@ from jaxcxr.benchmarks import cam_layers
 from jaxcxr.data import phantom
 from jaxcxr.evaluation import export, folder_eval, gradcam, inference, report, robustness
 from jaxcxr.training import checkpoint
-from tests import warm
+from tests import train_helpers, warm
 from tests.test_gradcam import numpy_variables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -371,6 +371,8 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
     str(work),
     f'--config.data.data_dir={data_dir}',
     '--config.train.num_epochs=1',
+    # The run's own report is not read here (launch.evaluate writes and checks its own).
+    *[f'--config.{k}={v}' for k, v in train_helpers.LEAN_REPORT.items()],
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = _cli(

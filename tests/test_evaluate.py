@@ -249,6 +249,18 @@ def test_write_report_files(tmp_path):
   ]
   assert '| COVID | ' + ' | '.join(cells) + ' |' in md
   assert '| Viral Pneumonia | 0 | 0 | 4 |' in md
+  assert '## Figures' in md and '![roc_curves](roc_curves.png)' in md
+
+  # figures=False (config.eval.figures, launch.evaluate --nofigures): the same report, no PNG.
+  bare = tmp_path / 'bare'
+  kwargs = {'history': history, 'split': 'val', 'extra': {'step': 7}}
+  written = report_lib.write_report(str(bare), m, labels, probs, NAMES, **kwargs, figures=False)
+  assert sorted(p.name for p in bare.iterdir()) == ['report.json', 'report.md']
+  assert set(written) == {'json', 'markdown'}
+  bare_report = json.loads((bare / 'report.json').read_text())
+  assert bare_report['figures'] == {} and bare_report['metrics'] == report['metrics']
+  bare_md = (bare / 'report.md').read_text()
+  assert '## Figures' not in bare_md and md.startswith(bare_md)  # all but the figures section
 
 
 def test_write_report_nan_is_strict_json_and_no_history(tmp_path):

@@ -123,8 +123,7 @@ def test_corner_marker_shortcut_is_flagged(tmp_path):
       'data.source': 'folder',
       'data.manual_dir': marked,
       'data.stored_size': 64,
-      'eval.ood': False,  # sections this test does not read
-      'eval.robustness': False,
+      **train_helpers.LEAN_REPORT,  # report parts this test does not read
     },
   )
   ind = report['shortcut']['indicator']
@@ -159,9 +158,8 @@ def test_cxr_dev_short_run(tmp_path):
       'data.data_dir': tmp_path / 'tfds',
       **CXR_DEV_SHORT,
       'eval.shortcut': False,
-      # The report sections this test does not read (their own tests check them): 15 s of 55.
-      'eval.ood': False,
-      'eval.robustness': False,
+      # The report parts this test does not read (their own tests check them): 15 s of 55.
+      **train_helpers.LEAN_REPORT,
     },
   )
   f1 = report['metrics']['macro']['f1']
@@ -172,7 +170,7 @@ def test_cxr_dev_short_run(tmp_path):
   # so compiled (measured 2026-12-06: 120 s vs 44 s under load).
   args = ['--workdir', tmp_path / 'w', '--eval_dir', data_helpers.CXR_EVAL.resolve()]
   args += ['--out', tmp_path / 'external']
-  args += ['--bootstrap=0', '--noshortcut', '--noood', '--norobustness']  # F1 only (47 -> 26 s)
+  args += ['--bootstrap=0', '--noshortcut', '--noood', '--norobustness', '--nofigures']  # F1 only
   r = train_helpers.run_cli('launch.evaluate', *args, timeout=1800, fast_compile=False)
   assert r.returncode == 0, r.stderr[-3000:]
   external = json.loads((tmp_path / 'external' / 'report.json').read_text())

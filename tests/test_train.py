@@ -308,9 +308,17 @@ def _train_steps_logged(workdir):
 
 @pytest.mark.slow
 def test_exact_resume_after_sigterm_and_kill9(data_dir, tmp_path):
-  overrides = {'data.data_dir': data_dir, 'train.num_epochs': 3, 'checkpoint.every_steps': 3}
+  overrides = {
+    'data.data_dir': data_dir,
+    'train.num_epochs': 3,
+    'checkpoint.every_steps': 3,
+    **th.LEAN_REPORT,
+  }
   ref = th.run_train(overrides, tmp_path / 'ref')
   assert ref.returncode == 0, ref.stderr
+  report = json.loads((tmp_path / 'ref' / 'report.json').read_text())  # LEAN_REPORT's report
+  assert report['figures'] == {} and not list((tmp_path / 'ref').glob('*.png'))
+  assert 'ood' not in report and 'robustness' not in report
   want = th.final_params(tmp_path / 'ref')
 
   # SIGTERM mid-run: checkpoint written, documented exit status, resume is exact.
@@ -361,9 +369,10 @@ def _short_run(data_dir) -> dict:
 @pytest.fixture(scope='module')
 def one_device_run(data_dir, tmp_path_factory):
   """The workdir of `_short_run` on one device in one process: the reference of the 8-device
-  and the two-process runs (one run for both)."""
+  and the two-process runs (one run for both; they compare its losses and parameters, and keep
+  their own reports whole: the report on 8 devices and in 2 processes)."""
   work = tmp_path_factory.mktemp('one_device') / 'work'
-  one = th.run_train(_short_run(data_dir), work, devices=1)
+  one = th.run_train({**_short_run(data_dir), **th.LEAN_REPORT}, work, devices=1)
   assert one.returncode == 0, one.stderr
   return work
 

@@ -59,6 +59,15 @@ def train_cmd(overrides: dict, workdir) -> list[str]:
 FAST_COMPILE_XLA_FLAG = '--xla_backend_optimization_level=0'
 
 
+# The report work a `launch.train` run can leave out when its test reads only the run's checkpoints,
+# metrics.jsonl, results.json or output: the PNG figures (~0.9 s a run) and the OOD and robustness
+# sections (~0.5 s); the OOD score is fitted either way (launch.predict reads it). The report is
+# tested where it is read: tests/test_evaluate.py, test_eval_cli.py, test_ood.py, test_launch.py's
+# folder run, test_dicom_privacy.py, the learning tests; the 8-device and two-process runs keep it.
+# A tiny run: 6.1 s with the full report, 4.2 s without (cold starts, alternating, idle).
+LEAN_REPORT = {'eval.figures': False, 'eval.ood': False, 'eval.robustness': False}
+
+
 # Per-program opt-out, for an in-process loop whose run time dominates its compile time:
 # `jax.jit(f, compiler_options=OPTIMISED)` compiles `f` at XLA's default optimisation whatever
 # XLA_FLAGS says.

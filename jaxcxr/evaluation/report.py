@@ -160,45 +160,13 @@ def _markdown(
     lines += [ood_eval.markdown(ood)]
   if metrics['notes']:
     lines += ['## Notes', ''] + [f'- {n}' for n in metrics['notes']] + ['']
-  lines += ['## Figures', ''] + [f'![{k}]({v})' for k, v in figures.items()] + ['']
+  if figures:
+    lines += ['## Figures', ''] + [f'![{k}]({v})' for k, v in figures.items()] + ['']
   return '\n'.join(lines)
 
 
-def write_report(
-  out_dir: str,
-  metrics: dict,
-  labels,
-  probs,
-  class_names: Sequence[str],
-  *,
-  history: list[dict] | None = None,
-  split: str = 'test',
-  extra: dict | None = None,
-  shortcut: dict | None = None,
-  ood: dict | None = None,
-  robustness: dict | None = None,
-) -> dict[str, str]:
-  """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
-
-  Args:
-    out_dir: created if needed.
-    metrics: `compute_metrics(labels, probs, class_names)`.
-    labels: (N,) int labels, for the ROC curves.
-    probs: (N, C) probabilities.
-    class_names: C names.
-    history: per-epoch dicts (`read_history`); adds training_curves.png when non-empty.
-    split: name of the evaluated split (titles).
-    extra: run facts for the report header (workdir, step, model, ...), JSON-able.
-    shortcut: `shortcut.analyse_split(...)` (its panels already in `out_dir/shortcut/`), or None.
-    ood: `ood_eval.evaluate(...)` / `ood_eval.run_section(...)` (the OOD section), or None.
-    robustness: `robustness.evaluate(...)` (scores under non-lung perturbations), or None.
-
-  Returns:
-    {file kind: path} of everything written.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  labels, probs = check_inputs(labels, probs, class_names)
-  class_names = list(class_names)
+def _draw_figures(out_dir, metrics, labels, probs, class_names, history, split) -> dict[str, str]:
+  """The report's PNG figures in `out_dir`: {figure name: file name}."""
   figures = {
     'confusion_matrix': 'confusion_matrix.png',
     'roc_curves': 'roc_curves.png',
@@ -219,8 +187,51 @@ def write_report(
   if history:
     figures['training_curves'] = 'training_curves.png'
     plots.training_curves(history, os.path.join(out_dir, figures['training_curves']))
+  return figures
 
-  report = {'split': split, 'extra': extra or {}, 'metrics': metrics, 'figures': figures}
+
+def write_report(
+  out_dir: str,
+  metrics: dict,
+  labels,
+  probs,
+  class_names: Sequence[str],
+  *,
+  history: list[dict] | None = None,
+  split: str = 'test',
+  extra: dict | None = None,
+  shortcut: dict | None = None,
+  ood: dict | None = None,
+  robustness: dict | None = None,
+  figures: bool = True,
+) -> dict[str, str]:
+  """Writes report.json, report.md and the figures of one evaluation into `out_dir`.
+
+  Args:
+    out_dir: created if needed.
+    metrics: `compute_metrics(labels, probs, class_names)`.
+    labels: (N,) int labels, for the ROC curves.
+    probs: (N, C) probabilities.
+    class_names: C names.
+    history: per-epoch dicts (`read_history`); adds training_curves.png when non-empty.
+    split: name of the evaluated split (titles).
+    extra: run facts for the report header (workdir, step, model, ...), JSON-able.
+    shortcut: `shortcut.analyse_split(...)` (its panels already in `out_dir/shortcut/`), or None.
+    ood: `ood_eval.evaluate(...)` / `ood_eval.run_section(...)` (the OOD section), or None.
+    robustness: `robustness.evaluate(...)` (scores under non-lung perturbations), or None.
+    figures: draw the PNG figures (confusion matrix, ROC curves, reliability diagram, training
+      curves: ~1 s on a CPU); False writes report.json and report.md only.
+
+  Returns:
+    {file kind: path} of everything written.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  labels, probs = check_inputs(labels, probs, class_names)
+  class_names = list(class_names)
+  drawn = (
+    _draw_figures(out_dir, metrics, labels, probs, class_names, history, split) if figures else {}
+  )
+  report = {'split': split, 'extra': extra or {}, 'metrics': metrics, 'figures': drawn}
   if shortcut:
     report['shortcut'] = {
       'indicator': shortcut['indicator'],
@@ -234,8 +245,8 @@ def write_report(
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(_json_safe(report), f, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(_markdown(metrics, split, figures, extra, shortcut, ood, robustness))
-  written = {k: os.path.join(out_dir, v) for k, v in figures.items()}
+    f.write(_markdown(metrics, split, drawn, extra, shortcut, ood, robustness))
+  written = {k: os.path.join(out_dir, v) for k, v in drawn.items()}
   written['json'] = os.path.join(out_dir, 'report.json')
   written['markdown'] = os.path.join(out_dir, 'report.md')
   return written
@@ -267,6 +278,7 @@ def evaluate_workdir(
   shortcut: bool | None = None,
   ood: bool | None = None,
   robustness: bool = True,
+  figures: bool = True,
 ) -> dict:
   """Evaluates a training workdir's checkpoint on a split and writes the report (launch.evaluate).
 
@@ -281,6 +293,7 @@ def evaluate_workdir(
     ood: add the out-of-distribution section (`ood_eval`) with the workdir's fitted score, fitting
       it first if needed; None = when a score is fitted for this checkpoint.
     robustness: add the robustness section (`jaxcxr.evaluation.robustness`).
+    figures: draw the report's PNG figures (`write_report`).
 
   Returns:
     {'metrics': compute_metrics(...), 'files': write_report(...), 'out_dir', 'shortcut',
@@ -347,6 +360,7 @@ def evaluate_workdir(
     shortcut=analysis,
     ood=ood_section,
     robustness=robust,
+    figures=figures,
   )
   return {
     'metrics': metrics,
@@ -411,6 +425,7 @@ def write_run_report(
     shortcut=analysis,
     ood=ood_section,
     robustness=robust,
+    figures=config.eval.get('figures', True),
   )
 
 

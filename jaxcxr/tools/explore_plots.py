@@ -19,7 +19,7 @@ CLASS_COLOURS = ('#c44e52', '#4c72b0', '#55a868', '#8172b3', '#937860', '#da8bc3
 
 
 def _save(fig, path: str) -> None:
-  fig.savefig(path, dpi=DPI, bbox_inches='tight')
+  fig.savefig(path, dpi=DPI)  # constrained layout fits the figure (plots._save says why not tight)
 
 
 def _bars(
