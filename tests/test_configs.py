@@ -103,6 +103,7 @@ UNCHECKED = {
   'eval.shortcut': 'bool',
   'eval.ood': 'bool',
   'eval.robustness': 'bool',
+  'eval.figures': 'bool',
   'eval.tta': 'bool',
 }
 
