@@ -148,9 +148,10 @@ def run(tmp_path_factory):
 
 
 def test_run_without_the_report_sections_still_fits_the_score(tmp_path):
-  """eval.ood / eval.robustness False: the report has neither section (nor their cost), and the
-  score launch.predict needs is still fitted on the shipped checkpoint."""
-  overrides = {'eval.ood': False, 'eval.robustness': False}
+  """eval.ood / eval.robustness / eval.figures False: the report has neither section nor a
+  figure (nor their cost), and the score launch.predict needs is still fitted on the shipped
+  checkpoint."""
+  overrides = train_helpers.LEAN_REPORT  # no figures either
   config, _ = train_helpers.tiny_config(tmp_path / 'tfds', **overrides)
   work = str(tmp_path / 'work')
   summary = report.train_and_report(config, work)
@@ -158,6 +159,7 @@ def test_run_without_the_report_sections_still_fits_the_score(tmp_path):
   assert 'ood' not in rep and 'robustness' not in rep, sorted(rep)
   markdown = Path(work, 'report.md').read_text()
   assert 'Out-of-distribution' not in markdown and 'Robustness' not in markdown
+  assert rep['figures'] == {} and not list(Path(work).glob('*.png'))
   model = ood.load(work)
   assert model is not None and model.meta['step'] == summary['best_step']
   assert model.meta['step'] == checkpoint.restore_for_inference(work).step
