@@ -66,3 +66,24 @@ def test_a_runs_steps_are_compiled_with_it(data_dir, tmp_path):
   (train_off, eval_off), (train_on, eval_on) = counts[False], counts[True]
   assert train_on > train_off, counts  # more of the step's ops in YNNPACK fusions
   assert eval_on != eval_off, counts  # fewer, larger ones here: compiled differently
+
+
+def test_a_runs_init_compiles_at_o0_on_cpu_only(data_dir, tmp_path, monkeypatch):
+  """The train state's init runs once per run: compiled at -O0 on CPU (3-5x faster to compile,
+  scripts/init_compile_ab.py), with the platform's defaults elsewhere."""
+  assert cpu_options.run_once_options('cpu') == {'xla_backend_optimization_level': 0}
+  assert cpu_options.run_once_options('gpu') is None
+  assert cpu_options.run_once_options('tpu') is None
+  config, _ = th.tiny_config(data_dir)
+  run = loop.make_run(config, str(tmp_path))
+  options = []
+  real_jit = jax.jit
+
+  def spy(fun, **kwargs):
+    options.append((fun, kwargs.get('compiler_options')))
+    return real_jit(fun, **kwargs)
+
+  monkeypatch.setattr(jax, 'jit', spy)
+  state = loop.fresh_state(run, jax.random.key(0))
+  assert options == [(run.init_state, cpu_options.RUN_ONCE)]
+  assert int(state.step) == 0

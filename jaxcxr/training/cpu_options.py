@@ -34,6 +34,18 @@ OPTIONS = {
 TESTED_JAXLIB = ('0.12.',)  # jaxlib versions whose XLA has the options (measured on)
 
 
+# A program that runs once per run (the train state's random init) compiles at LLVM -O0 on CPU: its
+# compile is what a run start pays, and -O0 compiles it 3-5x faster for a few hundred ms more run
+# time (scripts/init_compile_ab.py; docs/PERFORMANCE.md). The values agree to float32 round-off,
+# not bitwise (the normal draws' arithmetic is compiled differently).
+RUN_ONCE = {'xla_backend_optimization_level': 0}
+
+
+def run_once_options(backend: str | None = None) -> dict[str, int] | None:
+  """`compiler_options` of a program that runs once per run: RUN_ONCE on CPU, else None."""
+  return dict(RUN_ONCE) if (backend or jax.default_backend()) == 'cpu' else None
+
+
 def compiler_options(
   ynn_fusion: bool, backend: str | None = None, jaxlib_version: str | None = None
 ) -> dict[str, str] | None:

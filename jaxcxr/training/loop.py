@@ -236,7 +236,12 @@ def fresh_state(run: Run, key: jax.Array):
   jitted init as an argument (donated), so neither the compiled program nor its abstract
   evaluation holds them, and no converted-weights read happens on resume.
   """
-  init = jax.jit(run.init_state, out_shardings=run.state_sharding, donate_argnums=1)
+  init = jax.jit(
+    run.init_state,
+    out_shardings=run.state_sharding,
+    donate_argnums=1,
+    compiler_options=cpu_options.run_once_options(),
+  )
   pretrained = state_lib.read_pretrained(run.config)
   if pretrained is None:
     return init(key, None)
