@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 from jaxcxr.tools import compare, sweep
 from jaxcxr.training import config_checks
-from tests import warm
+from tests import train_helpers, warm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H = sweep.Hyper()
@@ -346,6 +346,8 @@ def test_runlocal_sweep_end_to_end(tmp_path):
   sweep_file.write_text(_TWO_TRIALS)
   workdir = tmp_path / 'seed'
   args = ['--config', f'{sweep_file}:runlocal', '--workdir', workdir]
+  # Overrides after the flags go to every trial; the trials' reports are not read here.
+  args += [f'--config.{k}={v}' for k, v in train_helpers.LEAN_REPORT.items()]
   t0 = time.time()
   r = _cli('launch.sweep', *args)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
