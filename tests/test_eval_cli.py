@@ -409,7 +409,14 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   _, handle = setup
   folder, _ = _hospital_folder(tmp_path / 'hospital', handle)
   proc = _cli(
-    'launch.evaluate', '--workdir', str(work), '--eval_dir', str(folder), '--bootstrap', '20'
+    'launch.evaluate',
+    '--workdir',
+    str(work),
+    '--eval_dir',
+    str(folder),
+    '--bootstrap',
+    '20',
+    '--nofigures',  # the report without its PNG figures (its sections and panels as before)
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'hospital: n=12 accuracy=' in proc.stdout and 'shortcut indicator: ' in proc.stdout
@@ -417,6 +424,8 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
   assert (work / 'eval_folder_hospital' / 'shortcut').is_dir()
   folder_report = json.loads((work / 'eval_folder_hospital' / 'report.json').read_text())
   assert folder_report['robustness']['images'] == 12
+  assert folder_report['figures'] == {}
+  assert not list((work / 'eval_folder_hospital').glob('*.png'))
   assert folder_report['shortcut']['cam_map'] == 'conv3 8x8 at 32 px'
   assert 'robustness: clean macro-F1 ' in proc.stdout
   proc = _cli(
