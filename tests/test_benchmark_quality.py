@@ -119,7 +119,7 @@ def test_smoke_same_external_images(tmp_path):
     '--config.checkpoint.async_save=False',
     '--config.optim.warmup_epochs=0',
     # The run's own report is not read: the rows come from launch.predict and jax_robustness.
-    *[f'--config.{k}={v}' for k, v in train_helpers.LEAN_REPORT.items()],
+    *train_helpers.config_flags(train_helpers.LEAN_REPORT),
   ]
   args = [
     f'--manual_dir={folder}',

@@ -372,7 +372,7 @@ def test_train_then_evaluate_and_predict_cli(setup, tmp_path):
     f'--config.data.data_dir={data_dir}',
     '--config.train.num_epochs=1',
     # The run's own report is not read here (launch.evaluate writes and checks its own).
-    *[f'--config.{k}={v}' for k, v in train_helpers.LEAN_REPORT.items()],
+    *train_helpers.config_flags(train_helpers.LEAN_REPORT),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = _cli(

@@ -347,7 +347,7 @@ def test_runlocal_sweep_end_to_end(tmp_path):
   workdir = tmp_path / 'seed'
   args = ['--config', f'{sweep_file}:runlocal', '--workdir', workdir]
   # Overrides after the flags go to every trial; the trials' reports are not read here.
-  args += [f'--config.{k}={v}' for k, v in train_helpers.LEAN_REPORT.items()]
+  args += train_helpers.config_flags(train_helpers.LEAN_REPORT)
   t0 = time.time()
   r = _cli('launch.sweep', *args)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -40,10 +40,15 @@ def init_state(config):
   return module, jax.jit(init)(jax.random.key(0))
 
 
+def config_flags(overrides: dict) -> list[str]:
+  """`overrides` (dotted key -> value) as launch.train's --config.<key>=<value> flags."""
+  return [f'--config.{k}={v}' for k, v in overrides.items()]
+
+
 def train_args(overrides: dict, workdir, config: str = 'tiny.py') -> list[str]:
   """launch.train's flags: configs/<config>, `workdir`, `overrides` as --config.<key>=<value>."""
-  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
-  return ['--config', str(REPO / 'configs' / config), '--workdir', str(workdir)] + flags
+  base = ['--config', str(REPO / 'configs' / config), '--workdir', str(workdir)]
+  return base + config_flags(overrides)
 
 
 def train_cmd(overrides: dict, workdir) -> list[str]:
@@ -63,7 +68,8 @@ FAST_COMPILE_XLA_FLAG = '--xla_backend_optimization_level=0'
 # metrics.jsonl, results.json or output: the PNG figures (~0.9 s a run) and the OOD and robustness
 # sections (~0.5 s); the OOD score is fitted either way (launch.predict reads it). The report is
 # tested where it is read: tests/test_evaluate.py, test_eval_cli.py, test_ood.py, test_launch.py's
-# folder run, test_dicom_privacy.py, the learning tests; the 8-device and two-process runs keep it.
+# folder run, test_dicom_privacy.py, the default phantom variant (test_learning.py); the 8-device
+# and two-process runs keep it.
 # A tiny run: 6.1 s with the full report, 4.2 s without (cold starts, alternating, idle).
 LEAN_REPORT = {'eval.figures': False, 'eval.ood': False, 'eval.robustness': False}
 

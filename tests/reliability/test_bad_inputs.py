@@ -298,7 +298,7 @@ def cli_runs(tmp_path_factory, data_dir, reference, chain_overrides, run_env):
     case(
       'workdir_read_only_resume',
       'launch.train',
-      _train_args(ro, *[f'--config.{k}={v}' for k, v in chain_overrides.items()]),
+      _train_args(ro, *th.config_flags(chain_overrides)),
       2,
       f"--workdir='{ro}' is not writable (Read-only file system)",
     )
