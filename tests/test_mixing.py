@@ -59,6 +59,7 @@ def test_both_alphas_use_each_kind_about_half_the_batches():
   assert 10 <= sum(kinds) <= 30
 
 
+@functools.cache  # a TrainState is immutable: one init serves every step below
 def _state():
   module = models.build('cnn_bn', 3, widths=(4, 8))
   v = module.init(
@@ -72,6 +73,20 @@ def _state():
     tx=optax.sgd(0.1),
     batch_stats=v['batch_stats'],
     lr_scale=jnp.ones(()),
+  )
+
+
+@functools.cache  # one compiled step per setting: the unmixed ones serve all three cases below
+def _step(mixup_alpha: float, cutmix_alpha: float, weights: tuple[float, ...] | None):
+  return jax.jit(
+    functools.partial(
+      steps.train_step,
+      dtype=jnp.float32,
+      label_smoothing=0.1,
+      class_weights=None if weights is None else jnp.asarray(weights),
+      mixup_alpha=mixup_alpha,
+      cutmix_alpha=cutmix_alpha,
+    )
   )
 
 
@@ -89,21 +104,12 @@ def test_train_step_mixes_images_and_targets(alphas):
   }
 
   def loss(batch, mixup_alpha, cutmix_alpha, weights=None):
-    step = jax.jit(
-      functools.partial(
-        steps.train_step,
-        dtype=jnp.float32,
-        label_smoothing=0.1,
-        class_weights=weights,
-        mixup_alpha=mixup_alpha,
-        cutmix_alpha=cutmix_alpha,
-      )
-    )
+    step = _step(mixup_alpha, cutmix_alpha, weights)
     return float(step(_state(), batch, jax.random.key(3))[1]['loss'])
 
   # A batch equal to its mirror is left as it is (images and targets alike): same loss as unmixed.
   np.testing.assert_allclose(loss(mirror, *alphas), loss(mirror, 0.0, 0.0), rtol=1e-5)
-  weights = jnp.asarray([1.0, 2.0, 3.0])
+  weights = (1.0, 2.0, 3.0)
   np.testing.assert_allclose(
     loss(mirror, *alphas, weights), loss(mirror, 0.0, 0.0, weights), rtol=1e-5
   )

@@ -114,6 +114,22 @@ def test_to_flax_layout_conv_and_dense():
   np.testing.assert_array_equal(weights.to_flax_layout(d, 'dense'), d.T)
 
 
+def test_to_flax_layout_in_blocks_equals_the_plain_transposes():
+  """150 output channels: two whole blocks of 64 and a part one, each layout bitwise as one copy."""
+  rng = np.random.default_rng(0)
+  conv = rng.standard_normal((150, 3, 3, 2), dtype=np.float32)
+  dense = rng.standard_normal((150, 7 * 7 * 2), dtype=np.float32)
+  nchw = dense.reshape(150, 2, 7, 7).transpose(0, 2, 3, 1).reshape(150, -1)
+  for array, layout, want in (
+    (conv, 'conv', conv.transpose(2, 3, 1, 0)),
+    (dense, 'dense', dense.T),
+    (dense, 'dense_nchw', nchw.T),
+  ):
+    got = weights.to_flax_layout(array, layout)
+    assert got.flags.c_contiguous, layout
+    np.testing.assert_array_equal(got, want, err_msg=layout)
+
+
 def test_to_flax_layout_vgg_flatten_order():
   """torch: W @ flatten(NCHW map); Flax: flatten(NHWC map) @ kernel. Same numbers."""
   rng = np.random.RandomState(0)

@@ -40,7 +40,8 @@ def test_float64_outputs_gradients_and_statistics_match_unrolled():
     plain = _build(jnp.float64)
     scanned = _build(jnp.float64, memory_efficient=True, scan_chunk=2)  # remat inside the body
     variables = jax.tree.map(
-      lambda a: jnp.asarray(a, jnp.float64), plain.init(jax.random.key(1), x.astype(jnp.float32))
+      lambda a: jnp.asarray(a, jnp.float64),
+      jax.jit(plain.init)(jax.random.key(1), x.astype(jnp.float32)),  # jitted: eager init took 4 s
     )
     # Non-trivial running statistics, so eval mode shows they are read per channel.
     stats = jax.tree.map(
@@ -73,7 +74,7 @@ def test_float64_outputs_gradients_and_statistics_match_unrolled():
 def test_one_scan_per_chunk_and_the_input_gradient_as_a_forward_conv():
   x = _x()
   model = _build(scan_chunk=2)
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
 
   def loss(params):
     return model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])[
@@ -113,7 +114,7 @@ def test_input_grad_by_forward_conv_is_the_input_gradient(kernel, padding):
 def test_dropout_training_runs_unrolled():
   x = _x()
   model = _build(scan_chunk=2, dropout_rate=0.2)
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
   jaxpr = str(
     jax.make_jaxpr(
       lambda v: model.apply(
