@@ -152,7 +152,7 @@ def test_no_header_value_reaches_any_output(films, tmp_path):
       'launch.gradcam', '--workdir', work, '--images', export, '--out', out / 'gradcam'
     ),
     # --per_set: each transformed set still takes every film of the export (24); the generated
-    # sets (no DICOM in them) get as many pictures, not the default 200 (11 s of CPU -> 4).
+    # sets (no DICOM in them) get as many pictures, not the default 200 (11 s of CPU -> 3).
     'fit_ood': _cmd(
       'launch.fit_ood',
       '--workdir',
